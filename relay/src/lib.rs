@@ -1,0 +1,1 @@
+//! relay: a media and file relay appliance for closed organisational intranets.
