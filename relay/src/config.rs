@@ -1,0 +1,262 @@
+//! The appliance's configuration: one loader, TOML in, a checked [`Config`] out.
+//!
+//! Every key has an embedded default, so an empty file (or none) is a working appliance bound to
+//! loopback. An unknown key or a bad value is an error naming the key; `relay` exits 2 on it.
+//! `configs/relay.toml` lists every key with its default and must stay in step with this file
+//! (a test loads it and compares).
+
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    /// State directory: database, keys, certificate, chunk store, audit log.
+    pub data_dir: PathBuf,
+    pub http: Http,
+    pub tokens: Tokens,
+    pub log: Log,
+    pub tls: Tls,
+}
+
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Http {
+    pub listen: SocketAddr,
+    /// How long shutdown waits for open requests before giving up on them.
+    #[serde(with = "humantime_serde")]
+    pub drain_timeout: Duration,
+}
+
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Tokens {
+    /// Lifetime of a token when `--ttl` is not given.
+    #[serde(with = "humantime_serde")]
+    pub default_ttl: Duration,
+    /// Longest lifetime `relay token` and the API will mint.
+    #[serde(with = "humantime_serde")]
+    pub max_ttl: Duration,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Log {
+    pub format: LogFormat,
+    /// A tracing filter: `info`, `relay=debug`, ...
+    pub level: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Tls {
+    /// Names and addresses in the certificate generated on first start.
+    pub subject_alt_names: Vec<String>,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            data_dir: PathBuf::from("./relay-data"),
+            http: Http::default(),
+            tokens: Tokens::default(),
+            log: Log::default(),
+            tls: Tls::default(),
+        }
+    }
+}
+
+impl Default for Http {
+    fn default() -> Self {
+        Http {
+            listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
+            drain_timeout: Duration::from_secs(10),
+        }
+    }
+}
+
+impl Default for Tokens {
+    fn default() -> Self {
+        Tokens {
+            default_ttl: Duration::from_secs(3600),
+            max_ttl: Duration::from_secs(7 * 24 * 3600),
+        }
+    }
+}
+
+impl Default for Log {
+    fn default() -> Self {
+        Log {
+            format: LogFormat::Text,
+            level: "info".into(),
+        }
+    }
+}
+
+impl Default for Tls {
+    fn default() -> Self {
+        Tls {
+            subject_alt_names: vec!["localhost".into(), "127.0.0.1".into(), "::1".into()],
+        }
+    }
+}
+
+/// A configuration that could not be used.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigError {
+    /// The offending key, dotted (`http.listen`), or empty for the file as a whole.
+    pub key: String,
+    pub message: String,
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.key.is_empty() {
+            write!(f, "configuration: {}", self.message)
+        } else {
+            write!(f, "configuration key `{}`: {}", self.key, self.message)
+        }
+    }
+}
+
+impl std::error::Error for ConfigError {}
+
+fn err(key: &str, message: impl Into<String>) -> ConfigError {
+    ConfigError {
+        key: key.into(),
+        message: message.into(),
+    }
+}
+
+impl Config {
+    /// Parses and checks TOML text.
+    pub fn parse(text: &str) -> Result<Config, ConfigError> {
+        let table: toml::Table = text
+            .parse()
+            .map_err(|e: toml::de::Error| err("", e.to_string()))?;
+        let config: Config =
+            serde_path_to_error::deserialize(toml::Value::Table(table)).map_err(|e| {
+                let key = e.path().to_string();
+                let inner = e.into_inner().to_string();
+                err(&key, inner)
+            })?;
+        config.check()?;
+        Ok(config)
+    }
+
+    /// Reads `path`, or returns the embedded defaults when `path` is `None`.
+    pub fn load(path: Option<&Path>) -> Result<Config, ConfigError> {
+        match path {
+            None => Ok(Config::default()),
+            Some(p) => {
+                let text = std::fs::read_to_string(p)
+                    .map_err(|e| err("", format!("cannot read {}: {e}", p.display())))?;
+                Config::parse(&text).map_err(|e| ConfigError {
+                    message: format!("{} ({})", e.message, p.display()),
+                    ..e
+                })
+            }
+        }
+    }
+
+    fn check(&self) -> Result<(), ConfigError> {
+        if self.data_dir.as_os_str().is_empty() {
+            return Err(err("data_dir", "must not be empty"));
+        }
+        if self.tokens.default_ttl.is_zero() {
+            return Err(err("tokens.default_ttl", "must be longer than zero"));
+        }
+        if self.tokens.max_ttl < self.tokens.default_ttl {
+            return Err(err("tokens.max_ttl", "must be at least tokens.default_ttl"));
+        }
+        if tracing_subscriber::EnvFilter::try_new(&self.log.level).is_err() {
+            return Err(err(
+                "log.level",
+                format!("{:?} is not a log filter", self.log.level),
+            ));
+        }
+        if self.tls.subject_alt_names.is_empty() {
+            return Err(err(
+                "tls.subject_alt_names",
+                "must name at least one host or address",
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// Durations as humantime text ("30s", "1h").
+mod humantime_serde {
+    use std::time::Duration;
+
+    use serde::{Deserialize, Deserializer};
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+        let s = String::deserialize(d)?;
+        humantime::parse_duration(&s).map_err(|e| serde::de::Error::custom(format!("{s:?}: {e}")))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn empty_is_defaults_on_loopback() {
+        let c = Config::parse("").unwrap();
+        assert_eq!(c, Config::default());
+        assert!(c.http.listen.ip().is_loopback());
+    }
+
+    #[test]
+    fn shipped_file_is_the_defaults() {
+        let text = include_str!("../../configs/relay.toml");
+        assert_eq!(Config::parse(text).unwrap(), Config::default());
+    }
+
+    #[test]
+    fn errors_name_the_key() {
+        #[rustfmt::skip]
+        let table = [
+            ("lisen = 1", "lisen"),
+            ("[http]\nlisten = \"nowhere\"", "http.listen"),
+            ("[http]\nport = 80", "http.port"),
+            ("[tokens]\ndefault_ttl = \"soon\"", "tokens.default_ttl"),
+            ("[tokens]\ndefault_ttl = \"0s\"", "tokens.default_ttl"),
+            ("[tokens]\nmax_ttl = \"1m\"", "tokens.max_ttl"),
+            ("[log]\nformat = \"xml\"", "log.format"),
+            ("[log]\nlevel = \"[[\"", "log.level"),
+            ("[tls]\nsubject_alt_names = []", "tls.subject_alt_names"),
+            ("data_dir = \"\"", "data_dir"),
+        ];
+        for (text, key) in table {
+            let e = Config::parse(text).unwrap_err();
+            assert_eq!(e.key, key, "{text:?}: {e}");
+            assert!(e.to_string().contains(key), "{e}");
+        }
+        let e = Config::parse("[http\n").unwrap_err();
+        assert!(e.key.is_empty());
+    }
+
+    #[test]
+    fn values_are_read() {
+        let c = Config::parse(
+            "data_dir = \"/var/lib/relay\"\n[http]\nlisten = \"[::1]:9000\"\n[tokens]\ndefault_ttl = \"15m\"\n",
+        )
+        .unwrap();
+        assert_eq!(c.data_dir, PathBuf::from("/var/lib/relay"));
+        assert_eq!(c.http.listen, "[::1]:9000".parse().unwrap());
+        assert_eq!(c.tokens.default_ttl, Duration::from_secs(900));
+    }
+}

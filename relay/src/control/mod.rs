@@ -1,0 +1,348 @@
+//! The control plane: who may connect and what they may do.
+//!
+//! [`token`] checks integrity and time, [`registry`] holds the live truth, [`policy`] decides,
+//! [`audit`] records every decision. [`Control`] joins them into the one check every plane uses:
+//! it never lets a request through without a registry lookup, and every allow and deny it makes is
+//! audited and every deny counted.
+
+pub mod audit;
+pub mod policy;
+pub mod registry;
+pub mod token;
+
+use std::sync::{Mutex, MutexGuard};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use audit::{AuditLog, Decision, Event};
+use policy::{Denial, Principal, RoomRole};
+use registry::{Device, DeviceKind, Registry, RegistryError, Room, User};
+use serde::Deserialize;
+use token::{Claims, Grant, SigningKey};
+
+use crate::metrics::Metrics;
+
+/// Seconds since the Unix epoch.
+pub fn unix_now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
+/// Why a control-plane operation did not happen.
+#[derive(Debug)]
+#[non_exhaustive]
+pub enum ControlError {
+    Denied(Denial),
+    Registry(RegistryError),
+}
+
+impl std::fmt::Display for ControlError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ControlError::Denied(d) => d.fmt(f),
+            ControlError::Registry(e) => e.fmt(f),
+        }
+    }
+}
+
+impl std::error::Error for ControlError {}
+
+impl From<Denial> for ControlError {
+    fn from(d: Denial) -> Self {
+        ControlError::Denied(d)
+    }
+}
+
+impl From<RegistryError> for ControlError {
+    fn from(e: RegistryError) -> Self {
+        ControlError::Registry(e)
+    }
+}
+
+/// A request to mint a token.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MintRequest {
+    pub org: String,
+    pub user: String,
+    pub device: String,
+    /// Defaults to the highest the registry allows: min(user, device).
+    #[serde(default)]
+    pub clearance: Option<u8>,
+    #[serde(default)]
+    pub room: Option<String>,
+    /// Defaults to publish, subscribe and files.
+    #[serde(default)]
+    pub grants: Option<Vec<Grant>>,
+    /// Defaults to `tokens.default_ttl`.
+    #[serde(default, with = "opt_duration")]
+    pub ttl: Option<Duration>,
+}
+
+mod opt_duration {
+    use std::time::Duration;
+
+    use serde::{Deserialize, Deserializer};
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Duration>, D::Error> {
+        Option::<String>::deserialize(d)?
+            .map(|s| humantime::parse_duration(&s).map_err(serde::de::Error::custom))
+            .transpose()
+    }
+}
+
+pub const DEFAULT_GRANTS: [Grant; 3] = [Grant::Publish, Grant::Subscribe, Grant::Files];
+
+/// The control plane's state, shared by every plane.
+#[derive(Debug)]
+pub struct Control {
+    registry: Mutex<Registry>,
+    key: SigningKey,
+    audit: AuditLog,
+    metrics: Metrics,
+    tokens: crate::config::Tokens,
+}
+
+impl Control {
+    pub fn new(
+        registry: Registry,
+        key: SigningKey,
+        audit: AuditLog,
+        metrics: Metrics,
+        tokens: crate::config::Tokens,
+    ) -> Control {
+        Control {
+            registry: Mutex::new(registry),
+            key,
+            audit,
+            metrics,
+            tokens,
+        }
+    }
+
+    pub fn metrics(&self) -> &Metrics {
+        &self.metrics
+    }
+
+    /// The registry. Queries are indexed point lookups, so the lock is held for microseconds.
+    pub fn registry(&self) -> MutexGuard<'_, Registry> {
+        // A panic while holding the lock cannot leave the connection half-changed: every write is
+        // one statement or one transaction.
+        self.registry.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Records an allow.
+    pub fn allow(&self, action: &'static str, p: &Principal, target: &str) {
+        self.audit.record(
+            Event::new(action, Decision::Allow)
+                .who(&p.org, &p.user, &p.device)
+                .target(target),
+        );
+    }
+
+    /// Records and counts a deny.
+    pub fn deny(&self, action: &'static str, p: Option<&Principal>, target: &str, denial: Denial) {
+        self.metrics.auth_denied(denial);
+        let mut e = Event::new(action, Decision::Deny)
+            .reason(denial.reason())
+            .target(target);
+        if let Some(p) = p {
+            e = e.who(&p.org, &p.user, &p.device);
+        }
+        self.audit.record(e);
+    }
+
+    /// Records an admin change made on the appliance itself (`--data`), outside any token.
+    pub fn record(&self, event: Event) {
+        self.audit.record(event);
+    }
+
+    /// The one token check: integrity, time, and the registry as it is now. Denials are audited
+    /// under `action` and counted.
+    pub fn authenticate(
+        &self,
+        bearer: Option<&str>,
+        action: &'static str,
+        target: &str,
+    ) -> Result<Principal, Denial> {
+        let result = self.principal_of(bearer);
+        if let Err(d) = result {
+            self.deny(action, None, target, d);
+        }
+        result
+    }
+
+    fn principal_of(&self, bearer: Option<&str>) -> Result<Principal, Denial> {
+        let token = bearer.ok_or(Denial::TokenMissing)?;
+        let claims = self.key.verify(token, unix_now()).map_err(Denial::Token)?;
+        let (org, user, device) = self.lookup(&claims.org, &claims.sub, &claims.device);
+        policy::principal(&claims, org.as_ref(), user.as_ref(), device.as_ref())
+    }
+
+    fn lookup(
+        &self,
+        org: &str,
+        user: &str,
+        device: &str,
+    ) -> (Option<registry::Org>, Option<User>, Option<Device>) {
+        let reg = self.registry();
+        // A database error reads as "not registered": the request is refused, never let through.
+        let org = reg.org(org).ok().flatten();
+        let user = reg
+            .user(org.as_ref().map_or("", |o| &o.name), user)
+            .ok()
+            .flatten();
+        let device = reg
+            .device(org.as_ref().map_or("", |o| &o.name), device)
+            .ok()
+            .flatten();
+        (org, user, device)
+    }
+
+    /// May `p` take `role` in the room `name` of its organisation? Audited either way.
+    /// `Ok(None)`: the room is not registered.
+    pub fn join(
+        &self,
+        action: &'static str,
+        p: &Principal,
+        role: RoomRole,
+        name: &str,
+    ) -> Result<Option<Room>, Denial> {
+        let room = self.registry().room(&p.org, name).ok().flatten();
+        let target = format!("room:{name}");
+        let Some(room) = room else {
+            return Ok(None);
+        };
+        match policy::may_join(p, role, &room) {
+            Ok(()) => {
+                self.allow(action, p, &target);
+                Ok(Some(room))
+            }
+            Err(d) => {
+                self.deny(action, Some(p), &target, d);
+                Err(d)
+            }
+        }
+    }
+
+    /// May `p` administer its organisation? Denials are audited.
+    pub fn admin(
+        &self,
+        action: &'static str,
+        p: &Principal,
+        org: &str,
+        target: &str,
+    ) -> Result<(), Denial> {
+        policy::may_admin(p, org).inspect_err(|d| self.deny(action, Some(p), target, *d))
+    }
+
+    /// Mints a token for `req`, if the registry allows what it asks. Audited under `token.mint`.
+    pub fn mint(&self, req: &MintRequest, by: Option<&Principal>) -> Result<String, ControlError> {
+        let target = format!("token:{}/{}/{}", req.org, req.user, req.device);
+        let result = self.mint_inner(req);
+        let mut e = match &result {
+            Ok(_) => Event::new("token.mint", Decision::Allow),
+            Err(ControlError::Denied(d)) => {
+                self.metrics.auth_denied(*d);
+                Event::new("token.mint", Decision::Deny).reason(d.reason())
+            }
+            Err(ControlError::Registry(_)) => {
+                Event::new("token.mint", Decision::Deny).reason("invalid")
+            }
+        };
+        e = match by {
+            Some(p) => e.who(&p.org, &p.user, &p.device),
+            None => e.org(&req.org),
+        };
+        self.audit.record(e.target(&target));
+        result
+    }
+
+    fn mint_inner(&self, req: &MintRequest) -> Result<String, ControlError> {
+        let ttl = req.ttl.unwrap_or(self.tokens.default_ttl);
+        if ttl.is_zero() || ttl > self.tokens.max_ttl {
+            return Err(RegistryError::Invalid(format!(
+                "ttl must be between 1s and {}",
+                humantime::format_duration(self.tokens.max_ttl)
+            ))
+            .into());
+        }
+        if let Some(c) = req.clearance
+            && c > registry::MAX_LEVEL
+        {
+            return Err(
+                RegistryError::Invalid(format!("clearance must be 0 to 3, not {c}")).into(),
+            );
+        }
+        let (org, user, device) = self.lookup(&req.org, &req.user, &req.device);
+        let room = req
+            .room
+            .as_deref()
+            .and_then(|r| self.registry().room(&req.org, r).ok().flatten());
+        let highest = match (&user, &device) {
+            (Some(u), Some(d)) => u.clearance.min(d.max_clearance),
+            _ => 0,
+        };
+        let now = unix_now();
+        let mut grants = req
+            .grants
+            .clone()
+            .unwrap_or_else(|| DEFAULT_GRANTS.to_vec());
+        grants.sort_unstable();
+        grants.dedup();
+        let claims = Claims {
+            jti: token::new_token_id(),
+            org: req.org.clone(),
+            sub: req.user.clone(),
+            device: req.device.clone(),
+            clearance: req.clearance.unwrap_or(highest),
+            room: req.room.clone(),
+            grants,
+            iat: now,
+            nbf: now,
+            exp: now + ttl.as_secs(),
+        };
+        policy::may_mint(
+            &claims,
+            org.as_ref(),
+            user.as_ref(),
+            device.as_ref(),
+            room.as_ref(),
+        )?;
+        Ok(self.key.sign(&claims))
+    }
+
+    /// Applies an admin change to the registry and audits it. `by` is the admin's principal over
+    /// the API, or `None` on the appliance itself.
+    pub fn change<T>(
+        &self,
+        action: &'static str,
+        org: &str,
+        target: &str,
+        by: Option<&Principal>,
+        f: impl FnOnce(&Registry) -> Result<T, RegistryError>,
+    ) -> Result<T, RegistryError> {
+        let result = f(&self.registry());
+        let decision = if result.is_ok() {
+            Decision::Allow
+        } else {
+            Decision::Deny
+        };
+        let mut e = Event::new(action, decision).target(target);
+        if result.is_err() {
+            e = e.reason("invalid");
+        }
+        e = match by {
+            Some(p) => e.who(&p.org, &p.user, &p.device),
+            None => e.org(org),
+        };
+        self.audit.record(e);
+        result
+    }
+}
+
+/// Parses a device kind.
+pub fn parse_kind(s: &str) -> Result<DeviceKind, String> {
+    DeviceKind::parse(s)
+        .ok_or_else(|| format!("unknown device kind {s:?} (browser, terminal, recorder)"))
+}

@@ -1,0 +1,554 @@
+//! The policy: may this bearer do this to that room or file, and if not, which rule says no.
+//!
+//! Pure functions over verified claims and the registry's records as they are now. Every plane
+//! asks here; nothing else decides access. The registry is the live truth: a token names an
+//! organisation, user and device, and each must be registered there at the moment of the request.
+//! Effective clearance is the least of what the token asks for, what the user holds and what the
+//! device may carry.
+
+use std::fmt;
+
+use super::registry::{Device, DeviceKind, Org, Room, User};
+use super::token::{Claims, Grant, TokenError};
+
+/// A bearer whose token verified and whose user and device the registry knows now.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Principal {
+    pub org: String,
+    pub user: String,
+    pub device: String,
+    pub device_kind: DeviceKind,
+    /// min(token, user, device).
+    pub clearance: u8,
+    pub grants: Vec<Grant>,
+    /// The one room the token is good for, if it is limited to one.
+    pub room: Option<String>,
+    pub token_id: String,
+}
+
+impl Principal {
+    pub fn has(&self, grant: Grant) -> bool {
+        self.grants.contains(&grant)
+    }
+}
+
+/// Why a request was refused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Denial {
+    TokenMissing,
+    Token(TokenError),
+    OrgUnknown,
+    UserUnknown,
+    DeviceUnknown,
+    DeviceRevoked,
+    Clearance,
+    Grant,
+    /// The token is limited to another room.
+    RoomScope,
+    SecureView,
+    Quota,
+    FileType,
+}
+
+impl Denial {
+    /// Every denial, for metrics that publish a zero for each reason.
+    pub const ALL: [Denial; 15] = [
+        Denial::TokenMissing,
+        Denial::Token(TokenError::Malformed),
+        Denial::Token(TokenError::Signature),
+        Denial::Token(TokenError::Expired),
+        Denial::Token(TokenError::NotYetValid),
+        Denial::OrgUnknown,
+        Denial::UserUnknown,
+        Denial::DeviceUnknown,
+        Denial::DeviceRevoked,
+        Denial::Clearance,
+        Denial::Grant,
+        Denial::RoomScope,
+        Denial::SecureView,
+        Denial::Quota,
+        Denial::FileType,
+    ];
+
+    /// The fine-grained reason: metric label and audit field. A bounded set.
+    pub fn reason(self) -> &'static str {
+        match self {
+            Denial::TokenMissing => "token_missing",
+            Denial::Token(e) => e.code(),
+            Denial::OrgUnknown => "org_unknown",
+            Denial::UserUnknown => "user_unknown",
+            Denial::DeviceUnknown => "device_unknown",
+            Denial::DeviceRevoked => "device_revoked",
+            Denial::Clearance => "clearance",
+            Denial::Grant => "grant",
+            Denial::RoomScope => "room_scope",
+            Denial::SecureView => "secure_view",
+            Denial::Quota => "quota",
+            Denial::FileType => "file_type",
+        }
+    }
+
+    /// The rule's code as the API reports it.
+    pub fn code(self) -> &'static str {
+        match self {
+            Denial::TokenMissing | Denial::Token(_) => "unauthorized",
+            Denial::OrgUnknown
+            | Denial::UserUnknown
+            | Denial::DeviceUnknown
+            | Denial::DeviceRevoked => "device",
+            Denial::Clearance => "clearance",
+            Denial::Grant | Denial::RoomScope => "grant",
+            Denial::SecureView => "secure_view",
+            Denial::Quota => "quota",
+            Denial::FileType => "file_type",
+        }
+    }
+
+    /// HTTP status: 401 when the bearer is not established, 403 when a rule refuses.
+    pub fn status(self) -> u16 {
+        match self {
+            Denial::TokenMissing | Denial::Token(_) => 401,
+            _ => 403,
+        }
+    }
+}
+
+impl fmt::Display for Denial {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Denial::TokenMissing => f.write_str("no bearer token was presented"),
+            Denial::Token(e) => e.fmt(f),
+            Denial::OrgUnknown => f.write_str("the token's organisation is not registered"),
+            Denial::UserUnknown => {
+                f.write_str("the token's user is not registered in its organisation")
+            }
+            Denial::DeviceUnknown => {
+                f.write_str("the token's device is not registered to its organisation")
+            }
+            Denial::DeviceRevoked => f.write_str("the token's device has been revoked"),
+            Denial::Clearance => f.write_str("effective clearance is below the classification"),
+            Denial::Grant => f.write_str("the token lacks the grant this needs"),
+            Denial::RoomScope => f.write_str("the token is limited to another room"),
+            Denial::SecureView => f.write_str("secure material may be viewed but not recorded"),
+            Denial::Quota => f.write_str("the quota would be exceeded"),
+            Denial::FileType => f.write_str("this file type is not allowed"),
+        }
+    }
+}
+
+impl std::error::Error for Denial {}
+
+/// Establishes the bearer against the registry as it is now.
+pub fn principal(
+    claims: &Claims,
+    org: Option<&Org>,
+    user: Option<&User>,
+    device: Option<&Device>,
+) -> Result<Principal, Denial> {
+    let org = org.ok_or(Denial::OrgUnknown)?;
+    let device = device
+        .filter(|d| d.org == org.name && d.id == claims.device)
+        .ok_or(Denial::DeviceUnknown)?;
+    if device.revoked {
+        return Err(Denial::DeviceRevoked);
+    }
+    let user = user
+        .filter(|u| u.org == org.name && u.name == claims.sub)
+        .ok_or(Denial::UserUnknown)?;
+    Ok(Principal {
+        org: org.name.clone(),
+        user: user.name.clone(),
+        device: device.id.clone(),
+        device_kind: device.kind,
+        clearance: claims
+            .clearance
+            .min(user.clearance)
+            .min(device.max_clearance),
+        grants: claims.grants.clone(),
+        room: claims.room.clone(),
+        token_id: claims.jti.clone(),
+    })
+}
+
+/// What a participant wants to do in a room.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RoomRole {
+    Publish,
+    Subscribe,
+    /// Read the room's state (who is in it).
+    Inspect,
+}
+
+/// May `p` take `role` in `room`?
+pub fn may_join(p: &Principal, role: RoomRole, room: &Room) -> Result<(), Denial> {
+    if room.org != p.org {
+        // Rooms are looked up in the bearer's organisation; another organisation's room is
+        // outside the token's scope.
+        return Err(Denial::RoomScope);
+    }
+    if p.room.as_deref().is_some_and(|r| r != room.name) {
+        return Err(Denial::RoomScope);
+    }
+    let needed = match role {
+        RoomRole::Publish => Grant::Publish,
+        RoomRole::Subscribe => Grant::Subscribe,
+        RoomRole::Inspect => {
+            if !(p.has(Grant::Subscribe) || p.has(Grant::Publish) || p.has(Grant::Admin)) {
+                return Err(Denial::Grant);
+            }
+            Grant::Subscribe
+        }
+    };
+    if role != RoomRole::Inspect && !p.has(needed) {
+        return Err(Denial::Grant);
+    }
+    if p.clearance < room.classification {
+        return Err(Denial::Clearance);
+    }
+    if role == RoomRole::Subscribe
+        && room.secure_view
+        && (p.has(Grant::Record) || p.device_kind == DeviceKind::Recorder)
+    {
+        return Err(Denial::SecureView);
+    }
+    Ok(())
+}
+
+/// The facts about a stored file that access depends on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FileFacts<'a> {
+    pub org: &'a str,
+    pub classification: u8,
+    pub view_only: bool,
+}
+
+/// What a bearer wants to do with a file.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FileAction {
+    Put,
+    Get,
+    Remove,
+    List,
+}
+
+/// May `p` do `action` to a file with `facts`? For `Put`, the facts are those the upload declares.
+pub fn may_file(p: &Principal, action: FileAction, facts: FileFacts<'_>) -> Result<(), Denial> {
+    if !p.has(Grant::Files) {
+        return Err(Denial::Grant);
+    }
+    if facts.org != p.org {
+        // Files of another organisation do not exist for this bearer.
+        return Err(Denial::RoomScope);
+    }
+    if p.clearance < facts.classification {
+        return Err(Denial::Clearance);
+    }
+    if action == FileAction::Get && facts.view_only && p.device_kind != DeviceKind::Terminal {
+        return Err(Denial::SecureView);
+    }
+    Ok(())
+}
+
+/// May `p` change the registry of `org`?
+pub fn may_admin(p: &Principal, org: &str) -> Result<(), Denial> {
+    if !p.has(Grant::Admin) {
+        return Err(Denial::Grant);
+    }
+    if p.org != org {
+        return Err(Denial::RoomScope);
+    }
+    Ok(())
+}
+
+/// Would the registry allow a token with `claims`? `relay token` mints nothing it refuses.
+pub fn may_mint(
+    claims: &Claims,
+    org: Option<&Org>,
+    user: Option<&User>,
+    device: Option<&Device>,
+    room: Option<&Room>,
+) -> Result<(), Denial> {
+    let p = principal(claims, org, user, device)?;
+    if p.clearance < claims.clearance {
+        return Err(Denial::Clearance);
+    }
+    if let Some(name) = &claims.room {
+        let room = room
+            .filter(|r| &r.name == name && r.org == p.org)
+            .ok_or(Denial::RoomScope)?;
+        if p.clearance < room.classification {
+            return Err(Denial::Clearance);
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn org() -> Org {
+        Org {
+            name: "acme".into(),
+            quota_bytes: None,
+        }
+    }
+    fn user(clearance: u8) -> User {
+        User {
+            org: "acme".into(),
+            name: "ann".into(),
+            clearance,
+        }
+    }
+    fn device(kind: DeviceKind, max: u8, revoked: bool) -> Device {
+        Device {
+            org: "acme".into(),
+            id: "pc1".into(),
+            kind,
+            max_clearance: max,
+            revoked,
+        }
+    }
+    fn room(classification: u8, secure_view: bool) -> Room {
+        Room {
+            org: "acme".into(),
+            name: "ops".into(),
+            classification,
+            secure_view,
+        }
+    }
+    fn claims(clearance: u8, grants: &[Grant], room: Option<&str>) -> Claims {
+        Claims {
+            jti: "j".into(),
+            org: "acme".into(),
+            sub: "ann".into(),
+            device: "pc1".into(),
+            clearance,
+            room: room.map(Into::into),
+            grants: grants.to_vec(),
+            iat: 0,
+            nbf: 0,
+            exp: 10,
+        }
+    }
+
+    #[test]
+    fn principal_rules() {
+        use DeviceKind::*;
+        let o = org();
+        let other_org_device = Device {
+            org: "other".into(),
+            ..device(Browser, 3, false)
+        };
+        let other_user = User {
+            name: "bob".into(),
+            ..user(3)
+        };
+        let c = claims(3, &[Grant::Publish], None);
+        #[rustfmt::skip]
+        type Row<'a> = (Option<&'a Org>, Option<User>, Option<Device>, Result<u8, Denial>);
+        let table: Vec<Row<'_>> = vec![
+            (
+                Some(&o),
+                Some(user(3)),
+                Some(device(Browser, 3, false)),
+                Ok(3),
+            ),
+            (
+                Some(&o),
+                Some(user(1)),
+                Some(device(Browser, 3, false)),
+                Ok(1),
+            ),
+            (
+                Some(&o),
+                Some(user(3)),
+                Some(device(Browser, 2, false)),
+                Ok(2),
+            ),
+            (
+                None,
+                Some(user(3)),
+                Some(device(Browser, 3, false)),
+                Err(Denial::OrgUnknown),
+            ),
+            (Some(&o), Some(user(3)), None, Err(Denial::DeviceUnknown)),
+            (
+                Some(&o),
+                Some(user(3)),
+                Some(other_org_device),
+                Err(Denial::DeviceUnknown),
+            ),
+            (
+                Some(&o),
+                Some(user(3)),
+                Some(device(Browser, 3, true)),
+                Err(Denial::DeviceRevoked),
+            ),
+            (
+                Some(&o),
+                None,
+                Some(device(Browser, 3, false)),
+                Err(Denial::UserUnknown),
+            ),
+            (
+                Some(&o),
+                Some(other_user),
+                Some(device(Browser, 3, false)),
+                Err(Denial::UserUnknown),
+            ),
+        ];
+        for (i, (o, u, d, want)) in table.into_iter().enumerate() {
+            let got = principal(&c, o, u.as_ref(), d.as_ref()).map(|p| p.clearance);
+            assert_eq!(got, want, "row {i}");
+        }
+        // The token's own clearance caps too.
+        let low = claims(0, &[], None);
+        let p = principal(
+            &low,
+            Some(&o),
+            Some(&user(3)),
+            Some(&device(Browser, 3, false)),
+        )
+        .unwrap();
+        assert_eq!(p.clearance, 0);
+    }
+
+    fn p(clearance: u8, kind: DeviceKind, grants: &[Grant], room: Option<&str>) -> Principal {
+        principal(
+            &claims(clearance, grants, room),
+            Some(&org()),
+            Some(&user(3)),
+            Some(&device(kind, 3, false)),
+        )
+        .unwrap()
+    }
+
+    #[test]
+    fn join_rules() {
+        use DeviceKind::*;
+        use Grant::*;
+        use RoomRole::{Inspect, Publish as Pub, Subscribe as Sub};
+        #[rustfmt::skip]
+        let table: Vec<(Principal, RoomRole, Room, Result<(), Denial>)> = vec![
+            (p(1, Browser, &[Publish], None),            Pub,   room(1, false), Ok(())),
+            (p(1, Browser, &[Subscribe], None),          Pub,   room(1, false), Err(Denial::Grant)),
+            (p(1, Browser, &[Subscribe], None),          Sub, room(1, false), Ok(())),
+            (p(1, Browser, &[Publish], None),            Sub, room(1, false), Err(Denial::Grant)),
+            (p(1, Browser, &[Subscribe], None),          Sub, room(2, false), Err(Denial::Clearance)),
+            (p(3, Browser, &[Publish], None),            Pub,   room(3, false), Ok(())),
+            (p(0, Browser, &[Publish], None),            Pub,   room(1, false), Err(Denial::Clearance)),
+            (p(2, Browser, &[Subscribe], Some("ops")),   Sub, room(2, false), Ok(())),
+            (p(2, Browser, &[Subscribe], Some("hall")),  Sub, room(2, false), Err(Denial::RoomScope)),
+            (p(2, Browser, &[Subscribe], None),          Sub, room(2, true),  Ok(())),
+            (p(2, Browser, &[Subscribe, Record], None),  Sub, room(2, true),  Err(Denial::SecureView)),
+            (p(2, Recorder, &[Subscribe], None),         Sub, room(2, true),  Err(Denial::SecureView)),
+            (p(2, Recorder, &[Subscribe], None),         Sub, room(2, false), Ok(())),
+            (p(2, Recorder, &[Publish], None),           Pub,   room(2, true),  Ok(())),
+            (p(2, Terminal, &[Subscribe, Record], None), Sub, room(2, false), Ok(())),
+            (p(2, Browser, &[Subscribe], None),          Inspect,   room(2, true),  Ok(())),
+            (p(2, Browser, &[Files], None),              Inspect,   room(2, false), Err(Denial::Grant)),
+            (p(1, Browser, &[Admin], None),              Inspect,   room(2, false), Err(Denial::Clearance)),
+        ];
+        for (i, (who, role, r, want)) in table.into_iter().enumerate() {
+            assert_eq!(may_join(&who, role, &r), want, "row {i}");
+        }
+        let foreign = Room {
+            org: "other".into(),
+            ..room(0, false)
+        };
+        assert_eq!(
+            may_join(&p(3, Browser, &[Subscribe], None), Sub, &foreign),
+            Err(Denial::RoomScope)
+        );
+    }
+
+    #[test]
+    fn file_rules() {
+        use DeviceKind::*;
+        use FileAction::*;
+        use Grant::*;
+        let f = |classification, view_only| FileFacts {
+            org: "acme",
+            classification,
+            view_only,
+        };
+        #[rustfmt::skip]
+        let table: Vec<(Principal, FileAction, FileFacts<'_>, Result<(), Denial>)> = vec![
+            (p(1, Browser, &[Files], None),   Put,    f(1, false), Ok(())),
+            (p(1, Browser, &[Publish], None), Put,    f(0, false), Err(Denial::Grant)),
+            (p(1, Browser, &[Files], None),   Put,    f(2, false), Err(Denial::Clearance)),
+            (p(2, Browser, &[Files], None),   Get,    f(2, false), Ok(())),
+            (p(1, Terminal, &[Files], None),  Get,    f(2, false), Err(Denial::Clearance)),
+            (p(2, Browser, &[Files], None),   Get,    f(0, true),  Err(Denial::SecureView)),
+            (p(2, Recorder, &[Files], None),  Get,    f(0, true),  Err(Denial::SecureView)),
+            (p(2, Terminal, &[Files], None),  Get,    f(0, true),  Ok(())),
+            (p(2, Browser, &[Files], None),   Remove, f(0, true),  Ok(())),
+            (p(2, Browser, &[Files], None),   List,   f(0, false), Ok(())),
+        ];
+        for (i, (who, action, facts, want)) in table.into_iter().enumerate() {
+            assert_eq!(may_file(&who, action, facts), want, "row {i}");
+        }
+        let foreign = FileFacts {
+            org: "other",
+            classification: 0,
+            view_only: false,
+        };
+        assert_eq!(
+            may_file(&p(3, Terminal, &[Files], None), Get, foreign),
+            Err(Denial::RoomScope)
+        );
+    }
+
+    #[test]
+    fn admin_rules() {
+        let admin = p(0, DeviceKind::Browser, &[Grant::Admin], None);
+        assert_eq!(may_admin(&admin, "acme"), Ok(()));
+        assert_eq!(may_admin(&admin, "other"), Err(Denial::RoomScope));
+        let user = p(3, DeviceKind::Browser, &[Grant::Publish], None);
+        assert_eq!(may_admin(&user, "acme"), Err(Denial::Grant));
+    }
+
+    #[test]
+    fn mint_rules() {
+        use DeviceKind::*;
+        let o = org();
+        let r = room(2, false);
+        let d = device(Browser, 2, false);
+        let ok =
+            |c: &Claims, room: Option<&Room>| may_mint(c, Some(&o), Some(&user(3)), Some(&d), room);
+        assert_eq!(ok(&claims(2, &[], None), None), Ok(()));
+        assert_eq!(ok(&claims(3, &[], None), None), Err(Denial::Clearance));
+        assert_eq!(ok(&claims(2, &[], Some("ops")), Some(&r)), Ok(()));
+        assert_eq!(
+            ok(&claims(2, &[], Some("ops")), None),
+            Err(Denial::RoomScope)
+        );
+        assert_eq!(
+            ok(&claims(1, &[], Some("ops")), Some(&r)),
+            Err(Denial::Clearance)
+        );
+        assert_eq!(
+            may_mint(
+                &claims(1, &[], None),
+                Some(&o),
+                Some(&user(3)),
+                Some(&device(Browser, 3, true)),
+                None
+            ),
+            Err(Denial::DeviceRevoked)
+        );
+    }
+
+    #[test]
+    fn every_denial_has_a_distinct_reason_and_a_status() {
+        let mut reasons: Vec<_> = Denial::ALL.iter().map(|d| d.reason()).collect();
+        reasons.sort_unstable();
+        reasons.dedup();
+        assert_eq!(reasons.len(), Denial::ALL.len());
+        for d in Denial::ALL {
+            assert!(matches!(d.status(), 401 | 403));
+        }
+    }
+}

@@ -1,0 +1,282 @@
+//! The data directory: where the appliance keeps its state, and its first-start initialisation.
+//!
+//! A fresh (missing or empty) directory is initialised: database with the `demo` organisation,
+//! token signing key, self-signed TLS certificate. A directory that holds some of these but not
+//! all is an error, never a silent reset: a lost signing key would invalidate every token and a
+//! lost database every registration, so the operator decides.
+
+use std::fs;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use crate::control::registry::{DeviceKind, Registry, RegistryError};
+use crate::control::token::SigningKey;
+
+/// The demo organisation created on first start, so the web client works at once.
+pub const DEMO_ORG: &str = "demo";
+pub const DEMO_USER: &str = "demo";
+pub const DEMO_DEVICE: &str = "demo-browser";
+pub const DEMO_ROOM: &str = "lobby";
+
+/// Paths inside a data directory.
+#[derive(Debug, Clone)]
+pub struct DataDir {
+    pub root: PathBuf,
+}
+
+/// The secrets and certificate loaded from a data directory.
+#[derive(Debug)]
+pub struct Secrets {
+    pub signing_key: SigningKey,
+    pub cert_pem: String,
+    pub key_pem: String,
+    pub cert_der: Vec<u8>,
+}
+
+#[derive(Debug)]
+#[non_exhaustive]
+pub enum DataDirError {
+    Io(PathBuf, std::io::Error),
+    /// Initialised before, but a part is gone.
+    Missing(PathBuf),
+    /// A file is there but not usable.
+    Invalid(PathBuf, String),
+    Registry(RegistryError),
+}
+
+impl std::fmt::Display for DataDirError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            DataDirError::Io(p, e) => write!(f, "{}: {e}", p.display()),
+            DataDirError::Missing(p) => write!(
+                f,
+                "{} is missing from an initialised data directory; restore it from a backup, or move the directory away to start afresh",
+                p.display()
+            ),
+            DataDirError::Invalid(p, why) => write!(f, "{}: {why}", p.display()),
+            DataDirError::Registry(e) => e.fmt(f),
+        }
+    }
+}
+
+impl std::error::Error for DataDirError {}
+
+impl From<RegistryError> for DataDirError {
+    fn from(e: RegistryError) -> Self {
+        DataDirError::Registry(e)
+    }
+}
+
+fn io(path: &Path) -> impl FnOnce(std::io::Error) -> DataDirError + '_ {
+    move |e| DataDirError::Io(path.to_path_buf(), e)
+}
+
+impl DataDir {
+    pub fn new(root: impl Into<PathBuf>) -> DataDir {
+        DataDir { root: root.into() }
+    }
+
+    pub fn db(&self) -> PathBuf {
+        self.root.join("relay.db")
+    }
+    pub fn signing_key(&self) -> PathBuf {
+        self.root.join("token.key")
+    }
+    pub fn cert(&self) -> PathBuf {
+        self.root.join("tls.crt")
+    }
+    pub fn tls_key(&self) -> PathBuf {
+        self.root.join("tls.key")
+    }
+    pub fn audit_log(&self) -> PathBuf {
+        self.root.join("audit.log")
+    }
+
+    fn parts(&self) -> [PathBuf; 4] {
+        [self.db(), self.signing_key(), self.cert(), self.tls_key()]
+    }
+
+    /// Initialises the directory if it is fresh, then loads it. Returns whether it was fresh.
+    pub fn init_or_open(
+        &self,
+        subject_alt_names: &[String],
+    ) -> Result<(Secrets, bool), DataDirError> {
+        let fresh = !self.parts().iter().any(|p| p.exists());
+        if fresh {
+            self.initialise(subject_alt_names)?;
+        }
+        Ok((self.open()?, fresh))
+    }
+
+    /// Loads an initialised directory; every part must be present and sound.
+    pub fn open(&self) -> Result<Secrets, DataDirError> {
+        for part in self.parts() {
+            if !part.exists() {
+                return Err(DataDirError::Missing(part));
+            }
+        }
+        // Opening checks the database's integrity and schema.
+        Registry::open(&self.db())?;
+        let key_path = self.signing_key();
+        let key = fs::read(&key_path).map_err(io(&key_path))?;
+        let key: [u8; 32] = key.try_into().map_err(|k: Vec<u8>| {
+            DataDirError::Invalid(key_path.clone(), format!("{} bytes, expected 32", k.len()))
+        })?;
+        let cert_path = self.cert();
+        let cert_pem = fs::read_to_string(&cert_path).map_err(io(&cert_path))?;
+        let cert_der = pem_body(&cert_pem, "CERTIFICATE").ok_or_else(|| {
+            DataDirError::Invalid(cert_path.clone(), "not a PEM certificate".into())
+        })?;
+        let tls_key_path = self.tls_key();
+        let key_pem = fs::read_to_string(&tls_key_path).map_err(io(&tls_key_path))?;
+        if pem_body(&key_pem, "PRIVATE KEY").is_none() {
+            return Err(DataDirError::Invalid(
+                tls_key_path,
+                "not a PEM private key".into(),
+            ));
+        }
+        Ok(Secrets {
+            signing_key: SigningKey::from_bytes(key),
+            cert_pem,
+            key_pem,
+            cert_der,
+        })
+    }
+
+    fn initialise(&self, subject_alt_names: &[String]) -> Result<(), DataDirError> {
+        create_private_dir(&self.root)?;
+        let key = crate::random_bytes::<32>();
+        write_atomic(&self.signing_key(), &key)?;
+        let certified =
+            rcgen::generate_simple_self_signed(subject_alt_names.to_vec()).map_err(|e| {
+                DataDirError::Invalid(self.cert(), format!("cannot generate certificate: {e}"))
+            })?;
+        write_atomic(
+            &self.tls_key(),
+            certified.signing_key.serialize_pem().as_bytes(),
+        )?;
+        write_atomic(&self.cert(), certified.cert.pem().as_bytes())?;
+        // The database goes last: its presence marks the directory as initialised.
+        let tmp = self.root.join("relay.db.init");
+        let _ = fs::remove_file(&tmp);
+        {
+            let reg = Registry::open_or_create(&tmp)?;
+            reg.add_org(DEMO_ORG, None)?;
+            reg.add_user(DEMO_ORG, DEMO_USER, 1)?;
+            reg.add_device(DEMO_ORG, DEMO_DEVICE, DeviceKind::Browser, 1)?;
+            reg.add_room(DEMO_ORG, DEMO_ROOM, 0, false)?;
+            // Fold the WAL into the main file so one rename moves the whole database.
+            reg.checkpoint()?;
+        }
+        for suffix in ["-wal", "-shm"] {
+            let _ = fs::remove_file(self.root.join(format!("relay.db.init{suffix}")));
+        }
+        fs::rename(&tmp, self.db()).map_err(io(&tmp))?;
+        sync_dir(&self.root)
+    }
+}
+
+fn create_private_dir(path: &Path) -> Result<(), DataDirError> {
+    use std::os::unix::fs::DirBuilderExt;
+    fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(path)
+        .map_err(io(path))
+}
+
+/// Writes a file so that it is either absent or whole: temp file, fsync, rename, directory fsync.
+/// Private (0600): these files hold secrets.
+pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), DataDirError> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let tmp = path.with_extension("tmp");
+    let mut f = fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(&tmp)
+        .map_err(io(&tmp))?;
+    f.write_all(bytes).map_err(io(&tmp))?;
+    f.sync_all().map_err(io(&tmp))?;
+    fs::rename(&tmp, path).map_err(io(path))?;
+    sync_dir(path.parent().unwrap_or(Path::new(".")))
+}
+
+fn sync_dir(dir: &Path) -> Result<(), DataDirError> {
+    fs::File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(io(dir))
+}
+
+/// The DER bytes of the first PEM block labelled `label`.
+pub fn pem_body(pem: &str, label: &str) -> Option<Vec<u8>> {
+    use base64::Engine;
+    let begin = format!("-----BEGIN {label}-----");
+    let end = format!("-----END {label}-----");
+    let start = pem.find(&begin)? + begin.len();
+    let stop = start + pem[start..].find(&end)?;
+    let b64: String = pem[start..stop]
+        .chars()
+        .filter(|c| !c.is_whitespace())
+        .collect();
+    base64::engine::general_purpose::STANDARD.decode(b64).ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sans() -> Vec<String> {
+        vec!["localhost".into(), "127.0.0.1".into()]
+    }
+
+    #[test]
+    fn first_start_creates_everything_and_second_reuses_it() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = DataDir::new(tmp.path().join("data"));
+        let (a, fresh) = dir.init_or_open(&sans()).unwrap();
+        assert!(fresh);
+        let (b, fresh) = dir.init_or_open(&sans()).unwrap();
+        assert!(!fresh);
+        assert_eq!(a.signing_key.as_bytes(), b.signing_key.as_bytes());
+        assert_eq!(a.cert_der, b.cert_der);
+        let reg = Registry::open(&dir.db()).unwrap();
+        assert!(reg.device(DEMO_ORG, DEMO_DEVICE).unwrap().is_some());
+        assert!(reg.room(DEMO_ORG, DEMO_ROOM).unwrap().is_some());
+    }
+
+    #[test]
+    fn missing_part_is_an_error_not_a_reset() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = DataDir::new(tmp.path());
+        dir.init_or_open(&sans()).unwrap();
+        for part in [dir.signing_key(), dir.db()] {
+            let saved = fs::read(&part).unwrap();
+            fs::remove_file(&part).unwrap();
+            let err = dir.init_or_open(&sans()).unwrap_err();
+            assert!(
+                matches!(err, DataDirError::Missing(ref p) if *p == part),
+                "{err}"
+            );
+            fs::write(&part, saved).unwrap();
+        }
+        dir.init_or_open(&sans()).unwrap();
+    }
+
+    #[test]
+    fn short_key_and_corrupt_database_are_errors() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = DataDir::new(tmp.path());
+        dir.init_or_open(&sans()).unwrap();
+        fs::write(dir.signing_key(), b"short").unwrap();
+        assert!(matches!(dir.open(), Err(DataDirError::Invalid(..))));
+        fs::write(dir.signing_key(), [1u8; 32]).unwrap();
+        fs::write(dir.db(), vec![0x42; 4096]).unwrap();
+        let err = dir.open().unwrap_err();
+        assert!(
+            matches!(err, DataDirError::Registry(RegistryError::Corrupt(_))),
+            "{err}"
+        );
+    }
+}

@@ -1,0 +1,248 @@
+//! `relay serve`: starts every plane, tells systemd when they are up, keeps the watchdog fed while
+//! the serving loops turn, and shuts down cleanly on SIGTERM or SIGINT.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use sha2::Digest;
+use tokio::net::TcpListener;
+
+use crate::config::Config;
+use crate::control::Control;
+use crate::control::audit::AuditLog;
+use crate::control::registry::Registry;
+use crate::datadir::{self, DataDir};
+use crate::http::{self, AppState, Info, Readiness};
+use crate::metrics::Metrics;
+
+#[derive(Debug)]
+#[non_exhaustive]
+pub enum ServeError {
+    DataDir(datadir::DataDirError),
+    Bind(SocketAddr, std::io::Error),
+    Io(std::io::Error),
+}
+
+impl std::fmt::Display for ServeError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ServeError::DataDir(e) => write!(f, "data directory: {e}"),
+            ServeError::Bind(a, e) => write!(f, "cannot listen on {a}: {e}"),
+            ServeError::Io(e) => e.fmt(f),
+        }
+    }
+}
+
+impl std::error::Error for ServeError {}
+
+/// Liveness of the serving loops, for the systemd watchdog: each loop beats as it turns, and the
+/// watchdog is fed only while every loop has beaten recently, so a wedged loop gets the service
+/// restarted.
+#[derive(Debug, Clone)]
+pub struct Heartbeats {
+    start: Instant,
+    loops: Arc<std::sync::Mutex<Vec<LoopBeat>>>,
+}
+
+/// A loop's name and the time of its last beat, in milliseconds since start.
+type LoopBeat = (&'static str, Arc<AtomicU64>);
+
+/// One loop's heartbeat.
+#[derive(Debug, Clone)]
+pub struct Heartbeat {
+    start: Instant,
+    last_ms: Arc<AtomicU64>,
+}
+
+impl Heartbeat {
+    pub fn beat(&self) {
+        self.last_ms
+            .store(self.start.elapsed().as_millis() as u64, Ordering::Relaxed);
+    }
+}
+
+impl Heartbeats {
+    pub fn new() -> Heartbeats {
+        Heartbeats {
+            start: Instant::now(),
+            loops: Default::default(),
+        }
+    }
+
+    pub fn register(&self, name: &'static str) -> Heartbeat {
+        let last_ms = Arc::new(AtomicU64::new(self.start.elapsed().as_millis() as u64));
+        self.loops
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push((name, last_ms.clone()));
+        Heartbeat {
+            start: self.start,
+            last_ms,
+        }
+    }
+
+    /// Loops that have not beaten within `limit`.
+    pub fn stale(&self, limit: Duration) -> Vec<&'static str> {
+        let now = self.start.elapsed().as_millis() as u64;
+        let loops = self.loops.lock().unwrap_or_else(|p| p.into_inner());
+        loops
+            .iter()
+            .filter(|(_, l)| {
+                now.saturating_sub(l.load(Ordering::Relaxed)) > limit.as_millis() as u64
+            })
+            .map(|(n, _)| *n)
+            .collect()
+    }
+}
+
+impl Default for Heartbeats {
+    fn default() -> Self {
+        Heartbeats::new()
+    }
+}
+
+fn notify(state: &[sd_notify::NotifyState]) {
+    if let Err(e) = sd_notify::notify(state) {
+        tracing::warn!(error = %e, "cannot notify the service manager");
+    }
+}
+
+/// Runs the appliance until SIGTERM or SIGINT.
+pub async fn run(config: Config) -> Result<(), ServeError> {
+    let dir = DataDir::new(&config.data_dir);
+    let (secrets, fresh) = dir
+        .init_or_open(&config.tls.subject_alt_names)
+        .map_err(ServeError::DataDir)?;
+    if fresh {
+        tracing::info!(data = %dir.root.display(), "initialised a new data directory");
+    }
+    let registry = Registry::open(&dir.db()).map_err(|e| ServeError::DataDir(e.into()))?;
+    let audit = AuditLog::open(&dir.audit_log(), &dir.db())
+        .map_err(|e| ServeError::Io(std::io::Error::other(e)))?;
+    let metrics = Metrics::new();
+    let control = Arc::new(Control::new(
+        registry,
+        secrets.signing_key.clone(),
+        audit,
+        metrics,
+        config.tokens.clone(),
+    ));
+
+    let readiness = Readiness::default();
+    let control_ready = readiness.plane("control");
+    let info = Info {
+        version: env!("CARGO_PKG_VERSION"),
+        quic: None,
+        cert_sha256: hex::encode(sha2::Sha256::digest(&secrets.cert_der)),
+        media_workers: 0,
+    };
+    let state = Arc::new(AppState {
+        control: control.clone(),
+        readiness,
+        info,
+        audit_path: dir.audit_log(),
+    });
+
+    let listen = config.http.listen;
+    let listener = TcpListener::bind(listen)
+        .await
+        .map_err(|e| ServeError::Bind(listen, e))?;
+    let local = listener.local_addr().map_err(ServeError::Io)?;
+
+    let heartbeats = Heartbeats::new();
+    let http_beat = heartbeats.register("http");
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(Duration::from_secs(1));
+        loop {
+            tick.tick().await;
+            http_beat.beat();
+        }
+    });
+    if let Some(period) = sd_notify::watchdog_enabled() {
+        tokio::spawn(feed_watchdog(heartbeats.clone(), period));
+    }
+
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let mut stop_http = stop_rx.clone();
+    let server =
+        axum::serve(listener, http::router(state.clone())).with_graceful_shutdown(async move {
+            let _ = stop_http.wait_for(|s| *s).await;
+        });
+    let server = tokio::spawn(server.into_future());
+
+    control_ready.store(true, Ordering::Release);
+    if state.readiness.waiting().is_empty() {
+        notify(&[sd_notify::NotifyState::Ready]);
+    }
+    tracing::info!(http = %local, data = %dir.root.display(), "relay is up");
+    tracing::info!(
+        "get a token: relay token --data {} --org {} --user {} --device {} --room {}",
+        dir.root.display(),
+        datadir::DEMO_ORG,
+        datadir::DEMO_USER,
+        datadir::DEMO_DEVICE,
+        datadir::DEMO_ROOM
+    );
+
+    shutdown_signal().await;
+    tracing::info!("stopping: no new requests, draining open ones");
+    notify(&[sd_notify::NotifyState::Stopping]);
+    let _ = stop_tx.send(true);
+    match tokio::time::timeout(config.http.drain_timeout, server).await {
+        Ok(Ok(Ok(()))) => {}
+        Ok(Ok(Err(e))) => tracing::warn!(error = %e, "http server ended with an error"),
+        Ok(Err(e)) => tracing::warn!(error = %e, "http server task failed"),
+        Err(_) => tracing::warn!("drain timeout passed; dropping open requests"),
+    }
+    // Dropping the last handle of the control plane writes out the audit log.
+    drop(state);
+    drop(control);
+    tracing::info!("stopped");
+    Ok(())
+}
+
+async fn shutdown_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = match signal(SignalKind::terminate()) {
+        Ok(s) => s,
+        Err(e) => {
+            tracing::error!(error = %e, "cannot watch SIGTERM");
+            return std::future::pending().await;
+        }
+    };
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = tokio::signal::ctrl_c() => {}
+    }
+}
+
+async fn feed_watchdog(heartbeats: Heartbeats, period: Duration) {
+    let mut tick = tokio::time::interval(period / 3);
+    loop {
+        tick.tick().await;
+        let stale = heartbeats.stale(period / 2);
+        if stale.is_empty() {
+            notify(&[sd_notify::NotifyState::Watchdog]);
+        } else {
+            tracing::error!(loops = ?stale, "serving loops are not turning; withholding the watchdog");
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_loop_that_stops_beating_goes_stale() {
+        let hb = Heartbeats::new();
+        let a = hb.register("a");
+        let _b = hb.register("b");
+        std::thread::sleep(Duration::from_millis(30));
+        a.beat();
+        assert_eq!(hb.stale(Duration::from_millis(20)), vec!["b"]);
+        assert!(hb.stale(Duration::from_secs(10)).is_empty());
+    }
+}
