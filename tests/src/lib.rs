@@ -1,1 +1,334 @@
-//! End-to-end tests live in `tests/tests/`.
+//! Harness for the end-to-end tests in `tests/tests/`: starts the real `relay` binary on
+//! loopback with a throwaway data directory, and talks to it over real sockets.
+//!
+//! Every relay started here binds 127.0.0.1 with port 0 and is stopped (SIGTERM, then SIGKILL)
+//! when its handle drops, so tests can run in parallel and leave nothing behind.
+
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Output, Stdio};
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::{Duration, Instant};
+
+/// The `relay` binary of this build, built once per test process.
+pub fn relay_bin() -> PathBuf {
+    static BIN: OnceLock<PathBuf> = OnceLock::new();
+    BIN.get_or_init(|| {
+        let exe = std::env::current_exe().expect("test executable path");
+        // target/<profile>/deps/<test> -> target/<profile>/relay
+        let profile_dir = exe
+            .parent()
+            .and_then(Path::parent)
+            .expect("target profile directory");
+        let release = profile_dir.file_name().is_some_and(|n| n == "release");
+        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+        let mut cmd = Command::new(cargo);
+        cmd.args(["build", "--quiet", "-p", "relay", "--bin", "relay"]);
+        if release {
+            cmd.arg("--release");
+        }
+        let status = cmd.status().expect("run cargo build");
+        assert!(status.success(), "building the relay binary failed");
+        profile_dir.join("relay")
+    })
+    .clone()
+}
+
+/// Runs the relay binary with `args` and waits for it.
+pub fn run(args: &[&str], env: &[(&str, &str)]) -> Output {
+    let mut cmd = Command::new(relay_bin());
+    cmd.args(args)
+        .env_remove("RELAY_TOKEN")
+        .stdin(Stdio::null());
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    cmd.output().expect("run relay")
+}
+
+/// A running appliance.
+#[derive(Debug)]
+pub struct Relay {
+    child: Option<Child>,
+    pub http: SocketAddr,
+    pub data: PathBuf,
+    _tmp: Option<tempfile::TempDir>,
+    log: Arc<Mutex<Vec<String>>>,
+}
+
+/// What a relay answered over HTTP.
+#[derive(Debug)]
+pub struct Answer {
+    pub status: u16,
+    pub body: String,
+    pub headers: Vec<(String, String)>,
+}
+
+impl Answer {
+    pub fn json(&self) -> serde_json::Value {
+        serde_json::from_str(&self.body).unwrap_or_else(|e| panic!("not JSON ({e}): {}", self.body))
+    }
+
+    /// The contract's error code of an error answer.
+    pub fn error_code(&self) -> String {
+        self.json()["error"]
+            .as_str()
+            .unwrap_or_default()
+            .to_string()
+    }
+
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(k, _)| k.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
+    }
+}
+
+impl Relay {
+    /// Starts a relay on a fresh data directory.
+    pub fn start() -> Relay {
+        let tmp = tempfile::tempdir().expect("temp dir");
+        let data = tmp.path().join("data");
+        let mut r = Relay::start_in(&data, "", &[]);
+        r._tmp = Some(tmp);
+        r
+    }
+
+    /// Starts a relay on `data` with extra TOML configuration and environment.
+    pub fn start_in(data: &Path, extra_config: &str, env: &[(&str, &str)]) -> Relay {
+        Relay::try_start_in(data, extra_config, env)
+            .unwrap_or_else(|log| panic!("relay did not start:\n{log}"))
+    }
+
+    /// Like [`Relay::start_in`], returning the relay's output if it exits or does not come up.
+    pub fn try_start_in(
+        data: &Path,
+        extra_config: &str,
+        env: &[(&str, &str)],
+    ) -> Result<Relay, String> {
+        std::fs::create_dir_all(data.parent().unwrap_or(data)).expect("create parent of data dir");
+        let config = data.with_extension("toml");
+        let text =
+            format!("[http]\nlisten = \"127.0.0.1:0\"\ndrain_timeout = \"3s\"\n{extra_config}");
+        std::fs::write(&config, text).expect("write config");
+        let mut cmd = Command::new(relay_bin());
+        cmd.arg("serve")
+            .arg("--config")
+            .arg(&config)
+            .arg("--data")
+            .arg(data)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped());
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        let mut child = cmd.spawn().expect("spawn relay");
+        let log = Arc::new(Mutex::new(Vec::new()));
+        let stderr = child.stderr.take().expect("piped stderr");
+        let sink = log.clone();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                sink.lock().unwrap_or_else(|p| p.into_inner()).push(line);
+            }
+        });
+        let deadline = Instant::now() + Duration::from_secs(60);
+        let mut relay = Relay {
+            child: Some(child),
+            http: "127.0.0.1:0".parse().expect("addr"),
+            data: data.into(),
+            _tmp: None,
+            log,
+        };
+        loop {
+            if let Some(addr) = relay.log_field("relay is up", "http") {
+                relay.http = addr.parse().expect("http address in the start-up line");
+                break;
+            }
+            let exited = relay
+                .child
+                .as_mut()
+                .and_then(|c| c.try_wait().ok().flatten());
+            if exited.is_some() || Instant::now() > deadline {
+                std::thread::sleep(Duration::from_millis(100));
+                return Err(relay.log());
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        Ok(relay)
+    }
+
+    /// Everything the relay has logged so far.
+    pub fn log(&self) -> String {
+        self.log
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .join("\n")
+    }
+
+    /// The value of `key=` on the first log line containing `marker`.
+    pub fn log_field(&self, marker: &str, key: &str) -> Option<String> {
+        let log = self.log.lock().unwrap_or_else(|p| p.into_inner());
+        let line = log.iter().find(|l| l.contains(marker))?;
+        let start = line.find(&format!("{key}="))? + key.len() + 1;
+        Some(
+            line[start..]
+                .split_whitespace()
+                .next()?
+                .trim_matches('"')
+                .to_string(),
+        )
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.http)
+    }
+
+    fn agent() -> ureq::Agent {
+        let config = ureq::Agent::config_builder()
+            .http_status_as_error(false)
+            .timeout_global(Some(Duration::from_secs(20)))
+            .build();
+        ureq::Agent::new_with_config(config)
+    }
+
+    fn answer(result: Result<ureq::http::Response<ureq::Body>, ureq::Error>) -> Answer {
+        let mut resp = result.expect("HTTP request to the relay");
+        let status = resp.status().as_u16();
+        let headers = resp
+            .headers()
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_str().unwrap_or_default().to_string()))
+            .collect();
+        let body = resp.body_mut().read_to_string().unwrap_or_default();
+        Answer {
+            status,
+            body,
+            headers,
+        }
+    }
+
+    pub fn get(&self, path: &str, token: Option<&str>) -> Answer {
+        let mut req = Relay::agent().get(self.url(path));
+        if let Some(t) = token {
+            req = req.header("authorization", format!("Bearer {t}"));
+        }
+        Relay::answer(req.call())
+    }
+
+    pub fn post(&self, path: &str, token: Option<&str>, content_type: &str, body: &str) -> Answer {
+        let mut req = Relay::agent()
+            .post(self.url(path))
+            .content_type(content_type);
+        if let Some(t) = token {
+            req = req.header("authorization", format!("Bearer {t}"));
+        }
+        Relay::answer(req.send(body.to_string()))
+    }
+
+    /// A metric's value from `/metrics`, by its full name with labels as exposed.
+    pub fn metric(&self, series: &str) -> Option<f64> {
+        let text = self.get("/metrics", None).body;
+        text.lines()
+            .find(|l| l.starts_with(series) && l[series.len()..].starts_with(' '))
+            .and_then(|l| l[series.len()..].trim().parse().ok())
+    }
+
+    /// Runs a relay command against this relay's data directory.
+    pub fn cli(&self, args: &[&str]) -> Output {
+        let mut all: Vec<&str> = args.to_vec();
+        let data = self.data.to_string_lossy().to_string();
+        all.extend(["--data", &data]);
+        run(&all, &[])
+    }
+
+    /// Mints a token on the data directory; panics if refused.
+    pub fn token(&self, args: &[&str]) -> String {
+        let mut all = vec!["token"];
+        all.extend_from_slice(args);
+        let out = self.cli(&all);
+        assert!(
+            out.status.success(),
+            "relay token {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout)
+            .expect("utf-8 token")
+            .trim()
+            .to_string()
+    }
+
+    /// A token for the demo user on the demo device.
+    pub fn demo_token(&self, grants: &str) -> String {
+        self.token(&[
+            "--org",
+            "demo",
+            "--user",
+            "demo",
+            "--device",
+            "demo-browser",
+            "--grants",
+            grants,
+        ])
+    }
+
+    /// Sends SIGTERM and waits for the exit.
+    pub fn stop(&mut self) -> ExitStatus {
+        let mut child = self.child.take().expect("running relay");
+        signal(&child, "TERM");
+        let deadline = Instant::now() + Duration::from_secs(15);
+        loop {
+            if let Ok(Some(status)) = child.try_wait() {
+                return status;
+            }
+            if Instant::now() > deadline {
+                let _ = child.kill();
+                panic!("relay did not stop within 15 s of SIGTERM:\n{}", self.log());
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Kills the relay at once (SIGKILL), as a crash would.
+    pub fn kill9(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().map_or(0, Child::id)
+    }
+}
+
+fn signal(child: &Child, sig: &str) {
+    let _ = Command::new("kill")
+        .arg(format!("-{sig}"))
+        .arg(child.id().to_string())
+        .status();
+}
+
+impl Drop for Relay {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            signal(&c, "TERM");
+            let deadline = Instant::now() + Duration::from_secs(5);
+            while Instant::now() < deadline {
+                if let Ok(Some(_)) = c.try_wait() {
+                    return;
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+/// Standard error of a command, as text.
+pub fn stderr(out: &Output) -> String {
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
