@@ -245,16 +245,13 @@ impl Registry {
     pub fn org(&self, name: &str) -> Result<Option<Org>> {
         Ok(self
             .conn
-            .query_row(
-                "SELECT name, quota_bytes FROM orgs WHERE name = ?1",
-                [name],
-                |r| {
-                    Ok(Org {
-                        name: r.get(0)?,
-                        quota_bytes: r.get::<_, Option<i64>>(1)?.map(|q| q as u64),
-                    })
-                },
-            )
+            .prepare_cached("SELECT name, quota_bytes FROM orgs WHERE name = ?1")?
+            .query_row([name], |r| {
+                Ok(Org {
+                    name: r.get(0)?,
+                    quota_bytes: r.get::<_, Option<i64>>(1)?.map(|q| q as u64),
+                })
+            })
             .optional()?)
     }
 
@@ -286,17 +283,14 @@ impl Registry {
     pub fn user(&self, org: &str, name: &str) -> Result<Option<User>> {
         Ok(self
             .conn
-            .query_row(
-                "SELECT clearance FROM users WHERE org = ?1 AND name = ?2",
-                [org, name],
-                |r| {
-                    Ok(User {
-                        org: org.into(),
-                        name: name.into(),
-                        clearance: r.get(0)?,
-                    })
-                },
-            )
+            .prepare_cached("SELECT clearance FROM users WHERE org = ?1 AND name = ?2")?
+            .query_row([org, name], |r| {
+                Ok(User {
+                    org: org.into(),
+                    name: name.into(),
+                    clearance: r.get(0)?,
+                })
+            })
             .optional()?)
     }
 
@@ -340,17 +334,16 @@ impl Registry {
     pub fn device(&self, org: &str, id: &str) -> Result<Option<Device>> {
         let row = self
             .conn
-            .query_row(
+            .prepare_cached(
                 "SELECT kind, max_clearance, revoked FROM devices WHERE org = ?1 AND id = ?2",
-                [org, id],
-                |r| {
-                    Ok((
-                        r.get::<_, String>(0)?,
-                        r.get::<_, u8>(1)?,
-                        r.get::<_, bool>(2)?,
-                    ))
-                },
-            )
+            )?
+            .query_row([org, id], |r| {
+                Ok((
+                    r.get::<_, String>(0)?,
+                    r.get::<_, u8>(1)?,
+                    r.get::<_, bool>(2)?,
+                ))
+            })
             .optional()?;
         row.map(|(kind, max_clearance, revoked)| {
             let kind = DeviceKind::parse(&kind)
@@ -394,18 +387,17 @@ impl Registry {
     pub fn room(&self, org: &str, name: &str) -> Result<Option<Room>> {
         Ok(self
             .conn
-            .query_row(
+            .prepare_cached(
                 "SELECT classification, secure_view FROM rooms WHERE org = ?1 AND name = ?2",
-                [org, name],
-                |r| {
-                    Ok(Room {
-                        org: org.into(),
-                        name: name.into(),
-                        classification: r.get(0)?,
-                        secure_view: r.get(1)?,
-                    })
-                },
-            )
+            )?
+            .query_row([org, name], |r| {
+                Ok(Room {
+                    org: org.into(),
+                    name: name.into(),
+                    classification: r.get(0)?,
+                    secure_view: r.get(1)?,
+                })
+            })
             .optional()?)
     }
 
