@@ -1,0 +1,93 @@
+//! The few syscalls the load tester needs that std does not offer: `sendmmsg` for batched
+//! sends, socket buffer sizes, and the calling thread's CPU time.
+//!
+//! Unsafe code is allowed here only; each call passes pointers to live, correctly sized buffers
+//! that outlive the call, which is all these syscalls require.
+#![allow(unsafe_code)]
+
+use std::io;
+use std::net::UdpSocket;
+use std::os::fd::AsRawFd;
+use std::time::Duration;
+
+/// Sends each buffer as one datagram on a connected socket with one `sendmmsg` call.
+/// Returns how many were sent.
+pub fn sendmmsg(socket: &UdpSocket, bufs: &mut [Vec<u8>]) -> io::Result<usize> {
+    let mut iovecs: Vec<libc::iovec> = bufs
+        .iter_mut()
+        .map(|b| libc::iovec {
+            iov_base: b.as_mut_ptr().cast(),
+            iov_len: b.len(),
+        })
+        .collect();
+    let mut msgs: Vec<libc::mmsghdr> = iovecs
+        .iter_mut()
+        .map(|iov| {
+            // SAFETY: mmsghdr is a plain C struct for which all-zero is a valid value.
+            let mut m: libc::mmsghdr = unsafe { std::mem::zeroed() };
+            m.msg_hdr.msg_iov = iov;
+            m.msg_hdr.msg_iovlen = 1;
+            m
+        })
+        .collect();
+    // SAFETY: msgs and the iovecs and buffers they point to live until the call returns.
+    let n = unsafe { libc::sendmmsg(socket.as_raw_fd(), msgs.as_mut_ptr(), msgs.len() as u32, 0) };
+    if n < 0 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(n as usize)
+    }
+}
+
+fn set_buf(socket: &UdpSocket, opt: libc::c_int, bytes: usize) -> io::Result<usize> {
+    let val = bytes as libc::c_int;
+    let len = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
+    // SAFETY: val is a live c_int and len its size.
+    let r = unsafe {
+        libc::setsockopt(
+            socket.as_raw_fd(),
+            libc::SOL_SOCKET,
+            opt,
+            (&val as *const libc::c_int).cast(),
+            len,
+        )
+    };
+    if r < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    let mut got: libc::c_int = 0;
+    let mut got_len = len;
+    // SAFETY: got is a live c_int and got_len its size.
+    let r = unsafe {
+        libc::getsockopt(
+            socket.as_raw_fd(),
+            libc::SOL_SOCKET,
+            opt,
+            (&mut got as *mut libc::c_int).cast(),
+            &mut got_len,
+        )
+    };
+    if r < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(got as usize)
+}
+
+/// Asks for a receive buffer of `bytes`; returns what the kernel granted.
+pub fn set_recv_buffer(socket: &UdpSocket, bytes: usize) -> io::Result<usize> {
+    set_buf(socket, libc::SO_RCVBUF, bytes)
+}
+
+/// Asks for a send buffer of `bytes`; returns what the kernel granted.
+pub fn set_send_buffer(socket: &UdpSocket, bytes: usize) -> io::Result<usize> {
+    set_buf(socket, libc::SO_SNDBUF, bytes)
+}
+
+/// CPU time (user + system) the calling thread has used.
+pub fn thread_cpu_time() -> Duration {
+    // SAFETY: all-zero is a valid timespec, and clock_gettime writes only into it.
+    let mut ts: libc::timespec = unsafe { std::mem::zeroed() };
+    // SAFETY: ts is a live timespec.
+    unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut ts) };
+    Duration::new(ts.tv_sec as u64, ts.tv_nsec as u32)
+}
