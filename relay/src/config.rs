@@ -18,6 +18,7 @@ pub struct Config {
     /// State directory: database, keys, certificate, chunk store, audit log.
     pub data_dir: PathBuf,
     pub http: Http,
+    pub media: Media,
     pub tokens: Tokens,
     pub log: Log,
     pub tls: Tls,
@@ -30,6 +31,21 @@ pub struct Http {
     /// How long shutdown waits for open requests before giving up on them.
     #[serde(with = "humantime_serde")]
     pub drain_timeout: Duration,
+}
+
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Media {
+    /// Address the media workers bind and announce as their ICE candidate.
+    pub bind: std::net::IpAddr,
+    /// Worker `i` listens on UDP `first_port + i`.
+    pub first_port: u16,
+    /// Media workers (one room lives on one worker); 0 = one per core.
+    pub workers: usize,
+    /// Publishers plus subscribers in one room; past it, 503 with Retry-After.
+    pub max_sessions_per_room: usize,
+    /// Rooms on one worker; past it on every worker, 503 with Retry-After.
+    pub max_rooms_per_worker: usize,
 }
 
 #[derive(Debug, Clone, PartialEq, Deserialize)]
@@ -70,6 +86,7 @@ impl Default for Config {
         Config {
             data_dir: PathBuf::from("./relay-data"),
             http: Http::default(),
+            media: Media::default(),
             tokens: Tokens::default(),
             log: Log::default(),
             tls: Tls::default(),
@@ -82,6 +99,31 @@ impl Default for Http {
         Http {
             listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
             drain_timeout: Duration::from_secs(10),
+        }
+    }
+}
+
+impl Default for Media {
+    fn default() -> Self {
+        Media {
+            bind: std::net::IpAddr::from([127, 0, 0, 1]),
+            first_port: 40_000,
+            workers: 0,
+            max_sessions_per_room: 100,
+            max_rooms_per_worker: 1_000,
+        }
+    }
+}
+
+impl Media {
+    /// The media plane's settings.
+    pub fn plane(&self) -> crate::media::MediaConfig {
+        crate::media::MediaConfig {
+            bind_ip: self.bind,
+            first_port: self.first_port,
+            workers: self.workers,
+            max_sessions_per_room: self.max_sessions_per_room,
+            max_rooms_per_worker: self.max_rooms_per_worker,
         }
     }
 }
@@ -174,6 +216,29 @@ impl Config {
         if self.data_dir.as_os_str().is_empty() {
             return Err(err("data_dir", "must not be empty"));
         }
+        if self.media.bind.is_unspecified() {
+            return Err(err(
+                "media.bind",
+                "must be a concrete address: peers are told to send to it",
+            ));
+        }
+        if self.media.workers > 1024 {
+            return Err(err("media.workers", "must be at most 1024"));
+        }
+        if self.media.first_port != 0
+            && usize::from(self.media.first_port) + self.media.workers.max(1) > 65_536
+        {
+            return Err(err(
+                "media.first_port",
+                "leaves no room for one port per worker",
+            ));
+        }
+        if self.media.max_sessions_per_room == 0 {
+            return Err(err("media.max_sessions_per_room", "must be at least 1"));
+        }
+        if self.media.max_rooms_per_worker == 0 {
+            return Err(err("media.max_rooms_per_worker", "must be at least 1"));
+        }
         if self.tokens.default_ttl.is_zero() {
             return Err(err("tokens.default_ttl", "must be longer than zero"));
         }
@@ -239,6 +304,11 @@ mod tests {
             ("[log]\nlevel = \"[[\"", "log.level"),
             ("[tls]\nsubject_alt_names = []", "tls.subject_alt_names"),
             ("data_dir = \"\"", "data_dir"),
+            ("[media]\nbind = \"0.0.0.0\"", "media.bind"),
+            ("[media]\nworkers = 5000", "media.workers"),
+            ("[media]\nfirst_port = 65535\nworkers = 4", "media.first_port"),
+            ("[media]\nmax_sessions_per_room = 0", "media.max_sessions_per_room"),
+            ("[media]\nfirst_port = -1", "media.first_port"),
         ];
         for (text, key) in table {
             let e = Config::parse(text).unwrap_err();

@@ -26,6 +26,8 @@ pub struct ApiError {
     pub status: StatusCode,
     pub code: &'static str,
     pub message: String,
+    /// Seconds for a `Retry-After` header (503, 429).
+    pub retry_after: Option<u32>,
 }
 
 impl ApiError {
@@ -34,7 +36,13 @@ impl ApiError {
             status,
             code,
             message: message.into(),
+            retry_after: None,
         }
+    }
+
+    pub fn retry_after(mut self, seconds: u32) -> ApiError {
+        self.retry_after = Some(seconds);
+        self
     }
 
     pub fn bad_request(message: impl Into<String>) -> ApiError {
@@ -92,6 +100,10 @@ impl IntoResponse for ApiError {
         if self.status == StatusCode::UNAUTHORIZED {
             r.headers_mut()
                 .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+        }
+        if let Some(secs) = self.retry_after {
+            r.headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from(secs));
         }
         r
     }
@@ -156,6 +168,8 @@ pub struct AppState {
     pub readiness: Readiness,
     pub info: Info,
     pub audit_path: std::path::PathBuf,
+    /// The media plane, when it runs.
+    pub media: Option<crate::media_http::MediaRoutes>,
 }
 
 pub fn router(state: Arc<AppState>) -> Router {
@@ -171,6 +185,8 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/api/admin/rooms", post(admin_room_add))
         .route("/api/admin/tokens", post(admin_token))
         .route("/api/admin/audit/verify", get(admin_audit_verify))
+        .merge(crate::media_http::routes())
+        .route("/", get(web_client))
         .fallback(|| async { ApiError::not_found("no such resource") })
         .with_state(state)
 }
@@ -180,15 +196,13 @@ async fn readyz(State(s): State<Arc<AppState>>) -> Response {
     if waiting.is_empty() {
         (StatusCode::OK, "ready\n").into_response()
     } else {
-        let mut r = ApiError::new(
+        ApiError::new(
             StatusCode::SERVICE_UNAVAILABLE,
             "starting",
             format!("waiting for: {}", waiting.join(", ")),
         )
-        .into_response();
-        r.headers_mut()
-            .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
-        r
+        .retry_after(1)
+        .into_response()
     }
 }
 
@@ -389,4 +403,16 @@ async fn admin_audit_verify(
             e.to_string(),
         )),
     }
+}
+
+/// The web client: publish and watch a meeting from a browser (WHIP/WHEP).
+async fn web_client() -> Response {
+    (
+        [
+            (header::CONTENT_TYPE, "text/html; charset=utf-8"),
+            (header::CACHE_CONTROL, "no-store"),
+        ],
+        include_str!("web/index.html"),
+    )
+        .into_response()
 }

@@ -8,6 +8,8 @@ pub mod config;
 pub mod control;
 pub mod datadir;
 pub mod http;
+pub mod media;
+pub mod media_http;
 pub mod metrics;
 pub mod serve;
 

@@ -141,30 +141,31 @@ impl Families {
         self
     }
 
-    /// A histogram from cumulative-free bucket counts: `counts[i]` observations fell at or below
-    /// `bounds[i]` and above `bounds[i-1]`; `counts[bounds.len()]` above the last bound.
+    /// A histogram: `cumulative[i]` observations fell at or below `bounds[i]`; `count` is the
+    /// total (the `+Inf` bucket), `sum` their sum.
     pub fn histogram(
         &mut self,
         name: &str,
         help: &str,
         bounds: &[f64],
-        counts: &[u64],
+        cumulative: &[u64],
+        count: u64,
         sum: f64,
     ) -> &mut Self {
         let mut f = family(name, help, MetricType::HISTOGRAM);
         let mut h = prometheus::proto::Histogram::default();
-        let mut cumulative = 0u64;
-        let mut buckets = Vec::with_capacity(bounds.len());
-        for (bound, n) in bounds.iter().zip(counts) {
-            cumulative += n;
-            let mut b = prometheus::proto::Bucket::default();
-            b.set_upper_bound(*bound);
-            b.set_cumulative_count(cumulative);
-            buckets.push(b);
-        }
+        let buckets = bounds
+            .iter()
+            .zip(cumulative)
+            .map(|(bound, n)| {
+                let mut b = prometheus::proto::Bucket::default();
+                b.set_upper_bound(*bound);
+                b.set_cumulative_count(*n);
+                b
+            })
+            .collect();
         h.set_bucket(buckets);
-        cumulative += counts.get(bounds.len()).copied().unwrap_or(0);
-        h.set_sample_count(cumulative);
+        h.set_sample_count(count);
         h.set_sample_sum(sum);
         let mut m = Metric::default();
         m.set_histogram(h);
@@ -260,7 +261,8 @@ mod tests {
                     "relay_test_delay_seconds",
                     "Delay.",
                     &[0.001, 0.01],
-                    &[3, 1, 1],
+                    &[3, 4],
+                    5,
                     0.05,
                 );
             },

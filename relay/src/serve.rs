@@ -15,13 +15,16 @@ use crate::control::audit::AuditLog;
 use crate::control::registry::Registry;
 use crate::datadir::{self, DataDir};
 use crate::http::{self, AppState, Info, Readiness};
-use crate::metrics::Metrics;
+use crate::media::MediaPlane;
+use crate::media_http::MediaRoutes;
+use crate::metrics::{Metrics, ScrapeCollector};
 
 #[derive(Debug)]
 #[non_exhaustive]
 pub enum ServeError {
     DataDir(datadir::DataDirError),
     Bind(SocketAddr, std::io::Error),
+    Media(crate::media::MediaError),
     Io(std::io::Error),
 }
 
@@ -30,6 +33,7 @@ impl std::fmt::Display for ServeError {
         match self {
             ServeError::DataDir(e) => write!(f, "data directory: {e}"),
             ServeError::Bind(a, e) => write!(f, "cannot listen on {a}: {e}"),
+            ServeError::Media(e) => write!(f, "media plane: {e}"),
             ServeError::Io(e) => e.fmt(f),
         }
     }
@@ -132,18 +136,26 @@ pub async fn run(config: Config) -> Result<(), ServeError> {
 
     let readiness = Readiness::default();
     let control_ready = readiness.plane("control");
+    let media_ready = readiness.plane("media");
+
+    let media = MediaPlane::start(config.media.plane()).map_err(ServeError::Media)?;
+    control
+        .metrics()
+        .register(Box::new(media_metrics(media.clone())));
     let info = Info {
         version: env!("CARGO_PKG_VERSION"),
         quic: None,
         cert_sha256: hex::encode(sha2::Sha256::digest(&secrets.cert_der)),
-        media_workers: 0,
+        media_workers: media.workers(),
     };
     let state = Arc::new(AppState {
         control: control.clone(),
         readiness,
         info,
         audit_path: dir.audit_log(),
+        media: Some(MediaRoutes::new(media.clone())),
     });
+    media_ready.store(true, Ordering::Release);
 
     let listen = config.http.listen;
     let listener = TcpListener::bind(listen)
@@ -158,6 +170,26 @@ pub async fn run(config: Config) -> Result<(), ServeError> {
         loop {
             tick.tick().await;
             http_beat.beat();
+        }
+    });
+    // The media workers beat on their own; their heartbeat counts only while every one turns.
+    let media_beat = heartbeats.register("media");
+    let media_watch = media.clone();
+    let sweep_state = state.clone();
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(Duration::from_secs(1));
+        let mut n = 0u64;
+        loop {
+            tick.tick().await;
+            if media_watch.healthy(Duration::from_secs(3)) {
+                media_beat.beat();
+            }
+            n += 1;
+            if n.is_multiple_of(10)
+                && let Some(m) = &sweep_state.media
+            {
+                m.sweep().await;
+            }
         }
     });
     if let Some(period) = sd_notify::watchdog_enabled() {
@@ -176,7 +208,17 @@ pub async fn run(config: Config) -> Result<(), ServeError> {
     if state.readiness.waiting().is_empty() {
         notify(&[sd_notify::NotifyState::Ready]);
     }
-    tracing::info!(http = %local, data = %dir.root.display(), "relay is up");
+    let media_ports: Vec<String> = media
+        .local_addrs()
+        .iter()
+        .map(ToString::to_string)
+        .collect();
+    tracing::info!(
+        http = %local,
+        media = %media_ports.join(","),
+        data = %dir.root.display(),
+        "relay is up"
+    );
     tracing::info!(
         "get a token: relay token --data {} --org {} --user {} --device {} --room {}",
         dir.root.display(),
@@ -196,11 +238,72 @@ pub async fn run(config: Config) -> Result<(), ServeError> {
         Ok(Err(e)) => tracing::warn!(error = %e, "http server task failed"),
         Err(_) => tracing::warn!("drain timeout passed; dropping open requests"),
     }
+    media.shutdown();
     // Dropping the last handle of the control plane writes out the audit log.
     drop(state);
     drop(control);
     tracing::info!("stopped");
     Ok(())
+}
+
+/// The media plane's counters, read at scrape time.
+fn media_metrics(media: MediaPlane) -> impl prometheus::core::Collector {
+    const NAMES: [(&str, &str); 11] = [
+        ("relay_rooms", "Rooms with at least one session."),
+        ("relay_publishers", "Publishing sessions."),
+        ("relay_subscribers", "Subscribing sessions."),
+        (
+            "relay_media_packets_received_total",
+            "RTP packets received from publishers.",
+        ),
+        (
+            "relay_media_packets_forwarded_total",
+            "RTP packets sent to subscribers.",
+        ),
+        (
+            "relay_media_bytes_forwarded_total",
+            "RTP payload bytes sent to subscribers.",
+        ),
+        (
+            "relay_media_packets_dropped_total",
+            "Packets not forwarded, by reason.",
+        ),
+        (
+            "relay_layer_switches_total",
+            "Slot switches to another source or layer.",
+        ),
+        (
+            "relay_keyframe_requests_total",
+            "Keyframe requests sent to publishers.",
+        ),
+        (
+            "relay_forward_delay_seconds",
+            "Time from receiving a packet to sending its copies.",
+        ),
+        ("relay_media_workers", "Media worker threads."),
+    ];
+    ScrapeCollector::new(&NAMES, move |f| {
+        let c = media.counters();
+        let help = |i: usize| NAMES[i].1;
+        f.gauge(NAMES[0].0, help(0), c.rooms as f64)
+            .gauge(NAMES[1].0, help(1), c.publishers as f64)
+            .gauge(NAMES[2].0, help(2), c.subscribers as f64)
+            .counter(NAMES[3].0, help(3), c.packets_received)
+            .counter(NAMES[4].0, help(4), c.packets_forwarded)
+            .counter(NAMES[5].0, help(5), c.bytes_forwarded)
+            .labelled_counter(NAMES[6].0, help(6), "reason", &c.dropped)
+            .counter(NAMES[7].0, help(7), c.layer_switches)
+            .counter(NAMES[8].0, help(8), c.keyframe_requests)
+            .histogram(
+                NAMES[9].0,
+                help(9),
+                c.forward_delay.bounds,
+                &c.forward_delay.cumulative,
+                c.forward_delay.count,
+                c.forward_delay.sum_seconds,
+            )
+            .gauge(NAMES[10].0, help(10), media.workers() as f64);
+    })
 }
 
 async fn shutdown_signal() {

@@ -1,0 +1,219 @@
+//! The whole media plane over real UDP sockets on 127.0.0.1: worker threads, mio loops, the
+//! async API. Clients are the same str0m peers as in the simulated tests, driven by wall-clock
+//! time. Every loop is bounded in count and time.
+
+use std::net::{SocketAddr, UdpSocket};
+use std::time::{Duration, Instant};
+
+use str0m::Input;
+use str0m::net::{Protocol, Receive};
+
+use super::sim_tests::{Client, Net};
+use super::{Layout, MediaConfig, MediaPlane, Source};
+
+struct Peer {
+    client: Client,
+    socket: UdpSocket,
+}
+
+impl Peer {
+    fn new() -> Peer {
+        let socket = UdpSocket::bind("127.0.0.1:0").expect("bind client");
+        socket.set_nonblocking(true).expect("non-blocking");
+        let port = socket.local_addr().expect("addr").port();
+        Peer {
+            client: Client::new(port, Instant::now()),
+            socket,
+        }
+    }
+
+    /// Read what arrived, run timers, send what the peer queued.
+    fn step(&mut self, net: &mut Net, buf: &mut [u8]) {
+        let now = Instant::now();
+        for _ in 0..1000 {
+            let Ok((n, from)) = self.socket.recv_from(buf) else {
+                break;
+            };
+            let Ok(recv) = Receive::new(Protocol::Udp, from, self.client.addr, &buf[..n]) else {
+                continue;
+            };
+            self.client.last = now;
+            let _ = self.client.rtc.handle_input(Input::Receive(now, recv));
+            self.client.drain(net);
+        }
+        if self.client.next_timeout <= now {
+            self.client.last = now;
+            let _ = self.client.rtc.handle_input(Input::Timeout(now));
+            self.client.drain(net);
+        }
+        self.flush(net);
+    }
+
+    fn flush(&self, net: &mut Net) {
+        while let Some((_, to, data)) = net.queue.pop_front() {
+            let _ = self.socket.send_to(&data, to);
+        }
+    }
+}
+
+fn config() -> MediaConfig {
+    MediaConfig {
+        bind_ip: [127, 0, 0, 1].into(),
+        first_port: 0,
+        workers: 2,
+        max_sessions_per_room: 8,
+        max_rooms_per_worker: 4,
+    }
+}
+
+#[tokio::test]
+async fn publish_and_subscribe_over_loopback() {
+    let plane = MediaPlane::start(config()).expect("start");
+    assert_eq!(plane.workers(), 2);
+    let mut buf = vec![0u8; 2048];
+    let mut net = Net::default();
+
+    let mut alice = Peer::new();
+    let offer = alice.client.publisher_offer(7);
+    let a = plane
+        .publish("org/r".into(), "alice".into(), Source::Camera, &offer)
+        .await
+        .expect("publish");
+    alice.client.accept(&a.answer_sdp);
+    let worker: SocketAddr = plane.local_addrs()[0];
+    assert!(
+        a.answer_sdp.contains(&worker.port().to_string())
+            || a.answer_sdp
+                .contains(&plane.local_addrs()[1].port().to_string()),
+        "answer names a worker's port"
+    );
+
+    let mut bob = Peer::new();
+    let offer = bob.client.subscriber_offer(1, 1);
+    let b = plane
+        .subscribe("org/r".into(), "bob".into(), Layout::Grid, &offer)
+        .await
+        .expect("subscribe");
+    bob.client.accept(&b.answer_sdp);
+
+    // Run for at most 10 s of wall time until bob has seen 30 of alice's video packets.
+    let start = Instant::now();
+    let mut frame = 0u32;
+    let mut next_frame = start;
+    let mut next_audio = start;
+    while start.elapsed() < Duration::from_secs(10) {
+        let now = Instant::now();
+        if now >= next_frame {
+            frame += 1;
+            next_frame += Duration::from_millis(33);
+            alice.client.send_frame(frame, now);
+            alice.client.drain(&mut net);
+            alice.flush(&mut net);
+        }
+        if now >= next_audio {
+            next_audio += Duration::from_millis(20);
+            alice.client.send_audio(frame, now);
+            alice.client.drain(&mut net);
+            alice.flush(&mut net);
+        }
+        alice.step(&mut net, &mut buf);
+        bob.step(&mut net, &mut buf);
+        if bob.client.got.iter().filter(|g| g.publisher == 7).count() >= 30 {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    let video = bob.client.got.iter().filter(|g| g.publisher == 7).count();
+    assert!(video >= 30, "bob got {video} video packets from alice");
+    // One tile: the highest layer.
+    assert_eq!(bob.client.got.last().map(|g| g.layer), Some(2));
+    assert!(!bob.client.got_audio.is_empty(), "bob got alice's audio");
+
+    let c = plane.counters();
+    assert!(c.packets_forwarded >= 30, "{c:?}");
+    assert!(c.forward_delay.count > 0, "forward delay observed");
+    assert_eq!((c.rooms, c.publishers, c.subscribers), (1, 1, 1));
+    let beats = plane.heartbeat();
+    assert!(
+        beats.iter().all(|h| h.elapsed() < Duration::from_secs(2)),
+        "workers alive"
+    );
+    assert!(plane.healthy(Duration::from_secs(2)));
+
+    let info = plane.room_info(&"org/r".to_owned()).await.expect("room");
+    assert_eq!(info.publishers.len(), 1);
+    assert_eq!(info.publishers[0].layers, vec!["l", "m", "h"]);
+    assert_eq!(
+        info.subscribers[0].slots[0].publisher,
+        Some(a.session.clone())
+    );
+    assert_eq!(info.subscribers[0].slots[0].layer.as_deref(), Some("h"));
+
+    // Ending both sessions frees the room at once.
+    plane.end(&a.session).await.expect("end alice");
+    assert_eq!(
+        plane.end(&a.session).await,
+        Err(super::MediaError::NotFound)
+    );
+    plane.end(&b.session).await.expect("end bob");
+    assert!(plane.room_info(&"org/r".to_owned()).await.is_none());
+    assert_eq!(plane.counters().rooms, 0);
+
+    plane.shutdown();
+    let offer = Peer::new().client.publisher_offer(1);
+    let r = plane
+        .publish("org/r".into(), "x".into(), Source::Camera, &offer)
+        .await;
+    assert_eq!(r.err(), Some(super::MediaError::ShuttingDown));
+}
+
+#[tokio::test]
+async fn bad_offers_and_limits() {
+    let plane = MediaPlane::start(MediaConfig {
+        max_sessions_per_room: 1,
+        ..config()
+    })
+    .expect("start");
+    let r = plane
+        .publish("org/r".into(), "u".into(), Source::Camera, "not sdp")
+        .await;
+    assert!(matches!(r, Err(super::MediaError::BadSdp(_))), "{r:?}");
+    assert!(
+        plane.room_info(&"org/r".to_owned()).await.is_none(),
+        "no room left behind"
+    );
+
+    let offer = Peer::new().client.publisher_offer(1);
+    let a = plane
+        .publish("org/r".into(), "u".into(), Source::Camera, &offer)
+        .await
+        .expect("first fits");
+    let offer = Peer::new().client.subscriber_offer(1, 0);
+    let r = plane
+        .subscribe("org/r".into(), "v".into(), Layout::Grid, &offer)
+        .await;
+    assert_eq!(r.err(), Some(super::MediaError::RoomFull));
+    let bogus = super::SessionId::parse(&"0".repeat(32)).expect("id");
+    assert_eq!(plane.end(&bogus).await, Err(super::MediaError::NotFound));
+    plane
+        .trickle(
+            &a.session,
+            "a=candidate:1 1 udp 2113937151 127.0.0.1 50000 typ host\r\n",
+        )
+        .await
+        .expect("trickle");
+    assert!(matches!(
+        plane.trickle(&a.session, "a=candidate:garbage").await,
+        Err(super::MediaError::BadSdp(_))
+    ));
+    plane.shutdown();
+}
+
+#[test]
+fn refuses_unspecified_bind_address() {
+    let r = MediaPlane::start(MediaConfig {
+        bind_ip: [0, 0, 0, 0].into(),
+        ..config()
+    });
+    assert!(matches!(r, Err(super::MediaError::Config(_))));
+}

@@ -1,0 +1,680 @@
+//! The media plane's I/O shell: worker threads, their sockets, and the async API.
+//!
+//! Job: [`MediaPlane::start`] spawns one thread per worker. Each owns a non-blocking UDP socket
+//! (port `first_port + i`), a mio `Poll`, and one [`Core`]; it reads datagrams in a loop up to a
+//! budget, feeds timeouts, and takes commands from the async API through a channel plus a mio
+//! `Waker`, answering on tokio oneshot channels. Rooms are placed on the least-loaded worker
+//! and live there until they empty.
+//!
+//! Invariants:
+//! - a worker thread is the only writer of its core, counters and heartbeat: no lock on the
+//!   packet path. The placement map (room -> worker, session -> worker) is locked only by API
+//!   calls and by a worker when a session opens or closes;
+//! - a room is mapped to one worker while any session in it lives or any open for it is in
+//!   flight, so a room is never split across workers;
+//! - every socket read loop is bounded ([`RECV_BUDGET`]); a full budget re-polls at once instead
+//!   of waiting, since mio readiness is edge-triggered.
+
+use std::collections::HashMap;
+use std::io;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::mpsc;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use mio::net::UdpSocket;
+use mio::{Events, Interest, Poll, Token, Waker};
+use tokio::sync::oneshot;
+
+use super::counters::{MediaCounters, WorkerCounters, set};
+use super::sfu::{Core, CoreConfig, Wire};
+use super::types::{
+    Layout, MediaError, ParticipantKey, RoomInfo, RoomKey, SessionAnswer, SessionId, Source,
+};
+
+/// Datagrams read per loop iteration before timers and commands get a turn.
+pub const RECV_BUDGET: usize = 256;
+
+/// How long an API call waits for its worker before answering `WorkerBusy`.
+pub const COMMAND_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// The longest a worker sleeps, so its heartbeat stays fresh when idle.
+const MAX_SLEEP: Duration = Duration::from_millis(500);
+
+const SOCKET: Token = Token(0);
+const WAKER: Token = Token(1);
+
+/// Media plane settings.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MediaConfig {
+    /// Address the workers bind and advertise as their ICE host candidate. Must be a concrete
+    /// address (not 0.0.0.0 / ::), since peers are told to send to it.
+    pub bind_ip: IpAddr,
+    /// Worker `i` listens on `first_port + i`. 0 lets the system pick (tests).
+    pub first_port: u16,
+    /// Number of workers; 0 = one per core.
+    pub workers: usize,
+    /// Publishers plus subscribers per room; beyond it `RoomFull`.
+    pub max_sessions_per_room: usize,
+    /// Rooms per worker; beyond it on every worker `WorkerBusy`.
+    pub max_rooms_per_worker: usize,
+}
+
+impl Default for MediaConfig {
+    fn default() -> Self {
+        MediaConfig {
+            bind_ip: IpAddr::from([127, 0, 0, 1]),
+            first_port: 40_000,
+            workers: 0,
+            max_sessions_per_room: 100,
+            max_rooms_per_worker: 1_000,
+        }
+    }
+}
+
+/// A handle on the running media plane. Cheap to clone; all clones drive the same workers.
+#[derive(Debug, Clone)]
+pub struct MediaPlane {
+    inner: Arc<Inner>,
+}
+
+#[derive(Debug)]
+struct Inner {
+    cfg: MediaConfig,
+    workers: Vec<WorkerHandle>,
+    placement: Arc<Mutex<Placement>>,
+    epoch: Instant,
+    stopped: AtomicBool,
+}
+
+#[derive(Debug)]
+struct WorkerHandle {
+    tx: mpsc::Sender<Command>,
+    waker: Arc<Waker>,
+    counters: Arc<WorkerCounters>,
+    /// Nanoseconds since `epoch` at the worker's last loop iteration.
+    heartbeat: Arc<AtomicU64>,
+    addr: SocketAddr,
+    thread: Mutex<Option<JoinHandle<()>>>,
+}
+
+/// Which worker holds which room and session.
+#[derive(Debug, Default)]
+struct Placement {
+    rooms: HashMap<RoomKey, usize>,
+    sessions: HashMap<SessionId, usize>,
+    /// Opens in flight per room: the room stays mapped while any is pending.
+    opening: HashMap<RoomKey, usize>,
+}
+
+fn lock(m: &Mutex<Placement>) -> MutexGuard<'_, Placement> {
+    // The map holds no invariant a panicking holder could break halfway (single inserts and
+    // removes), so a poisoned lock is still usable.
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// The answer to an open, and whether the room still exists on the worker afterwards.
+type Opened = (Result<SessionAnswer, MediaError>, bool);
+
+#[derive(Debug)]
+enum Command {
+    Publish {
+        room: RoomKey,
+        user: ParticipantKey,
+        source: Source,
+        offer: String,
+        reply: oneshot::Sender<Opened>,
+    },
+    Subscribe {
+        room: RoomKey,
+        user: ParticipantKey,
+        layout: Layout,
+        offer: String,
+        reply: oneshot::Sender<Opened>,
+    },
+    Trickle {
+        session: SessionId,
+        frag: String,
+        reply: oneshot::Sender<Result<(), MediaError>>,
+    },
+    End {
+        session: SessionId,
+        reply: oneshot::Sender<Result<(), MediaError>>,
+    },
+    SetLayout {
+        session: SessionId,
+        layout: Layout,
+        max_height: Option<u32>,
+        reply: oneshot::Sender<Result<(), MediaError>>,
+    },
+    RoomInfo {
+        room: RoomKey,
+        reply: oneshot::Sender<Option<RoomInfo>>,
+    },
+    Shutdown,
+}
+
+impl MediaPlane {
+    /// Bind the workers' sockets and start their threads.
+    pub fn start(cfg: MediaConfig) -> Result<MediaPlane, MediaError> {
+        if cfg.bind_ip.is_unspecified() {
+            return Err(MediaError::Config(
+                "bind_ip must be a concrete address: it is the ICE candidate peers send to".into(),
+            ));
+        }
+        let n = match cfg.workers {
+            0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
+            n => n,
+        };
+        let epoch = Instant::now();
+        let placement = Arc::new(Mutex::new(Placement::default()));
+        let mut workers = Vec::with_capacity(n);
+        for i in 0..n {
+            let port = match cfg.first_port {
+                0 => 0,
+                p => u16::try_from(usize::from(p) + i)
+                    .map_err(|_| MediaError::Config(format!("port {p} + {i} is out of range")))?,
+            };
+            let std_socket = std::net::UdpSocket::bind((cfg.bind_ip, port))
+                .map_err(|e| MediaError::Io(format!("bind {}:{port}: {e}", cfg.bind_ip)))?;
+            std_socket
+                .set_nonblocking(true)
+                .map_err(|e| MediaError::Io(format!("non-blocking socket: {e}")))?;
+            let addr = std_socket
+                .local_addr()
+                .map_err(|e| MediaError::Io(format!("local address: {e}")))?;
+            let mut socket = UdpSocket::from_std(std_socket);
+            let poll = Poll::new().map_err(|e| MediaError::Io(format!("poll: {e}")))?;
+            poll.registry()
+                .register(&mut socket, SOCKET, Interest::READABLE)
+                .map_err(|e| MediaError::Io(format!("register socket: {e}")))?;
+            let waker = Arc::new(
+                Waker::new(poll.registry(), WAKER)
+                    .map_err(|e| MediaError::Io(format!("waker: {e}")))?,
+            );
+            let (tx, rx) = mpsc::channel();
+            let counters = Arc::new(WorkerCounters::default());
+            let heartbeat = Arc::new(AtomicU64::new(0));
+            let core = Core::new(
+                CoreConfig {
+                    local: addr,
+                    max_sessions_per_room: cfg.max_sessions_per_room,
+                    max_rooms: cfg.max_rooms_per_worker,
+                },
+                counters.clone(),
+                Instant::now(),
+            );
+            let worker = Worker {
+                index: i,
+                core,
+                socket,
+                poll,
+                rx,
+                counters: counters.clone(),
+                heartbeat: heartbeat.clone(),
+                epoch,
+                placement: placement.clone(),
+                buf: vec![0u8; 2048],
+            };
+            let thread = std::thread::Builder::new()
+                .name(format!("media-worker-{i}"))
+                .spawn(move || worker.run())
+                .map_err(|e| MediaError::Io(format!("spawn worker: {e}")))?;
+            workers.push(WorkerHandle {
+                tx,
+                waker,
+                counters,
+                heartbeat,
+                addr,
+                thread: Mutex::new(Some(thread)),
+            });
+        }
+        tracing::info!(workers = n, first = %workers[0].addr, "media plane started");
+        Ok(MediaPlane {
+            inner: Arc::new(Inner {
+                cfg,
+                workers,
+                placement,
+                epoch,
+                stopped: AtomicBool::new(false),
+            }),
+        })
+    }
+
+    /// Number of workers (`media_workers` in `GET /api/info`).
+    pub fn workers(&self) -> usize {
+        self.inner.workers.len()
+    }
+
+    /// Each worker's UDP address.
+    pub fn local_addrs(&self) -> Vec<SocketAddr> {
+        self.inner.workers.iter().map(|w| w.addr).collect()
+    }
+
+    /// Accept a WHIP offer for `room` from `participant` (the token's subject).
+    pub async fn publish(
+        &self,
+        room: RoomKey,
+        participant: ParticipantKey,
+        source: Source,
+        offer_sdp: &str,
+    ) -> Result<SessionAnswer, MediaError> {
+        let offer = offer_sdp.to_owned();
+        self.open(room.clone(), move |reply| Command::Publish {
+            room,
+            user: participant,
+            source,
+            offer,
+            reply,
+        })
+        .await
+    }
+
+    /// Accept a WHEP offer: its video m-lines are the slots, its audio m-lines the audio lines.
+    pub async fn subscribe(
+        &self,
+        room: RoomKey,
+        participant: ParticipantKey,
+        layout: Layout,
+        offer_sdp: &str,
+    ) -> Result<SessionAnswer, MediaError> {
+        let offer = offer_sdp.to_owned();
+        self.open(room.clone(), move |reply| Command::Subscribe {
+            room,
+            user: participant,
+            layout,
+            offer,
+            reply,
+        })
+        .await
+    }
+
+    /// Trickled ICE candidates (`application/trickle-ice-sdpfrag`).
+    pub async fn trickle(&self, session: &SessionId, sdpfrag: &str) -> Result<(), MediaError> {
+        let w = self.worker_of(session)?;
+        let (reply, rx) = oneshot::channel();
+        self.send(
+            w,
+            Command::Trickle {
+                session: session.clone(),
+                frag: sdpfrag.to_owned(),
+                reply,
+            },
+        )?;
+        wait(rx).await?
+    }
+
+    /// End a session (WHIP/WHEP DELETE).
+    pub async fn end(&self, session: &SessionId) -> Result<(), MediaError> {
+        let w = self.worker_of(session)?;
+        let (reply, rx) = oneshot::channel();
+        self.send(
+            w,
+            Command::End {
+                session: session.clone(),
+                reply,
+            },
+        )?;
+        wait(rx).await?
+    }
+
+    /// Change a subscriber's layout and height cap.
+    pub async fn set_layout(
+        &self,
+        session: &SessionId,
+        layout: Layout,
+        max_height: Option<u32>,
+    ) -> Result<(), MediaError> {
+        let w = self.worker_of(session)?;
+        let (reply, rx) = oneshot::channel();
+        self.send(
+            w,
+            Command::SetLayout {
+                session: session.clone(),
+                layout,
+                max_height,
+                reply,
+            },
+        )?;
+        wait(rx).await?
+    }
+
+    /// The room's publishers and subscribers; `None` if the room has no session.
+    pub async fn room_info(&self, room: &RoomKey) -> Option<RoomInfo> {
+        let w = *lock(&self.inner.placement).rooms.get(room)?;
+        let (reply, rx) = oneshot::channel();
+        self.send(
+            w,
+            Command::RoomInfo {
+                room: room.clone(),
+                reply,
+            },
+        )
+        .ok()?;
+        wait(rx).await.ok()?
+    }
+
+    /// Summed counters of every worker, for the metrics scrape.
+    pub fn counters(&self) -> MediaCounters {
+        MediaCounters::sum(self.inner.workers.iter().map(|w| &*w.counters))
+    }
+
+    /// When each worker last went round its loop. A worker whose instant lags far behind
+    /// (seconds) is wedged; feed the oldest to the systemd watchdog decision.
+    pub fn heartbeat(&self) -> Vec<Instant> {
+        self.inner
+            .workers
+            .iter()
+            .map(|w| self.inner.epoch + Duration::from_nanos(w.heartbeat.load(Ordering::Relaxed)))
+            .collect()
+    }
+
+    /// True if every worker went round its loop within `max_age`.
+    pub fn healthy(&self, max_age: Duration) -> bool {
+        let now = Instant::now();
+        !self.inner.stopped.load(Ordering::Relaxed)
+            && self
+                .heartbeat()
+                .iter()
+                .all(|h| now.saturating_duration_since(*h) <= max_age)
+    }
+
+    /// Stop every worker: sessions end, sockets close, threads are joined.
+    pub fn shutdown(&self) {
+        if self.inner.stopped.swap(true, Ordering::SeqCst) {
+            return;
+        }
+        for w in &self.inner.workers {
+            if w.tx.send(Command::Shutdown).is_ok() {
+                let _ = w.waker.wake();
+            }
+        }
+        for w in &self.inner.workers {
+            let handle = w.thread.lock().ok().and_then(|mut t| t.take());
+            if let Some(h) = handle
+                && h.join().is_err()
+            {
+                tracing::error!(addr = %w.addr, "media worker had panicked");
+            }
+        }
+    }
+
+    /// Place `room` (its worker, or the least-loaded one with room to spare) and open a
+    /// session there.
+    async fn open(
+        &self,
+        room: RoomKey,
+        make: impl FnOnce(oneshot::Sender<Opened>) -> Command,
+    ) -> Result<SessionAnswer, MediaError> {
+        if self.inner.stopped.load(Ordering::Relaxed) {
+            return Err(MediaError::ShuttingDown);
+        }
+        let w = {
+            let mut p = lock(&self.inner.placement);
+            let w = match p.rooms.get(&room) {
+                Some(&w) => w,
+                None => {
+                    let max = self.inner.cfg.max_rooms_per_worker as u64;
+                    let w = self
+                        .inner
+                        .workers
+                        .iter()
+                        .enumerate()
+                        .filter(|(_, w)| w.counters.rooms.load(Ordering::Relaxed) < max)
+                        .min_by_key(|(_, w)| {
+                            let c = &w.counters;
+                            (
+                                c.publishers.load(Ordering::Relaxed)
+                                    + c.subscribers.load(Ordering::Relaxed),
+                                c.rooms.load(Ordering::Relaxed),
+                            )
+                        })
+                        .map(|(i, _)| i)
+                        .ok_or(MediaError::WorkerBusy)?;
+                    p.rooms.insert(room.clone(), w);
+                    w
+                }
+            };
+            *p.opening.entry(room.clone()).or_insert(0) += 1;
+            w
+        };
+        let (reply, rx) = oneshot::channel();
+        let sent = self.send(w, make(reply));
+        let (result, room_lives) = match sent {
+            Ok(()) => match wait(rx).await {
+                Ok(opened) => opened,
+                Err(e) => (Err(e), true),
+            },
+            Err(e) => (Err(e), true),
+        };
+        let mut p = lock(&self.inner.placement);
+        if let Some(n) = p.opening.get_mut(&room) {
+            *n -= 1;
+            if *n == 0 {
+                p.opening.remove(&room);
+            }
+        }
+        // A failed first open leaves no room on the worker: unmap it unless another open for
+        // it is on its way.
+        if !room_lives && !p.opening.contains_key(&room) && p.rooms.get(&room) == Some(&w) {
+            p.rooms.remove(&room);
+        }
+        result
+    }
+
+    fn worker_of(&self, session: &SessionId) -> Result<usize, MediaError> {
+        lock(&self.inner.placement)
+            .sessions
+            .get(session)
+            .copied()
+            .ok_or(MediaError::NotFound)
+    }
+
+    fn send(&self, w: usize, cmd: Command) -> Result<(), MediaError> {
+        if self.inner.stopped.load(Ordering::Relaxed) {
+            return Err(MediaError::ShuttingDown);
+        }
+        let worker = &self.inner.workers[w];
+        worker.tx.send(cmd).map_err(|_| MediaError::WorkerBusy)?;
+        worker
+            .waker
+            .wake()
+            .map_err(|e| MediaError::Io(format!("wake: {e}")))
+    }
+}
+
+async fn wait<T>(rx: oneshot::Receiver<T>) -> Result<T, MediaError> {
+    match tokio::time::timeout(COMMAND_TIMEOUT, rx).await {
+        Ok(Ok(v)) => Ok(v),
+        // The worker dropped the reply (it stopped) or did not answer in time.
+        Ok(Err(_)) | Err(_) => Err(MediaError::WorkerBusy),
+    }
+}
+
+struct Worker {
+    index: usize,
+    core: Core,
+    socket: UdpSocket,
+    poll: Poll,
+    rx: mpsc::Receiver<Command>,
+    counters: Arc<WorkerCounters>,
+    heartbeat: Arc<AtomicU64>,
+    epoch: Instant,
+    placement: Arc<Mutex<Placement>>,
+    /// Receive buffer: larger than any datagram a WebRTC peer sends (MTU-sized).
+    buf: Vec<u8>,
+}
+
+struct SocketWire<'a> {
+    socket: &'a UdpSocket,
+}
+
+impl Wire for SocketWire<'_> {
+    fn send(&mut self, to: SocketAddr, data: &[u8]) -> bool {
+        // A full send buffer drops the datagram (counted): RTP recovers by NACK/PLI, and
+        // blocking would stall every session on this worker.
+        self.socket.send_to(data, to).is_ok()
+    }
+}
+
+impl Worker {
+    fn run(mut self) {
+        let mut events = Events::with_capacity(16);
+        let mut more_to_read = false;
+        loop {
+            let now = Instant::now();
+            set(
+                &self.heartbeat,
+                u64::try_from(now.saturating_duration_since(self.epoch).as_nanos())
+                    .unwrap_or(u64::MAX),
+            );
+            let sleep = if more_to_read {
+                Duration::ZERO
+            } else {
+                self.core
+                    .poll_timeout()
+                    .saturating_duration_since(now)
+                    .min(MAX_SLEEP)
+            };
+            if let Err(e) = self.poll.poll(&mut events, Some(sleep))
+                && e.kind() != io::ErrorKind::Interrupted
+            {
+                tracing::error!(worker = self.index, "poll failed: {e}");
+                return;
+            }
+            if !self.commands() {
+                return;
+            }
+            more_to_read = self.read();
+            let mut wire = SocketWire {
+                socket: &self.socket,
+            };
+            self.core.handle_timeout(Instant::now(), &mut wire);
+            self.settle_gone();
+        }
+    }
+
+    /// Read up to [`RECV_BUDGET`] datagrams; true if the budget ran out first.
+    fn read(&mut self) -> bool {
+        for _ in 0..RECV_BUDGET {
+            match self.socket.recv_from(&mut self.buf) {
+                Ok((n, src)) => {
+                    let t0 = Instant::now();
+                    let before = self.counters.packets_forwarded.load(Ordering::Relaxed);
+                    let mut wire = SocketWire {
+                        socket: &self.socket,
+                    };
+                    self.core
+                        .handle_datagram(src, &self.buf[..n], t0, &mut wire);
+                    // Forward delay: datagram read to its copies handed to the socket.
+                    if self.counters.packets_forwarded.load(Ordering::Relaxed) != before {
+                        let d = u64::try_from(t0.elapsed().as_nanos()).unwrap_or(u64::MAX);
+                        self.counters.observe_delay(d);
+                    }
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return false,
+                // Linux reports an earlier send's ICMP error on a later receive; nothing was
+                // read, go on (the budget bounds the loop).
+                Err(_) => {}
+            }
+        }
+        true
+    }
+
+    /// Apply queued commands; false on shutdown.
+    fn commands(&mut self) -> bool {
+        while let Ok(cmd) = self.rx.try_recv() {
+            let now = Instant::now();
+            let mut wire = SocketWire {
+                socket: &self.socket,
+            };
+            match cmd {
+                Command::Publish {
+                    room,
+                    user,
+                    source,
+                    offer,
+                    reply,
+                } => {
+                    let r = self
+                        .core
+                        .publish(&room, &user, source, &offer, now, &mut wire);
+                    self.opened(&room, &r);
+                    let _ = reply.send((r, self.core.has_room(&room)));
+                }
+                Command::Subscribe {
+                    room,
+                    user,
+                    layout,
+                    offer,
+                    reply,
+                } => {
+                    let r = self
+                        .core
+                        .subscribe(&room, &user, layout, &offer, now, &mut wire);
+                    self.opened(&room, &r);
+                    let _ = reply.send((r, self.core.has_room(&room)));
+                }
+                Command::Trickle {
+                    session,
+                    frag,
+                    reply,
+                } => {
+                    let _ = reply.send(self.core.trickle(&session, &frag, now, &mut wire));
+                }
+                Command::End { session, reply } => {
+                    let _ = reply.send(self.core.end(&session, now, &mut wire));
+                }
+                Command::SetLayout {
+                    session,
+                    layout,
+                    max_height,
+                    reply,
+                } => {
+                    let r = self
+                        .core
+                        .set_layout(&session, layout, max_height, now, &mut wire);
+                    let _ = reply.send(r);
+                }
+                Command::RoomInfo { room, reply } => {
+                    let _ = reply.send(self.core.room_info(&room));
+                }
+                Command::Shutdown => {
+                    self.core.close_all(now, &mut wire);
+                    self.settle_gone();
+                    return false;
+                }
+            }
+            self.settle_gone();
+        }
+        true
+    }
+
+    /// Record a new session in the placement map before its id is handed out.
+    fn opened(&self, room: &RoomKey, r: &Result<SessionAnswer, MediaError>) {
+        if let Ok(a) = r {
+            let mut p = lock(&self.placement);
+            p.sessions.insert(a.session.clone(), self.index);
+            p.rooms.insert(room.clone(), self.index);
+        }
+    }
+
+    /// Unmap removed sessions and rooms (a room only if no open for it is in flight).
+    fn settle_gone(&mut self) {
+        if !self.core.has_gone() {
+            return;
+        }
+        let (sessions, rooms) = self.core.take_gone();
+        let mut p = lock(&self.placement);
+        for s in sessions {
+            p.sessions.remove(&s);
+        }
+        for r in rooms {
+            if !p.opening.contains_key(&r) && p.rooms.get(&r) == Some(&self.index) {
+                p.rooms.remove(&r);
+            }
+        }
+    }
+}

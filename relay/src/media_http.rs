@@ -1,0 +1,379 @@
+//! WHIP and WHEP over HTTP: the media plane's thin shell. Each request is authenticated and
+//! authorised by the control plane, then handed to [`MediaPlane`].
+//!
+//! A session's `Location` is `/whip/{room}/{session}` (or `/whep/...`); the session id is 128
+//! random bits. PATCH, DELETE and layout changes are accepted only from the participant who
+//! opened the session; anyone else gets 404, as if it did not exist.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use axum::body::Bytes;
+use axum::extract::{Path, Query, State};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use serde::Deserialize;
+use serde_json::json;
+
+use crate::control::policy::{Principal, RoomRole};
+use crate::http::{ApiError, ApiResult, AppState, bearer, json_body};
+use crate::media::{Layout, MediaError, MediaPlane, SessionId, Source};
+
+impl From<MediaError> for ApiError {
+    fn from(e: MediaError) -> Self {
+        match e {
+            MediaError::BadSdp(_) => {
+                ApiError::new(StatusCode::BAD_REQUEST, "bad_sdp", e.to_string())
+            }
+            MediaError::NotFound => ApiError::not_found(e.to_string()),
+            MediaError::RoomFull | MediaError::WorkerBusy | MediaError::ShuttingDown => {
+                ApiError::new(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "unavailable",
+                    e.to_string(),
+                )
+                .retry_after(2)
+            }
+            _ => ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", e.to_string()),
+        }
+    }
+}
+
+/// Who opened a session, to check PATCH, DELETE and layout requests against.
+#[derive(Debug, Clone)]
+struct Owner {
+    org: String,
+    user: String,
+    room: String,
+    whep: bool,
+    opened: Instant,
+}
+
+/// The media plane and the owners of its sessions.
+#[derive(Debug)]
+pub struct MediaRoutes {
+    pub plane: MediaPlane,
+    owners: Mutex<HashMap<SessionId, Owner>>,
+}
+
+impl MediaRoutes {
+    pub fn new(plane: MediaPlane) -> MediaRoutes {
+        MediaRoutes {
+            plane,
+            owners: Mutex::new(HashMap::new()),
+        }
+    }
+
+    fn owners(&self) -> MutexGuard<'_, HashMap<SessionId, Owner>> {
+        self.owners.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Forgets owners of sessions the media plane has dropped on its own (ICE timeout), so the
+    /// map stays as large as the live sessions.
+    pub async fn sweep(&self) {
+        let rooms: Vec<String> = {
+            let owners = self.owners();
+            let mut r: Vec<String> = owners.values().map(|o| room_key(&o.org, &o.room)).collect();
+            r.sort_unstable();
+            r.dedup();
+            r
+        };
+        for room in rooms {
+            let live: Vec<SessionId> = match self.plane.room_info(&room).await {
+                Some(info) => info
+                    .publishers
+                    .into_iter()
+                    .map(|p| p.session)
+                    .chain(info.subscribers.into_iter().map(|s| s.session))
+                    .collect(),
+                None => Vec::new(),
+            };
+            self.owners().retain(|id, o| {
+                room_key(&o.org, &o.room) != room
+                    || live.contains(id)
+                    || o.opened.elapsed() < Duration::from_secs(30)
+            });
+        }
+    }
+}
+
+/// The media plane's name for a room: rooms are per organisation.
+pub fn room_key(org: &str, room: &str) -> String {
+    format!("{org}/{room}")
+}
+
+pub fn routes() -> Router<Arc<AppState>> {
+    Router::new()
+        .route("/whip/{room}", post(whip))
+        .route("/whep/{room}", post(whep))
+        .route(
+            "/whip/{room}/{session}",
+            axum::routing::patch(trickle).delete(end),
+        )
+        .route(
+            "/whep/{room}/{session}",
+            axum::routing::patch(trickle).delete(end),
+        )
+        .route("/whep/{room}/{session}/layout", post(layout))
+        .route("/api/rooms/{room}", get(room_info))
+}
+
+fn media(s: &AppState) -> ApiResult<&MediaRoutes> {
+    s.media.as_ref().ok_or_else(|| {
+        ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "unavailable",
+            "the media plane is not running",
+        )
+        .retry_after(5)
+    })
+}
+
+fn sdp_body(headers: &HeaderMap, body: &Bytes) -> ApiResult<String> {
+    let ct = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("");
+    if !ct
+        .trim()
+        .to_ascii_lowercase()
+        .starts_with("application/sdp")
+    {
+        return Err(ApiError::bad_request(
+            "the offer must be sent as application/sdp",
+        ));
+    }
+    String::from_utf8(body.to_vec())
+        .map_err(|_| ApiError::new(StatusCode::BAD_REQUEST, "bad_sdp", "the offer is not UTF-8"))
+}
+
+/// Authenticates and authorises a join of `room`; 404 for a room not registered in the
+/// bearer's organisation.
+fn join(
+    s: &AppState,
+    headers: &HeaderMap,
+    action: &'static str,
+    role: RoomRole,
+    room: &str,
+) -> ApiResult<Principal> {
+    let target = format!("room:{room}");
+    let p = s.control.authenticate(bearer(headers), action, &target)?;
+    match s.control.join(action, &p, role, room)? {
+        Some(_) => Ok(p),
+        None => Err(ApiError::not_found(format!(
+            "room {room} is not registered"
+        ))),
+    }
+}
+
+#[derive(Deserialize)]
+struct WhipQuery {
+    source: Option<Source>,
+}
+
+async fn whip(
+    State(s): State<Arc<AppState>>,
+    Path(room): Path<String>,
+    query: Result<Query<WhipQuery>, axum::extract::rejection::QueryRejection>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> ApiResult<Response> {
+    let m = media(&s)?;
+    let Query(q) = query.map_err(|e| {
+        ApiError::bad_request(format!("source must be camera, screen or audio: {e}"))
+    })?;
+    let p = join(&s, &headers, "whip", RoomRole::Publish, &room)?;
+    let offer = sdp_body(&headers, &body)?;
+    let answer = m
+        .plane
+        .publish(
+            room_key(&p.org, &room),
+            p.user.clone(),
+            q.source.unwrap_or(Source::Camera),
+            &offer,
+        )
+        .await?;
+    Ok(created(m, &p, &room, false, answer))
+}
+
+#[derive(Deserialize)]
+struct WhepQuery {
+    layout: Option<Layout>,
+}
+
+async fn whep(
+    State(s): State<Arc<AppState>>,
+    Path(room): Path<String>,
+    query: Result<Query<WhepQuery>, axum::extract::rejection::QueryRejection>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> ApiResult<Response> {
+    let m = media(&s)?;
+    let Query(q) =
+        query.map_err(|e| ApiError::bad_request(format!("layout must be grid or screen: {e}")))?;
+    let p = join(&s, &headers, "whep", RoomRole::Subscribe, &room)?;
+    let offer = sdp_body(&headers, &body)?;
+    let answer = m
+        .plane
+        .subscribe(
+            room_key(&p.org, &room),
+            p.user.clone(),
+            q.layout.unwrap_or(Layout::Grid),
+            &offer,
+        )
+        .await?;
+    Ok(created(m, &p, &room, true, answer))
+}
+
+fn created(
+    m: &MediaRoutes,
+    p: &Principal,
+    room: &str,
+    whep: bool,
+    answer: crate::media::SessionAnswer,
+) -> Response {
+    let kind = if whep { "whep" } else { "whip" };
+    let location = format!("/{kind}/{room}/{}", answer.session);
+    m.owners().insert(
+        answer.session.clone(),
+        Owner {
+            org: p.org.clone(),
+            user: p.user.clone(),
+            room: room.to_string(),
+            whep,
+            opened: Instant::now(),
+        },
+    );
+    let mut r = (StatusCode::CREATED, answer.answer_sdp).into_response();
+    let h = r.headers_mut();
+    h.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/sdp"),
+    );
+    if let Ok(v) = HeaderValue::from_str(&location) {
+        h.insert(header::LOCATION, v);
+    }
+    r
+}
+
+/// The session named in the path, if the bearer opened it.
+fn owned(
+    s: &AppState,
+    headers: &HeaderMap,
+    room: &str,
+    session: &str,
+    whep: Option<bool>,
+) -> ApiResult<SessionId> {
+    let p = s
+        .control
+        .authenticate(bearer(headers), "session", &format!("room:{room}"))?;
+    let id = SessionId::parse(session).ok_or_else(|| ApiError::not_found("no such session"))?;
+    let m = media(s)?;
+    let owners = m.owners();
+    let o = owners
+        .get(&id)
+        .ok_or_else(|| ApiError::not_found("no such session"))?;
+    if o.org != p.org || o.user != p.user || o.room != room || whep.is_some_and(|w| w != o.whep) {
+        return Err(ApiError::not_found("no such session"));
+    }
+    Ok(id)
+}
+
+fn is_whep(uri: &axum::http::Uri) -> bool {
+    uri.path().starts_with("/whep/")
+}
+
+async fn trickle(
+    State(s): State<Arc<AppState>>,
+    Path((room, session)): Path<(String, String)>,
+    uri: axum::http::Uri,
+    headers: HeaderMap,
+    body: Bytes,
+) -> ApiResult<StatusCode> {
+    let id = owned(&s, &headers, &room, &session, Some(is_whep(&uri)))?;
+    let ct = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("");
+    if !ct
+        .to_ascii_lowercase()
+        .starts_with("application/trickle-ice-sdpfrag")
+    {
+        return Err(ApiError::bad_request(
+            "trickle needs application/trickle-ice-sdpfrag",
+        ));
+    }
+    let frag = String::from_utf8(body.to_vec())
+        .map_err(|_| ApiError::bad_request("the fragment is not UTF-8"))?;
+    media(&s)?.plane.trickle(&id, &frag).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+async fn end(
+    State(s): State<Arc<AppState>>,
+    Path((room, session)): Path<(String, String)>,
+    uri: axum::http::Uri,
+    headers: HeaderMap,
+) -> ApiResult<StatusCode> {
+    let id = owned(&s, &headers, &room, &session, Some(is_whep(&uri)))?;
+    let m = media(&s)?;
+    let result = m.plane.end(&id).await;
+    m.owners().remove(&id);
+    result?;
+    Ok(StatusCode::OK)
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct LayoutBody {
+    layout: Layout,
+    #[serde(default)]
+    max_height: Option<u32>,
+}
+
+async fn layout(
+    State(s): State<Arc<AppState>>,
+    Path((room, session)): Path<(String, String)>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> ApiResult<StatusCode> {
+    let id = owned(&s, &headers, &room, &session, Some(true))?;
+    let req: LayoutBody = json_body(&body)?;
+    media(&s)?
+        .plane
+        .set_layout(&id, req.layout, req.max_height)
+        .await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+async fn room_info(
+    State(s): State<Arc<AppState>>,
+    Path(room): Path<String>,
+    headers: HeaderMap,
+) -> ApiResult<Json<serde_json::Value>> {
+    let target = format!("room:{room}");
+    let p = s
+        .control
+        .authenticate(bearer(&headers), "room.inspect", &target)?;
+    let registered = s
+        .control
+        .join("room.inspect", &p, RoomRole::Inspect, &room)?
+        .ok_or_else(|| ApiError::not_found(format!("room {room} is not registered")))?;
+    let live = match &s.media {
+        Some(m) => m.plane.room_info(&room_key(&p.org, &room)).await,
+        None => None,
+    };
+    let (publishers, subscribers) = live
+        .map(|i| (i.publishers, i.subscribers))
+        .unwrap_or_default();
+    Ok(Json(json!({
+        "room": room,
+        "classification": registered.classification,
+        "secure_view": registered.secure_view,
+        "publishers": publishers,
+        "subscribers": subscribers,
+    })))
+}
