@@ -11,6 +11,8 @@ use std::process::{Child, Command, ExitStatus, Output, Stdio};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
+pub mod browser;
+
 /// The `relay` binary of this build, built once per test process.
 pub fn relay_bin() -> PathBuf {
     static BIN: OnceLock<PathBuf> = OnceLock::new();
@@ -25,6 +27,24 @@ pub fn relay_bin() -> PathBuf {
         let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
         let mut cmd = Command::new(cargo);
         cmd.args(["build", "--quiet", "-p", "relay", "--bin", "relay"]);
+        // `cargo test` gives this process the test package's CARGO_MANIFEST_DIR and friends;
+        // some build scripts watch them, so passing them on would rebuild half the tree.
+        for (key, _) in std::env::vars_os() {
+            let k = key.to_string_lossy();
+            if [
+                "CARGO_MANIFEST_",
+                "CARGO_PKG_",
+                "CARGO_CRATE_",
+                "CARGO_PRIMARY_",
+                "CARGO_BIN_",
+            ]
+            .iter()
+            .any(|p| k.starts_with(p))
+                || k == "CARGO_TARGET_TMPDIR"
+            {
+                cmd.env_remove(&key);
+            }
+        }
         if release {
             cmd.arg("--release");
         }
@@ -110,8 +130,10 @@ impl Relay {
     ) -> Result<Relay, String> {
         std::fs::create_dir_all(data.parent().unwrap_or(data)).expect("create parent of data dir");
         let config = data.with_extension("toml");
-        let text =
-            format!("[http]\nlisten = \"127.0.0.1:0\"\ndrain_timeout = \"3s\"\n{extra_config}");
+        let text = format!(
+            "[http]\nlisten = \"127.0.0.1:0\"\ndrain_timeout = \"3s\"\n\
+             [media]\nfirst_port = 0\nworkers = 2\n{extra_config}"
+        );
         std::fs::write(&config, text).expect("write config");
         let mut cmd = Command::new(relay_bin());
         cmd.arg("serve")

@@ -13,7 +13,8 @@
 //! - nobody is fed their own media;
 //! - with a bandwidth estimate, layers are lowered (least important slot first) until the sum of
 //!   layer bitrates fits, then slots are emptied from the last; a layer is only raised above the
-//!   previous decision when it fits with [`RAISE_HEADROOM`] to spare (hysteresis).
+//!   previous decision when it fits with [`RAISE_HEADROOM`] to spare, and one already shown is
+//!   lowered only when it overshoots by more than [`HOLD_SLACK`] (hysteresis both ways).
 //!
 //! Invariants: a track already shown keeps its slot index when it stays selected (no needless
 //! switch); no track appears in two slots; the result depends only on the arguments.
@@ -82,6 +83,11 @@ pub struct Feed {
 /// A layer is raised above the previous decision only if the total still fits in the estimate
 /// with this much (as a fraction of the raised layer's bitrate) to spare.
 pub const RAISE_HEADROOM: f64 = 0.25;
+
+/// A layer already shown is kept while the total exceeds the estimate by at most this fraction
+/// of its bitrate: estimates and rates wobble by that much without any congestion, and every
+/// needless switch costs a keyframe.
+pub const HOLD_SLACK: f64 = 0.15;
 
 /// Decide the feeds of `out.len()` slots. `prev` is the previous decision (any length).
 pub fn allocate(
@@ -202,6 +208,7 @@ fn fit_bandwidth(chosen: &mut Vec<(&VideoTrack<'_>, usize)>, prev: &[Option<Feed
         let rate = t.layers[idx].bitrate_bps as f64;
         match prev_rank(t) {
             Some(p) if idx > p => rate * (1.0 + RAISE_HEADROOM),
+            Some(p) if idx == p => rate * (1.0 - HOLD_SLACK),
             _ => rate,
         }
     };

@@ -59,6 +59,9 @@ pub const STALE_AFTER: Duration = Duration::from_millis(800);
 /// Period of the allocation tick (speakers, bandwidth, staleness, keyframe retries).
 pub const TICK: Duration = Duration::from_millis(100);
 
+/// Weight of the latest tick in a layer's smoothed bitrate (a time constant of about 1 s).
+const RATE_SMOOTHING: f64 = 0.1;
+
 /// A connected session silent (no datagram at all) for this long is removed.
 pub const SILENCE_TIMEOUT: Duration = Duration::from_secs(5);
 
@@ -1022,7 +1025,14 @@ impl Core {
             if let Role::Publisher(p) = &mut s.role {
                 for l in p.tracks.iter_mut().flat_map(|t| t.layers.iter_mut()) {
                     let rate = (l.window_bytes * 8) as f64 / secs;
-                    l.bitrate_bps = (0.7 * l.bitrate_bps as f64 + 0.3 * rate) as u64;
+                    // About one second of memory: a keyframe's burst must not read as the
+                    // layer's rate, or every switch would push the allocator back down.
+                    l.bitrate_bps = if l.bitrate_bps == 0 {
+                        rate as u64
+                    } else {
+                        ((1.0 - RATE_SMOOTHING) * l.bitrate_bps as f64 + RATE_SMOOTHING * rate)
+                            as u64
+                    };
                     l.window_bytes = 0;
                 }
             }
