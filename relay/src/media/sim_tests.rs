@@ -84,6 +84,10 @@ pub(super) struct Client {
     pub(super) cut: bool,
     /// Bottleneck on the link towards this peer, bits per second.
     pub(super) link_bps: Option<u64>,
+    /// RTP datagrams from and to this peer lost at random, per thousand.
+    pub(super) loss_permille: u64,
+    /// RTP datagrams the simulated network lost on this peer's links.
+    pub(super) lost: u64,
     /// When the bottleneck is free again.
     busy_until: Instant,
     /// Datagrams waiting in the bottleneck: (release time, from, bytes).
@@ -114,6 +118,8 @@ impl Client {
             last: now,
             cut: false,
             link_bps: None,
+            loss_permille: 0,
+            lost: 0,
             busy_until: now,
             delayed: VecDeque::new(),
         }
@@ -287,6 +293,8 @@ struct Sim {
     net: Net,
     clients: Vec<Client>,
     frame: u32,
+    /// The network's loss generator (xorshift, fixed seed: the run is repeatable).
+    rng: u64,
 }
 
 impl Sim {
@@ -312,6 +320,7 @@ impl Sim {
             net: Net::default(),
             clients: Vec::new(),
             frame: 0,
+            rng: 0x2545_f491_4f6c_dd1d,
         }
     }
 
@@ -389,6 +398,24 @@ impl Sim {
                     .any(|c| c.cut && (c.addr == from || c.addr == to))
                 {
                     continue;
+                }
+                // Random loss of media (RTP, not RTCP, DTLS or STUN) on lossy links.
+                let rtp = data.len() > 12
+                    && (128..192).contains(&data[0])
+                    && !(192..224).contains(&data[1]);
+                if rtp
+                    && let Some(c) = self
+                        .clients
+                        .iter_mut()
+                        .find(|c| c.loss_permille > 0 && (c.addr == from || c.addr == to))
+                {
+                    self.rng ^= self.rng << 13;
+                    self.rng ^= self.rng >> 7;
+                    self.rng ^= self.rng << 17;
+                    if self.rng % 1000 < c.loss_permille {
+                        c.lost += 1;
+                        continue;
+                    }
                 }
                 if to == self.core_addr {
                     let mut wire = CoreWire {
@@ -806,4 +833,48 @@ fn bandwidth_estimate_lowers_layers_and_raises_them_again() {
         "middle layers again once the estimate recovers"
     );
     assert_switches_on_keyframes(&sim.clients[s]);
+}
+
+#[test]
+fn loss_on_both_links_is_repaired_by_nack() {
+    let mut sim = Sim::new();
+    let a = sim.add_publisher("alice", 1, Source::Camera);
+    let b = sim.add_subscriber("bob", 1, 0, Layout::Grid);
+    sim.run(Duration::from_secs(2));
+    // 5% loss from the publisher to the relay and from the relay to the subscriber.
+    sim.clients[a].loss_permille = 50;
+    sim.clients[b].loss_permille = 50;
+    let from = sim.now;
+    sim.run(Duration::from_secs(4));
+    let until = sim.now;
+    sim.clients[a].loss_permille = 0;
+    sim.clients[b].loss_permille = 0;
+    // Time for the last repairs to land.
+    sim.run(Duration::from_secs(1));
+    let lost = sim.clients[a].lost + sim.clients[b].lost;
+    assert!(lost > 20, "the network lost only {lost} packets");
+
+    let c = &sim.clients[b];
+    let mut all: Vec<u64> = c.got.iter().map(|g| g.seq).collect();
+    all.sort_unstable();
+    all.dedup();
+    let window: Vec<u64> = c
+        .got
+        .iter()
+        .filter(|g| g.at >= from && g.at < until)
+        .map(|g| g.seq)
+        .collect();
+    let (Some(&first), Some(&last)) = (window.iter().min(), window.iter().max()) else {
+        panic!("nothing arrived while the links were lossy");
+    };
+    let missing: Vec<u64> = (first..=last)
+        .filter(|s| all.binary_search(s).is_err())
+        .collect();
+    assert!(
+        missing.is_empty(),
+        "{} of {} sequence numbers never arrived after {lost} losses: {missing:?}",
+        missing.len(),
+        last - first + 1
+    );
+    assert_switches_on_keyframes(c);
 }
