@@ -1,5 +1,6 @@
 //! The few syscalls the load tester needs that std does not offer: `sendmmsg` for batched
-//! sends, socket buffer sizes, and the calling thread's CPU time.
+//! sends, socket buffer sizes, the calling thread's CPU time, the clock-tick unit of `/proc`,
+//! and SIGTERM for the relay process it started.
 //!
 //! Unsafe code is allowed here only; each call passes pointers to live, correctly sized buffers
 //! that outlive the call, which is all these syscalls require.
@@ -90,4 +91,22 @@ pub fn thread_cpu_time() -> Duration {
     // SAFETY: ts is a live timespec.
     unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut ts) };
     Duration::new(ts.tv_sec as u64, ts.tv_nsec as u32)
+}
+
+/// Clock ticks per second, the unit of CPU times in `/proc/<pid>/stat`.
+pub fn clock_ticks_per_second() -> f64 {
+    // SAFETY: sysconf reads a constant of the system and touches no memory of ours.
+    let t = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
+    if t > 0 { t as f64 } else { 100.0 }
+}
+
+/// Sends SIGTERM to a process this program started.
+pub fn terminate(pid: u32) -> io::Result<()> {
+    let pid = libc::pid_t::try_from(pid).map_err(|_| io::Error::other("pid out of range"))?;
+    // SAFETY: kill takes plain integers and touches no memory of ours.
+    if unsafe { libc::kill(pid, libc::SIGTERM) } < 0 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(())
+    }
 }

@@ -1,0 +1,516 @@
+//! The relay under test: starting one of our own on loopback, and talking to any relay over its
+//! HTTP API (admin registrations, token minting, WHIP/WHEP, `/metrics`), plus what `/proc` says
+//! about its process.
+//!
+//! A relay we start gets a throwaway data directory, HTTP on 127.0.0.1 port 0 and media on
+//! 127.0.0.1 with ports chosen by the kernel, and is stopped (SIGTERM, then SIGKILL) when its
+//! handle drops.
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use base64::Engine;
+use serde_json::json;
+
+use crate::sys;
+
+/// How long a relay may take to say it is up.
+const START_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// A relay process this run started.
+#[derive(Debug)]
+pub struct OwnRelay {
+    child: Option<Child>,
+    pub http: String,
+    pub data: PathBuf,
+    pub bin: PathBuf,
+    log: Arc<Mutex<Vec<String>>>,
+    _tmp: tempfile::TempDir,
+}
+
+/// The `relay` binary beside this executable.
+pub fn relay_beside_me() -> Result<PathBuf, String> {
+    let exe = std::env::current_exe().map_err(|e| format!("own executable path: {e}"))?;
+    let bin = exe
+        .parent()
+        .map(|d| d.join("relay"))
+        .ok_or_else(|| "own executable has no directory".to_string())?;
+    if bin.is_file() {
+        Ok(bin)
+    } else {
+        Err(format!(
+            "no relay binary at {}: build it with `cargo build --release -p relay` \
+             (or pass --target URL --admin-token T to load a running relay)",
+            bin.display()
+        ))
+    }
+}
+
+impl OwnRelay {
+    /// Starts `bin serve` on a fresh data directory with `workers` media workers (0: one per
+    /// core) and room for `max_sessions` sessions in a room.
+    pub fn start(bin: &Path, workers: usize, max_sessions: usize) -> Result<OwnRelay, String> {
+        let tmp = tempfile::tempdir().map_err(|e| format!("temp dir: {e}"))?;
+        let data = tmp.path().join("data");
+        let config = tmp.path().join("relay.toml");
+        let text = format!(
+            "[http]\nlisten = \"127.0.0.1:0\"\ndrain_timeout = \"3s\"\n\
+             [media]\nbind = \"127.0.0.1\"\nfirst_port = 0\nworkers = {workers}\n\
+             max_sessions_per_room = {}\n[log]\nlevel = \"info\"\n",
+            max_sessions.max(1)
+        );
+        std::fs::write(&config, text).map_err(|e| format!("write relay config: {e}"))?;
+        let mut child = Command::new(bin)
+            .arg("serve")
+            .arg("--config")
+            .arg(&config)
+            .arg("--data")
+            .arg(&data)
+            .env_remove("RELAY_TOKEN")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .map_err(|e| format!("start {}: {e}", bin.display()))?;
+        let log = Arc::new(Mutex::new(Vec::new()));
+        if let Some(stderr) = child.stderr.take() {
+            let sink = log.clone();
+            std::thread::spawn(move || {
+                for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                    sink.lock().unwrap_or_else(|p| p.into_inner()).push(line);
+                }
+            });
+        }
+        let mut relay = OwnRelay {
+            child: Some(child),
+            http: String::new(),
+            data,
+            bin: bin.to_path_buf(),
+            log,
+            _tmp: tmp,
+        };
+        let deadline = Instant::now() + START_TIMEOUT;
+        loop {
+            if let Some(addr) = relay.log_field("relay is up", "http") {
+                relay.http = format!("http://{addr}");
+                return Ok(relay);
+            }
+            let exited = relay
+                .child
+                .as_mut()
+                .and_then(|c| c.try_wait().ok().flatten());
+            if exited.is_some() || Instant::now() > deadline {
+                std::thread::sleep(Duration::from_millis(100));
+                return Err(format!("the relay did not come up:\n{}", relay.log()));
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
+    pub fn log(&self) -> String {
+        self.log
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .join("\n")
+    }
+
+    fn log_field(&self, marker: &str, key: &str) -> Option<String> {
+        let log = self.log.lock().unwrap_or_else(|p| p.into_inner());
+        let line = log.iter().find(|l| l.contains(marker))?;
+        let start = line.find(&format!("{key}="))? + key.len() + 1;
+        Some(
+            line[start..]
+                .split_whitespace()
+                .next()?
+                .trim_matches('"')
+                .to_string(),
+        )
+    }
+
+    /// An admin token of the demo organisation, minted on the data directory.
+    pub fn admin_token(&self) -> Result<String, String> {
+        let out = Command::new(&self.bin)
+            .args(["token", "--data"])
+            .arg(&self.data)
+            .args([
+                "--org",
+                "demo",
+                "--user",
+                "demo",
+                "--device",
+                "demo-browser",
+                "--grants",
+                "admin",
+                "--ttl",
+                "2h",
+            ])
+            .env_remove("RELAY_TOKEN")
+            .stdin(Stdio::null())
+            .output()
+            .map_err(|e| format!("run relay token: {e}"))?;
+        if !out.status.success() {
+            return Err(format!(
+                "relay token failed: {}",
+                String::from_utf8_lossy(&out.stderr)
+            ));
+        }
+        Ok(String::from_utf8_lossy(&out.stdout).trim().to_string())
+    }
+
+    /// Stops the relay: SIGTERM, then SIGKILL after 10 s. Returns whether it exited cleanly.
+    pub fn stop(&mut self) -> bool {
+        let Some(mut child) = self.child.take() else {
+            return true;
+        };
+        let _ = sys::terminate(child.id());
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while Instant::now() < deadline {
+            if let Ok(Some(status)) = child.try_wait() {
+                return status.success();
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let _ = child.kill();
+        let _ = child.wait();
+        false
+    }
+}
+
+impl Drop for OwnRelay {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+/// A relay's HTTP API, as one organisation's admin.
+#[derive(Debug)]
+pub struct Api {
+    pub base: String,
+    pub org: String,
+    admin: String,
+    agent: ureq::Agent,
+}
+
+/// A WHIP or WHEP session the relay opened.
+#[derive(Debug, Clone)]
+pub struct Session {
+    pub answer: String,
+    pub location: String,
+}
+
+impl Api {
+    /// The API at `base` (`http://host:port`) with an admin token; the organisation is the
+    /// token's own.
+    pub fn new(base: &str, admin: &str) -> Result<Api, String> {
+        let config = ureq::Agent::config_builder()
+            .http_status_as_error(false)
+            .timeout_global(Some(Duration::from_secs(20)))
+            .build();
+        Ok(Api {
+            base: base.trim_end_matches('/').to_string(),
+            org: token_org(admin)?,
+            admin: admin.to_string(),
+            agent: ureq::Agent::new_with_config(config),
+        })
+    }
+
+    fn answer(
+        what: &str,
+        r: Result<ureq::http::Response<ureq::Body>, ureq::Error>,
+    ) -> Result<(u16, String, Option<String>), String> {
+        let mut resp = r.map_err(|e| format!("{what}: {e}"))?;
+        let status = resp.status().as_u16();
+        let location = resp
+            .headers()
+            .get("location")
+            .and_then(|v| v.to_str().ok())
+            .map(String::from);
+        let body = resp.body_mut().read_to_string().unwrap_or_default();
+        Ok((status, body, location))
+    }
+
+    fn admin_post(&self, path: &str, body: serde_json::Value) -> Result<(u16, String), String> {
+        let r = self
+            .agent
+            .post(format!("{}{path}", self.base))
+            .header("authorization", format!("Bearer {}", self.admin))
+            .content_type("application/json")
+            .send(body.to_string());
+        let (status, body, _) = Api::answer(path, r)?;
+        Ok((status, body))
+    }
+
+    /// Registers something; an existing one (409) is fine.
+    fn register(&self, path: &str, body: serde_json::Value) -> Result<(), String> {
+        match self.admin_post(path, body)? {
+            (201 | 409, _) => Ok(()),
+            (s, b) => Err(format!("POST {path}: {s} {b}")),
+        }
+    }
+
+    pub fn add_device(&self, id: &str) -> Result<(), String> {
+        self.register(
+            "/api/admin/devices",
+            json!({"id": id, "kind": "browser", "max_clearance": 1}),
+        )
+    }
+
+    pub fn add_user(&self, name: &str) -> Result<(), String> {
+        self.register("/api/admin/users", json!({"name": name, "clearance": 1}))
+    }
+
+    pub fn add_room(&self, name: &str) -> Result<(), String> {
+        self.register("/api/admin/rooms", json!({"name": name}))
+    }
+
+    /// A publish + subscribe token for `user` on `device`.
+    pub fn mint(&self, user: &str, device: &str) -> Result<String, String> {
+        let (status, body) = self.admin_post(
+            "/api/admin/tokens",
+            json!({
+                "org": self.org,
+                "user": user,
+                "device": device,
+                "grants": ["publish", "subscribe"],
+                "ttl": "2h",
+            }),
+        )?;
+        if status != 201 {
+            return Err(format!("mint a token for {user}: {status} {body}"));
+        }
+        let v: serde_json::Value =
+            serde_json::from_str(&body).map_err(|e| format!("token answer: {e}"))?;
+        v["token"]
+            .as_str()
+            .map(String::from)
+            .ok_or_else(|| format!("token answer without a token: {body}"))
+    }
+
+    /// POSTs an SDP offer to `path` (`/whip/...` or `/whep/...`); expects 201 with a Location.
+    pub fn offer(&self, path: &str, token: &str, sdp: &str) -> Result<Session, String> {
+        let r = self
+            .agent
+            .post(format!("{}{path}", self.base))
+            .header("authorization", format!("Bearer {token}"))
+            .content_type("application/sdp")
+            .send(sdp.to_string());
+        match Api::answer(path, r)? {
+            (201, answer, Some(location)) => Ok(Session { answer, location }),
+            (s, body, _) => Err(format!("POST {path}: {s} {body}")),
+        }
+    }
+
+    /// Ends a session; errors are ignored because the relay ends idle sessions on its own.
+    pub fn end(&self, location: &str, token: &str) {
+        let _ = self
+            .agent
+            .delete(format!("{}{location}", self.base))
+            .header("authorization", format!("Bearer {token}"))
+            .call();
+    }
+
+    pub fn metrics(&self) -> Result<Metrics, String> {
+        let r = self.agent.get(format!("{}/metrics", self.base)).call();
+        match Api::answer("/metrics", r)? {
+            (200, text, _) => Ok(Metrics::parse(&text)),
+            (s, body, _) => Err(format!("GET /metrics: {s} {body}")),
+        }
+    }
+}
+
+/// The organisation named in a token's claims (`v1.<base64url JSON>.<tag>`).
+fn token_org(token: &str) -> Result<String, String> {
+    let claims = token
+        .split('.')
+        .nth(1)
+        .ok_or_else(|| "the admin token is not of the v1.<claims>.<tag> shape".to_string())?;
+    let json = base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(claims)
+        .map_err(|e| format!("the admin token's claims are not base64url: {e}"))?;
+    let v: serde_json::Value = serde_json::from_slice(&json)
+        .map_err(|e| format!("the admin token's claims are not JSON: {e}"))?;
+    v["org"]
+        .as_str()
+        .map(String::from)
+        .ok_or_else(|| "the admin token names no organisation".to_string())
+}
+
+/// The figures the load test reads from `/metrics`.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Metrics {
+    pub packets_received: f64,
+    pub packets_forwarded: f64,
+    pub bytes_forwarded: f64,
+    pub packets_dropped: f64,
+    pub layer_switches: f64,
+    pub keyframe_requests: f64,
+    /// `relay_forward_delay_seconds`: (upper bound, cumulative count), `+Inf` last.
+    pub delay_buckets: Vec<(f64, f64)>,
+    pub process_cpu_seconds: f64,
+    pub process_rss_bytes: f64,
+}
+
+impl Metrics {
+    pub fn parse(text: &str) -> Metrics {
+        let mut m = Metrics::default();
+        for line in text.lines().filter(|l| !l.starts_with('#')) {
+            let Some((series, value)) = line.rsplit_once(' ') else {
+                continue;
+            };
+            let Ok(v) = value.trim().parse::<f64>() else {
+                continue;
+            };
+            let name = series.split('{').next().unwrap_or(series);
+            match name {
+                "relay_media_packets_received_total" => m.packets_received = v,
+                "relay_media_packets_forwarded_total" => m.packets_forwarded = v,
+                "relay_media_bytes_forwarded_total" => m.bytes_forwarded = v,
+                "relay_media_packets_dropped_total" => m.packets_dropped += v,
+                "relay_layer_switches_total" => m.layer_switches = v,
+                "relay_keyframe_requests_total" => m.keyframe_requests = v,
+                "process_cpu_seconds_total" => m.process_cpu_seconds = v,
+                "process_resident_memory_bytes" => m.process_rss_bytes = v,
+                "relay_forward_delay_seconds_bucket" => {
+                    let le = series
+                        .split("le=\"")
+                        .nth(1)
+                        .and_then(|s| s.split('"').next())
+                        .map(|s| {
+                            if s == "+Inf" {
+                                f64::INFINITY
+                            } else {
+                                s.parse().unwrap_or(f64::NAN)
+                            }
+                        });
+                    if let Some(le) = le.filter(|x| !x.is_nan()) {
+                        m.delay_buckets.push((le, v));
+                    }
+                }
+                _ => {}
+            }
+        }
+        m.delay_buckets.sort_by(|a, b| a.0.total_cmp(&b.0));
+        m
+    }
+}
+
+/// Quantile `q` of the histogram difference `b - a`, interpolated linearly inside the bucket
+/// as Prometheus' `histogram_quantile` does; `None` without observations.
+pub fn histogram_quantile(a: &[(f64, f64)], b: &[(f64, f64)], q: f64) -> Option<f64> {
+    let diff: Vec<(f64, f64)> = b
+        .iter()
+        .map(|&(le, cb)| {
+            let ca = a.iter().find(|x| x.0 == le).map_or(0.0, |x| x.1);
+            (le, cb - ca)
+        })
+        .collect();
+    let total = diff.last()?.1;
+    if total <= 0.0 {
+        return None;
+    }
+    let rank = q * total;
+    let mut lower = (0.0, 0.0);
+    for &(le, c) in &diff {
+        if c >= rank {
+            if le.is_infinite() {
+                // Above the last finite bound: that bound is all we can say.
+                return Some(lower.0);
+            }
+            let in_bucket = c - lower.1;
+            let frac = if in_bucket > 0.0 {
+                (rank - lower.1) / in_bucket
+            } else {
+                1.0
+            };
+            return Some(lower.0 + (le - lower.0) * frac);
+        }
+        lower = (le, c);
+    }
+    None
+}
+
+/// CPU seconds (user + system) a process has used, from `/proc/<pid>/stat`.
+pub fn process_cpu_seconds(pid: u32) -> Result<f64, String> {
+    let text = std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .map_err(|e| format!("read /proc/{pid}/stat: {e}"))?;
+    stat_cpu_seconds(&text).ok_or_else(|| format!("cannot parse /proc/{pid}/stat"))
+}
+
+/// utime + stime of a `stat` line; fields counted after the `)` that ends the command name,
+/// which may itself hold spaces.
+fn stat_cpu_seconds(text: &str) -> Option<f64> {
+    let rest = &text[text.rfind(')')? + 1..];
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    // After `)`: state is field 3, utime field 14, stime field 15.
+    let utime: u64 = f.get(11)?.parse().ok()?;
+    let stime: u64 = f.get(12)?.parse().ok()?;
+    Some((utime + stime) as f64 / sys::clock_ticks_per_second())
+}
+
+/// CPU seconds of a process's threads whose name starts with `prefix`.
+pub fn threads_cpu_seconds(pid: u32, prefix: &str) -> f64 {
+    let Ok(dir) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+        return 0.0;
+    };
+    dir.filter_map(Result::ok)
+        .filter_map(|e| std::fs::read_to_string(e.path().join("stat")).ok())
+        .filter(|s| s.find('(').is_some_and(|i| s[i + 1..].starts_with(prefix)))
+        .filter_map(|s| stat_cpu_seconds(&s))
+        .sum()
+}
+
+/// Resident set size of a process in bytes, and its peak, from `/proc/<pid>/status`.
+pub fn process_rss(pid: u32) -> (u64, u64) {
+    let Ok(text) = std::fs::read_to_string(format!("/proc/{pid}/status")) else {
+        return (0, 0);
+    };
+    let field = |name: &str| {
+        text.lines()
+            .find(|l| l.starts_with(name))
+            .and_then(|l| l.split_whitespace().nth(1))
+            .and_then(|v| v.parse::<u64>().ok())
+            .map_or(0, |kb| kb * 1024)
+    };
+    (field("VmRSS:"), field("VmHWM:"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn metrics_and_histogram_quantile() {
+        let text = "# HELP x\nrelay_media_packets_forwarded_total 1000\n\
+            relay_media_packets_dropped_total{reason=\"stale\"} 2\n\
+            relay_media_packets_dropped_total{reason=\"send_failed\"} 3\n\
+            relay_forward_delay_seconds_bucket{le=\"0.0001\"} 50\n\
+            relay_forward_delay_seconds_bucket{le=\"0.001\"} 100\n\
+            relay_forward_delay_seconds_bucket{le=\"+Inf\"} 100\n";
+        let m = Metrics::parse(text);
+        assert_eq!(m.packets_forwarded, 1000.0);
+        assert_eq!(m.packets_dropped, 5.0);
+        assert_eq!(m.delay_buckets.len(), 3);
+        let q = histogram_quantile(&[], &m.delay_buckets, 0.5).unwrap();
+        assert!((q - 0.0001).abs() < 1e-12, "{q}");
+        let q = histogram_quantile(&[], &m.delay_buckets, 0.75).unwrap();
+        assert!((q - 0.00055).abs() < 1e-9, "{q}");
+        assert_eq!(
+            histogram_quantile(&m.delay_buckets, &m.delay_buckets, 0.5),
+            None
+        );
+    }
+
+    #[test]
+    fn stat_line_with_spaces_in_the_name() {
+        let line = "42 (media worker) S 1 2 3 4 5 6 7 8 9 10 300 200 0 0";
+        let secs = stat_cpu_seconds(line).unwrap();
+        assert!((secs - 500.0 / sys::clock_ticks_per_second()).abs() < 1e-9);
+    }
+}

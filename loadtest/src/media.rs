@@ -1,0 +1,754 @@
+//! `relay-loadtest media`: rooms of simulated publishers and subscribers against a relay, and
+//! what it costs the relay per forwarded packet.
+//!
+//! The run: measure the loopback floor (so the relay's figure has a same-machine yardstick),
+//! start a relay (or use `--target`), register one user per participant and the rooms, mint one
+//! token per participant, open every WHIP and WHEP session, wait for everyone to join, warm up,
+//! then measure a window: the clients' own counts, one-way delay and loss, and the relay's CPU
+//! time, memory and `/metrics` counters over the same window. Everything is bounded by a
+//! deadline computed up front; the run stops by itself.
+
+use std::io::IsTerminal;
+use std::path::PathBuf;
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use serde::Serialize;
+
+use crate::appliance::{self, Api, Metrics, OwnRelay};
+use crate::client::{Peer, Role};
+use crate::driver::{self, Group, GroupResult};
+use crate::floor;
+use crate::sys;
+
+/// Longest measured window a run accepts.
+pub const MAX_DURATION: Duration = Duration::from_secs(600);
+/// How long everyone may take to join before the run goes on without them.
+const JOIN_TIMEOUT: Duration = Duration::from_secs(30);
+/// Sessions in the whole run; beyond it one machine measures its own client, not the relay.
+const MAX_SESSIONS: usize = 4_000;
+const DEVICE: &str = "relay-loadtest";
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum Layout {
+    Grid,
+    Screen,
+}
+
+impl Layout {
+    fn as_str(self) -> &'static str {
+        match self {
+            Layout::Grid => "grid",
+            Layout::Screen => "screen",
+        }
+    }
+}
+
+/// What to run.
+#[derive(Debug, Clone)]
+pub struct Options {
+    pub target: Option<String>,
+    pub admin_token: Option<String>,
+    pub rooms: usize,
+    /// Per room.
+    pub publishers: usize,
+    /// Per room, in addition to the publishers.
+    pub subscribers: usize,
+    /// Every publisher also subscribes, as the same participant (a meeting).
+    pub meeting: bool,
+    pub slots: usize,
+    pub layout: Layout,
+    pub duration: Duration,
+    pub warmup: Duration,
+    /// Media workers of a relay this run starts; 0: one per core.
+    pub workers: usize,
+    pub client_threads: usize,
+    /// Time per floor method; zero skips the floor.
+    pub floor_duration: Duration,
+    /// The relay binary to start; default: the one beside this executable.
+    pub relay_bin: Option<PathBuf>,
+    pub progress: bool,
+}
+
+impl Options {
+    /// Checks the figures; the message names the option.
+    pub fn check(&self) -> Result<(), String> {
+        if self.rooms == 0 || self.publishers == 0 {
+            return Err("--rooms and --publishers must be at least 1".into());
+        }
+        if self.subscribers == 0 && !self.meeting {
+            return Err("--subscribers must be at least 1 (or give --meeting)".into());
+        }
+        if !(1..=16).contains(&self.slots) {
+            return Err("--slots must be 1 to 16".into());
+        }
+        if self.duration.is_zero() || self.duration > MAX_DURATION {
+            return Err(format!(
+                "--duration must be more than 0 and at most {}",
+                humantime::format_duration(MAX_DURATION)
+            ));
+        }
+        if self.warmup > Duration::from_secs(60) {
+            return Err("--warmup must be at most 60s".into());
+        }
+        if self.floor_duration > Duration::from_secs(30) {
+            return Err("--floor-duration must be at most 30s".into());
+        }
+        if self.sessions() > MAX_SESSIONS {
+            return Err(format!(
+                "{} sessions asked; at most {MAX_SESSIONS}",
+                self.sessions()
+            ));
+        }
+        if !(1..=64).contains(&self.client_threads) {
+            return Err("--client-threads must be 1 to 64".into());
+        }
+        if self.target.is_some() != self.admin_token.is_some() {
+            return Err("--target and --admin-token go together".into());
+        }
+        Ok(())
+    }
+
+    fn sessions_per_room(&self) -> usize {
+        self.publishers + self.subscribers + if self.meeting { self.publishers } else { 0 }
+    }
+
+    fn sessions(&self) -> usize {
+        self.rooms * self.sessions_per_room()
+    }
+
+    /// Peers that should see media: publishers connect, subscribers need another publisher.
+    fn expected_joins(&self) -> usize {
+        let meeting_subs = if self.meeting && self.publishers >= 2 {
+            self.publishers
+        } else {
+            0
+        };
+        self.rooms * (self.publishers + self.subscribers + meeting_subs)
+    }
+}
+
+/// The run's settings, as recorded in the report.
+#[derive(Debug, Clone, Serialize)]
+pub struct Setup {
+    pub target: Option<String>,
+    pub rooms: usize,
+    pub publishers_per_room: usize,
+    pub subscribers_per_room: usize,
+    pub meeting: bool,
+    pub slots: usize,
+    pub layout: Layout,
+    pub warmup_seconds: f64,
+    pub duration_seconds: f64,
+    pub relay_media_workers: usize,
+    pub client_threads: usize,
+    pub sessions: usize,
+}
+
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct Distribution {
+    pub samples: usize,
+    pub median: f64,
+    pub p99: f64,
+    pub max: f64,
+}
+
+impl Distribution {
+    fn of(mut v: Vec<f64>) -> Distribution {
+        if v.is_empty() {
+            return Distribution::default();
+        }
+        v.sort_by(f64::total_cmp);
+        let at = |q: f64| v[((v.len() - 1) as f64 * q).round() as usize];
+        Distribution {
+            samples: v.len(),
+            median: at(0.5),
+            p99: at(0.99),
+            max: at(1.0),
+        }
+    }
+}
+
+/// The relay's side of the window.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct RelayFigures {
+    pub packets_received: u64,
+    pub packets_forwarded: u64,
+    pub bytes_forwarded: u64,
+    pub packets_dropped: u64,
+    pub layer_switches: u64,
+    pub keyframe_requests: u64,
+    pub forwarded_per_second: f64,
+    /// Whole process, user + system.
+    pub cpu_seconds: f64,
+    /// Where the CPU time came from: `proc` (our own child) or `metrics` (`--target`).
+    pub cpu_source: &'static str,
+    /// The `media-worker-*` threads alone, when the process is ours.
+    pub media_workers_cpu_seconds: Option<f64>,
+    /// CPU-seconds per wall-second over the window (1.0 = one core busy).
+    pub cores_busy: f64,
+    pub rss_bytes: u64,
+    pub peak_rss_bytes: u64,
+    /// From the `relay_forward_delay_seconds` histogram over the window, interpolated.
+    pub forward_delay_p50_ms: Option<f64>,
+    pub forward_delay_p99_ms: Option<f64>,
+}
+
+/// Everything a run measured.
+#[derive(Debug, Clone, Serialize)]
+pub struct Report {
+    pub started_unix: u64,
+    pub setup: Setup,
+    pub window_seconds: f64,
+    pub joined: usize,
+    pub expected_joins: usize,
+    /// Seconds from sending the offer to the first video packet (subscribers) or to the
+    /// connection being up (publishers).
+    pub join_seconds: Distribution,
+    pub video_packets_sent: u64,
+    pub audio_packets_sent: u64,
+    pub video_packets_received: u64,
+    pub audio_packets_received: u64,
+    pub keyframes_sent: u64,
+    pub keyframe_requests_received: u64,
+    pub client_send_errors: u64,
+    /// Over subscribers' streams in the window: packets the sequence numbers say were sent
+    /// to them, and how many of those arrived.
+    pub loss_expected: u64,
+    pub loss_received: u64,
+    pub loss_ratio: f64,
+    /// Publisher stamp to subscriber receipt, through the relay, in milliseconds.
+    pub one_way_delay_ms: Distribution,
+    pub relay: RelayFigures,
+    /// The headline: packets the relay forwarded per CPU-second of its whole process.
+    pub forwarded_packets_per_cpu_second: f64,
+    pub forwarded_packets_per_media_worker_cpu_second: Option<f64>,
+    pub floor: Option<floor::Report>,
+    pub floor_packets_per_cpu_second: Option<f64>,
+    pub ratio_to_floor: Option<f64>,
+    pub peers: usize,
+    pub dead_peers: usize,
+    /// The run ended on its own schedule (not by the deadline guard).
+    pub stopped_by_itself: bool,
+}
+
+/// Where the relay's CPU time comes from.
+enum Cpu {
+    Proc(u32),
+    Metrics,
+}
+
+struct Snapshot {
+    at: Instant,
+    metrics: Metrics,
+    cpu: f64,
+    workers_cpu: Option<f64>,
+}
+
+fn snapshot(api: &Api, cpu: &Cpu) -> Result<Snapshot, String> {
+    let metrics = api.metrics()?;
+    let (cpu, workers_cpu) = match cpu {
+        Cpu::Proc(pid) => (
+            appliance::process_cpu_seconds(*pid)?,
+            Some(appliance::threads_cpu_seconds(*pid, "media-worker")),
+        ),
+        Cpu::Metrics => (metrics.process_cpu_seconds, None),
+    };
+    Ok(Snapshot {
+        at: Instant::now(),
+        metrics,
+        cpu,
+        workers_cpu,
+    })
+}
+
+/// A participant's credentials.
+struct Participant {
+    room: String,
+    token: String,
+}
+
+/// Runs the whole load test.
+pub fn run(o: &Options) -> Result<Report, String> {
+    o.check()?;
+    str0m::crypto::from_feature_flags().install_process_default();
+    let started_unix = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+
+    let floor = if o.floor_duration.is_zero() {
+        None
+    } else {
+        progress(o, "measuring the loopback floor");
+        Some(floor::measure(o.floor_duration, 50_000_000).map_err(|e| format!("floor: {e}"))?)
+    };
+
+    let mut own = None;
+    let (api, cpu) = match (&o.target, &o.admin_token) {
+        (Some(url), Some(token)) => (Api::new(url, token)?, Cpu::Metrics),
+        _ => {
+            let bin = match &o.relay_bin {
+                Some(b) => b.clone(),
+                None => appliance::relay_beside_me()?,
+            };
+            progress(o, &format!("starting {}", bin.display()));
+            let relay = OwnRelay::start(&bin, o.workers, o.sessions_per_room() + 4)?;
+            let admin = relay.admin_token()?;
+            let api = Api::new(&relay.http, &admin)?;
+            let pid = relay.pid().ok_or_else(|| "the relay exited".to_string())?;
+            own = Some(relay);
+            (api, Cpu::Proc(pid))
+        }
+    };
+    let result = drive(o, &api, &cpu, started_unix, floor);
+    if let Some(mut relay) = own {
+        if result.is_err() {
+            eprintln!("relay log:\n{}", relay.log());
+        }
+        relay.stop();
+    }
+    result
+}
+
+fn drive(
+    o: &Options,
+    api: &Api,
+    cpu: &Cpu,
+    started_unix: u64,
+    floor: Option<floor::Report>,
+) -> Result<Report, String> {
+    // Names unique per run, so a shared relay (`--target`) can be loaded again and again.
+    let prefix = format!("lt{:06x}", started_unix & 0xff_ffff);
+    progress(
+        o,
+        &format!("registering {} rooms and their participants", o.rooms),
+    );
+    api.add_device(DEVICE)?;
+    let mut rooms: Vec<(Vec<Participant>, Vec<Participant>)> = Vec::new();
+    for r in 0..o.rooms {
+        let room = format!("{prefix}-room{r}");
+        api.add_room(&room)?;
+        let make = |kind: &str, n: usize| -> Result<Vec<Participant>, String> {
+            (0..n)
+                .map(|i| {
+                    let user = format!("{prefix}-r{r}-{kind}{i}");
+                    api.add_user(&user)?;
+                    Ok(Participant {
+                        room: room.clone(),
+                        token: api.mint(&user, DEVICE)?,
+                    })
+                })
+                .collect()
+        };
+        let pubs = make("p", o.publishers)?;
+        let subs = make("s", o.subscribers)?;
+        rooms.push((pubs, subs));
+    }
+
+    let epoch = Instant::now();
+    let deadline = epoch + JOIN_TIMEOUT * 2 + o.warmup + o.duration + Duration::from_secs(30);
+    let groups: Vec<Group> = (0..o.client_threads)
+        .map(|i| driver::spawn(i, epoch, deadline))
+        .collect::<Result<_, _>>()
+        .map_err(|e| format!("start client threads: {e}"))?;
+    let mut sessions: Vec<(String, String)> = Vec::new();
+    let opened = open_sessions(o, api, &rooms, &groups, &mut sessions);
+    let report = opened.and_then(|()| measure(o, api, cpu, &groups, epoch, deadline));
+    for g in &groups {
+        g.shared.phase.store(driver::STOP, Ordering::Release);
+    }
+    let mut results = Vec::new();
+    for g in groups {
+        match g.handle.join() {
+            Ok(Ok(r)) => results.push(r),
+            Ok(Err(e)) => return Err(format!("client thread: {e}")),
+            Err(_) => return Err("a client thread panicked".into()),
+        }
+    }
+    for (location, token) in &sessions {
+        api.end(location, token);
+    }
+    let (window, relay, snap_ok) = report?;
+    Ok(assemble(
+        o,
+        started_unix,
+        floor,
+        window,
+        relay,
+        results,
+        snap_ok,
+    ))
+}
+
+fn open_sessions(
+    o: &Options,
+    api: &Api,
+    rooms: &[(Vec<Participant>, Vec<Participant>)],
+    groups: &[Group],
+    sessions: &mut Vec<(String, String)>,
+) -> Result<(), String> {
+    let mut next_group = 0;
+    let mut id = 0u32;
+    let mut hand = |p: Peer| -> Result<(), String> {
+        let g = &groups[next_group % groups.len()];
+        next_group += 1;
+        g.tx.send(p)
+            .map_err(|_| "a client thread has stopped".to_string())
+    };
+    // Publishers first, so subscribers find media as soon as they connect.
+    for (pubs, _) in rooms {
+        for (i, p) in pubs.iter().enumerate() {
+            id += 1;
+            let mut peer = Peer::new(client_socket()?, Role::Publisher, id, Instant::now())?;
+            peer.turn = (i as u32, pubs.len() as u32);
+            let offer = peer.publisher_offer()?;
+            let source = if o.layout == Layout::Screen && i == 0 {
+                "screen"
+            } else {
+                "camera"
+            };
+            let s = api.offer(
+                &format!("/whip/{}?source={source}", p.room),
+                &p.token,
+                &offer,
+            )?;
+            peer.accept(&s.answer)?;
+            sessions.push((s.location, p.token.clone()));
+            hand(peer)?;
+        }
+    }
+    for (pubs, subs) in rooms {
+        let watchers = subs.iter().chain(pubs.iter().filter(|_| o.meeting));
+        for p in watchers {
+            let mut peer = Peer::new(client_socket()?, Role::Subscriber, 0, Instant::now())?;
+            let offer = peer.subscriber_offer(o.slots)?;
+            let s = api.offer(
+                &format!("/whep/{}?layout={}", p.room, o.layout.as_str()),
+                &p.token,
+                &offer,
+            )?;
+            peer.accept(&s.answer)?;
+            sessions.push((s.location, p.token.clone()));
+            hand(peer)?;
+        }
+    }
+    Ok(())
+}
+
+/// A non-blocking client socket on loopback with room for bursts of keyframes.
+fn client_socket() -> Result<mio::net::UdpSocket, String> {
+    let s = std::net::UdpSocket::bind("127.0.0.1:0").map_err(|e| format!("bind client: {e}"))?;
+    // Best effort: the kernel may cap it, and a smaller buffer only shows up as loss.
+    let _ = sys::set_recv_buffer(&s, 1 << 20);
+    let _ = sys::set_send_buffer(&s, 1 << 20);
+    s.set_nonblocking(true)
+        .map_err(|e| format!("non-blocking client socket: {e}"))?;
+    Ok(mio::net::UdpSocket::from_std(s))
+}
+
+fn sum(groups: &[Group], f: impl Fn(&driver::Shared) -> u64) -> u64 {
+    groups.iter().map(|g| f(&g.shared)).sum()
+}
+
+/// Waits for joins, warms up, measures the window; returns (window seconds, relay figures,
+/// whether both relay snapshots were taken).
+fn measure(
+    o: &Options,
+    api: &Api,
+    cpu: &Cpu,
+    groups: &[Group],
+    epoch: Instant,
+    deadline: Instant,
+) -> Result<(f64, RelayFigures, bool), String> {
+    let expected = o.expected_joins() as u64;
+    let join_until = Instant::now() + JOIN_TIMEOUT;
+    while Instant::now() < join_until.min(deadline) {
+        let joined = sum(groups, |s| s.joined.load(Ordering::Relaxed));
+        progress_line(
+            o,
+            &format!(
+                "joining: {joined}/{expected} t={:.1}s",
+                epoch.elapsed().as_secs_f64()
+            ),
+        );
+        if joined >= expected {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let warm_until = Instant::now() + o.warmup;
+    while Instant::now() < warm_until {
+        std::thread::sleep(
+            Duration::from_secs(1).min(warm_until.saturating_duration_since(Instant::now())),
+        );
+        tick(o, groups, "warm-up", None);
+    }
+
+    let a = snapshot(api, cpu)?;
+    for g in groups {
+        g.shared.phase.store(driver::MEASURE, Ordering::Release);
+    }
+    let end = a.at + o.duration;
+    let mut last_print = Instant::now();
+    while Instant::now() < end.min(deadline) {
+        std::thread::sleep(
+            Duration::from_millis(100).min(end.saturating_duration_since(Instant::now())),
+        );
+        if last_print.elapsed() >= Duration::from_secs(1) {
+            last_print = Instant::now();
+            let m = api.metrics().ok();
+            tick(o, groups, "measuring", m.map(|m| (m, &a)));
+        }
+    }
+    for g in groups {
+        g.shared.phase.store(driver::MEASURED, Ordering::Release);
+    }
+    let b = snapshot(api, cpu)?;
+    if o.progress {
+        eprintln!();
+    }
+    let secs = (b.at - a.at).as_secs_f64();
+    let (rss, peak) = match cpu {
+        Cpu::Proc(pid) => appliance::process_rss(*pid),
+        Cpu::Metrics => (b.metrics.process_rss_bytes as u64, 0),
+    };
+    let d = |f: fn(&Metrics) -> f64| (f(&b.metrics) - f(&a.metrics)).max(0.0) as u64;
+    let forwarded = d(|m| m.packets_forwarded);
+    let cpu_s = b.cpu - a.cpu;
+    let q = |q| {
+        appliance::histogram_quantile(&a.metrics.delay_buckets, &b.metrics.delay_buckets, q)
+            .map(|s| s * 1e3)
+    };
+    let relay = RelayFigures {
+        packets_received: d(|m| m.packets_received),
+        packets_forwarded: forwarded,
+        bytes_forwarded: d(|m| m.bytes_forwarded),
+        packets_dropped: d(|m| m.packets_dropped),
+        layer_switches: d(|m| m.layer_switches),
+        keyframe_requests: d(|m| m.keyframe_requests),
+        forwarded_per_second: forwarded as f64 / secs.max(1e-9),
+        cpu_seconds: cpu_s,
+        cpu_source: match cpu {
+            Cpu::Proc(_) => "proc",
+            Cpu::Metrics => "metrics",
+        },
+        media_workers_cpu_seconds: match (a.workers_cpu, b.workers_cpu) {
+            (Some(x), Some(y)) => Some(y - x),
+            _ => None,
+        },
+        cores_busy: cpu_s / secs.max(1e-9),
+        rss_bytes: rss,
+        peak_rss_bytes: peak,
+        forward_delay_p50_ms: q(0.5),
+        forward_delay_p99_ms: q(0.99),
+    };
+    Ok((secs, relay, Instant::now() < deadline))
+}
+
+fn tick(o: &Options, groups: &[Group], phase: &str, relay: Option<(Metrics, &Snapshot)>) {
+    let sent = sum(groups, |s| s.sent.load(Ordering::Relaxed));
+    let received = sum(groups, |s| s.received.load(Ordering::Relaxed));
+    let dead = sum(groups, |s| s.dead.load(Ordering::Relaxed));
+    let mut line = format!("{phase}: sent {sent} received {received}");
+    if let Some((m, a)) = relay {
+        let secs = a.at.elapsed().as_secs_f64().max(1e-9);
+        line += &format!(
+            " relay forwarded {:.0}/s",
+            (m.packets_forwarded - a.metrics.packets_forwarded) / secs
+        );
+    }
+    if dead > 0 {
+        line += &format!(" dead peers {dead}");
+    }
+    progress_line(o, &line);
+}
+
+fn progress(o: &Options, msg: &str) {
+    if o.progress {
+        eprintln!("relay-loadtest: {msg}");
+    }
+}
+
+/// One line rewritten in place on a terminal; otherwise one line each time.
+fn progress_line(o: &Options, msg: &str) {
+    if !o.progress {
+        return;
+    }
+    if std::io::stderr().is_terminal() {
+        eprint!("\r\x1b[2K{msg}");
+    } else {
+        eprintln!("{msg}");
+    }
+}
+
+fn assemble(
+    o: &Options,
+    started_unix: u64,
+    floor: Option<floor::Report>,
+    window_seconds: f64,
+    relay: RelayFigures,
+    results: Vec<GroupResult>,
+    stopped_by_itself: bool,
+) -> Report {
+    let mut t = crate::client::Totals::default();
+    let (mut expected, mut received, mut peers, mut dead) = (0, 0, 0, 0);
+    let mut delays = Vec::new();
+    let mut joins = Vec::new();
+    for r in results {
+        t.add(&r.window);
+        expected += r.loss_expected;
+        received += r.loss_received;
+        peers += r.peers;
+        dead += r.dead;
+        delays.extend(r.delays_us.iter().map(|&us| f64::from(us) / 1e3));
+        joins.extend(r.joins);
+    }
+    let per_cpu = if relay.cpu_seconds > 0.0 {
+        relay.packets_forwarded as f64 / relay.cpu_seconds
+    } else {
+        0.0
+    };
+    let floor_pps = floor.as_ref().map(|f| f.floor_packets_per_cpu_second);
+    Report {
+        started_unix,
+        setup: Setup {
+            target: o.target.clone(),
+            rooms: o.rooms,
+            publishers_per_room: o.publishers,
+            subscribers_per_room: o.subscribers,
+            meeting: o.meeting,
+            slots: o.slots,
+            layout: o.layout,
+            warmup_seconds: o.warmup.as_secs_f64(),
+            duration_seconds: o.duration.as_secs_f64(),
+            relay_media_workers: o.workers,
+            client_threads: o.client_threads,
+            sessions: o.sessions(),
+        },
+        window_seconds,
+        joined: joins.len(),
+        expected_joins: o.expected_joins(),
+        join_seconds: Distribution::of(joins),
+        video_packets_sent: t.video_packets_sent,
+        audio_packets_sent: t.audio_packets_sent,
+        video_packets_received: t.video_packets_received,
+        audio_packets_received: t.audio_packets_received,
+        keyframes_sent: t.keyframes_sent,
+        keyframe_requests_received: t.keyframe_requests_received,
+        client_send_errors: t.send_errors,
+        loss_expected: expected,
+        loss_received: received,
+        loss_ratio: if expected > 0 {
+            (expected - received) as f64 / expected as f64
+        } else {
+            0.0
+        },
+        one_way_delay_ms: Distribution::of(delays),
+        forwarded_packets_per_media_worker_cpu_second: relay
+            .media_workers_cpu_seconds
+            .filter(|c| *c > 0.0)
+            .map(|c| relay.packets_forwarded as f64 / c),
+        relay,
+        forwarded_packets_per_cpu_second: per_cpu,
+        floor,
+        floor_packets_per_cpu_second: floor_pps,
+        ratio_to_floor: floor_pps.filter(|f| *f > 0.0).map(|f| per_cpu / f),
+        peers,
+        dead_peers: dead,
+        stopped_by_itself,
+    }
+}
+
+impl Report {
+    pub fn packets_sent(&self) -> u64 {
+        self.video_packets_sent + self.audio_packets_sent
+    }
+
+    pub fn packets_received(&self) -> u64 {
+        self.video_packets_received + self.audio_packets_received
+    }
+
+    /// A human summary.
+    pub fn summary(&self) -> String {
+        let s = &self.setup;
+        let r = &self.relay;
+        let mut out = format!(
+            "media load: {} rooms x ({} publishers{} + {} subscribers), {} slots, {} layout, \
+             {} sessions; window {:.1} s after {:.0} s warm-up\n",
+            s.rooms,
+            s.publishers_per_room,
+            if s.meeting { " also subscribing" } else { "" },
+            s.subscribers_per_room,
+            s.slots,
+            s.layout.as_str(),
+            s.sessions,
+            self.window_seconds,
+            s.warmup_seconds
+        );
+        out += &format!(
+            "  joined {}/{}  join time median {:.0} ms  p99 {:.0} ms\n",
+            self.joined,
+            self.expected_joins,
+            self.join_seconds.median * 1e3,
+            self.join_seconds.p99 * 1e3
+        );
+        out += &format!(
+            "  publishers sent {} packets ({} video, {} audio); subscribers received {} ({} video, {} audio)\n",
+            self.packets_sent(),
+            self.video_packets_sent,
+            self.audio_packets_sent,
+            self.packets_received(),
+            self.video_packets_received,
+            self.audio_packets_received
+        );
+        out += &format!(
+            "  loss {:.3}% ({} of {} expected)  one-way delay median {:.2} ms  p99 {:.2} ms  max {:.1} ms\n",
+            self.loss_ratio * 100.0,
+            self.loss_expected - self.loss_received,
+            self.loss_expected,
+            self.one_way_delay_ms.median,
+            self.one_way_delay_ms.p99,
+            self.one_way_delay_ms.max
+        );
+        out += &format!(
+            "  relay: received {} forwarded {} ({:.0}/s) dropped {}  keyframe requests {}  layer switches {}\n",
+            r.packets_received,
+            r.packets_forwarded,
+            r.forwarded_per_second,
+            r.packets_dropped,
+            r.keyframe_requests,
+            r.layer_switches
+        );
+        let fmt_ms = |v: Option<f64>| v.map_or("-".to_string(), |x| format!("{x:.3} ms"));
+        out += &format!(
+            "  relay: CPU {:.2} s ({:.2} cores{})  RSS {:.1} MiB (peak {:.1} MiB)  forward delay p50 {} p99 {}\n",
+            r.cpu_seconds,
+            r.cores_busy,
+            r.media_workers_cpu_seconds
+                .map_or(String::new(), |w| format!(", media workers {w:.2} s")),
+            r.rss_bytes as f64 / 1048576.0,
+            r.peak_rss_bytes as f64 / 1048576.0,
+            fmt_ms(r.forward_delay_p50_ms),
+            fmt_ms(r.forward_delay_p99_ms)
+        );
+        out += &format!(
+            "forwarded packets per relay CPU-second: {:.0}",
+            self.forwarded_packets_per_cpu_second
+        );
+        if let Some(w) = self.forwarded_packets_per_media_worker_cpu_second {
+            out += &format!(" (per media-worker CPU-second: {w:.0})");
+        }
+        out += "\n";
+        if let (Some(f), Some(ratio)) = (self.floor_packets_per_cpu_second, self.ratio_to_floor) {
+            out += &format!(
+                "loopback floor (sendmmsg + AES-128-GCM, same run): {f:.0} packets per CPU-second; relay at {:.1}% of it\n",
+                ratio * 100.0
+            );
+        }
+        if self.dead_peers > 0 {
+            out += &format!("  {} peers failed during the run\n", self.dead_peers);
+        }
+        out
+    }
+}
