@@ -752,3 +752,91 @@ impl Report {
         out
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::path::Path;
+    use std::process::Command;
+
+    use super::*;
+
+    /// The `relay` binary of this build, built the way the end-to-end tests build it.
+    fn relay_bin() -> PathBuf {
+        let exe = std::env::current_exe().unwrap();
+        // target/<profile>/deps/<test> -> target/<profile>/relay
+        let profile_dir = exe.parent().and_then(Path::parent).unwrap().to_path_buf();
+        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+        let mut cmd = Command::new(cargo);
+        cmd.args(["build", "--quiet", "-p", "relay", "--bin", "relay"]);
+        // `cargo test` hands this process the test package's CARGO_MANIFEST_DIR and friends;
+        // build scripts that watch them would rebuild half the tree.
+        for (key, _) in std::env::vars_os() {
+            let k = key.to_string_lossy();
+            if [
+                "CARGO_MANIFEST_",
+                "CARGO_PKG_",
+                "CARGO_CRATE_",
+                "CARGO_PRIMARY_",
+                "CARGO_BIN_",
+            ]
+            .iter()
+            .any(|p| k.starts_with(p))
+                || k == "CARGO_TARGET_TMPDIR"
+            {
+                cmd.env_remove(&key);
+            }
+        }
+        if profile_dir.file_name().is_some_and(|n| n == "release") {
+            cmd.arg("--release");
+        }
+        assert!(cmd.status().unwrap().success(), "building the relay failed");
+        profile_dir.join("relay")
+    }
+
+    #[test]
+    fn short_run_against_own_relay_counts_are_consistent_and_it_stops() {
+        let o = Options {
+            target: None,
+            admin_token: None,
+            rooms: 1,
+            publishers: 1,
+            subscribers: 2,
+            meeting: false,
+            slots: 1,
+            layout: Layout::Grid,
+            duration: Duration::from_secs(3),
+            warmup: Duration::from_secs(1),
+            workers: 1,
+            client_threads: 1,
+            floor_duration: Duration::from_millis(100),
+            relay_bin: Some(relay_bin()),
+            progress: false,
+        };
+        let t0 = Instant::now();
+        let r = run(&o).unwrap();
+        let summary = r.summary();
+        assert!(r.stopped_by_itself, "{summary}");
+        assert!(t0.elapsed() < Duration::from_secs(120), "{summary}");
+        assert_eq!((r.peers, r.dead_peers), (3, 0), "{summary}");
+        assert_eq!(r.joined, 3, "{summary}");
+        assert!(r.packets_sent() > 0, "{summary}");
+        assert!(
+            r.video_packets_sent > 0 && r.audio_packets_sent > 0,
+            "{summary}"
+        );
+        assert!(r.relay.packets_forwarded > 0, "{summary}");
+        assert!(r.packets_received() > 0, "{summary}");
+        // The window's edges are a few milliseconds apart on the two sides; allow for the
+        // packets in flight across them, never for more.
+        let slack = r.relay.packets_forwarded / 20 + 50;
+        assert!(
+            r.packets_received() <= r.relay.packets_forwarded + slack,
+            "{summary}"
+        );
+        assert!(r.relay.cpu_seconds > 0.0, "{summary}");
+        assert!(r.forwarded_packets_per_cpu_second > 0.0, "{summary}");
+        assert!(r.ratio_to_floor.is_some_and(|x| x > 0.0), "{summary}");
+        assert!(r.one_way_delay_ms.samples > 0, "{summary}");
+        assert!(r.loss_expected >= r.loss_received, "{summary}");
+    }
+}
