@@ -33,7 +33,8 @@ enum Command {
     /// Without --target it starts the `relay` binary found beside this executable on a
     /// throwaway data directory, on 127.0.0.1 only. With --target URL --admin-token T it loads
     /// a running relay through its admin API, in the token's organisation; the relay's CPU and
-    /// memory then come from its /metrics (process_*).
+    /// memory then come from its /metrics (process_*), whose CPU counter has a resolution of one
+    /// second: use long windows there.
     Media {
         /// A running relay's HTTP base URL (http://host:port); needs --admin-token.
         #[arg(long)]

@@ -746,6 +746,9 @@ impl Report {
                 ratio * 100.0
             );
         }
+        if r.cpu_source == "metrics" {
+            out += "  (relay CPU from its process_cpu_seconds_total: whole seconds only)\n";
+        }
         if self.dead_peers > 0 {
             out += &format!("  {} peers failed during the run\n", self.dead_peers);
         }
