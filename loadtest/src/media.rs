@@ -758,43 +758,7 @@ impl Report {
 
 #[cfg(test)]
 mod tests {
-    use std::path::Path;
-    use std::process::Command;
-
     use super::*;
-
-    /// The `relay` binary of this build, built the way the end-to-end tests build it.
-    fn relay_bin() -> PathBuf {
-        let exe = std::env::current_exe().unwrap();
-        // target/<profile>/deps/<test> -> target/<profile>/relay
-        let profile_dir = exe.parent().and_then(Path::parent).unwrap().to_path_buf();
-        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-        let mut cmd = Command::new(cargo);
-        cmd.args(["build", "--quiet", "-p", "relay", "--bin", "relay"]);
-        // `cargo test` hands this process the test package's CARGO_MANIFEST_DIR and friends;
-        // build scripts that watch them would rebuild half the tree.
-        for (key, _) in std::env::vars_os() {
-            let k = key.to_string_lossy();
-            if [
-                "CARGO_MANIFEST_",
-                "CARGO_PKG_",
-                "CARGO_CRATE_",
-                "CARGO_PRIMARY_",
-                "CARGO_BIN_",
-            ]
-            .iter()
-            .any(|p| k.starts_with(p))
-                || k == "CARGO_TARGET_TMPDIR"
-            {
-                cmd.env_remove(&key);
-            }
-        }
-        if profile_dir.file_name().is_some_and(|n| n == "release") {
-            cmd.arg("--release");
-        }
-        assert!(cmd.status().unwrap().success(), "building the relay failed");
-        profile_dir.join("relay")
-    }
 
     #[test]
     fn short_run_against_own_relay_counts_are_consistent_and_it_stops() {
@@ -812,7 +776,7 @@ mod tests {
             workers: 1,
             client_threads: 1,
             floor_duration: Duration::from_millis(100),
-            relay_bin: Some(relay_bin()),
+            relay_bin: Some(relay_tests::relay_bin()),
             progress: false,
         };
         let t0 = Instant::now();

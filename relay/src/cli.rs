@@ -1,4 +1,4 @@
-//! The command line: `relay serve | token | admin ...`.
+//! The command line: `relay serve | token | admin | files ...`.
 //!
 //! `token` and `admin` work either on the data directory directly (`--data DIR`) or through a
 //! running appliance's HTTP API (`--server URL --token T`, limited to that token's organisation).
@@ -41,6 +41,11 @@ pub enum Command {
     },
     /// Mint a token; prints the token alone on stdout.
     Token(TokenArgs),
+    /// Move files through the file plane (QUIC).
+    Files {
+        #[command(subcommand)]
+        command: crate::files::cli::FilesCommand,
+    },
     /// Change or check the registry and the audit log.
     Admin {
         #[command(subcommand)]
@@ -228,12 +233,13 @@ impl From<ControlError> for CliError {
 
 type CliResult = Result<(), CliError>;
 
-/// Runs `token` and `admin` commands. (`serve` is run by the binary, which owns the runtime.)
+/// Runs `token`, `admin` and `files` commands. (`serve` is run by the binary, which owns the runtime.)
 pub fn run_offline(command: Command) -> CliResult {
     match command {
         Command::Serve { .. } => Err(CliError::Usage("serve is not an offline command".into())),
         Command::Token(args) => token(args),
         Command::Admin { command, target } => admin(command, &target),
+        Command::Files { command } => crate::files::cli::run(command),
     }
 }
 

@@ -22,6 +22,7 @@ pub struct Config {
     pub tokens: Tokens,
     pub log: Log,
     pub tls: Tls,
+    pub files: Files,
 }
 
 #[derive(Debug, Clone, PartialEq, Deserialize)]
@@ -81,6 +82,47 @@ pub struct Tls {
     pub subject_alt_names: Vec<String>,
 }
 
+/// The file plane (QUIC).
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Files {
+    pub listen: SocketAddr,
+    /// Content types (magic bytes, not names) that may be stored: `type/subtype` or `type/*`;
+    /// content with no known signature is `application/octet-stream`.
+    pub allowed_types: Vec<String>,
+    /// Logical bytes one user may store; 0 = no per-user limit.
+    pub user_quota_bytes: u64,
+    /// How long an unfinished upload keeps its chunks and reservation without progress.
+    #[serde(with = "humantime_serde")]
+    pub upload_lease: Duration,
+    /// How long an unreferenced chunk stays before it is collected.
+    #[serde(with = "humantime_serde")]
+    pub gc_grace: Duration,
+    /// UDP receive and send buffer asked of the kernel.
+    pub socket_buffer_bytes: usize,
+}
+
+impl Default for Files {
+    fn default() -> Self {
+        Files {
+            listen: SocketAddr::from(([127, 0, 0, 1], 4433)),
+            allowed_types: [
+                "video/*",
+                "audio/*",
+                "image/*",
+                "application/pdf",
+                "application/octet-stream",
+            ]
+            .map(String::from)
+            .to_vec(),
+            user_quota_bytes: 0,
+            upload_lease: Duration::from_secs(24 * 3600),
+            gc_grace: Duration::from_secs(3600),
+            socket_buffer_bytes: 8 << 20,
+        }
+    }
+}
+
 impl Default for Config {
     fn default() -> Self {
         Config {
@@ -90,6 +132,7 @@ impl Default for Config {
             tokens: Tokens::default(),
             log: Log::default(),
             tls: Tls::default(),
+            files: Files::default(),
         }
     }
 }
@@ -257,6 +300,29 @@ impl Config {
                 "must name at least one host or address",
             ));
         }
+        self.files.check()
+    }
+}
+
+impl Files {
+    fn check(&self) -> Result<(), ConfigError> {
+        for t in &self.allowed_types {
+            let ok = t.split_once('/').is_some_and(|(a, b)| {
+                !a.is_empty() && !b.is_empty() && !a.contains('*') && (b == "*" || !b.contains('*'))
+            });
+            if !ok {
+                return Err(err(
+                    "files.allowed_types",
+                    format!("{t:?} is not a content type (type/subtype or type/*)"),
+                ));
+            }
+        }
+        if self.upload_lease < Duration::from_secs(60) {
+            return Err(err("files.upload_lease", "must be at least 1m"));
+        }
+        if self.socket_buffer_bytes > 1 << 30 {
+            return Err(err("files.socket_buffer_bytes", "must be at most 1 GiB"));
+        }
         Ok(())
     }
 }
@@ -309,6 +375,13 @@ mod tests {
             ("[media]\nfirst_port = 65535\nworkers = 4", "media.first_port"),
             ("[media]\nmax_sessions_per_room = 0", "media.max_sessions_per_room"),
             ("[media]\nfirst_port = -1", "media.first_port"),
+            ("[files]\nlisten = \"x\"", "files.listen"),
+            ("[files]\nallowed_types = [\"video\"]", "files.allowed_types"),
+            ("[files]\nallowed_types = [\"*/mp4\"]", "files.allowed_types"),
+            ("[files]\nupload_lease = \"1s\"", "files.upload_lease"),
+            ("[files]\ngc_grace = \"later\"", "files.gc_grace"),
+            ("[files]\nsocket_buffer_bytes = -1", "files.socket_buffer_bytes"),
+            ("[files]\nquota = 1", "files.quota"),
         ];
         for (text, key) in table {
             let e = Config::parse(text).unwrap_err();

@@ -7,6 +7,7 @@ pub mod cli;
 pub mod config;
 pub mod control;
 pub mod datadir;
+pub mod files;
 pub mod http;
 pub mod media;
 pub mod media_http;

@@ -14,6 +14,7 @@ use crate::control::Control;
 use crate::control::audit::AuditLog;
 use crate::control::registry::Registry;
 use crate::datadir::{self, DataDir};
+use crate::files::server::FilePlane;
 use crate::http::{self, AppState, Info, Readiness};
 use crate::media::MediaPlane;
 use crate::media_http::MediaRoutes;
@@ -25,6 +26,7 @@ pub enum ServeError {
     DataDir(datadir::DataDirError),
     Bind(SocketAddr, std::io::Error),
     Media(crate::media::MediaError),
+    Files(crate::files::server::FilesError),
     Io(std::io::Error),
 }
 
@@ -34,6 +36,7 @@ impl std::fmt::Display for ServeError {
             ServeError::DataDir(e) => write!(f, "data directory: {e}"),
             ServeError::Bind(a, e) => write!(f, "cannot listen on {a}: {e}"),
             ServeError::Media(e) => write!(f, "media plane: {e}"),
+            ServeError::Files(e) => write!(f, "file plane: {e}"),
             ServeError::Io(e) => e.fmt(f),
         }
     }
@@ -137,14 +140,22 @@ pub async fn run(config: Config) -> Result<(), ServeError> {
     let readiness = Readiness::default();
     let control_ready = readiness.plane("control");
     let media_ready = readiness.plane("media");
+    let files_ready = readiness.plane("files");
 
     let media = MediaPlane::start(config.media.plane()).map_err(ServeError::Media)?;
     control
         .metrics()
         .register(Box::new(media_metrics(media.clone())));
+    let files = Arc::new(
+        FilePlane::start(&config.files, &dir.root, &secrets, control.clone())
+            .map_err(ServeError::Files)?,
+    );
+    control
+        .metrics()
+        .register(Box::new(files_metrics(files.clone())));
     let info = Info {
         version: env!("CARGO_PKG_VERSION"),
-        quic: None,
+        quic: Some(files.local_addr().to_string()),
         cert_sha256: hex::encode(sha2::Sha256::digest(&secrets.cert_der)),
         media_workers: media.workers(),
     };
@@ -156,6 +167,7 @@ pub async fn run(config: Config) -> Result<(), ServeError> {
         media: Some(MediaRoutes::new(media.clone())),
     });
     media_ready.store(true, Ordering::Release);
+    files_ready.store(true, Ordering::Release);
 
     let listen = config.http.listen;
     let listener = TcpListener::bind(listen)
@@ -216,6 +228,7 @@ pub async fn run(config: Config) -> Result<(), ServeError> {
     tracing::info!(
         http = %local,
         media = %media_ports.join(","),
+        files = %files.local_addr(),
         data = %dir.root.display(),
         "relay is up"
     );
@@ -239,6 +252,7 @@ pub async fn run(config: Config) -> Result<(), ServeError> {
         Err(_) => tracing::warn!("drain timeout passed; dropping open requests"),
     }
     media.shutdown();
+    files.shutdown().await;
     // Dropping the last handle of the control plane writes out the audit log.
     drop(state);
     drop(control);
@@ -303,6 +317,47 @@ fn media_metrics(media: MediaPlane) -> impl prometheus::core::Collector {
                 c.forward_delay.sum_seconds,
             )
             .gauge(NAMES[10].0, help(10), media.workers() as f64);
+    })
+}
+
+/// The file plane's counters, read at scrape time.
+fn files_metrics(files: Arc<FilePlane>) -> impl prometheus::core::Collector {
+    const NAMES: [(&str, &str); 6] = [
+        (
+            "relay_files_bytes_received_total",
+            "Chunk bytes received by the file plane, as they travelled.",
+        ),
+        (
+            "relay_files_bytes_deduplicated_total",
+            "Logical bytes uploads did not send because their organisation held them.",
+        ),
+        (
+            "relay_files_store_bytes",
+            "Bytes of chunk data in the store, each chunk counted once.",
+        ),
+        (
+            "relay_files_transfers_active",
+            "Open file-plane connections.",
+        ),
+        (
+            "relay_files_chunks_rejected_total",
+            "Chunks refused on arrival for not matching their hash.",
+        ),
+        (
+            "relay_files_chunks_corrupt_total",
+            "Stored chunks found not matching their hash when read; never served.",
+        ),
+    ];
+    ScrapeCollector::new(&NAMES, move |f| {
+        let c = files.counters();
+        let load = |a: &AtomicU64| a.load(Ordering::Relaxed);
+        let help = |i: usize| NAMES[i].1;
+        f.counter(NAMES[0].0, help(0), load(&c.bytes_received))
+            .counter(NAMES[1].0, help(1), load(&c.bytes_deduplicated))
+            .gauge(NAMES[2].0, help(2), files.store().stored_bytes() as f64)
+            .gauge(NAMES[3].0, help(3), load(&c.transfers_active) as f64)
+            .counter(NAMES[4].0, help(4), load(&c.chunks_rejected))
+            .counter(NAMES[5].0, help(5), files.store().corrupt_reads());
     })
 }
 

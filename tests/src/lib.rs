@@ -130,10 +130,15 @@ impl Relay {
     ) -> Result<Relay, String> {
         std::fs::create_dir_all(data.parent().unwrap_or(data)).expect("create parent of data dir");
         let config = data.with_extension("toml");
-        let text = format!(
-            "[http]\nlisten = \"127.0.0.1:0\"\ndrain_timeout = \"3s\"\n\
-             [media]\nfirst_port = 0\nworkers = 2\n{extra_config}"
-        );
+        let mut text =
+            format!("[http]\nlisten = \"127.0.0.1:0\"\ndrain_timeout = \"3s\"\n{extra_config}");
+        // Parallel relays must not fight over the default media and file ports.
+        if !extra_config.contains("[media]") {
+            text.push_str("\n[media]\nfirst_port = 0\nworkers = 2\n");
+        }
+        if !extra_config.contains("[files]") {
+            text.push_str("\n[files]\nlisten = \"127.0.0.1:0\"\n");
+        }
         std::fs::write(&config, text).expect("write config");
         let mut cmd = Command::new(relay_bin());
         cmd.arg("serve")
@@ -323,6 +328,82 @@ impl Relay {
 
     pub fn pid(&self) -> u32 {
         self.child.as_ref().map_or(0, Child::id)
+    }
+
+    /// The file plane's QUIC address, from the start-up line.
+    pub fn files_addr(&self) -> String {
+        self.log_field("relay is up", "files")
+            .expect("files= in the start-up line")
+    }
+
+    /// The arguments that point `relay files ...` at this relay with `token`, asking for JSON.
+    pub fn files_args(&self, token: &str, args: &[&str]) -> Vec<String> {
+        let mut all = vec!["files".to_string()];
+        all.extend(args.iter().map(ToString::to_string));
+        all.extend([
+            "--server".into(),
+            self.files_addr(),
+            "--data".into(),
+            self.data.to_string_lossy().into_owned(),
+            "--token".into(),
+            token.into(),
+            "--json".into(),
+        ]);
+        all
+    }
+
+    /// Runs `relay files ...` against this relay and waits for it.
+    pub fn files(&self, token: &str, args: &[&str]) -> FilesRun {
+        let all = self.files_args(token, args);
+        let refs: Vec<&str> = all.iter().map(String::as_str).collect();
+        FilesRun::from(run(&refs, &[]))
+    }
+
+    /// Starts `relay files ...` against this relay without waiting, so a test can kill it.
+    pub fn spawn_files(&self, token: &str, args: &[&str]) -> Child {
+        Command::new(relay_bin())
+            .args(self.files_args(token, args))
+            .env_remove("RELAY_TOKEN")
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn relay files")
+    }
+}
+
+/// The outcome of a `relay files ... --json` command.
+#[derive(Debug)]
+pub struct FilesRun {
+    pub code: i32,
+    pub json: serde_json::Value,
+    pub stderr: String,
+}
+
+impl From<Output> for FilesRun {
+    fn from(out: Output) -> Self {
+        let text = String::from_utf8_lossy(&out.stdout);
+        FilesRun {
+            code: out.status.code().unwrap_or(-1),
+            json: serde_json::from_str(text.trim()).unwrap_or(serde_json::Value::Null),
+            stderr: stderr(&out),
+        }
+    }
+}
+
+impl FilesRun {
+    /// A number field of the JSON answer.
+    pub fn n(&self, key: &str) -> u64 {
+        self.json[key]
+            .as_u64()
+            .unwrap_or_else(|| panic!("no {key} in {} ({})", self.json, self.stderr))
+    }
+
+    pub fn s(&self, key: &str) -> String {
+        self.json[key]
+            .as_str()
+            .unwrap_or_else(|| panic!("no {key} in {} ({})", self.json, self.stderr))
+            .to_string()
     }
 }
 

@@ -1,0 +1,753 @@
+//! The file plane's client: what `relay files put|get|ls|rm` do over one QUIC connection.
+//!
+//! Upload: scan the file into a manifest, send it, send only the chunks the relay says are
+//! missing (the first one alone, so a refused type stops at once, then several in flight), each
+//! re-read and re-hashed from the file just before it goes, then commit. Re-running the same put
+//! continues the relay's open upload of that content.
+//!
+//! Download: chunks are written at their offsets into `OUT.relay-part`, beside a small state file
+//! `OUT.relay-state` naming the file and its root. A re-run with the same output verifies what
+//! the part file already holds and fetches the rest; chunks that a previous version at `OUT`
+//! already has are copied locally. Every chunk is checked against its hash, the whole against the
+//! root, and only then is the part file renamed over `OUT`.
+
+use std::collections::HashMap;
+use std::fmt;
+use std::fs;
+use std::io::{self, Read};
+use std::net::{SocketAddr, ToSocketAddrs};
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use bytes::Bytes;
+use tokio::task::JoinSet;
+
+use super::Hash;
+use super::chunker::{Chunker, chunk_hash};
+use super::manifest::{Manifest, root_of};
+use super::plan;
+use super::transport::{self, ALPN, PARALLEL_CHUNKS};
+use super::wire::{Encoding, FileEntry, PutStart, Request, Response, UploadId};
+
+/// How often one chunk is sent again after the relay found it damaged.
+const CHUNK_RETRIES: usize = 3;
+
+#[derive(Debug)]
+#[non_exhaustive]
+pub enum ClientError {
+    /// The command was used wrongly (bad address, missing token, unreadable CA).
+    Usage(String),
+    /// The connection could not be made or was lost.
+    Connection(String),
+    /// The relay refused: `code` is the contract's (`quota`, `file_type`, ...).
+    Refused {
+        code: String,
+        message: String,
+    },
+    /// The relay could not do it (`not_found`, `corrupt`, ...).
+    Failed {
+        code: String,
+        message: String,
+    },
+    Io(PathBuf, io::Error),
+    /// The relay answered something that does not fit, or sent bytes that do not match.
+    Protocol(String),
+}
+
+impl fmt::Display for ClientError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            ClientError::Usage(m) | ClientError::Connection(m) | ClientError::Protocol(m) => {
+                f.write_str(m)
+            }
+            ClientError::Refused { code, message } => write!(f, "denied ({code}): {message}"),
+            ClientError::Failed { code, message } => write!(f, "{code}: {message}"),
+            ClientError::Io(p, e) => write!(f, "{}: {e}", p.display()),
+        }
+    }
+}
+
+impl std::error::Error for ClientError {}
+
+impl ClientError {
+    /// The contract's code for `--json` error output.
+    pub fn code(&self) -> &str {
+        match self {
+            ClientError::Usage(_) => "usage",
+            ClientError::Connection(_) => "connection",
+            ClientError::Refused { code, .. } | ClientError::Failed { code, .. } => code,
+            ClientError::Io(..) => "io",
+            ClientError::Protocol(_) => "protocol",
+        }
+    }
+}
+
+fn io_err(path: &Path) -> impl FnOnce(io::Error) -> ClientError + '_ {
+    move |e| ClientError::Io(path.to_path_buf(), e)
+}
+
+fn unexpected(r: Response) -> ClientError {
+    match r {
+        Response::Refused { code, message } => ClientError::Refused { code, message },
+        Response::Failed { code, message } => ClientError::Failed { code, message },
+        other => ClientError::Protocol(format!("unexpected answer {other:?}")),
+    }
+}
+
+/// Progress of a transfer, in logical bytes, for a progress bar.
+#[derive(Debug, Default)]
+pub struct Progress {
+    pub done: AtomicU64,
+    pub total: AtomicU64,
+}
+
+/// What `put` did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PutReport {
+    pub entry: FileEntry,
+    pub chunks: usize,
+    pub chunks_sent: u64,
+    /// Chunk bytes as they travelled (after compression).
+    pub bytes_sent: u64,
+    pub resumed: bool,
+}
+
+/// What `get` did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GetReport {
+    pub entry: FileEntry,
+    pub path: PathBuf,
+    pub chunks: usize,
+    pub chunks_received: u64,
+    /// Chunk bytes as they travelled (after compression).
+    pub bytes_received: u64,
+    /// Chunks found in the part file of an interrupted run or in a previous version at the
+    /// output path.
+    pub chunks_local: u64,
+}
+
+#[derive(Debug, Clone, Copy, Default)]
+pub struct PutOptions<'a> {
+    pub room: Option<&'a str>,
+    pub classification: u8,
+    pub view_only: bool,
+}
+
+/// A connection to a relay's file plane.
+#[derive(Debug)]
+pub struct Client {
+    conn: quinn::Connection,
+    endpoint: quinn::Endpoint,
+    token: String,
+}
+
+fn client_config(ca_der: Vec<u8>) -> Result<quinn::ClientConfig, ClientError> {
+    let mut roots = rustls::RootCertStore::empty();
+    roots
+        .add(rustls::pki_types::CertificateDer::from(ca_der))
+        .map_err(|e| ClientError::Usage(format!("the relay certificate is not usable: {e}")))?;
+    let mut tls = rustls::ClientConfig::builder_with_provider(transport::crypto_provider())
+        .with_protocol_versions(&[&rustls::version::TLS13])
+        .map_err(|e| ClientError::Usage(e.to_string()))?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    tls.alpn_protocols = vec![ALPN.to_vec()];
+    let crypto = quinn::crypto::rustls::QuicClientConfig::try_from(tls)
+        .map_err(|e| ClientError::Usage(e.to_string()))?;
+    let mut config = quinn::ClientConfig::new(Arc::new(crypto));
+    config.transport_config(Arc::new(transport::transport()));
+    Ok(config)
+}
+
+impl Client {
+    /// Connects to `server` (`HOST:PORT`), trusting the certificate `ca_der`. Must run inside a
+    /// Tokio runtime.
+    pub async fn connect(
+        server: &str,
+        ca_der: Vec<u8>,
+        token: String,
+    ) -> Result<Client, ClientError> {
+        let (host, _) = server
+            .rsplit_once(':')
+            .ok_or_else(|| ClientError::Usage(format!("--server {server:?} is not HOST:PORT")))?;
+        let host = host
+            .trim_start_matches('[')
+            .trim_end_matches(']')
+            .to_string();
+        let addr: SocketAddr = server
+            .to_socket_addrs()
+            .map_err(|e| ClientError::Usage(format!("--server {server}: {e}")))?
+            .next()
+            .ok_or_else(|| ClientError::Usage(format!("--server {server}: no address")))?;
+        let bind: SocketAddr = if addr.is_ipv4() {
+            (std::net::Ipv4Addr::UNSPECIFIED, 0).into()
+        } else {
+            (std::net::Ipv6Addr::UNSPECIFIED, 0).into()
+        };
+        let (socket, _) = transport::udp_socket(bind, 8 << 20)
+            .map_err(|e| ClientError::Connection(format!("cannot open a UDP socket: {e}")))?;
+        let mut endpoint = quinn::Endpoint::new(
+            quinn::EndpointConfig::default(),
+            None,
+            socket,
+            Arc::new(quinn::TokioRuntime),
+        )
+        .map_err(|e| ClientError::Connection(format!("cannot open a UDP socket: {e}")))?;
+        endpoint.set_default_client_config(client_config(ca_der)?);
+        let conn = endpoint
+            .connect(addr, &host)
+            .map_err(|e| ClientError::Connection(format!("{server}: {e}")))?
+            .await
+            .map_err(|e| ClientError::Connection(format!("{server}: {e}")))?;
+        Ok(Client {
+            conn,
+            endpoint,
+            token,
+        })
+    }
+
+    /// Closes the connection and waits for the relay to hear it.
+    pub async fn close(self) {
+        self.conn.close(quinn::VarInt::from_u32(0), b"done");
+        let _ = tokio::time::timeout(std::time::Duration::from_secs(2), self.endpoint.wait_idle())
+            .await;
+    }
+
+    pub fn token(&self) -> &str {
+        &self.token
+    }
+
+    /// Sends one request on its own stream and reads the answer.
+    pub async fn request(&self, req: &Request) -> Result<Response, ClientError> {
+        request_on(&self.conn, req).await
+    }
+
+    pub async fn list(&self) -> Result<Vec<FileEntry>, ClientError> {
+        match self
+            .request(&Request::List {
+                token: self.token.clone(),
+            })
+            .await?
+        {
+            Response::Listing(v) => Ok(v),
+            r => Err(unexpected(r)),
+        }
+    }
+
+    pub async fn remove(&self, id: &str) -> Result<(), ClientError> {
+        match self
+            .request(&Request::Remove {
+                token: self.token.clone(),
+                file: id.into(),
+            })
+            .await?
+        {
+            Response::Removed { .. } => Ok(()),
+            r => Err(unexpected(r)),
+        }
+    }
+
+    /// Uploads `path`; see the module documentation.
+    pub async fn put(
+        &self,
+        path: &Path,
+        opts: PutOptions<'_>,
+        progress: Arc<Progress>,
+    ) -> Result<PutReport, ClientError> {
+        let owned = path.to_path_buf();
+        let (manifest, compressible) = tokio::task::spawn_blocking(move || {
+            let f = fs::File::open(&owned).map_err(io_err(&owned))?;
+            let mut head = Vec::with_capacity(8192);
+            (&f).take(8192)
+                .read_to_end(&mut head)
+                .map_err(io_err(&owned))?;
+            let f = fs::File::open(&owned).map_err(io_err(&owned))?;
+            let m =
+                Manifest::scan(io::BufReader::with_capacity(1 << 20, f)).map_err(io_err(&owned))?;
+            Ok::<_, ClientError>((m, plan::worth_trying_compression(&head)))
+        })
+        .await
+        .map_err(|e| ClientError::Protocol(format!("scanning failed: {e}")))??;
+        let name = path
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        progress.total.store(manifest.size(), Ordering::Relaxed);
+        let start = Request::PutStart(Box::new(PutStart {
+            token: self.token.clone(),
+            name,
+            room: opts.room.map(String::from),
+            classification: opts.classification,
+            view_only: opts.view_only,
+            manifest: manifest.clone(),
+        }));
+        let (upload, resumed, missing) = match self.request(&start).await? {
+            Response::PutReady {
+                upload,
+                resumed,
+                missing,
+            } => (upload, resumed, missing),
+            r => return Err(unexpected(r)),
+        };
+        if missing
+            .iter()
+            .any(|&i| i as usize >= manifest.chunks().len())
+        {
+            return Err(ClientError::Protocol(
+                "the relay asked for a chunk the manifest does not have".into(),
+            ));
+        }
+        let missing_bytes: u64 = missing
+            .iter()
+            .map(|&i| u64::from(manifest.chunks()[i as usize].len))
+            .sum();
+        progress
+            .done
+            .store(manifest.size() - missing_bytes, Ordering::Relaxed);
+        let file = Arc::new(fs::File::open(path).map_err(io_err(path))?);
+        let job = Arc::new(PutJob {
+            conn: self.conn.clone(),
+            token: self.token.clone(),
+            upload,
+            manifest: manifest.clone(),
+            offsets: manifest.offsets(),
+            file,
+            path: path.to_path_buf(),
+            compressible,
+            bytes_sent: AtomicU64::new(0),
+            progress,
+        });
+        // The first chunk goes alone: the relay checks the type on it and may refuse at once.
+        let (first, rest): (Vec<u32>, Vec<u32>) = missing.iter().partition(|&&i| i == 0);
+        for i in first {
+            job.clone().send_chunk(i).await?;
+        }
+        let mut tasks = JoinSet::new();
+        let mut queue = rest.into_iter();
+        let mut failure = None;
+        loop {
+            while failure.is_none() && tasks.len() < PARALLEL_CHUNKS {
+                let Some(i) = queue.next() else { break };
+                tasks.spawn(job.clone().send_chunk(i));
+            }
+            let Some(done) = tasks.join_next().await else {
+                break;
+            };
+            let result = done
+                .map_err(|e| ClientError::Protocol(format!("chunk task failed: {e}")))
+                .and_then(|r| r);
+            if let Err(e) = result
+                && failure.is_none()
+            {
+                failure = Some(e);
+            }
+        }
+        if let Some(e) = failure {
+            return Err(e);
+        }
+        let commit = Request::PutCommit {
+            token: self.token.clone(),
+            upload,
+        };
+        match self.request(&commit).await? {
+            Response::Committed(entry) => Ok(PutReport {
+                entry: *entry,
+                chunks: manifest.chunks().len(),
+                chunks_sent: missing.len() as u64,
+                bytes_sent: job.bytes_sent.load(Ordering::Relaxed),
+                resumed,
+            }),
+            r => Err(unexpected(r)),
+        }
+    }
+
+    /// Downloads file `id` to `out` (or its stored name in the current directory).
+    pub async fn get(
+        &self,
+        id: &str,
+        out: Option<&Path>,
+        progress: Arc<Progress>,
+    ) -> Result<GetReport, ClientError> {
+        let start = Request::GetStart {
+            token: self.token.clone(),
+            file: id.into(),
+        };
+        let (entry, manifest) = match self.request(&start).await? {
+            Response::FileInfo { entry, manifest } => (*entry, manifest),
+            r => return Err(unexpected(r)),
+        };
+        if entry.size != manifest.size() {
+            return Err(ClientError::Protocol(
+                "the file's size and manifest disagree".into(),
+            ));
+        }
+        let out = match out {
+            Some(o) => o.to_path_buf(),
+            None => PathBuf::from(safe_name(&entry.name, id)),
+        };
+        progress.total.store(manifest.size(), Ordering::Relaxed);
+        let local = {
+            let (out, id, m) = (out.clone(), id.to_string(), manifest.clone());
+            tokio::task::spawn_blocking(move || prepare_download(&out, &id, &m))
+                .await
+                .map_err(|e| ClientError::Protocol(format!("preparing failed: {e}")))??
+        };
+        // Distinct hashes still wanted, each with every index it fills.
+        let mut wanted: HashMap<Hash, Vec<u32>> = HashMap::new();
+        let mut order = Vec::new();
+        for (i, c) in manifest.chunks().iter().enumerate() {
+            if local.have[i] {
+                continue;
+            }
+            let slots = wanted.entry(c.hash).or_default();
+            if slots.is_empty() {
+                order.push(i as u32);
+            }
+            slots.push(i as u32);
+        }
+        let held: u64 = manifest
+            .chunks()
+            .iter()
+            .zip(&local.have)
+            .filter(|(_, h)| **h)
+            .map(|(c, _)| u64::from(c.len))
+            .sum();
+        progress.done.store(held, Ordering::Relaxed);
+        let job = Arc::new(GetJob {
+            conn: self.conn.clone(),
+            token: self.token.clone(),
+            id: id.to_string(),
+            manifest: manifest.clone(),
+            offsets: manifest.offsets(),
+            part: local.part_file,
+            part_path: local.part.clone(),
+            bytes_received: AtomicU64::new(0),
+            progress,
+        });
+        let mut tasks = JoinSet::new();
+        let mut queue = order.iter().map(|&i| {
+            let slots = wanted
+                .remove(&manifest.chunks()[i as usize].hash)
+                .unwrap_or_default();
+            (i, slots)
+        });
+        let mut failure = None;
+        loop {
+            while failure.is_none() && tasks.len() < PARALLEL_CHUNKS {
+                let Some((i, slots)) = queue.next() else {
+                    break;
+                };
+                tasks.spawn(job.clone().fetch_chunk(i, slots));
+            }
+            let Some(done) = tasks.join_next().await else {
+                break;
+            };
+            let result = done
+                .map_err(|e| ClientError::Protocol(format!("chunk task failed: {e}")))
+                .and_then(|r| r);
+            if let Err(e) = result
+                && failure.is_none()
+            {
+                failure = Some(e);
+            }
+        }
+        if let Some(e) = failure {
+            return Err(e);
+        }
+        let chunks_received = order.len() as u64;
+        let bytes_received = job.bytes_received.load(Ordering::Relaxed);
+        let (part, out2, state, m) = (local.part, out.clone(), local.state, manifest.clone());
+        tokio::task::spawn_blocking(move || finish_download(&part, &out2, &state, &m))
+            .await
+            .map_err(|e| ClientError::Protocol(format!("finishing failed: {e}")))??;
+        Ok(GetReport {
+            entry,
+            path: out,
+            chunks: manifest.chunks().len(),
+            chunks_received,
+            bytes_received,
+            chunks_local: local.have.iter().filter(|h| **h).count() as u64,
+        })
+    }
+}
+
+async fn request_on(conn: &quinn::Connection, req: &Request) -> Result<Response, ClientError> {
+    let lost =
+        |e: &dyn fmt::Display| ClientError::Connection(format!("connection to the relay: {e}"));
+    let (mut send, mut recv) = conn.open_bi().await.map_err(|e| lost(&e))?;
+    transport::write_frame(&mut send, req.encode())
+        .await
+        .map_err(|e| lost(&e))?;
+    send.finish().map_err(|e| lost(&e))?;
+    let (kind, body) = transport::read_frame(&mut recv)
+        .await
+        .map_err(|e| lost(&e))?
+        .ok_or_else(|| {
+            ClientError::Connection("the relay closed the stream without an answer".into())
+        })?;
+    Response::decode(kind, body).map_err(|e| ClientError::Protocol(format!("bad answer: {e}")))
+}
+
+struct PutJob {
+    conn: quinn::Connection,
+    token: String,
+    upload: UploadId,
+    manifest: Manifest,
+    offsets: Vec<u64>,
+    file: Arc<fs::File>,
+    path: PathBuf,
+    compressible: bool,
+    bytes_sent: AtomicU64,
+    progress: Arc<Progress>,
+}
+
+impl PutJob {
+    async fn send_chunk(self: Arc<Self>, index: u32) -> Result<(), ClientError> {
+        let i = index as usize;
+        let c = self.manifest.chunks()[i];
+        let offset = self.offsets[i];
+        let this = self.clone();
+        // Read and hash again: the file may have changed since it was scanned.
+        let (encoding, data) = tokio::task::spawn_blocking(move || {
+            let mut buf = vec![0u8; c.len as usize];
+            this.file
+                .read_exact_at(&mut buf, offset)
+                .map_err(io_err(&this.path))?;
+            if chunk_hash(&buf) != c.hash {
+                return Err(ClientError::Usage(format!(
+                    "{} changed while it was being sent; run the command again",
+                    this.path.display()
+                )));
+            }
+            Ok(
+                match this.compressible.then(|| plan::compress(&buf)).flatten() {
+                    Some(z) => (Encoding::Zstd, Bytes::from(z)),
+                    None => (Encoding::Raw, Bytes::from(buf)),
+                },
+            )
+        })
+        .await
+        .map_err(|e| ClientError::Protocol(format!("reading failed: {e}")))??;
+        let req = Request::PutChunk {
+            token: self.token.clone(),
+            upload: self.upload,
+            index,
+            encoding,
+            data: data.clone(),
+        };
+        for attempt in 0..=CHUNK_RETRIES {
+            self.bytes_sent
+                .fetch_add(data.len() as u64, Ordering::Relaxed);
+            match request_on(&self.conn, &req).await? {
+                Response::ChunkAccepted { index: got } if got == index => {
+                    self.progress
+                        .done
+                        .fetch_add(u64::from(c.len), Ordering::Relaxed);
+                    return Ok(());
+                }
+                Response::Failed { code, .. } if code == "bad_chunk" && attempt < CHUNK_RETRIES => {
+                    tracing::warn!(index, "the relay received chunk damaged; sending it again");
+                }
+                r => return Err(unexpected(r)),
+            }
+        }
+        Err(ClientError::Protocol(format!(
+            "chunk {index} kept arriving damaged"
+        )))
+    }
+}
+
+struct GetJob {
+    conn: quinn::Connection,
+    token: String,
+    id: String,
+    manifest: Manifest,
+    offsets: Vec<u64>,
+    part: Arc<fs::File>,
+    part_path: PathBuf,
+    bytes_received: AtomicU64,
+    progress: Arc<Progress>,
+}
+
+impl GetJob {
+    /// Fetches chunk `index` and writes it at every index in `slots` (the same bytes recur).
+    async fn fetch_chunk(self: Arc<Self>, index: u32, slots: Vec<u32>) -> Result<(), ClientError> {
+        let c = self.manifest.chunks()[index as usize];
+        let req = Request::GetChunk {
+            token: self.token.clone(),
+            file: self.id.clone(),
+            index,
+        };
+        let (encoding, data) = match request_on(&self.conn, &req).await? {
+            Response::ChunkData {
+                index: got,
+                encoding,
+                data,
+            } if got == index => (encoding, data),
+            r => return Err(unexpected(r)),
+        };
+        self.bytes_received
+            .fetch_add(data.len() as u64, Ordering::Relaxed);
+        let this = self.clone();
+        tokio::task::spawn_blocking(move || {
+            let plain = match encoding {
+                Encoding::Raw => data.to_vec(),
+                Encoding::Zstd => zstd::bulk::decompress(&data, c.len as usize).map_err(|e| {
+                    ClientError::Protocol(format!("chunk {index} does not decompress: {e}"))
+                })?,
+            };
+            if plain.len() != c.len as usize || chunk_hash(&plain) != c.hash {
+                return Err(ClientError::Protocol(format!(
+                    "chunk {index} from the relay does not match its hash; nothing was written"
+                )));
+            }
+            for s in &slots {
+                this.part
+                    .write_all_at(&plain, this.offsets[*s as usize])
+                    .map_err(io_err(&this.part_path))?;
+                this.progress
+                    .done
+                    .fetch_add(u64::from(c.len), Ordering::Relaxed);
+            }
+            Ok(())
+        })
+        .await
+        .map_err(|e| ClientError::Protocol(format!("writing failed: {e}")))?
+    }
+}
+
+/// A stored name made safe as a file name in the current directory.
+fn safe_name(name: &str, id: &str) -> String {
+    let base = name.rsplit(['/', '\\']).next().unwrap_or("");
+    match base {
+        "" | "." | ".." => format!("file-{id}"),
+        b => b.to_string(),
+    }
+}
+
+fn sibling(out: &Path, suffix: &str) -> PathBuf {
+    let mut name = out.file_name().unwrap_or_default().to_os_string();
+    name.push(suffix);
+    out.with_file_name(name)
+}
+
+struct LocalState {
+    part: PathBuf,
+    state: PathBuf,
+    part_file: Arc<fs::File>,
+    /// Manifest indices whose bytes the part file already holds, verified.
+    have: Vec<bool>,
+}
+
+fn state_text(id: &str, m: &Manifest) -> String {
+    format!("relay download v1\n{id}\n{}\n", hex::encode(m.root()))
+}
+
+/// Opens (or continues) the part file and fills it from what is already on disk: the part file
+/// of an interrupted run of the same file, and a previous version at `out`.
+fn prepare_download(out: &Path, id: &str, m: &Manifest) -> Result<LocalState, ClientError> {
+    let part = sibling(out, ".relay-part");
+    let state = sibling(out, ".relay-state");
+    let expected = state_text(id, m);
+    let resuming = fs::read_to_string(&state).is_ok_and(|s| s == expected)
+        && fs::metadata(&part).is_ok_and(|md| md.len() == m.size());
+    let file = fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(!resuming)
+        .open(&part)
+        .map_err(io_err(&part))?;
+    if !resuming {
+        file.set_len(m.size()).map_err(io_err(&part))?;
+        fs::write(&state, expected).map_err(io_err(&state))?;
+    }
+    let offsets = m.offsets();
+    let mut have = vec![false; m.chunks().len()];
+    let mut buf = Vec::new();
+    if resuming {
+        for (i, c) in m.chunks().iter().enumerate() {
+            buf.resize(c.len as usize, 0);
+            if file.read_exact_at(&mut buf, offsets[i]).is_ok() && chunk_hash(&buf) == c.hash {
+                have[i] = true;
+            }
+        }
+    }
+    // A previous version at the output path: copy the chunks it shares.
+    if have.iter().any(|h| !h)
+        && let Ok(old) = fs::File::open(out)
+    {
+        let mut wanted: HashMap<Hash, Vec<usize>> = HashMap::new();
+        for (i, c) in m.chunks().iter().enumerate() {
+            if !have[i] {
+                wanted.entry(c.hash).or_default().push(i);
+            }
+        }
+        let mut chunker = Chunker::new(io::BufReader::with_capacity(1 << 20, old));
+        while let Some(chunk) = chunker.next_chunk().map_err(io_err(out))? {
+            if let Some(slots) = wanted.remove(&chunk.hash) {
+                for i in slots {
+                    file.write_all_at(chunk.data, offsets[i])
+                        .map_err(io_err(&part))?;
+                    have[i] = true;
+                }
+            }
+        }
+    }
+    Ok(LocalState {
+        part,
+        state,
+        part_file: Arc::new(file),
+        have,
+    })
+}
+
+/// Verifies the part file against the manifest's root, makes it durable and puts it in place.
+fn finish_download(part: &Path, out: &Path, state: &Path, m: &Manifest) -> Result<(), ClientError> {
+    let file = fs::File::open(part).map_err(io_err(part))?;
+    let mut hashes = Vec::with_capacity(m.chunks().len());
+    let mut buf = Vec::new();
+    for (c, o) in m.chunks().iter().zip(m.offsets()) {
+        buf.resize(c.len as usize, 0);
+        file.read_exact_at(&mut buf, o).map_err(io_err(part))?;
+        hashes.push(super::manifest::ChunkRef {
+            hash: chunk_hash(&buf),
+            len: c.len,
+        });
+    }
+    if root_of(&hashes) != *m.root() {
+        return Err(ClientError::Protocol(
+            "the downloaded file does not match its root hash; it was not kept".into(),
+        ));
+    }
+    file.sync_all().map_err(io_err(part))?;
+    fs::rename(part, out).map_err(io_err(out))?;
+    let dir = out
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    fs::File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(io_err(dir))?;
+    let _ = fs::remove_file(state);
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn output_names_are_safe() {
+        assert_eq!(safe_name("clip.mp4", "x"), "clip.mp4");
+        assert_eq!(safe_name("../../etc/passwd", "x"), "passwd");
+        assert_eq!(safe_name("..", "x"), "file-x");
+        assert_eq!(safe_name("", "x"), "file-x");
+        assert_eq!(
+            sibling(Path::new("/a/b.mp4"), ".relay-part"),
+            PathBuf::from("/a/b.mp4.relay-part")
+        );
+    }
+}

@@ -1,0 +1,22 @@
+//! The file plane: chunked, deduplicated, resumable, verified file transfers over QUIC.
+//!
+//! The sans-IO core cuts files into content-defined chunks ([`chunker`]), lists them in a
+//! [`manifest::Manifest`], frames requests and answers ([`wire`]) and makes every decision as a
+//! pure function ([`plan`]). [`store::ChunkStore`] keeps chunks on disk and their bookkeeping in
+//! SQLite; [`server`] is the quinn shell and [`client`] the other end, driven by [`cli`].
+//! Invariants the whole plane keeps: a chunk is named by the BLAKE3 hash
+//! of its plaintext and is checked against that name whenever it crosses a boundary (network in,
+//! disk in, disk out, network out); nothing is read whole into memory beyond one chunk.
+
+pub mod chunker;
+pub mod cli;
+pub mod client;
+pub mod manifest;
+pub mod plan;
+pub mod server;
+pub mod store;
+pub mod transport;
+pub mod wire;
+
+/// A BLAKE3 hash: a chunk's name, or a manifest's root.
+pub type Hash = [u8; 32];

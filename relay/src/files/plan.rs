@@ -1,0 +1,217 @@
+//! The file plane's decisions, as pure functions: which chunks must travel, whether an upload fits
+//! its quotas, whether a chunk is worth compressing, whether a file's type is allowed.
+//!
+//! No I/O, no clock, no store: the shells ask these and act on the answer, and tests call them
+//! directly.
+
+use std::collections::HashSet;
+use std::fmt;
+
+use super::Hash;
+use super::manifest::ChunkRef;
+
+/// The chunk indices the other side must send: the first index of every distinct hash that
+/// `have` says is not held. A chunk repeated within a file travels once.
+pub fn missing_chunks(chunks: &[ChunkRef], mut have: impl FnMut(&Hash) -> bool) -> Vec<u32> {
+    let mut seen = HashSet::with_capacity(chunks.len());
+    let mut missing = Vec::new();
+    for (i, c) in chunks.iter().enumerate() {
+        if seen.insert(c.hash) && !have(&c.hash) {
+            // A manifest holds at most MAX_CHUNKS (2^18) entries.
+            missing.push(i as u32);
+        }
+    }
+    missing
+}
+
+/// Whose quota an upload would exceed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum QuotaScope {
+    Organisation,
+    User,
+}
+
+/// Logical bytes in use (stored files plus open reservations) and the limit, if any.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Usage {
+    pub used: u64,
+    pub limit: Option<u64>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct QuotaExceeded {
+    pub scope: QuotaScope,
+    pub used: u64,
+    pub limit: u64,
+    pub wanted: u64,
+}
+
+impl fmt::Display for QuotaExceeded {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let who = match self.scope {
+            QuotaScope::Organisation => "organisation",
+            QuotaScope::User => "user",
+        };
+        write!(
+            f,
+            "the {who} quota would be exceeded: {} bytes in use, {} wanted, {} allowed",
+            self.used, self.wanted, self.limit
+        )
+    }
+}
+
+/// May `size` more logical bytes be reserved? Both quotas must hold; the organisation is checked
+/// first so its message wins when both are full.
+pub fn reserve(size: u64, org: Usage, user: Usage) -> Result<(), QuotaExceeded> {
+    for (scope, u) in [(QuotaScope::Organisation, org), (QuotaScope::User, user)] {
+        if let Some(limit) = u.limit
+            && u.used.checked_add(size).is_none_or(|total| total > limit)
+        {
+            return Err(QuotaExceeded {
+                scope,
+                used: u.used,
+                limit,
+                wanted: size,
+            });
+        }
+    }
+    Ok(())
+}
+
+/// zstd level for chunks on the wire: cheap enough to keep up with the link.
+pub const ZSTD_LEVEL: i32 = 3;
+
+/// Is it worth trying to compress a file whose first chunk is `head`? Not for formats that are
+/// compressed already: zstd would burn a core to save nothing.
+pub fn worth_trying_compression(head: &[u8]) -> bool {
+    use infer::MatcherType::{Archive, Audio, Image, Video};
+    !infer::get(head).is_some_and(|t| matches!(t.matcher_type(), Video | Image | Archive | Audio))
+}
+
+/// Keep a compressed form only when it saves at least 3%.
+pub fn keep_compressed(raw_len: usize, compressed_len: usize) -> bool {
+    (compressed_len as u128) * 100 <= (raw_len as u128) * 97
+}
+
+/// `data` compressed, when that saves at least 3%.
+pub fn compress(data: &[u8]) -> Option<Vec<u8>> {
+    let c = zstd::bulk::compress(data, ZSTD_LEVEL).ok()?;
+    keep_compressed(data.len(), c.len()).then_some(c)
+}
+
+/// The content type the allow-list is checked against: what the magic bytes say, or
+/// `application/octet-stream` for content with no known signature.
+pub fn content_type(head: &[u8]) -> &'static str {
+    infer::get(head).map_or("application/octet-stream", |t| t.mime_type())
+}
+
+/// Does `allowed` (MIME types, or `type/*` for a whole family) admit `mime`?
+pub fn type_allowed(allowed: &[String], mime: &str) -> bool {
+    allowed.iter().any(|a| match a.strip_suffix("/*") {
+        Some(family) => mime
+            .split_once('/')
+            .is_some_and(|(f, _)| f.eq_ignore_ascii_case(family)),
+        None => a.eq_ignore_ascii_case(mime),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::files::chunker::tests::noise;
+
+    fn c(b: u8) -> ChunkRef {
+        ChunkRef {
+            hash: [b; 32],
+            len: 1,
+        }
+    }
+
+    #[test]
+    fn missing_lists_first_index_of_each_absent_hash() {
+        let chunks = [c(1), c(2), c(1), c(3), c(2), c(4)];
+        #[rustfmt::skip]
+        let table: [(&[u8], Vec<u32>); 4] = [
+            (&[],           vec![0, 1, 3, 5]),
+            (&[1, 2, 3, 4], vec![]),
+            (&[2],          vec![0, 3, 5]),
+            (&[1, 4],       vec![1, 3]),
+        ];
+        for (have, want) in table {
+            assert_eq!(missing_chunks(&chunks, |h| have.contains(&h[0])), want);
+        }
+        assert!(missing_chunks(&[], |_| false).is_empty());
+    }
+
+    #[test]
+    fn quota_arithmetic() {
+        let u = |used, limit| Usage { used, limit };
+        #[rustfmt::skip]
+        let table = [
+            (10, u(0, None),        u(0, None),       None),
+            (10, u(90, Some(100)),  u(0, None),       None),
+            (11, u(90, Some(100)),  u(0, None),       Some(QuotaScope::Organisation)),
+            (11, u(0, None),        u(90, Some(100)), Some(QuotaScope::User)),
+            (11, u(90, Some(100)),  u(90, Some(100)), Some(QuotaScope::Organisation)),
+            (0,  u(100, Some(100)), u(0, Some(0)),    None),
+            (1,  u(0, Some(100)),   u(0, Some(0)),    Some(QuotaScope::User)),
+            (u64::MAX, u(1, Some(u64::MAX)), u(0, None), Some(QuotaScope::Organisation)),
+        ];
+        for (i, (size, org, user, want)) in table.into_iter().enumerate() {
+            assert_eq!(
+                reserve(size, org, user).err().map(|e| e.scope),
+                want,
+                "row {i}"
+            );
+        }
+    }
+
+    #[test]
+    fn compression_only_when_it_pays() {
+        assert!(keep_compressed(100, 97));
+        assert!(!keep_compressed(100, 98));
+        assert!(keep_compressed(0, 0));
+        assert!(compress(&vec![b'a'; 100_000]).is_some());
+        assert!(compress(&noise(1, 100_000)).is_none());
+        let png = [0x89, b'P', b'N', b'G', 0x0D, 0x0A, 0x1A, 0x0A, 0, 0, 0, 0];
+        let mp4 = [
+            0, 0, 0, 0x18, b'f', b't', b'y', b'p', b'i', b's', b'o', b'm',
+        ];
+        let zip = [b'P', b'K', 3, 4, 0, 0, 0, 0];
+        for head in [&png[..], &mp4[..], &zip[..]] {
+            assert!(!worth_trying_compression(head), "{head:?}");
+        }
+        assert!(worth_trying_compression(b"plain text"));
+        assert!(worth_trying_compression(&[]));
+    }
+
+    #[test]
+    fn types_are_matched_on_content() {
+        let allowed: Vec<String> = ["video/*", "application/pdf", "application/octet-stream"]
+            .map(String::from)
+            .to_vec();
+        // infer wants a whole ELF header (more than 52 bytes) before it says ELF.
+        let mut elf = vec![
+            0x7f, b'E', b'L', b'F', 2, 1, 1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 2, 0,
+        ];
+        elf.resize(64, 0);
+        let mp4 = [
+            0, 0, 0, 0x18, b'f', b't', b'y', b'p', b'i', b's', b'o', b'm',
+        ];
+        #[rustfmt::skip]
+        let table: [(&[u8], bool); 5] = [
+            (&mp4,            true),
+            (b"%PDF-1.7\n",   true),
+            (b"just text",    true),
+            (&[],             true),
+            (&elf[..],        false),
+        ];
+        for (head, want) in table {
+            let t = content_type(head);
+            assert_eq!(type_allowed(&allowed, t), want, "{t}");
+        }
+        assert!(type_allowed(&["VIDEO/*".into()], "video/mp4"));
+        assert!(!type_allowed(&["video/*".into()], "videos/mp4"));
+        assert!(!type_allowed(&[], "video/mp4"));
+    }
+}

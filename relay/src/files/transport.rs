@@ -1,0 +1,128 @@
+//! What the QUIC server and client share: TLS and transport settings sized for multi-GB
+//! transfers, UDP sockets with raised buffers, and reading and writing frames on streams.
+//!
+//! quinn's defaults limit a stream to its 1.25 MB receive window per round trip, and Linux's
+//! default socket buffer (about 212 KB) drops datagrams under load; both are raised here, and the
+//! buffer sizes the kernel actually granted are reported, since it caps them at
+//! `net.core.rmem_max` / `wmem_max` without an error.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use quinn::VarInt;
+
+use super::wire::{self, Frame, HEADER_LEN, WireError};
+
+/// The ALPN protocol of the file plane.
+pub const ALPN: &[u8] = b"relay-files/1";
+
+/// Chunk requests one client keeps in flight, each on its own stream.
+pub const PARALLEL_CHUNKS: usize = 8;
+
+/// Transport settings: a stream can hold two maximal chunks in flight, the connection every
+/// parallel stream's worth, so a transfer is limited by the link, not by flow control.
+pub fn transport() -> quinn::TransportConfig {
+    let mut t = quinn::TransportConfig::default();
+    let stream = 2 * super::chunker::MAX_CHUNK as u32;
+    t.stream_receive_window(VarInt::from_u32(stream));
+    t.receive_window(VarInt::from_u32(stream * (PARALLEL_CHUNKS as u32 + 2)));
+    t.send_window(u64::from(stream) * (PARALLEL_CHUNKS as u64 + 2));
+    t.max_concurrent_bidi_streams(VarInt::from_u32(4 * PARALLEL_CHUNKS as u32));
+    t.max_concurrent_uni_streams(VarInt::from_u32(0));
+    // A peer that vanished (killed, unplugged) is noticed within 10 s; keep-alives stop a quiet
+    // but living connection from timing out.
+    t.keep_alive_interval(Some(Duration::from_secs(3)));
+    t.max_idle_timeout(quinn::IdleTimeout::try_from(Duration::from_secs(10)).ok());
+    t
+}
+
+/// The crypto provider of the file plane, chosen explicitly so that another crate's choice of
+/// process default cannot change it.
+pub fn crypto_provider() -> Arc<rustls::crypto::CryptoProvider> {
+    Arc::new(rustls::crypto::ring::default_provider())
+}
+
+/// Socket buffer sizes as the kernel reports them after asking for more.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Buffers {
+    pub requested: usize,
+    pub recv: usize,
+    pub send: usize,
+}
+
+/// A UDP socket bound to `addr` with buffers of `buffer_bytes` asked for.
+pub fn udp_socket(
+    addr: SocketAddr,
+    buffer_bytes: usize,
+) -> std::io::Result<(std::net::UdpSocket, Buffers)> {
+    use socket2::{Domain, Protocol, Socket, Type};
+    let sock = Socket::new(Domain::for_address(addr), Type::DGRAM, Some(Protocol::UDP))?;
+    if buffer_bytes > 0 {
+        // Refusals here are not fatal: the sizes granted are read back and reported.
+        let _ = sock.set_recv_buffer_size(buffer_bytes);
+        let _ = sock.set_send_buffer_size(buffer_bytes);
+    }
+    sock.bind(&addr.into())?;
+    let buffers = Buffers {
+        requested: buffer_bytes,
+        recv: sock.recv_buffer_size()?,
+        send: sock.send_buffer_size()?,
+    };
+    Ok((sock.into(), buffers))
+}
+
+/// Why a stream could not carry a frame.
+#[derive(Debug)]
+#[non_exhaustive]
+pub enum StreamError {
+    Read(quinn::ReadExactError),
+    Write(quinn::WriteError),
+    Closed(quinn::ClosedStream),
+    Wire(WireError),
+}
+
+impl std::fmt::Display for StreamError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            StreamError::Read(e) => write!(f, "reading a stream: {e}"),
+            StreamError::Write(e) => write!(f, "writing a stream: {e}"),
+            StreamError::Closed(e) => write!(f, "closing a stream: {e}"),
+            StreamError::Wire(e) => write!(f, "bad frame: {e}"),
+        }
+    }
+}
+
+impl std::error::Error for StreamError {}
+
+/// Reads one frame; `None` if the peer finished the stream before a frame began.
+pub async fn read_frame(recv: &mut quinn::RecvStream) -> Result<Option<(u8, Bytes)>, StreamError> {
+    let mut head = [0u8; HEADER_LEN];
+    match recv.read_exact(&mut head).await {
+        Ok(()) => {}
+        Err(quinn::ReadExactError::FinishedEarly(0)) => return Ok(None),
+        Err(e) => return Err(StreamError::Read(e)),
+    }
+    let (kind, len) = wire::parse_header(head).map_err(StreamError::Wire)?;
+    let mut body = vec![0u8; len];
+    recv.read_exact(&mut body)
+        .await
+        .map_err(StreamError::Read)?;
+    Ok(Some((kind, Bytes::from(body))))
+}
+
+pub async fn write_frame(
+    send: &mut quinn::SendStream,
+    frame: Frame<'_>,
+) -> Result<(), StreamError> {
+    send.write_all(&frame.head)
+        .await
+        .map_err(StreamError::Write)?;
+    if !frame.payload.is_empty() {
+        send.write_all(frame.payload)
+            .await
+            .map_err(StreamError::Write)?;
+    }
+    Ok(())
+}

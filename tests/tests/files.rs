@@ -1,0 +1,672 @@
+//! The file plane end to end: the real binary, `relay files ...` over QUIC on loopback, the chunk
+//! store on disk.
+#![allow(clippy::unwrap_used)] // Tests stop at the first unexpected failure.
+
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::process::Child;
+use std::time::{Duration, Instant};
+
+use relay::files::chunker::{MAX_CHUNK, MIN_CHUNK};
+use relay::files::manifest::Manifest;
+use relay::files::store::ChunkStore;
+use relay_tests::{FilesRun, Relay};
+
+const MIB: usize = 1 << 20;
+
+/// Incompressible bytes, reproducible from `seed`.
+fn noise(seed: u64, len: usize) -> Vec<u8> {
+    let mut out = vec![0u8; len];
+    blake3::Hasher::new()
+        .update(&seed.to_le_bytes())
+        .finalize_xof()
+        .fill(&mut out);
+    out
+}
+
+fn write(dir: &Path, name: &str, data: &[u8]) -> PathBuf {
+    let p = dir.join(name);
+    fs::write(&p, data).unwrap();
+    p
+}
+
+fn s(p: &Path) -> &str {
+    p.to_str().unwrap()
+}
+
+fn ok(run: &FilesRun) {
+    assert_eq!(run.code, 0, "{} {}", run.json, run.stderr);
+}
+
+fn denied(run: &FilesRun, code: &str) {
+    assert_eq!(run.code, 3, "{} {}", run.json, run.stderr);
+    assert_eq!(run.json["error"], code, "{}", run.json);
+    assert!(
+        run.stderr.contains(&format!("denied ({code})")),
+        "{}",
+        run.stderr
+    );
+}
+
+/// Registers organisation `org` (with an optional quota), a user and a device, and mints a token.
+fn member(
+    relay: &Relay,
+    org: &str,
+    quota: Option<u64>,
+    user: &str,
+    device: &str,
+    kind: &str,
+    clearance: u8,
+) -> String {
+    let mut add = vec!["admin", "org", "add", org];
+    let q = quota.map(|q| q.to_string());
+    if let Some(q) = &q {
+        add.extend(["--quota-bytes", q]);
+    }
+    let _ = relay.cli(&add); // may exist already
+    let c = clearance.to_string();
+    let out = relay.cli(&[
+        "admin",
+        "user",
+        "add",
+        "--org",
+        org,
+        user,
+        "--clearance",
+        &c,
+    ]);
+    assert!(out.status.success() || relay_tests::stderr(&out).contains("exists"));
+    let out = relay.cli(&[
+        "admin", "device", "add", "--org", org, device, "--kind", kind,
+    ]);
+    assert!(out.status.success() || relay_tests::stderr(&out).contains("exists"));
+    relay.token(&[
+        "--org", org, "--user", user, "--device", device, "--grants", "files",
+    ])
+}
+
+/// Polls `cond` every 20 ms for at most `limit`.
+fn wait_for(limit: Duration, mut cond: impl FnMut() -> bool) -> bool {
+    let deadline = Instant::now() + limit;
+    while Instant::now() < deadline {
+        if cond() {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    false
+}
+
+fn received(relay: &Relay) -> f64 {
+    relay
+        .metric("relay_files_bytes_received_total")
+        .unwrap_or(0.0)
+}
+
+/// Waits until the relay has received at least `bytes` of chunk data, then kills `child`.
+/// Returns whether the child was still running when killed.
+fn kill_after(relay: &Relay, child: &mut Child, bytes: f64) -> bool {
+    let start = received(relay);
+    wait_for(Duration::from_secs(120), || {
+        received(relay) - start >= bytes || child.try_wait().unwrap().is_some()
+    });
+    let running = child.try_wait().unwrap().is_none();
+    let _ = child.kill();
+    let _ = child.wait();
+    running
+}
+
+fn store(relay: &Relay) -> ChunkStore {
+    ChunkStore::open(&relay.data).unwrap()
+}
+
+#[test]
+fn round_trips_are_bit_identical_listed_and_removed() {
+    let relay = Relay::start();
+    let token = relay.demo_token("files");
+    let tmp = tempfile::tempdir().unwrap();
+    let mut text = Vec::new();
+    while text.len() < 3 * MIB {
+        text.extend_from_slice(b"the quick brown fox jumps over the lazy dog, again and again\n");
+    }
+    let cases: Vec<(&str, Vec<u8>)> = vec![
+        ("empty", vec![]),
+        ("tiny", b"hello".to_vec()),
+        ("min-chunk", noise(1, MIN_CHUNK)),
+        ("max-chunk", noise(2, MAX_CHUNK)),
+        ("max-chunk-plus-one", noise(3, MAX_CHUNK + 1)),
+        ("text", text),
+    ];
+    let mut ids = Vec::new();
+    for (name, data) in &cases {
+        let path = write(tmp.path(), name, data);
+        let put = relay.files(&token, &["put", s(&path)]);
+        ok(&put);
+        assert_eq!(put.n("size"), data.len() as u64, "{name}");
+        assert_eq!(put.n("chunks_sent"), put.n("chunks"), "{name}");
+        if *name == "text" {
+            assert!(
+                put.n("bytes_sent") < data.len() as u64 / 10,
+                "compressed: {}",
+                put.json
+            );
+        }
+        let out = tmp.path().join(format!("{name}.out"));
+        let get = relay.files(&token, &["get", &put.s("id"), "-o", s(&out)]);
+        ok(&get);
+        assert_eq!(get.n("size"), data.len() as u64);
+        assert_eq!(get.n("chunks_received"), put.n("chunks"));
+        assert_eq!(&fs::read(&out).unwrap(), data, "{name} read back");
+        assert!(!tmp.path().join(format!("{name}.out.relay-state")).exists());
+        ids.push(put.s("id"));
+    }
+    let ls = relay.files(&token, &["ls"]);
+    ok(&ls);
+    let listed: Vec<&str> = ls.json["files"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|f| f["id"].as_str().unwrap())
+        .collect();
+    for id in &ids {
+        assert!(listed.contains(&id.as_str()), "{id} in {listed:?}");
+    }
+    ok(&relay.files(&token, &["rm", &ids[1]]));
+    let gone = relay.files(&token, &["get", &ids[1], "-o", s(&tmp.path().join("x"))]);
+    assert_eq!(
+        (gone.code, gone.json["error"].as_str()),
+        (1, Some("not_found"))
+    );
+    // The contract's surface: readiness, the QUIC address in /api/info, the metrics.
+    assert_eq!(relay.get("/readyz", None).status, 200);
+    let info = relay.get("/api/info", Some(&token)).json();
+    assert_eq!(info["quic"].as_str().unwrap(), relay.files_addr());
+    for m in [
+        "relay_files_bytes_received_total",
+        "relay_files_bytes_deduplicated_total",
+        "relay_files_store_bytes",
+        "relay_files_transfers_active",
+    ] {
+        assert!(relay.metric(m).is_some(), "{m}");
+    }
+    assert!(relay.metric("relay_files_store_bytes").unwrap() > 0.0);
+    // Puts, gets and removals are audited.
+    let audit = fs::read_to_string(relay.data.join("audit.log")).unwrap();
+    for action in ["files.put", "files.get", "files.rm"] {
+        assert!(audit.contains(action), "{action} in the audit log");
+    }
+}
+
+#[test]
+fn dedup_sends_only_what_the_organisation_lacks() {
+    let relay = Relay::start();
+    let token = relay.demo_token("files");
+    let tmp = tempfile::tempdir().unwrap();
+    let size = 200 * MIB;
+    let mut data = noise(10, size);
+    let path = write(tmp.path(), "big.bin", &data);
+
+    let first = relay.files(&token, &["put", s(&path)]);
+    ok(&first);
+    let chunks = first.n("chunks");
+    assert!(chunks > 20, "{}", first.json);
+    assert_eq!(first.n("chunks_sent"), chunks);
+    assert!(
+        first.n("bytes_sent") >= size as u64,
+        "incompressible: {}",
+        first.json
+    );
+    let out = tmp.path().join("big.out");
+    let get = relay.files(&token, &["get", &first.s("id"), "-o", s(&out)]);
+    ok(&get);
+    assert!(fs::read(&out).unwrap() == data, "large file read back");
+
+    // The same content again, by the same organisation: no chunk travels.
+    let dedup_before = relay
+        .metric("relay_files_bytes_deduplicated_total")
+        .unwrap();
+    let again = relay.files(&token, &["put", s(&path)]);
+    ok(&again);
+    assert_eq!((again.n("chunks_sent"), again.n("bytes_sent")), (0, 0));
+    assert_ne!(again.s("id"), first.s("id"));
+    let dedup_after = relay
+        .metric("relay_files_bytes_deduplicated_total")
+        .unwrap();
+    assert_eq!(dedup_after - dedup_before, size as f64);
+
+    // A 1 MiB edit in the middle sends a few chunks.
+    let mid = size / 2;
+    data[mid..mid + MIB].copy_from_slice(&noise(11, MIB));
+    fs::write(&path, &data).unwrap();
+    let edit = relay.files(&token, &["put", s(&path)]);
+    ok(&edit);
+    assert!(edit.n("chunks_sent") <= 4, "{}", edit.json);
+    assert!(
+        edit.n("bytes_sent") <= 4 * MAX_CHUNK as u64,
+        "{}",
+        edit.json
+    );
+    // Downloading the edited version over the old one fetches only those chunks.
+    let get = relay.files(&token, &["get", &edit.s("id"), "-o", s(&out)]);
+    ok(&get);
+    assert_eq!(
+        get.n("chunks_received"),
+        edit.n("chunks_sent"),
+        "{}",
+        get.json
+    );
+    assert!(fs::read(&out).unwrap() == data, "edited file read back");
+
+    // Another organisation is not told the chunks exist: it sends everything.
+    let other = member(&relay, "acme", None, "ann", "ann-pc", "terminal", 3);
+    let foreign = relay.files(&other, &["put", s(&path)]);
+    ok(&foreign);
+    assert_eq!(foreign.n("chunks_sent"), foreign.n("chunks"));
+    assert!(foreign.n("bytes_sent") >= size as u64);
+}
+
+#[test]
+fn interrupted_upload_and_download_resume_without_resending() {
+    let relay = Relay::start();
+    let token = relay.demo_token("files");
+    let tmp = tempfile::tempdir().unwrap();
+    let data = noise(20, 64 * MIB);
+    let path = write(tmp.path(), "clip.bin", &data);
+    let manifest = Manifest::scan(&data[..]).unwrap();
+    let total = manifest.chunks().len() as u64;
+
+    let mut child = relay.spawn_files(&token, &["put", s(&path)]);
+    let killed = kill_after(&relay, &mut child, (16 * MIB) as f64);
+    // Chunks already in the relay's hands when the client died still land; wait for the count
+    // to settle before reading it.
+    let progress = || {
+        store(&relay)
+            .upload_progress("demo", "demo", manifest.root())
+            .unwrap()
+    };
+    let mut before = progress();
+    for _ in 0..50 {
+        std::thread::sleep(Duration::from_millis(200));
+        let now = progress();
+        if now == before {
+            break;
+        }
+        before = now;
+    }
+    let resumed = relay.files(&token, &["put", s(&path)]);
+    ok(&resumed);
+    eprintln!(
+        "upload killed part way: {before:?} of {total}; resumed: {}",
+        resumed.json
+    );
+    match before {
+        Some((done, listed)) => {
+            assert!(killed);
+            assert_eq!(listed, total);
+            assert!(done > 0 && done < total, "{done} of {total}");
+            assert_eq!(resumed.n("chunks_sent"), total - done, "{}", resumed.json);
+            assert_eq!(resumed.json["resumed"], true);
+        }
+        // The first run finished before it could be killed: nothing is left to send.
+        None => assert_eq!(resumed.n("chunks_sent"), 0),
+    }
+    let id = resumed.s("id");
+
+    // Download: kill the client part way, then run again into the same output.
+    let out = tmp.path().join("clip.out");
+    let mut child = relay.spawn_files(&token, &["get", &id, "-o", s(&out)]);
+    let part = tmp.path().join("clip.out.relay-part");
+    wait_for(Duration::from_secs(120), || {
+        child.try_wait().unwrap().is_some()
+            || fs::metadata(&part).is_ok_and(|_| {
+                let held = held_chunks(&part, &manifest);
+                held > 0 && held < total
+            })
+    });
+    let _ = child.kill();
+    let _ = child.wait();
+    let held = if part.exists() {
+        held_chunks(&part, &manifest)
+    } else {
+        0
+    };
+    let again = relay.files(&token, &["get", &id, "-o", s(&out)]);
+    ok(&again);
+    eprintln!(
+        "download killed with {held} of {total} chunks held; resumed: {}",
+        again.json
+    );
+    if out.exists() && held > 0 {
+        assert_eq!(again.n("chunks_received"), total - held, "{}", again.json);
+    }
+    assert!(
+        fs::read(&out).unwrap() == data,
+        "resumed download is intact"
+    );
+    assert!(!part.exists());
+}
+
+/// Chunks of `manifest` that the part file already holds.
+fn held_chunks(part: &Path, manifest: &Manifest) -> u64 {
+    let Ok(bytes) = fs::read(part) else { return 0 };
+    manifest
+        .chunks()
+        .iter()
+        .zip(manifest.offsets())
+        .filter(|(c, o)| {
+            let (o, l) = (*o as usize, c.len as usize);
+            bytes.len() >= o + l && *blake3::hash(&bytes[o..o + l]).as_bytes() == c.hash
+        })
+        .count() as u64
+}
+
+#[test]
+fn relay_killed_mid_upload_resumes_after_restart() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data_dir = tmp.path().join("data");
+    let mut relay = Relay::start_in(&data_dir, "", &[]);
+    let token = relay.demo_token("files");
+    let data = noise(30, 64 * MIB);
+    let path = write(tmp.path(), "rec.bin", &data);
+    let manifest = Manifest::scan(&data[..]).unwrap();
+    let total = manifest.chunks().len() as u64;
+
+    let mut child = relay.spawn_files(&token, &["put", s(&path)]);
+    let start = received(&relay);
+    wait_for(Duration::from_secs(120), || {
+        received(&relay) - start >= (16 * MIB) as f64 || child.try_wait().unwrap().is_some()
+    });
+    relay.kill9();
+    // The client would notice the relay gone after its idle timeout; a crash test need not wait.
+    let status = child.try_wait().unwrap();
+    let _ = child.kill();
+    let _ = child.wait();
+    let relay = Relay::start_in(&data_dir, "", &[]);
+    let before = store(&relay)
+        .upload_progress("demo", "demo", manifest.root())
+        .unwrap();
+    let resumed = relay.files(&token, &["put", s(&path)]);
+    ok(&resumed);
+    eprintln!(
+        "relay killed part way: {before:?} of {total}; resumed: {}",
+        resumed.json
+    );
+    match before {
+        Some((done, _)) => {
+            assert!(status.is_none_or(|s| !s.success()));
+            assert!(done > 0, "some chunks were kept");
+            assert_eq!(resumed.n("chunks_sent"), total - done, "{}", resumed.json);
+        }
+        None => assert_eq!(resumed.n("chunks_sent"), 0),
+    }
+    let out = tmp.path().join("rec.out");
+    ok(&relay.files(&token, &["get", &resumed.s("id"), "-o", s(&out)]));
+    assert!(fs::read(&out).unwrap() == data);
+}
+
+#[test]
+fn crash_during_concurrent_uploads_keeps_every_completed_file() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data_dir = tmp.path().join("data");
+    let mut relay = Relay::start_in(&data_dir, "", &[]);
+    let token = relay.demo_token("files");
+    let mut done: Vec<(String, Vec<u8>)> = Vec::new();
+    for i in 0..2 {
+        let data = noise(40 + i, 6 * MIB + i as usize);
+        let path = write(tmp.path(), &format!("early{i}"), &data);
+        let put = relay.files(&token, &["put", s(&path)]);
+        ok(&put);
+        done.push((put.s("id"), data));
+    }
+    let mut running = Vec::new();
+    for i in 0..4 {
+        let data = noise(50 + i, 24 * MIB);
+        let path = write(tmp.path(), &format!("late{i}"), &data);
+        running.push((relay.spawn_files(&token, &["put", s(&path)]), data));
+    }
+    let start = received(&relay);
+    wait_for(Duration::from_secs(120), || {
+        received(&relay) - start >= (24 * MIB) as f64
+    });
+    relay.kill9();
+    for (mut child, data) in running {
+        // Clients that finished before the crash hold completed files; the rest are cut off.
+        let finished = child.try_wait().unwrap().is_some_and(|s| s.success());
+        let _ = child.kill();
+        let out = child.wait_with_output().unwrap();
+        if finished {
+            done.push((FilesRun::from(out).s("id"), data));
+        }
+    }
+    let relay = Relay::start_in(&data_dir, "", &[]);
+    eprintln!("{} files completed before the crash", done.len());
+    for (id, data) in &done {
+        let out = tmp.path().join(format!("{id}.out"));
+        ok(&relay.files(&token, &["get", id, "-o", s(&out)]));
+        assert!(
+            fs::read(&out).unwrap() == *data,
+            "{id} intact after the crash"
+        );
+    }
+    let report = store(&relay).check().unwrap();
+    assert!(report.is_clean(), "{report:?}");
+    assert!(report.checked > 0);
+}
+
+#[test]
+fn a_tampered_chunk_is_never_served() {
+    let relay = Relay::start();
+    let token = relay.demo_token("files");
+    let tmp = tempfile::tempdir().unwrap();
+    let data = noise(60, 6 * MIB);
+    let path = write(tmp.path(), "doc.bin", &data);
+    let put = relay.files(&token, &["put", s(&path)]);
+    ok(&put);
+    let manifest = Manifest::scan(&data[..]).unwrap();
+    let victim = manifest.chunks()[1];
+    let chunk_file = store(&relay).chunk_path(&victim.hash);
+    let mut bytes = fs::read(&chunk_file).unwrap();
+    bytes[100] ^= 0x55;
+    fs::write(&chunk_file, &bytes).unwrap();
+
+    let out = tmp.path().join("doc.out");
+    let get = relay.files(&token, &["get", &put.s("id"), "-o", s(&out)]);
+    assert_eq!(get.code, 1, "{} {}", get.json, get.stderr);
+    assert_eq!(get.json["error"], "corrupt");
+    assert!(!out.exists(), "nothing is put in place");
+    let part = tmp.path().join("doc.out.relay-part");
+    if let Ok(p) = fs::read(&part) {
+        let o = manifest.offsets()[1] as usize;
+        assert!(
+            p[o..o + victim.len as usize] != bytes[..],
+            "the bad bytes never arrive"
+        );
+    }
+    assert!(relay.metric("relay_files_chunks_corrupt_total").unwrap() >= 1.0);
+    assert_eq!(store(&relay).check().unwrap().corrupt, vec![victim.hash]);
+}
+
+#[test]
+fn a_chunk_damaged_in_flight_is_rejected_and_asked_again() {
+    use relay::files::client::Client;
+    use relay::files::wire::{Encoding, PutStart, Request, Response};
+
+    let relay = Relay::start();
+    let token = relay.demo_token("files");
+    let data = noise(70, 2 * MIB);
+    let manifest = Manifest::scan(&data[..]).unwrap();
+    let cert = relay::datadir::pem_body(
+        &fs::read_to_string(relay.data.join("tls.crt")).unwrap(),
+        "CERTIFICATE",
+    )
+    .unwrap();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let client = Client::connect(&relay.files_addr(), cert, token.clone())
+            .await
+            .unwrap();
+        let start = Request::PutStart(Box::new(PutStart {
+            token: token.clone(),
+            name: "x.bin".into(),
+            room: None,
+            classification: 0,
+            view_only: false,
+            manifest: manifest.clone(),
+        }));
+        let Response::PutReady {
+            upload, missing, ..
+        } = client.request(&start).await.unwrap()
+        else {
+            panic!("no upload")
+        };
+        let offsets = manifest.offsets();
+        for i in missing {
+            let c = manifest.chunks()[i as usize];
+            let o = offsets[i as usize] as usize;
+            let good = bytes::Bytes::copy_from_slice(&data[o..o + c.len as usize]);
+            let mut bad = good.to_vec();
+            bad[7] ^= 1;
+            let send = |data: bytes::Bytes| Request::PutChunk {
+                token: token.clone(),
+                upload,
+                index: i,
+                encoding: Encoding::Raw,
+                data,
+            };
+            let r = client.request(&send(bad.into())).await.unwrap();
+            assert!(
+                matches!(r, Response::Failed { ref code, .. } if code == "bad_chunk"),
+                "{r:?}"
+            );
+            let r = client.request(&send(good)).await.unwrap();
+            assert_eq!(r, Response::ChunkAccepted { index: i });
+        }
+        let r = client
+            .request(&Request::PutCommit {
+                token: token.clone(),
+                upload,
+            })
+            .await
+            .unwrap();
+        assert!(
+            matches!(r, Response::Committed(ref e) if e.size == data.len() as u64),
+            "{r:?}"
+        );
+        client.close().await;
+    });
+    assert!(relay.metric("relay_files_chunks_rejected_total").unwrap() >= 1.0);
+}
+
+#[test]
+fn refusals_exit_3_with_their_code_and_leave_nothing_behind() {
+    let relay = Relay::start();
+    let tmp = tempfile::tempdir().unwrap();
+    let small = member(
+        &relay,
+        "small",
+        Some(5 * MIB as u64),
+        "sam",
+        "sam-pc",
+        "terminal",
+        3,
+    );
+    let big = write(tmp.path(), "big.mp4", &noise(80, 6 * MIB));
+    let fits = write(tmp.path(), "fits.bin", &noise(81, MIB));
+    ok(&relay.files(&small, &["put", s(&fits)]));
+    let usage = |r: &Relay| {
+        store(r)
+            .usage_of("small", None, relay::control::unix_now())
+            .unwrap()
+    };
+    let before = usage(&relay);
+    let stored_before = relay.metric("relay_files_store_bytes").unwrap();
+    denied(&relay.files(&small, &["put", s(&big)]), "quota");
+    assert_eq!(usage(&relay), before, "the refused upload reserved nothing");
+    assert_eq!(
+        relay.metric("relay_files_store_bytes").unwrap(),
+        stored_before
+    );
+
+    // An executable renamed to a video is judged by its content.
+    let mut elf = vec![
+        0x7f, b'E', b'L', b'F', 2, 1, 1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 2, 0, 0x3e, 0,
+    ];
+    elf.extend(noise(82, 300_000));
+    let fake = write(tmp.path(), "holiday.mp4", &elf);
+    let demo = relay.demo_token("files");
+    denied(&relay.files(&demo, &["put", s(&fake)]), "file_type");
+    let demo_usage = store(&relay)
+        .usage_of("demo", None, relay::control::unix_now())
+        .unwrap();
+    assert_eq!(demo_usage, 0, "the refused upload left no reservation");
+
+    // View-only: the terminal gets it, the browser does not.
+    let terminal = member(&relay, "demo", None, "demo", "demo-terminal", "terminal", 1);
+    let doc = write(tmp.path(), "plan.pdf", b"%PDF-1.7\nsecret plans\n");
+    let put = relay.files(&terminal, &["put", s(&doc), "--view-only"]);
+    ok(&put);
+    let id = put.s("id");
+    ok(&relay.files(&terminal, &["get", &id, "-o", s(&tmp.path().join("t.pdf"))]));
+    denied(
+        &relay.files(&demo, &["get", &id, "-o", s(&tmp.path().join("b.pdf"))]),
+        "secure_view",
+    );
+    assert!(!tmp.path().join("b.pdf").exists());
+
+    // Clearance: a file above the reader's clearance.
+    let high = member(&relay, "demo", None, "boss", "boss-pc", "terminal", 3);
+    let put = relay.files(&high, &["put", s(&fits), "--classification", "3"]);
+    ok(&put);
+    denied(
+        &relay.files(
+            &demo,
+            &["get", &put.s("id"), "-o", s(&tmp.path().join("c"))],
+        ),
+        "clearance",
+    );
+
+    // Another organisation's file.
+    denied(
+        &relay.files(&small, &["get", &id, "-o", s(&tmp.path().join("o"))]),
+        "grant",
+    );
+    denied(&relay.files(&small, &["rm", &id]), "grant");
+
+    // A forged token.
+    let claims = relay::control::token::Claims {
+        jti: "f".into(),
+        org: "demo".into(),
+        sub: "demo".into(),
+        device: "demo-terminal".into(),
+        clearance: 3,
+        room: None,
+        grants: vec![relay::control::token::Grant::Files],
+        iat: relay::control::unix_now(),
+        nbf: relay::control::unix_now() - 10,
+        exp: relay::control::unix_now() + 600,
+    };
+    let forged = relay::control::token::SigningKey::from_bytes([7; 32]).sign(&claims);
+    denied(
+        &relay.files(&forged, &["get", &id, "-o", s(&tmp.path().join("f"))]),
+        "unauthorized",
+    );
+    denied(&relay.files(&forged, &["put", s(&fits)]), "unauthorized");
+
+    // A token without the files grant.
+    let no_files = relay.demo_token("publish");
+    denied(&relay.files(&no_files, &["ls"]), "grant");
+
+    let audit = fs::read_to_string(relay.data.join("audit.log")).unwrap();
+    for reason in [
+        "quota",
+        "file_type",
+        "secure_view",
+        "clearance",
+        "token_signature",
+    ] {
+        assert!(audit.contains(&format!("\"{reason}\"")), "{reason} audited");
+    }
+}
