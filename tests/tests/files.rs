@@ -670,3 +670,37 @@ fn refusals_exit_3_with_their_code_and_leave_nothing_behind() {
         assert!(audit.contains(&format!("\"{reason}\"")), "{reason} audited");
     }
 }
+
+/// On a terminal a transfer draws a progress bar on stderr; into a pipe it draws none. The
+/// terminal is a real pseudo-terminal from util-linux `script`.
+#[test]
+fn a_progress_bar_only_on_a_terminal() {
+    let relay = Relay::start();
+    let token = relay.demo_token("files");
+    let tmp = tempfile::tempdir().unwrap();
+    let path = write(tmp.path(), "clip.bin", &noise(77, 8 * MIB));
+
+    let piped = relay.files(&token, &["put", s(&path)]);
+    ok(&piped);
+    assert!(!piped.stderr.contains("MiB"), "{}", piped.stderr);
+
+    let fresh = write(tmp.path(), "other.bin", &noise(78, 8 * MIB));
+    let args = relay.files_args(&token, &["put", s(&fresh)]);
+    let command = std::iter::once(relay_tests::relay_bin().to_string_lossy().into_owned())
+        .chain(args)
+        .map(|a| format!("'{a}'"))
+        .collect::<Vec<_>>()
+        .join(" ");
+    let out = std::process::Command::new("script")
+        .args(["-qec", &command, "/dev/null"])
+        .env_remove("RELAY_TOKEN")
+        .stdin(std::process::Stdio::null())
+        .output()
+        .unwrap();
+    let shown = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{shown}");
+    assert!(
+        shown.contains(" MiB") && shown.contains('%') && shown.contains("[#"),
+        "no progress bar on the terminal: {shown}"
+    );
+}

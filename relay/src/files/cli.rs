@@ -156,26 +156,32 @@ fn progress_bar(progress: Arc<Progress>) -> Option<tokio::task::JoinHandle<()>> 
         let mut tick = tokio::time::interval(Duration::from_millis(200));
         loop {
             tick.tick().await;
-            let done = progress.done.load(Ordering::Relaxed);
-            let total = progress.total.load(Ordering::Relaxed).max(1);
-            let filled = (done.min(total) * 30 / total) as usize;
-            let mib = |b: u64| b as f64 / (1 << 20) as f64;
-            eprint!(
-                "\r[{}{}] {:>3}% {:.1}/{:.1} MiB",
-                "#".repeat(filled),
-                "-".repeat(30 - filled),
-                done.min(total) * 100 / total,
-                mib(done),
-                mib(total)
-            );
-            let _ = std::io::stderr().flush();
+            draw(&progress);
         }
     }))
 }
 
-fn end_bar(bar: Option<tokio::task::JoinHandle<()>>) {
+fn draw(progress: &Progress) {
+    let done = progress.done.load(Ordering::Relaxed);
+    let total = progress.total.load(Ordering::Relaxed).max(1);
+    let filled = (done.min(total) * 30 / total) as usize;
+    let mib = |b: u64| b as f64 / (1 << 20) as f64;
+    eprint!(
+        "\r[{}{}] {:>3}% {:.1}/{:.1} MiB",
+        "#".repeat(filled),
+        "-".repeat(30 - filled),
+        done.min(total) * 100 / total,
+        mib(done),
+        mib(total)
+    );
+    let _ = std::io::stderr().flush();
+}
+
+/// Stops the bar, leaving it at its final state: a short transfer still shows what it moved.
+fn end_bar(bar: Option<tokio::task::JoinHandle<()>>, progress: &Progress) {
     if let Some(b) = bar {
         b.abort();
+        draw(progress);
         eprintln!();
     }
 }
@@ -202,8 +208,8 @@ async fn execute(command: FilesCommand) -> Result<Value, ClientError> {
                 classification: *classification,
                 view_only: *view_only,
             };
-            let r = client.put(path, opts, progress).await;
-            end_bar(bar);
+            let r = client.put(path, opts, progress.clone()).await;
+            end_bar(bar, &progress);
             r.map(|r| {
                 if !conn.json {
                     println!("{}", r.entry.id);
@@ -218,8 +224,8 @@ async fn execute(command: FilesCommand) -> Result<Value, ClientError> {
         }
         FilesCommand::Get { id, out, .. } => {
             let bar = progress_bar(progress.clone());
-            let r = client.get(id, out.as_deref(), progress).await;
-            end_bar(bar);
+            let r = client.get(id, out.as_deref(), progress.clone()).await;
+            end_bar(bar, &progress);
             r.map(|r| {
                 if !conn.json {
                     println!("{}", r.path.display());
