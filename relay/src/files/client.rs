@@ -324,29 +324,7 @@ impl Client {
         for i in first {
             job.clone().send_chunk(i).await?;
         }
-        let mut tasks = JoinSet::new();
-        let mut queue = rest.into_iter();
-        let mut failure = None;
-        loop {
-            while failure.is_none() && tasks.len() < PARALLEL_CHUNKS {
-                let Some(i) = queue.next() else { break };
-                tasks.spawn(job.clone().send_chunk(i));
-            }
-            let Some(done) = tasks.join_next().await else {
-                break;
-            };
-            let result = done
-                .map_err(|e| ClientError::Protocol(format!("chunk task failed: {e}")))
-                .and_then(|r| r);
-            if let Err(e) = result
-                && failure.is_none()
-            {
-                failure = Some(e);
-            }
-        }
-        if let Some(e) = failure {
-            return Err(e);
-        }
+        in_parallel(rest.into_iter().map(|i| job.clone().send_chunk(i))).await?;
         let commit = Request::PutCommit {
             token: self.token.clone(),
             upload,
@@ -426,36 +404,13 @@ impl Client {
             bytes_received: AtomicU64::new(0),
             progress,
         });
-        let mut tasks = JoinSet::new();
-        let mut queue = order.iter().map(|&i| {
+        let fetches = order.iter().map(|&i| {
             let slots = wanted
                 .remove(&manifest.chunks()[i as usize].hash)
                 .unwrap_or_default();
-            (i, slots)
+            job.clone().fetch_chunk(i, slots)
         });
-        let mut failure = None;
-        loop {
-            while failure.is_none() && tasks.len() < PARALLEL_CHUNKS {
-                let Some((i, slots)) = queue.next() else {
-                    break;
-                };
-                tasks.spawn(job.clone().fetch_chunk(i, slots));
-            }
-            let Some(done) = tasks.join_next().await else {
-                break;
-            };
-            let result = done
-                .map_err(|e| ClientError::Protocol(format!("chunk task failed: {e}")))
-                .and_then(|r| r);
-            if let Err(e) = result
-                && failure.is_none()
-            {
-                failure = Some(e);
-            }
-        }
-        if let Some(e) = failure {
-            return Err(e);
-        }
+        in_parallel(fetches).await?;
         let chunks_received = order.len() as u64;
         let bytes_received = job.bytes_received.load(Ordering::Relaxed);
         let (part, out2, state, m) = (local.part, out.clone(), local.state, manifest.clone());
@@ -733,6 +688,34 @@ fn finish_download(part: &Path, out: &Path, state: &Path, m: &Manifest) -> Resul
         .map_err(io_err(dir))?;
     let _ = fs::remove_file(state);
     Ok(())
+}
+
+/// Runs chunk transfers with up to [`PARALLEL_CHUNKS`] in flight. After the first failure no new
+/// transfer starts; the ones in flight finish, and that first failure is the result.
+async fn in_parallel<F>(mut transfers: impl Iterator<Item = F>) -> Result<(), ClientError>
+where
+    F: Future<Output = Result<(), ClientError>> + Send + 'static,
+{
+    let mut tasks = JoinSet::new();
+    let mut failure = None;
+    loop {
+        while failure.is_none() && tasks.len() < PARALLEL_CHUNKS {
+            let Some(t) = transfers.next() else { break };
+            tasks.spawn(t);
+        }
+        let Some(done) = tasks.join_next().await else {
+            break;
+        };
+        let result = done
+            .map_err(|e| ClientError::Protocol(format!("chunk task failed: {e}")))
+            .and_then(|r| r);
+        if let Err(e) = result
+            && failure.is_none()
+        {
+            failure = Some(e);
+        }
+    }
+    failure.map_or(Ok(()), Err)
 }
 
 #[cfg(test)]
