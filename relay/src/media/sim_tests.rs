@@ -19,7 +19,7 @@ use str0m::{Candidate, Event, Input, Output, Rtc};
 
 use super::counters::{MediaCounters, WorkerCounters};
 use super::sfu::{Core, CoreConfig, Wire};
-use super::types::{Layout, SessionId, Source};
+use super::types::{Layout, MediaError, SessionAnswer, SessionId, Source};
 
 const RIDS: [&str; 3] = ["l", "m", "h"];
 const HEIGHTS: [u16; 3] = [180, 360, 720];
@@ -327,38 +327,31 @@ impl Sim {
     fn add_publisher(&mut self, user: &str, label: u8, source: Source) -> usize {
         let mut c = Client::new(5000 + self.clients.len() as u16, self.now);
         let offer = c.publisher_offer(label);
-        let now = self.now;
-        let (core, mut wire) = (
-            &mut self.core,
-            CoreWire {
-                from: self.core_addr,
-                net: &mut self.net,
-            },
-        );
-        let ans = core
-            .publish("org/room", user, source, &offer, now, &mut wire)
-            .expect("publish");
-        c.accept(&ans.answer_sdp);
-        c.session = Some(ans.session);
-        c.drain(&mut self.net);
-        self.clients.push(c);
-        self.clients.len() - 1
+        self.connect(c, |core, now, wire| {
+            core.publish("org/room", user, source, &offer, now, wire)
+        })
     }
 
     fn add_subscriber(&mut self, user: &str, slots: usize, audio: usize, layout: Layout) -> usize {
         let mut c = Client::new(5000 + self.clients.len() as u16, self.now);
         let offer = c.subscriber_offer(slots, audio);
-        let now = self.now;
-        let (core, mut wire) = (
-            &mut self.core,
-            CoreWire {
-                from: self.core_addr,
-                net: &mut self.net,
-            },
-        );
-        let ans = core
-            .subscribe("org/room", user, layout, &offer, now, &mut wire)
-            .expect("subscribe");
+        self.connect(c, |core, now, wire| {
+            core.subscribe("org/room", user, layout, &offer, now, wire)
+        })
+    }
+
+    /// Opens `c`'s session with `open` (publish or subscribe), applies the answer and adds the
+    /// client. Returns its index.
+    fn connect(
+        &mut self,
+        mut c: Client,
+        open: impl FnOnce(&mut Core, Instant, &mut CoreWire<'_>) -> Result<SessionAnswer, MediaError>,
+    ) -> usize {
+        let mut wire = CoreWire {
+            from: self.core_addr,
+            net: &mut self.net,
+        };
+        let ans = open(&mut self.core, self.now, &mut wire).expect("open session");
         c.accept(&ans.answer_sdp);
         c.session = Some(ans.session);
         c.drain(&mut self.net);
