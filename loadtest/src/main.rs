@@ -36,47 +36,8 @@ enum Command {
     /// memory then come from its /metrics (process_*), whose CPU counter has a resolution of one
     /// second: use long windows there.
     Media {
-        /// A running relay's HTTP base URL (http://host:port); needs --admin-token.
-        #[arg(long)]
-        target: Option<String>,
-        /// A token with the admin grant for one organisation of the --target relay.
-        #[arg(long, env = "RELAY_ADMIN_TOKEN", hide_env_values = true)]
-        admin_token: Option<String>,
-        #[arg(long, default_value_t = 1)]
-        rooms: usize,
-        /// Publishers per room (camera: three simulcast VP8 layers and audio).
-        #[arg(long, default_value_t = 1)]
-        publishers: usize,
-        /// Subscribers per room, besides the publishers.
-        #[arg(long, default_value_t = 2)]
-        subscribers: usize,
-        /// Every publisher also subscribes as the same participant, as in a meeting.
-        #[arg(long)]
-        meeting: bool,
-        /// Video slots per subscriber (plus one audio line).
-        #[arg(long, default_value_t = 1)]
-        slots: usize,
-        /// Subscribers' layout; with `screen` the first publisher of each room shares a screen.
-        #[arg(long, value_enum, default_value = "grid")]
-        layout: media::Layout,
-        /// Measured window (at most 10 minutes).
-        #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]
-        duration: Duration,
-        /// Time after everyone joined before the window opens.
-        #[arg(long, default_value = "3s", value_parser = humantime::parse_duration)]
-        warmup: Duration,
-        /// Media workers of the relay this starts (0: one per core).
-        #[arg(long, default_value_t = 0)]
-        workers: usize,
-        /// Threads driving the simulated clients.
-        #[arg(long, default_value_t = 2)]
-        client_threads: usize,
-        /// Time per method of the loopback floor measured first (0s: skip it).
-        #[arg(long, default_value = "2s", value_parser = humantime::parse_duration)]
-        floor_duration: Duration,
-        /// The relay binary to start instead of the one beside this executable.
-        #[arg(long)]
-        relay_bin: Option<PathBuf>,
+        #[command(flatten)]
+        options: media::Options,
         /// Write every figure as JSON here.
         #[arg(long)]
         json: Option<PathBuf>,
@@ -108,40 +69,7 @@ fn write_json(path: &std::path::Path, value: &impl serde::Serialize) -> bool {
 
 fn main() -> ExitCode {
     match Cli::parse().command {
-        Command::Media {
-            target,
-            admin_token,
-            rooms,
-            publishers,
-            subscribers,
-            meeting,
-            slots,
-            layout,
-            duration,
-            warmup,
-            workers,
-            client_threads,
-            floor_duration,
-            relay_bin,
-            json,
-        } => {
-            let o = media::Options {
-                target,
-                admin_token,
-                rooms,
-                publishers,
-                subscribers,
-                meeting,
-                slots,
-                layout,
-                duration,
-                warmup,
-                workers,
-                client_threads,
-                floor_duration,
-                relay_bin,
-                progress: true,
-            };
+        Command::Media { options: o, json } => {
             if let Err(e) = o.check() {
                 eprintln!("relay-loadtest: media: {e}");
                 return ExitCode::from(2);

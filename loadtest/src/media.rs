@@ -45,29 +45,52 @@ impl Layout {
     }
 }
 
-/// What to run.
-#[derive(Debug, Clone)]
+/// What to run: the `media` subcommand's options.
+#[derive(Debug, Clone, clap::Args)]
 pub struct Options {
+    /// A running relay's HTTP base URL (http://host:port); needs --admin-token.
+    #[arg(long)]
     pub target: Option<String>,
+    /// A token with the admin grant for one organisation of the --target relay.
+    #[arg(long, env = "RELAY_ADMIN_TOKEN", hide_env_values = true)]
     pub admin_token: Option<String>,
+    #[arg(long, default_value_t = 1)]
     pub rooms: usize,
-    /// Per room.
+    /// Publishers per room (camera: three simulcast VP8 layers and audio).
+    #[arg(long, default_value_t = 1)]
     pub publishers: usize,
-    /// Per room, in addition to the publishers.
+    /// Subscribers per room, besides the publishers.
+    #[arg(long, default_value_t = 2)]
     pub subscribers: usize,
-    /// Every publisher also subscribes, as the same participant (a meeting).
+    /// Every publisher also subscribes as the same participant, as in a meeting.
+    #[arg(long)]
     pub meeting: bool,
+    /// Video slots per subscriber (plus one audio line).
+    #[arg(long, default_value_t = 1)]
     pub slots: usize,
+    /// Subscribers' layout; with `screen` the first publisher of each room shares a screen.
+    #[arg(long, value_enum, default_value = "grid")]
     pub layout: Layout,
+    /// Measured window (at most 10 minutes).
+    #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]
     pub duration: Duration,
+    /// Time after everyone joined before the window opens.
+    #[arg(long, default_value = "3s", value_parser = humantime::parse_duration)]
     pub warmup: Duration,
-    /// Media workers of a relay this run starts; 0: one per core.
+    /// Media workers of the relay this starts (0: one per core).
+    #[arg(long, default_value_t = 0)]
     pub workers: usize,
+    /// Threads driving the simulated clients.
+    #[arg(long, default_value_t = 2)]
     pub client_threads: usize,
-    /// Time per floor method; zero skips the floor.
+    /// Time per method of the loopback floor measured first (0s: skip it).
+    #[arg(long, default_value = "2s", value_parser = humantime::parse_duration)]
     pub floor_duration: Duration,
-    /// The relay binary to start; default: the one beside this executable.
+    /// The relay binary to start instead of the one beside this executable.
+    #[arg(long)]
     pub relay_bin: Option<PathBuf>,
+    /// Draw a progress line on stderr.
+    #[arg(skip = true)]
     pub progress: bool,
 }
 
