@@ -271,6 +271,26 @@ impl Relay {
         run(&all, &[])
     }
 
+    /// Registers user `name` in `org` on the data directory; panics if refused.
+    pub fn add_user(&self, org: &str, name: &str, clearance: u8) {
+        let c = clearance.to_string();
+        let out = self.cli(&[
+            "admin",
+            "user",
+            "add",
+            "--org",
+            org,
+            name,
+            "--clearance",
+            &c,
+        ]);
+        assert!(
+            out.status.success(),
+            "relay admin user add {name}: {}",
+            stderr(&out)
+        );
+    }
+
     /// Mints a token on the data directory; panics if refused.
     pub fn token(&self, args: &[&str]) -> String {
         let mut all = vec!["token"];

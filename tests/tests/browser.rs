@@ -25,17 +25,7 @@ struct Slot {
 }
 
 fn participant(relay: &Relay, name: &str) -> String {
-    let out = relay.cli(&[
-        "admin",
-        "user",
-        "add",
-        "--org",
-        "demo",
-        name,
-        "--clearance",
-        "1",
-    ]);
-    assert!(out.status.success(), "{}", relay_tests::stderr(&out));
+    relay.add_user("demo", name, 1);
     relay.token(&[
         "--org",
         "demo",

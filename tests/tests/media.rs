@@ -90,18 +90,7 @@ fn whip_and_whep_sessions_open_trickle_and_end() {
             .map(|r| r.status().as_u16())
             .unwrap_or(0)
     };
-    admin(
-        &relay,
-        &[
-            "user",
-            "add",
-            "--org",
-            "demo",
-            "mallory",
-            "--clearance",
-            "1",
-        ],
-    );
+    relay.add_user("demo", "mallory", 1);
     let mallory = token(&relay, "mallory", "demo-browser", "publish,subscribe");
     assert_eq!(patch(&alice), 204);
     assert_eq!(patch(&mallory), 404);
