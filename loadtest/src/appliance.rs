@@ -51,15 +51,21 @@ pub fn relay_beside_me() -> Result<PathBuf, String> {
 
 impl OwnRelay {
     /// Starts `bin serve` on a fresh data directory with `workers` media workers (0: one per
-    /// core) and room for `max_sessions` sessions in a room.
-    pub fn start(bin: &Path, workers: usize, max_sessions: usize) -> Result<OwnRelay, String> {
+    /// core), `io_batch` datagrams per system call, and room for `max_sessions` sessions in a
+    /// room.
+    pub fn start(
+        bin: &Path,
+        workers: usize,
+        io_batch: u16,
+        max_sessions: usize,
+    ) -> Result<OwnRelay, String> {
         let tmp = tempfile::tempdir().map_err(|e| format!("temp dir: {e}"))?;
         let data = tmp.path().join("data");
         let config = tmp.path().join("relay.toml");
         let text = format!(
             "[http]\nlisten = \"127.0.0.1:0\"\ndrain_timeout = \"3s\"\n\
              [media]\nbind = \"127.0.0.1\"\nfirst_port = 0\nworkers = {workers}\n\
-             max_sessions_per_room = {}\n[log]\nlevel = \"info\"\n",
+             io_batch = {io_batch}\nmax_sessions_per_room = {}\n[log]\nlevel = \"info\"\n",
             max_sessions.max(1)
         );
         std::fs::write(&config, text).map_err(|e| format!("write relay config: {e}"))?;

@@ -80,6 +80,10 @@ pub struct Options {
     /// Media workers of the relay this starts (0: one per core).
     #[arg(long, default_value_t = 0)]
     pub workers: usize,
+    /// Datagrams per recvmmsg/sendmmsg of the relay this starts (`media.io_batch`; 1 = one
+    /// per system call, the plain path).
+    #[arg(long, default_value_t = 32, value_parser = clap::value_parser!(u16).range(1..=64))]
+    pub io_batch: u16,
     /// Threads driving the simulated clients.
     #[arg(long, default_value_t = 2)]
     pub client_threads: usize,
@@ -165,6 +169,8 @@ pub struct Setup {
     pub warmup_seconds: f64,
     pub duration_seconds: f64,
     pub relay_media_workers: usize,
+    /// `media.io_batch` of the relay this started (not known for --target).
+    pub relay_io_batch: u16,
     pub client_threads: usize,
     pub sessions: usize,
 }
@@ -316,7 +322,7 @@ pub fn run(o: &Options) -> Result<Report, String> {
                 None => appliance::relay_beside_me()?,
             };
             progress(o, &format!("starting {}", bin.display()));
-            let relay = OwnRelay::start(&bin, o.workers, o.sessions_per_room() + 4)?;
+            let relay = OwnRelay::start(&bin, o.workers, o.io_batch, o.sessions_per_room() + 4)?;
             let admin = relay.admin_token()?;
             let api = Api::new(&relay.http, &admin)?;
             let pid = relay.pid().ok_or_else(|| "the relay exited".to_string())?;
@@ -646,6 +652,7 @@ fn assemble(
             warmup_seconds: o.warmup.as_secs_f64(),
             duration_seconds: o.duration.as_secs_f64(),
             relay_media_workers: o.workers,
+            relay_io_batch: o.io_batch,
             client_threads: o.client_threads,
             sessions: o.sessions(),
         },
@@ -698,7 +705,7 @@ impl Report {
         let r = &self.relay;
         let mut out = format!(
             "media load: {} rooms x ({} publishers{} + {} subscribers), {} slots, {} layout, \
-             {} sessions; window {:.1} s after {:.0} s warm-up\n",
+             {} sessions, relay io batch {}; window {:.1} s after {:.0} s warm-up\n",
             s.rooms,
             s.publishers_per_room,
             if s.meeting { " also subscribing" } else { "" },
@@ -706,6 +713,7 @@ impl Report {
             s.slots,
             s.layout.as_str(),
             s.sessions,
+            s.relay_io_batch,
             self.window_seconds,
             s.warmup_seconds
         );
@@ -797,6 +805,8 @@ mod tests {
             duration: Duration::from_secs(3),
             warmup: Duration::from_secs(1),
             workers: 1,
+            // The plain path, one datagram per system call (the default batch runs elsewhere).
+            io_batch: 1,
             client_threads: 1,
             floor_duration: Duration::from_millis(100),
             relay_bin: Some(relay_tests::relay_bin()),

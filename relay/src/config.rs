@@ -47,6 +47,8 @@ pub struct Media {
     pub max_sessions_per_room: usize,
     /// Rooms on one worker; past it on every worker, 503 with Retry-After.
     pub max_rooms_per_worker: usize,
+    /// Datagrams per `recvmmsg`/`sendmmsg` call (1 = one per syscall).
+    pub io_batch: usize,
 }
 
 #[derive(Debug, Clone, PartialEq, Deserialize)]
@@ -154,6 +156,7 @@ impl Default for Media {
             workers: 0,
             max_sessions_per_room: 100,
             max_rooms_per_worker: 1_000,
+            io_batch: crate::media::plane::DEFAULT_IO_BATCH,
         }
     }
 }
@@ -167,6 +170,7 @@ impl Media {
             workers: self.workers,
             max_sessions_per_room: self.max_sessions_per_room,
             max_rooms_per_worker: self.max_rooms_per_worker,
+            io_batch: self.io_batch,
         }
     }
 }
@@ -282,6 +286,12 @@ impl Config {
         if self.media.max_rooms_per_worker == 0 {
             return Err(err("media.max_rooms_per_worker", "must be at least 1"));
         }
+        if !(1..=crate::media::udp::MAX_BATCH).contains(&self.media.io_batch) {
+            return Err(err(
+                "media.io_batch",
+                format!("must be from 1 to {}", crate::media::udp::MAX_BATCH),
+            ));
+        }
         if self.tokens.default_ttl.is_zero() {
             return Err(err("tokens.default_ttl", "must be longer than zero"));
         }
@@ -374,6 +384,8 @@ mod tests {
             ("[media]\nworkers = 5000", "media.workers"),
             ("[media]\nfirst_port = 65535\nworkers = 4", "media.first_port"),
             ("[media]\nmax_sessions_per_room = 0", "media.max_sessions_per_room"),
+            ("[media]\nio_batch = 0", "media.io_batch"),
+            ("[media]\nio_batch = 65", "media.io_batch"),
             ("[media]\nfirst_port = -1", "media.first_port"),
             ("[files]\nlisten = \"x\"", "files.listen"),
             ("[files]\nallowed_types = [\"video\"]", "files.allowed_types"),

@@ -63,12 +63,27 @@ fn config() -> MediaConfig {
         workers: 2,
         max_sessions_per_room: 8,
         max_rooms_per_worker: 4,
+        io_batch: super::plane::DEFAULT_IO_BATCH,
     }
 }
 
 #[tokio::test]
 async fn publish_and_subscribe_over_loopback() {
-    let plane = MediaPlane::start(config()).expect("start");
+    publish_and_subscribe(config()).await;
+}
+
+/// The plain path (one datagram per system call) carries the same session.
+#[tokio::test]
+async fn publish_and_subscribe_one_datagram_per_call() {
+    publish_and_subscribe(MediaConfig {
+        io_batch: 1,
+        ..config()
+    })
+    .await;
+}
+
+async fn publish_and_subscribe(cfg: MediaConfig) {
+    let plane = MediaPlane::start(cfg).expect("start");
     assert_eq!(plane.workers(), 2);
     let mut buf = vec![0u8; 2048];
     let mut net = Net::default();

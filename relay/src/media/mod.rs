@@ -13,7 +13,8 @@
 //! - [`stun`]: the USERNAME ufrag that routes a new address to its session.
 //!
 //! Then the SFU core, still sans-IO ([`sfu::Core`]: str0m sessions, rooms, forwarding), and the
-//! I/O shell ([`plane`]: worker threads, UDP sockets, mio loops, the async API).
+//! I/O shell ([`plane`]: worker threads, UDP sockets, mio loops, the async API; [`udp`]: batched
+//! `recvmmsg`/`sendmmsg`).
 //!
 //! # The boundary for the control plane
 //!
@@ -70,6 +71,7 @@ pub mod sfu;
 pub mod stun;
 pub mod switch;
 pub mod types;
+pub mod udp;
 
 pub use counters::{DelayHistogram, DropReason, FORWARD_DELAY_BOUNDS, MediaCounters};
 pub use plane::{MediaConfig, MediaPlane};

@@ -4,7 +4,8 @@
 //! (port `first_port + i`), a mio `Poll`, and one [`Core`]; it reads datagrams in a loop up to a
 //! budget, feeds timeouts, and takes commands from the async API through a channel plus a mio
 //! `Waker`, answering on tokio oneshot channels. Rooms are placed on the least-loaded worker
-//! and live there until they empty.
+//! and live there until they empty. Datagrams go in and out in batches ([`udp`]): the copies
+//! a loop iteration produces leave in `sendmmsg` calls at its end, or sooner when a batch fills.
 //!
 //! Invariants:
 //! - a worker thread is the only writer of its core, counters and heartbeat: no lock on the
@@ -13,7 +14,10 @@
 //! - a room is mapped to one worker while any session in it lives or any open for it is in
 //!   flight, so a room is never split across workers;
 //! - every socket read loop is bounded ([`RECV_BUDGET`]); a full budget re-polls at once instead
-//!   of waiting, since mio readiness is edge-triggered.
+//!   of waiting, since mio readiness is edge-triggered;
+//! - nothing stays queued in the outbox past the end of a loop iteration.
+//!
+//! [`udp`]: super::udp
 
 use std::collections::HashMap;
 use std::io;
@@ -28,15 +32,21 @@ use mio::net::UdpSocket;
 use mio::{Events, Interest, Poll, Token, Waker};
 use tokio::sync::oneshot;
 
-use super::counters::{MediaCounters, WorkerCounters, set};
+use super::counters::{DropReason, MediaCounters, WorkerCounters, set};
 use super::sfu::{Core, CoreConfig, Wire};
 use super::types::{
     Layout, MediaError, ParticipantKey, RoomInfo, RoomKey, SessionAnswer, SessionId, Source,
 };
+use super::udp::{Inbox, Outbox};
 
 /// Datagrams read per loop iteration before timers and commands get a turn.
 pub const RECV_BUDGET: usize = 256;
 
+/// Datagrams per `recvmmsg`/`sendmmsg` unless configured (`media.io_batch`).
+pub const DEFAULT_IO_BATCH: usize = 32;
+
+/// Socket buffers asked of the kernel for each worker socket (it may grant less; logged).
+const SOCKET_BUFFER: usize = 4 << 20;
 /// How long an API call waits for its worker before answering `WorkerBusy`.
 pub const COMMAND_TIMEOUT: Duration = Duration::from_secs(5);
 
@@ -60,6 +70,8 @@ pub struct MediaConfig {
     pub max_sessions_per_room: usize,
     /// Rooms per worker; beyond it on every worker `WorkerBusy`.
     pub max_rooms_per_worker: usize,
+    /// Datagrams per `recvmmsg`/`sendmmsg` (1..=[`super::udp::MAX_BATCH`]; 1 = one per call).
+    pub io_batch: usize,
 }
 
 impl Default for MediaConfig {
@@ -70,6 +82,7 @@ impl Default for MediaConfig {
             workers: 0,
             max_sessions_per_room: 100,
             max_rooms_per_worker: 1_000,
+            io_batch: DEFAULT_IO_BATCH,
         }
     }
 }
@@ -182,6 +195,7 @@ impl MediaPlane {
             std_socket
                 .set_nonblocking(true)
                 .map_err(|e| MediaError::Io(format!("non-blocking socket: {e}")))?;
+            grow_buffers(&std_socket);
             let addr = std_socket
                 .local_addr()
                 .map_err(|e| MediaError::Io(format!("local address: {e}")))?;
@@ -216,7 +230,9 @@ impl MediaPlane {
                 heartbeat: heartbeat.clone(),
                 epoch,
                 placement: placement.clone(),
-                buf: vec![0u8; 2048],
+                inbox: Inbox::new(cfg.io_batch),
+                outbox: Outbox::new(cfg.io_batch),
+                received_at: Vec::with_capacity(RECV_BUDGET),
             };
             let thread = std::thread::Builder::new()
                 .name(format!("media-worker-{i}"))
@@ -503,20 +519,44 @@ struct Worker {
     heartbeat: Arc<AtomicU64>,
     epoch: Instant,
     placement: Arc<Mutex<Placement>>,
-    /// Receive buffer: larger than any datagram a WebRTC peer sends (MTU-sized).
-    buf: Vec<u8>,
+    inbox: Inbox,
+    outbox: Outbox,
+    /// This iteration's receive batches that forwarded something: when each was read, and
+    /// how many of its datagrams forwarded. Capacity [`RECV_BUDGET`], so pushes never grow it.
+    received_at: Vec<(Instant, u32)>,
 }
 
+/// The worker's socket as the core sees it: datagrams queue in the outbox.
 struct SocketWire<'a> {
     socket: &'a UdpSocket,
+    outbox: &'a mut Outbox,
+    counters: &'a WorkerCounters,
 }
 
 impl Wire for SocketWire<'_> {
-    fn send(&mut self, to: SocketAddr, data: &[u8]) -> bool {
-        // A full send buffer drops the datagram (counted): RTP recovers by NACK/PLI, and
-        // blocking would stall every session on this worker.
-        self.socket.send_to(data, to).is_ok()
+    fn send(&mut self, to: SocketAddr, data: &[u8]) {
+        let refused = self.outbox.push(self.socket, to, data);
+        count_refused(self.counters, refused);
     }
+}
+
+fn count_refused(counters: &WorkerCounters, refused: usize) {
+    for _ in 0..refused {
+        counters.dropped(DropReason::SendFailed);
+    }
+}
+
+/// Ask for larger socket buffers, so a burst of copies (a keyframe to many subscribers) is not
+/// refused by a full send buffer. The kernel caps it at `net.core.wmem_max`/`rmem_max`.
+fn grow_buffers(socket: &std::net::UdpSocket) {
+    let s = socket2::SockRef::from(socket);
+    let _ = s.set_send_buffer_size(SOCKET_BUFFER);
+    let _ = s.set_recv_buffer_size(SOCKET_BUFFER);
+    tracing::debug!(
+        send = s.send_buffer_size().unwrap_or(0),
+        recv = s.recv_buffer_size().unwrap_or(0),
+        "media socket buffers granted"
+    );
 }
 
 impl Worker {
@@ -550,34 +590,75 @@ impl Worker {
             more_to_read = self.read();
             let mut wire = SocketWire {
                 socket: &self.socket,
+                outbox: &mut self.outbox,
+                counters: &self.counters,
             };
+            // str0m releases written packets on its next timeout (its pacer's turn), so the
+            // copies of what was just read leave here.
             self.core.handle_timeout(Instant::now(), &mut wire);
+            self.flush();
             self.settle_gone();
+        }
+    }
+
+    /// Send what the outbox holds, then record the forward delay of the datagrams whose
+    /// copies just left: from the read that brought them to now.
+    fn flush(&mut self) {
+        count_refused(&self.counters, self.outbox.flush(&self.socket));
+        if self.received_at.is_empty() {
+            return;
+        }
+        let now = Instant::now();
+        for (t, n) in self.received_at.drain(..) {
+            let d = u64::try_from(now.saturating_duration_since(t).as_nanos()).unwrap_or(u64::MAX);
+            for _ in 0..n {
+                self.counters.observe_delay(d);
+            }
         }
     }
 
     /// Read up to [`RECV_BUDGET`] datagrams; true if the budget ran out first.
     fn read(&mut self) -> bool {
-        for _ in 0..RECV_BUDGET {
-            match self.socket.recv_from(&mut self.buf) {
-                Ok((n, src)) => {
+        let Worker {
+            core,
+            socket,
+            counters,
+            inbox,
+            outbox,
+            received_at,
+            ..
+        } = self;
+        let mut budget = RECV_BUDGET;
+        while budget > 0 {
+            match inbox.recv(socket) {
+                Ok(n) => {
                     let t0 = Instant::now();
-                    let before = self.counters.packets_forwarded.load(Ordering::Relaxed);
-                    let mut wire = SocketWire {
-                        socket: &self.socket,
-                    };
-                    self.core
-                        .handle_datagram(src, &self.buf[..n], t0, &mut wire);
-                    // Forward delay: datagram read to its copies handed to the socket.
-                    if self.counters.packets_forwarded.load(Ordering::Relaxed) != before {
-                        let d = u64::try_from(t0.elapsed().as_nanos()).unwrap_or(u64::MAX);
-                        self.counters.observe_delay(d);
+                    let mut forwarding = 0;
+                    for i in 0..n {
+                        let Some((src, data)) = inbox.get(i) else {
+                            counters.dropped(DropReason::UnknownSource);
+                            continue;
+                        };
+                        let before = counters.packets_forwarded.load(Ordering::Relaxed);
+                        let mut wire = SocketWire {
+                            socket,
+                            outbox,
+                            counters,
+                        };
+                        core.handle_datagram(src, data, t0, &mut wire);
+                        if counters.packets_forwarded.load(Ordering::Relaxed) != before {
+                            forwarding += 1;
+                        }
                     }
+                    if forwarding > 0 && received_at.len() < received_at.capacity() {
+                        received_at.push((t0, forwarding));
+                    }
+                    budget = budget.saturating_sub(n.max(1));
                 }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return false,
                 // Linux reports an earlier send's ICMP error on a later receive; nothing was
                 // read, go on (the budget bounds the loop).
-                Err(_) => {}
+                Err(_) => budget -= 1,
             }
         }
         true
@@ -589,6 +670,8 @@ impl Worker {
             let now = Instant::now();
             let mut wire = SocketWire {
                 socket: &self.socket,
+                outbox: &mut self.outbox,
+                counters: &self.counters,
             };
             match cmd {
                 Command::Publish {
@@ -643,6 +726,7 @@ impl Worker {
                 }
                 Command::Shutdown => {
                     self.core.close_all(now, &mut wire);
+                    self.flush();
                     self.settle_gone();
                     return false;
                 }

@@ -46,10 +46,11 @@ use super::types::{
     SlotInfo, Source, SubscriberInfo,
 };
 
-/// Where the core's datagrams go. The worker shell sends on its socket; tests queue them.
+/// Where the core's datagrams go. The worker shell sends on its socket (at once or with its
+/// next batch, counting what the socket refuses); tests queue them.
 pub trait Wire {
-    /// Send `data` to `to`; false if it could not be sent (counted as a drop).
-    fn send(&mut self, to: SocketAddr, data: &[u8]) -> bool;
+    /// Send `data` to `to`.
+    fn send(&mut self, to: SocketAddr, data: &[u8]);
 }
 
 /// A layer (or audio track) that sent nothing for this long no longer feeds anyone: a
@@ -273,7 +274,6 @@ fn drain(
     s: &mut Session,
     wire: &mut dyn Wire,
     events: &mut VecDeque<(usize, u32, Event)>,
-    counters: &WorkerCounters,
 ) {
     loop {
         match s.rtc.poll_output() {
@@ -281,11 +281,7 @@ fn drain(
                 s.next_timeout = t;
                 return;
             }
-            Ok(Output::Transmit(t)) => {
-                if !wire.send(t.destination, &t.contents) {
-                    counters.dropped(DropReason::SendFailed);
-                }
-            }
+            Ok(Output::Transmit(t)) => wire.send(t.destination, &t.contents),
             Ok(Output::Event(e)) => events.push_back((idx, s.generation, e)),
             Err(e) => {
                 tracing::debug!(session = %s.id, "rtc failed: {e}");
@@ -568,7 +564,7 @@ impl Core {
             }
         };
         // Declaring streams is an input too: drain again.
-        drain(idx, &mut s, wire, &mut self.events, &self.counters);
+        drain(idx, &mut s, wire, &mut self.events);
         r.members.push(idx);
         self.by_id.insert(id.clone(), idx);
         self.by_ufrag.insert(ufrag, idx);
@@ -604,7 +600,7 @@ impl Core {
                 Candidate::from_sdp_string(c).map_err(|e| MediaError::BadSdp(e.to_string()))?;
             s.rtc.add_remote_candidate(cand);
         }
-        drain(idx, s, wire, &mut self.events, &self.counters);
+        drain(idx, s, wire, &mut self.events);
         self.pump(now, wire);
         Ok(())
     }
@@ -755,7 +751,7 @@ impl Core {
             tracing::trace!(session = %s.id, "input rejected: {e}");
             self.counters.dropped(DropReason::Malformed);
         }
-        drain(idx, s, wire, &mut self.events, &self.counters);
+        drain(idx, s, wire, &mut self.events);
         self.pump(now, wire);
     }
 
@@ -773,7 +769,7 @@ impl Core {
                 s.dead = true;
                 self.reap = true;
             }
-            drain(idx, s, wire, &mut self.events, &self.counters);
+            drain(idx, s, wire, &mut self.events);
         }
         self.pump(now, wire);
         if now >= self.next_tick {
@@ -962,7 +958,7 @@ impl Core {
                 }
             }
             if wrote {
-                drain(sidx, sub_s, wire, events, counters);
+                drain(sidx, sub_s, wire, events);
             }
         }
     }
@@ -1004,7 +1000,7 @@ impl Core {
                 bump(&self.counters.keyframe_requests, 1);
             }
         }
-        drain(idx, s, wire, &mut self.events, &self.counters);
+        drain(idx, s, wire, &mut self.events);
     }
 
     /// The periodic tick: layer bitrates, liveness, allocation of every room.
@@ -1179,7 +1175,7 @@ impl Core {
             for (line, t) in sub.audio.iter_mut().zip(lines) {
                 line.track = t;
             }
-            drain(idx, s, wire, &mut self.events, &self.counters);
+            drain(idx, s, wire, &mut self.events);
         }
         for f in requests {
             self.request_keyframe(f, now, wire, true);

@@ -12,13 +12,15 @@ use std::time::{Duration, Instant};
 
 use str0m::change::{SdpAnswer, SdpPendingOffer};
 use str0m::format::Codec;
-use str0m::media::{Direction, MediaKind, Mid, Pt, Rid, Simulcast, SimulcastLayer};
+use str0m::media::{
+    Direction, KeyframeRequestKind, MediaKind, Mid, Pt, Rid, Simulcast, SimulcastLayer,
+};
 use str0m::net::{Protocol, Receive};
 use str0m::rtp::{ExtensionValues, RtpWrite};
 use str0m::{Candidate, Event, Input, Output, Rtc};
 
 use super::counters::{MediaCounters, WorkerCounters};
-use super::sfu::{Core, CoreConfig, Wire};
+use super::sfu::{Core, CoreConfig, PLI_THROTTLE, Wire};
 use super::types::{Layout, MediaError, SessionAnswer, SessionId, Source};
 
 const RIDS: [&str; 3] = ["l", "m", "h"];
@@ -41,9 +43,8 @@ struct CoreWire<'a> {
 }
 
 impl Wire for CoreWire<'_> {
-    fn send(&mut self, to: SocketAddr, data: &[u8]) -> bool {
+    fn send(&mut self, to: SocketAddr, data: &[u8]) {
         self.net.queue.push_back((self.from, to, data.to_vec()));
-        true
     }
 }
 
@@ -72,6 +73,8 @@ pub(super) struct Client {
     pub(super) audio_seq: u64,
     /// When each layer's next keyframe is due (an encoder answers a PLI some frames later).
     pub(super) key_at: [Option<Instant>; 3],
+    /// Keyframe requests that reached this publisher, per layer.
+    pub(super) key_requests: [u32; 3],
     pub(super) sending: bool,
     pub(super) audio_level: i8,
     /// Subscriber: what arrived.
@@ -110,6 +113,7 @@ impl Client {
             seq: [100, 20_000, 40_000],
             audio_seq: 500,
             key_at: [Some(now); 3],
+            key_requests: [0; 3],
             sending: true,
             audio_level: -30,
             got: Vec::new(),
@@ -184,9 +188,11 @@ impl Client {
             Event::KeyframeRequest(k) => {
                 if let Some(rid) = k.rid
                     && let Some(i) = RIDS.iter().position(|r| Rid::from(*r) == rid)
-                    && self.key_at[i].is_none()
                 {
-                    self.key_at[i] = Some(self.last + KEY_DELAY);
+                    self.key_requests[i] += 1;
+                    if self.key_at[i].is_none() {
+                        self.key_at[i] = Some(self.last + KEY_DELAY);
+                    }
                 }
             }
             Event::RtpPacket(p) => {
@@ -870,4 +876,58 @@ fn loss_on_both_links_is_repaired_by_nack() {
         last - first + 1
     );
     assert_switches_on_keyframes(c);
+}
+
+#[test]
+fn a_subscribers_keyframe_request_reaches_the_feeding_layer_throttled() {
+    let mut sim = Sim::new();
+    let a = sim.add_publisher("alice", 1, Source::Camera);
+    let s = sim.add_subscriber("carol", 1, 0, Layout::Grid);
+    sim.run(Duration::from_secs(2));
+    // One tile: the highest layer feeds carol's slot.
+    let got = last_by_mid(&sim.clients[s], sim.now - Duration::from_millis(300));
+    assert_eq!(
+        got.iter().map(|g| (g.1, g.2)).collect::<Vec<_>>(),
+        vec![(1, 2)]
+    );
+    let mid = got[0].0;
+    // Past the allocator's own requests' throttle window.
+    sim.run(Duration::from_secs(1));
+    let before = sim.clients[a].key_requests;
+    let counted = sim.counters().keyframe_requests;
+
+    let pli = |sim: &mut Sim| {
+        let c = &mut sim.clients[s];
+        c.rtc
+            .direct_api()
+            .stream_rx_by_mid(mid, None)
+            .expect("slot stream")
+            .request_keyframe(KeyframeRequestKind::Pli);
+        let now = sim.now;
+        c.rtc.handle_input(Input::Timeout(now)).expect("timeout");
+        c.drain(&mut sim.net);
+    };
+    pli(&mut sim);
+    sim.run(Duration::from_millis(50));
+    let after = sim.clients[a].key_requests;
+    assert_eq!(after[2], before[2] + 1, "the feeding layer was asked once");
+    assert_eq!(
+        (after[0], after[1]),
+        (before[0], before[1]),
+        "no other layer"
+    );
+    assert_eq!(sim.counters().keyframe_requests, counted + 1);
+
+    // A second request within the throttle window is absorbed; one after it goes through.
+    pli(&mut sim);
+    sim.run(Duration::from_millis(100));
+    assert_eq!(sim.clients[a].key_requests[2], after[2], "throttled");
+    sim.run(PLI_THROTTLE);
+    pli(&mut sim);
+    sim.run(Duration::from_millis(50));
+    assert_eq!(
+        sim.clients[a].key_requests[2],
+        after[2] + 1,
+        "after the window"
+    );
 }
