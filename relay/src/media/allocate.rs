@@ -13,8 +13,9 @@
 //! - nobody is fed their own media;
 //! - with a bandwidth estimate, layers are lowered (least important slot first) until the sum of
 //!   layer bitrates fits, then slots are emptied from the last; a layer is only raised above the
-//!   previous decision when it fits with [`RAISE_HEADROOM`] to spare, and one already shown is
-//!   lowered only when it overshoots by more than [`HOLD_SLACK`] (hysteresis both ways).
+//!   previous decision when it fits with [`RAISE_HEADROOM`] to spare (an emptied slot is filled
+//!   again likewise), and one already shown is lowered or dropped only when it overshoots by more
+//!   than [`HOLD_SLACK`] (hysteresis both ways).
 //!
 //! Invariants: a track already shown keeps its slot index when it stays selected (no needless
 //! switch); no track appears in two slots; the result depends only on the arguments.
@@ -203,13 +204,15 @@ fn fit_bandwidth(chosen: &mut Vec<(&VideoTrack<'_>, usize)>, prev: &[Option<Feed
         let p = prev.iter().flatten().find(|p| p.track == t.id)?;
         t.layers.iter().position(|l| l.layer == p.layer)
     };
-    // Cost including the raise headroom: raising needs room to spare, holding does not.
+    // Cost including the raise headroom: raising needs room to spare, holding does not. A
+    // track not shown before is raised from nothing, so filling an emptied slot needs the
+    // headroom too; otherwise a thumbnail flickers in and out while the estimate wobbles.
     let cost = |t: &VideoTrack<'_>, idx: usize| -> f64 {
         let rate = t.layers[idx].bitrate_bps as f64;
         match prev_rank(t) {
-            Some(p) if idx > p => rate * (1.0 + RAISE_HEADROOM),
             Some(p) if idx == p => rate * (1.0 - HOLD_SLACK),
-            _ => rate,
+            Some(p) if idx < p => rate,
+            _ => rate * (1.0 + RAISE_HEADROOM),
         }
     };
     let budget = bwe as f64;
@@ -441,5 +444,16 @@ mod tests {
         assert_eq!(run(&tracks, &r, &low, 2), vec![f(1, MID), f(2, LOW)]);
         r.bwe_bps = Some(1_150_000);
         assert_eq!(run(&tracks, &r, &low, 2), vec![f(1, MID), f(2, MID)]);
+        // An emptied slot is filled again only with the raise headroom (150k * 1.25 beside
+        // the held 150k * 0.85 = 315k), while a shown one is held down to 255k.
+        let one = vec![f(1, LOW), None];
+        let both = vec![f(1, LOW), f(2, LOW)];
+        r.bwe_bps = Some(300_000);
+        assert_eq!(run(&tracks, &r, &one, 2), one);
+        assert_eq!(run(&tracks, &r, &both, 2), both);
+        r.bwe_bps = Some(260_000);
+        assert_eq!(run(&tracks, &r, &both, 2), both);
+        r.bwe_bps = Some(320_000);
+        assert_eq!(run(&tracks, &r, &one, 2), both);
     }
 }
