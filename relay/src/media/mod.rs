@@ -6,6 +6,7 @@
 //! Sans-IO decisions first, each a pure function or a plain state machine with table tests:
 //! - [`keyframe`]: keyframe detection on VP8, VP9 and H.264 payloads (and VP8 frame height);
 //! - [`rewrite`]: per-slot SSRC, sequence number and timestamp continuity across switches;
+//! - [`picture`]: per-slot VP8/VP9 PictureID and TL0PICIDX continuity across switches;
 //! - [`allocate`]: which publisher and layer feeds each video slot (grid/screen, tile size,
 //!   `max_height`, bandwidth estimate with hysteresis);
 //! - [`audio`]: which publishers fill the audio lines (RFC 6464 level), and who speaks;
@@ -65,6 +66,7 @@ pub mod allocate;
 pub mod audio;
 pub mod counters;
 pub mod keyframe;
+pub mod picture;
 pub mod plane;
 pub mod rewrite;
 pub mod sfu;

@@ -31,13 +31,14 @@ use str0m::change::SdpOffer;
 use str0m::format::Codec;
 use str0m::media::{Direction, KeyframeRequestKind, MediaKind, Mid, Pt, Rid, Rids};
 use str0m::net::{Protocol, Receive};
-use str0m::rtp::{ExtensionValues, RtpPacket, RtpWrite, Ssrc};
+use str0m::rtp::{ExtensionValues, RtpPacket, RtpWrite, Ssrc, Vp8Descriptor, Vp8Patch};
 use str0m::{Candidate, Event, IceConnectionState, Input, Output, Rtc, RtcConfig};
 
 use super::allocate::{self, Feed, LayerInfo, ParticipantId, SlotRequest, TrackId, VideoTrack};
 use super::audio::{AudioCandidate, Loudness, select_audio};
 use super::counters::{DropReason, WorkerCounters, bump, set};
 use super::keyframe::{VideoCodec, is_keyframe, vp8_keyframe_height};
+use super::picture::{NewIds, PictureIds};
 use super::rewrite::Rewriter;
 use super::stun;
 use super::switch::{SlotGate, Verdict};
@@ -216,6 +217,7 @@ struct VideoSlot {
     pts: Vec<(Codec, Pt)>,
     gate: SlotGate,
     rw: Rewriter,
+    pics: PictureIds,
 }
 
 struct AudioLine {
@@ -550,6 +552,7 @@ impl Core {
                             pts,
                             gate: SlotGate::default(),
                             rw,
+                            pics: PictureIds::default(),
                         }),
                         MediaKind::Audio => sub.audio.push(AudioLine {
                             ssrc,
@@ -933,6 +936,7 @@ impl Core {
                         slot.ssrc,
                         &slot.pts,
                         &mut slot.rw,
+                        Some(&mut slot.pics),
                         codec,
                         clock,
                         &pkt,
@@ -948,6 +952,7 @@ impl Core {
                         line.ssrc,
                         &line.pts,
                         &mut line.rw,
+                        None,
                         codec,
                         clock,
                         &pkt,
@@ -1338,6 +1343,18 @@ fn line_pts(rtc: &Rtc, mid: Mid) -> Vec<(Codec, Pt)> {
         .collect()
 }
 
+/// str0m's VP8 descriptor patch for `new`, or `None` if it refuses the descriptor.
+fn vp8_patch(payload: &[u8], new: &NewIds) -> Option<Vp8Patch> {
+    let mut b = Vp8Descriptor::parse(payload).ok()?.patch();
+    if let (Some((_, wide)), Some(v)) = (new.fields.picture_id, new.picture_id) {
+        b = b.picture_id(if wide { v & 0x7fff } else { v & 0x7f });
+    }
+    if let Some(v) = new.tl0picidx {
+        b = b.tl0_pic_idx(v);
+    }
+    b.build().ok()
+}
+
 /// Rewrite and hand one packet to a subscriber's stream. True if written.
 #[allow(clippy::too_many_arguments)]
 fn write(
@@ -1345,6 +1362,7 @@ fn write(
     ssrc: Ssrc,
     pts: &[(Codec, Pt)],
     rw: &mut Rewriter,
+    pics: Option<&mut PictureIds>,
     codec: Codec,
     clock: u32,
     pkt: &RtpPacket,
@@ -1370,11 +1388,29 @@ fn write(
     let Some(tx) = api.stream_tx(&ssrc) else {
         return false;
     };
-    let w = RtpWrite::new(pt, out.seq.into(), out.ts, now, pkt.payload.clone())
-        .marker(pkt.header.marker)
-        .nackable(true)
-        .ext_vals(ext);
-    tx.write_rtp(w);
+    // The payload is shared by every copy; renumbered pictures need their own bytes.
+    let new_ids = match (pics, video_codec(codec)) {
+        (Some(pics), Some(vc)) => pics
+            .rewrite(vc, &pkt.payload, out.switched)
+            .map(|n| (vc, n)),
+        _ => None,
+    };
+    let mut w = RtpWrite::new(pt, out.seq.into(), out.ts, now, pkt.payload.clone());
+    match new_ids {
+        // str0m patches VP8 descriptors while serialising: no copy.
+        Some((VideoCodec::Vp8, new)) => {
+            if let Some(patch) = vp8_patch(&pkt.payload, &new) {
+                w = w.vp8_patch(patch);
+            }
+        }
+        Some((_, new)) => {
+            let mut own = pkt.payload.to_vec();
+            new.apply(&mut own);
+            w = RtpWrite::new(pt, out.seq.into(), out.ts, now, own);
+        }
+        None => {}
+    }
+    tx.write_rtp(w.marker(pkt.header.marker).nackable(true).ext_vals(ext));
     bump(&counters.packets_forwarded, 1);
     bump(&counters.bytes_forwarded, pkt.payload.len() as u64);
     true
