@@ -65,7 +65,8 @@ impl OwnRelay {
         let text = format!(
             "[http]\nlisten = \"127.0.0.1:0\"\ndrain_timeout = \"3s\"\n\
              [media]\nbind = \"127.0.0.1\"\nfirst_port = 0\nworkers = {workers}\n\
-             io_batch = {io_batch}\nmax_sessions_per_room = {}\n[log]\nlevel = \"info\"\n",
+             io_batch = {io_batch}\nmax_sessions_per_room = {}\n[files]\nlisten = \"127.0.0.1:0\"\n\
+             [log]\nlevel = \"info\"\n",
             max_sessions.max(1)
         );
         std::fs::write(&config, text).map_err(|e| format!("write relay config: {e}"))?;
@@ -278,13 +279,18 @@ impl Api {
 
     /// A publish + subscribe token for `user` on `device`.
     pub fn mint(&self, user: &str, device: &str) -> Result<String, String> {
+        self.mint_with(user, device, &["publish", "subscribe"])
+    }
+
+    /// A token with `grants` for `user` on `device`.
+    pub fn mint_with(&self, user: &str, device: &str, grants: &[&str]) -> Result<String, String> {
         let (status, body) = self.admin_post(
             "/api/admin/tokens",
             json!({
                 "org": self.org,
                 "user": user,
                 "device": device,
-                "grants": ["publish", "subscribe"],
+                "grants": grants,
                 "ttl": "2h",
             }),
         )?;
@@ -322,6 +328,26 @@ impl Api {
             .call();
     }
 
+    /// `GET /api/info`: the file plane's QUIC address and its certificate's SHA-256.
+    pub fn info(&self) -> Result<Info, String> {
+        let r = self
+            .agent
+            .get(format!("{}/api/info", self.base))
+            .header("authorization", format!("Bearer {}", self.admin))
+            .call();
+        match Api::answer("/api/info", r)? {
+            (200, text, _) => {
+                let v: serde_json::Value =
+                    serde_json::from_str(&text).map_err(|e| format!("/api/info: {e}"))?;
+                Ok(Info {
+                    quic: v["quic"].as_str().map(String::from),
+                    cert_sha256: v["cert_sha256"].as_str().unwrap_or_default().to_string(),
+                })
+            }
+            (s, body, _) => Err(format!("GET /api/info: {s} {body}")),
+        }
+    }
+
     pub fn metrics(&self) -> Result<Metrics, String> {
         let r = self.agent.get(format!("{}/metrics", self.base)).call();
         match Api::answer("/metrics", r)? {
@@ -329,6 +355,84 @@ impl Api {
             (s, body, _) => Err(format!("GET /metrics: {s} {body}")),
         }
     }
+}
+
+/// What `/api/info` says of the file plane.
+#[derive(Debug, Clone)]
+pub struct Info {
+    pub quic: Option<String>,
+    pub cert_sha256: String,
+}
+
+/// Where the relay's CPU time comes from: `/proc` of our own child, or its `/metrics`.
+#[derive(Debug, Clone, Copy)]
+pub enum Cpu {
+    Proc(u32),
+    Metrics,
+}
+
+impl Cpu {
+    /// The process's CPU seconds now; `metrics` is a scrape taken at the same moment.
+    pub fn seconds(&self, metrics: &Metrics) -> Result<f64, String> {
+        match self {
+            Cpu::Proc(pid) => process_cpu_seconds(*pid),
+            Cpu::Metrics => Ok(metrics.process_cpu_seconds),
+        }
+    }
+
+    pub fn source(&self) -> &'static str {
+        match self {
+            Cpu::Proc(_) => "proc",
+            Cpu::Metrics => "metrics",
+        }
+    }
+}
+
+/// Which relay a run loads: the command-line options every mode shares.
+#[derive(Debug, Clone, Default, clap::Args)]
+pub struct Target {
+    /// A running relay's HTTP base URL (http://host:port); needs --admin-token.
+    #[arg(long)]
+    pub target: Option<String>,
+    /// A token with the admin grant for one organisation of the --target relay.
+    #[arg(long, env = "RELAY_ADMIN_TOKEN", hide_env_values = true)]
+    pub admin_token: Option<String>,
+    /// The relay binary to start instead of the one beside this executable.
+    #[arg(long)]
+    pub relay_bin: Option<PathBuf>,
+}
+
+impl Target {
+    pub fn check(&self) -> Result<(), String> {
+        if self.target.is_some() != self.admin_token.is_some() {
+            return Err("--target and --admin-token go together".into());
+        }
+        Ok(())
+    }
+}
+
+/// The relay a run loads: the one at `--target` with an admin token, or else one started here
+/// from `--relay-bin` (default: beside this executable), which the caller keeps alive.
+pub fn attach(
+    t: &Target,
+    workers: usize,
+    io_batch: u16,
+    max_sessions: usize,
+    say: impl Fn(&str),
+) -> Result<(Option<OwnRelay>, Api, Cpu), String> {
+    if let (Some(url), Some(token)) = (&t.target, &t.admin_token) {
+        return Ok((None, Api::new(url, token)?, Cpu::Metrics));
+    }
+    let bin = match &t.relay_bin {
+        Some(b) => b.clone(),
+        None => relay_beside_me()?,
+    };
+    say(&format!("starting {}", bin.display()));
+    let relay = OwnRelay::start(&bin, workers, io_batch, max_sessions)?;
+    let admin = relay.admin_token()?;
+    let api = Api::new(&relay.http, &admin)?;
+    let pid = relay.pid().ok_or_else(|| "the relay exited".to_string())?;
+    Ok((Some(relay), api, Cpu::Proc(pid)))
 }
 
 /// The organisation named in a token's claims (`v1.<base64url JSON>.<tag>`).
@@ -361,6 +465,8 @@ pub struct Metrics {
     pub delay_buckets: Vec<(f64, f64)>,
     pub process_cpu_seconds: f64,
     pub process_rss_bytes: f64,
+    pub files_bytes_received: f64,
+    pub files_bytes_deduplicated: f64,
 }
 
 impl Metrics {
@@ -383,6 +489,8 @@ impl Metrics {
                 "relay_keyframe_requests_total" => m.keyframe_requests = v,
                 "process_cpu_seconds_total" => m.process_cpu_seconds = v,
                 "process_resident_memory_bytes" => m.process_rss_bytes = v,
+                "relay_files_bytes_received_total" => m.files_bytes_received = v,
+                "relay_files_bytes_deduplicated_total" => m.files_bytes_deduplicated = v,
                 "relay_forward_delay_seconds_bucket" => {
                     let le = series
                         .split("le=\"")

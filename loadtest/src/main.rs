@@ -3,8 +3,10 @@
 mod appliance;
 mod client;
 mod driver;
+mod files;
 mod floor;
 mod media;
+mod output;
 mod sys;
 
 use std::path::PathBuf;
@@ -42,6 +44,21 @@ enum Command {
         #[arg(long)]
         json: Option<PathBuf>,
     },
+    /// Concurrent uploads and downloads of generated files through the relay's file plane
+    /// (QUIC): throughput, bytes sent versus logical bytes, and the relay's CPU per GB.
+    ///
+    /// Steps of 1, 2, 4, ... clients up to --clients; in each, every client uploads a random
+    /// file, a compressible one and an edited copy of its random file, then downloads all three
+    /// and compares them with the originals. Without --target it starts its own relay, as
+    /// `media` does; with --target it takes the file plane's address from /api/info and
+    /// accepts its certificate only if its SHA-256 is the one /api/info announces.
+    Files {
+        #[command(flatten)]
+        options: files::Options,
+        /// Write every figure as JSON here.
+        #[arg(long)]
+        json: Option<PathBuf>,
+    },
     /// Measure the loopback UDP send floor (send, sendmmsg, sendmmsg + AES-128-GCM).
     Floor {
         /// Time per method.
@@ -56,58 +73,71 @@ enum Command {
     },
 }
 
-fn write_json(path: &std::path::Path, value: &impl serde::Serialize) -> bool {
-    let text = serde_json::to_string_pretty(value).unwrap_or_default();
-    match std::fs::write(path, text) {
-        Ok(()) => true,
+/// What a mode hands back: a report for the terminal and for `--json`.
+trait Outcome: serde::Serialize {
+    fn summary(&self) -> String;
+}
+
+impl Outcome for media::Report {
+    fn summary(&self) -> String {
+        media::Report::summary(self)
+    }
+}
+
+impl Outcome for files::Report {
+    fn summary(&self) -> String {
+        files::Report::summary(self)
+    }
+}
+
+impl Outcome for floor::Report {
+    fn summary(&self) -> String {
+        floor::Report::summary(self)
+    }
+}
+
+/// Runs a mode whose options passed `checked`, prints its summary and writes its JSON.
+/// Exit codes: 0 done, 1 the run or a write failed, 2 bad options.
+fn finish<R: Outcome>(
+    mode: &str,
+    checked: Result<(), String>,
+    run: impl FnOnce() -> Result<R, String>,
+    json: Option<PathBuf>,
+) -> ExitCode {
+    if let Err(e) = checked {
+        eprintln!("relay-loadtest: {mode}: {e}");
+        return ExitCode::from(2);
+    }
+    match run() {
+        Ok(report) => {
+            print!("{}", report.summary());
+            if let Some(path) = json
+                && !output::write_json(&path, &report)
+            {
+                return ExitCode::from(1);
+            }
+            ExitCode::SUCCESS
+        }
         Err(e) => {
-            eprintln!("relay-loadtest: cannot write {}: {e}", path.display());
-            false
+            eprintln!("relay-loadtest: {mode}: {e}");
+            ExitCode::from(1)
         }
     }
 }
 
 fn main() -> ExitCode {
     match Cli::parse().command {
-        Command::Media { options: o, json } => {
-            if let Err(e) = o.check() {
-                eprintln!("relay-loadtest: media: {e}");
-                return ExitCode::from(2);
-            }
-            match media::run(&o) {
-                Ok(report) => {
-                    print!("{}", report.summary());
-                    if let Some(path) = json
-                        && !write_json(&path, &report)
-                    {
-                        return ExitCode::from(1);
-                    }
-                    ExitCode::SUCCESS
-                }
-                Err(e) => {
-                    eprintln!("relay-loadtest: media: {e}");
-                    ExitCode::from(1)
-                }
-            }
-        }
+        Command::Media { options: o, json } => finish("media", o.check(), || media::run(&o), json),
+        Command::Files { options: o, json } => finish("files", o.check(), || files::run(&o), json),
         Command::Floor {
             duration,
             max_packets,
             json,
-        } => match floor::measure(duration, max_packets) {
-            Ok(report) => {
-                print!("{}", report.summary());
-                if let Some(path) = json
-                    && !write_json(&path, &report)
-                {
-                    return ExitCode::from(1);
-                }
-                ExitCode::SUCCESS
-            }
-            Err(e) => {
-                eprintln!("relay-loadtest: floor: {e}");
-                ExitCode::from(1)
-            }
-        },
+        } => finish(
+            "floor",
+            Ok(()),
+            || floor::measure(duration, max_packets).map_err(|e| e.to_string()),
+            json,
+        ),
     }
 }

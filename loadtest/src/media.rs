@@ -9,13 +9,12 @@
 //! deadline computed up front; the run stops by itself.
 
 use std::io::IsTerminal;
-use std::path::PathBuf;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use serde::Serialize;
 
-use crate::appliance::{self, Api, Metrics, OwnRelay};
+use crate::appliance::{self, Api, Cpu, Metrics};
 use crate::client::{Peer, Role};
 use crate::driver::{self, Group, GroupResult};
 use crate::floor;
@@ -48,12 +47,8 @@ impl Layout {
 /// What to run: the `media` subcommand's options.
 #[derive(Debug, Clone, clap::Args)]
 pub struct Options {
-    /// A running relay's HTTP base URL (http://host:port); needs --admin-token.
-    #[arg(long)]
-    pub target: Option<String>,
-    /// A token with the admin grant for one organisation of the --target relay.
-    #[arg(long, env = "RELAY_ADMIN_TOKEN", hide_env_values = true)]
-    pub admin_token: Option<String>,
+    #[command(flatten)]
+    pub relay: appliance::Target,
     #[arg(long, default_value_t = 1)]
     pub rooms: usize,
     /// Publishers per room (camera: three simulcast VP8 layers and audio).
@@ -90,9 +85,6 @@ pub struct Options {
     /// Time per method of the loopback floor measured first (0s: skip it).
     #[arg(long, default_value = "2s", value_parser = humantime::parse_duration)]
     pub floor_duration: Duration,
-    /// The relay binary to start instead of the one beside this executable.
-    #[arg(long)]
-    pub relay_bin: Option<PathBuf>,
     /// Draw a progress line on stderr.
     #[arg(skip = true)]
     pub progress: bool,
@@ -131,10 +123,7 @@ impl Options {
         if !(1..=64).contains(&self.client_threads) {
             return Err("--client-threads must be 1 to 64".into());
         }
-        if self.target.is_some() != self.admin_token.is_some() {
-            return Err("--target and --admin-token go together".into());
-        }
-        Ok(())
+        self.relay.check()
     }
 
     fn sessions_per_room(&self) -> usize {
@@ -262,12 +251,6 @@ pub struct Report {
     pub stopped_by_itself: bool,
 }
 
-/// Where the relay's CPU time comes from.
-enum Cpu {
-    Proc(u32),
-    Metrics,
-}
-
 struct Snapshot {
     at: Instant,
     metrics: Metrics,
@@ -313,23 +296,13 @@ pub fn run(o: &Options) -> Result<Report, String> {
         Some(floor::measure(o.floor_duration, 50_000_000).map_err(|e| format!("floor: {e}"))?)
     };
 
-    let mut own = None;
-    let (api, cpu) = match (&o.target, &o.admin_token) {
-        (Some(url), Some(token)) => (Api::new(url, token)?, Cpu::Metrics),
-        _ => {
-            let bin = match &o.relay_bin {
-                Some(b) => b.clone(),
-                None => appliance::relay_beside_me()?,
-            };
-            progress(o, &format!("starting {}", bin.display()));
-            let relay = OwnRelay::start(&bin, o.workers, o.io_batch, o.sessions_per_room() + 4)?;
-            let admin = relay.admin_token()?;
-            let api = Api::new(&relay.http, &admin)?;
-            let pid = relay.pid().ok_or_else(|| "the relay exited".to_string())?;
-            own = Some(relay);
-            (api, Cpu::Proc(pid))
-        }
-    };
+    let (own, api, cpu) = appliance::attach(
+        &o.relay,
+        o.workers,
+        o.io_batch,
+        o.sessions_per_room() + 4,
+        |m| progress(o, m),
+    )?;
     let result = drive(o, &api, &cpu, started_unix, floor);
     if let Some(mut relay) = own {
         if result.is_err() {
@@ -558,10 +531,7 @@ fn measure(
         keyframe_requests: d(|m| m.keyframe_requests),
         forwarded_per_second: forwarded as f64 / secs.max(1e-9),
         cpu_seconds: cpu_s,
-        cpu_source: match cpu {
-            Cpu::Proc(_) => "proc",
-            Cpu::Metrics => "metrics",
-        },
+        cpu_source: cpu.source(),
         media_workers_cpu_seconds: match (a.workers_cpu, b.workers_cpu) {
             (Some(x), Some(y)) => Some(y - x),
             _ => None,
@@ -642,7 +612,7 @@ fn assemble(
     Report {
         started_unix,
         setup: Setup {
-            target: o.target.clone(),
+            target: o.relay.target.clone(),
             rooms: o.rooms,
             publishers_per_room: o.publishers,
             subscribers_per_room: o.subscribers,
@@ -794,8 +764,10 @@ mod tests {
     #[test]
     fn short_run_against_own_relay_counts_are_consistent_and_it_stops() {
         let o = Options {
-            target: None,
-            admin_token: None,
+            relay: appliance::Target {
+                relay_bin: Some(relay_tests::relay_bin()),
+                ..Default::default()
+            },
             rooms: 1,
             publishers: 1,
             subscribers: 2,
@@ -809,7 +781,6 @@ mod tests {
             io_batch: 1,
             client_threads: 1,
             floor_duration: Duration::from_millis(100),
-            relay_bin: Some(relay_tests::relay_bin()),
             progress: false,
         };
         let t0 = Instant::now();
