@@ -23,6 +23,7 @@ use tokio::sync::Barrier;
 
 use crate::appliance::{self, Api, Cpu, Metrics};
 use crate::output;
+use crate::plot;
 
 /// Longest run accepted.
 pub const MAX_DURATION: Duration = Duration::from_secs(1800);
@@ -756,6 +757,41 @@ impl Report {
             out += "  the time bound (--duration) ended the run before every step was done\n";
         }
         out
+    }
+
+    /// Throughput and relay CPU per GB against the number of clients.
+    pub fn chart(&self) -> plot::Chart {
+        let series = |name: &str, f: fn(&Step) -> f64| plot::Series {
+            name: name.into(),
+            points: self
+                .steps
+                .iter()
+                .map(|s| (s.clients as f64, f(s)))
+                .collect(),
+        };
+        plot::Chart {
+            title: format!(
+                "relay file plane: 3 files of {:.1} MB per client",
+                self.setup.size as f64 / MB
+            ),
+            x_label: "concurrent clients".into(),
+            panels: vec![
+                plot::Panel {
+                    y_label: "throughput, logical MB/s (all clients)".into(),
+                    series: vec![
+                        series("put", |s| s.put_mb_per_s),
+                        series("get", |s| s.get_mb_per_s),
+                    ],
+                    limit: None,
+                },
+                plot::Panel {
+                    y_label: "relay CPU seconds per GB moved".into(),
+                    series: vec![series("relay CPU s/GB", |s| s.relay_cpu_seconds_per_gb)],
+                    limit: None,
+                },
+            ],
+            marker: None,
+        }
     }
 }
 

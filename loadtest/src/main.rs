@@ -7,6 +7,7 @@ mod files;
 mod floor;
 mod media;
 mod output;
+mod plot;
 mod sys;
 
 use std::path::PathBuf;
@@ -43,6 +44,10 @@ enum Command {
         /// Write every figure as JSON here.
         #[arg(long)]
         json: Option<PathBuf>,
+        /// Draw relay packets per CPU-second, delay and loss against load as SVG here (a bare
+        /// file name goes next to the --json file).
+        #[arg(long)]
+        plot: Option<PathBuf>,
     },
     /// Concurrent uploads and downloads of generated files through the relay's file plane
     /// (QUIC): throughput, bytes sent versus logical bytes, and the relay's CPU per GB.
@@ -58,6 +63,10 @@ enum Command {
         /// Write every figure as JSON here.
         #[arg(long)]
         json: Option<PathBuf>,
+        /// Draw throughput and relay CPU per GB against the client count as SVG here (a bare
+        /// file name goes next to the --json file).
+        #[arg(long)]
+        plot: Option<PathBuf>,
     },
     /// Measure the loopback UDP send floor (send, sendmmsg, sendmmsg + AES-128-GCM).
     Floor {
@@ -73,20 +82,33 @@ enum Command {
     },
 }
 
-/// What a mode hands back: a report for the terminal and for `--json`.
+/// What a mode hands back: a report for the terminal and for `--json`, and a chart.
 trait Outcome: serde::Serialize {
     fn summary(&self) -> String;
+    fn chart(&self) -> Option<plot::Chart> {
+        None
+    }
 }
 
 impl Outcome for media::Report {
     fn summary(&self) -> String {
         media::Report::summary(self)
     }
+    fn chart(&self) -> Option<plot::Chart> {
+        Some(media::chart(
+            &[self],
+            self.floor_packets_per_cpu_second,
+            None,
+        ))
+    }
 }
 
 impl Outcome for files::Report {
     fn summary(&self) -> String {
         files::Report::summary(self)
+    }
+    fn chart(&self) -> Option<plot::Chart> {
+        Some(files::Report::chart(self))
     }
 }
 
@@ -96,13 +118,19 @@ impl Outcome for floor::Report {
     }
 }
 
-/// Runs a mode whose options passed `checked`, prints its summary and writes its JSON.
-/// Exit codes: 0 done, 1 the run or a write failed, 2 bad options.
+/// Where a mode's report goes besides the terminal.
+struct Outputs {
+    json: Option<PathBuf>,
+    plot: Option<PathBuf>,
+}
+
+/// Runs a mode whose options passed `checked`, prints its summary and writes its JSON and
+/// plot. Exit codes: 0 done, 1 the run or a write failed, 2 bad options.
 fn finish<R: Outcome>(
     mode: &str,
     checked: Result<(), String>,
     run: impl FnOnce() -> Result<R, String>,
-    json: Option<PathBuf>,
+    out: Outputs,
 ) -> ExitCode {
     if let Err(e) = checked {
         eprintln!("relay-loadtest: {mode}: {e}");
@@ -111,12 +139,20 @@ fn finish<R: Outcome>(
     match run() {
         Ok(report) => {
             print!("{}", report.summary());
-            if let Some(path) = json
-                && !output::write_json(&path, &report)
-            {
-                return ExitCode::from(1);
+            let mut ok = true;
+            if let Some(path) = &out.json {
+                ok &= output::write_json(path, &report);
             }
-            ExitCode::SUCCESS
+            if let (Some(path), Some(chart)) = (&out.plot, report.chart()) {
+                let path = output::plot_path(path, out.json.as_deref());
+                ok &= output::write(&path, &plot::svg(&chart));
+                println!("plot: {}", path.display());
+            }
+            if ok {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::from(1)
+            }
         }
         Err(e) => {
             eprintln!("relay-loadtest: {mode}: {e}");
@@ -127,8 +163,26 @@ fn finish<R: Outcome>(
 
 fn main() -> ExitCode {
     match Cli::parse().command {
-        Command::Media { options: o, json } => finish("media", o.check(), || media::run(&o), json),
-        Command::Files { options: o, json } => finish("files", o.check(), || files::run(&o), json),
+        Command::Media {
+            options: o,
+            json,
+            plot,
+        } => finish(
+            "media",
+            o.check(),
+            || media::run(&o),
+            Outputs { json, plot },
+        ),
+        Command::Files {
+            options: o,
+            json,
+            plot,
+        } => finish(
+            "files",
+            o.check(),
+            || files::run(&o),
+            Outputs { json, plot },
+        ),
         Command::Floor {
             duration,
             max_packets,
@@ -137,7 +191,7 @@ fn main() -> ExitCode {
             "floor",
             Ok(()),
             || floor::measure(duration, max_packets).map_err(|e| e.to_string()),
-            json,
+            Outputs { json, plot: None },
         ),
     }
 }

@@ -18,6 +18,7 @@ use crate::appliance::{self, Api, Cpu, Metrics};
 use crate::client::{Peer, Role};
 use crate::driver::{self, Group, GroupResult};
 use crate::floor;
+use crate::plot;
 use crate::sys;
 
 /// Longest measured window a run accepts.
@@ -754,6 +755,46 @@ impl Report {
             out += &format!("  {} peers failed during the run\n", self.dead_peers);
         }
         out
+    }
+}
+
+/// Relay efficiency, delay and loss against the sessions of each run.
+pub fn chart(reports: &[&Report], floor: Option<f64>, limits: Option<(f64, f64)>) -> plot::Chart {
+    let series = |name: &str, f: &dyn Fn(&Report) -> f64| plot::Series {
+        name: name.into(),
+        points: reports
+            .iter()
+            .map(|r| (r.setup.sessions as f64, f(r)))
+            .collect(),
+    };
+    let mut efficiency = vec![series("relay", &|r| r.forwarded_packets_per_cpu_second)];
+    if let Some(f) = floor {
+        efficiency.push(series("loopback floor", &|_| f));
+    }
+    plot::Chart {
+        title: "relay media plane".into(),
+        x_label: "sessions (publishers + subscribers)".into(),
+        panels: vec![
+            plot::Panel {
+                y_label: "forwarded packets per relay CPU-second".into(),
+                series: efficiency,
+                limit: None,
+            },
+            plot::Panel {
+                y_label: "one-way delay, ms".into(),
+                series: vec![
+                    series("p99", &|r| r.one_way_delay_ms.p99),
+                    series("median", &|r| r.one_way_delay_ms.median),
+                ],
+                limit: limits.map(|(_, d)| (d, format!("p99 limit {d} ms"))),
+            },
+            plot::Panel {
+                y_label: "loss, %".into(),
+                series: vec![series("loss", &|r| r.loss_ratio * 100.0)],
+                limit: limits.map(|(l, _)| (l, format!("limit {l}%"))),
+            },
+        ],
+        marker: None,
     }
 }
 
