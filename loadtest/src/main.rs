@@ -1,6 +1,7 @@
 //! `relay-loadtest`: load against a relay, and the machine's own floor to compare it with.
 
 mod appliance;
+mod capacity;
 mod client;
 mod driver;
 mod files;
@@ -41,6 +42,8 @@ enum Command {
     Media {
         #[command(flatten)]
         options: media::Options,
+        #[command(flatten)]
+        capacity: capacity::Options,
         /// Write every figure as JSON here.
         #[arg(long)]
         json: Option<PathBuf>,
@@ -100,6 +103,15 @@ impl Outcome for media::Report {
             self.floor_packets_per_cpu_second,
             None,
         ))
+    }
+}
+
+impl Outcome for capacity::Report {
+    fn summary(&self) -> String {
+        capacity::Report::summary(self)
+    }
+    fn chart(&self) -> Option<plot::Chart> {
+        Some(capacity::Report::chart(self))
     }
 }
 
@@ -165,8 +177,20 @@ fn main() -> ExitCode {
     match Cli::parse().command {
         Command::Media {
             options: o,
+            capacity: c,
             json,
             plot,
+        } if c.find_capacity => finish(
+            "media",
+            o.check().and_then(|()| c.check()),
+            || capacity::run(&o, &c),
+            Outputs { json, plot },
+        ),
+        Command::Media {
+            options: o,
+            json,
+            plot,
+            ..
         } => finish(
             "media",
             o.check(),
@@ -193,5 +217,16 @@ fn main() -> ExitCode {
             || floor::measure(duration, max_packets).map_err(|e| e.to_string()),
             Outputs { json, plot: None },
         ),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_command_line_is_well_formed() {
+        use clap::CommandFactory;
+        Cli::command().debug_assert();
     }
 }

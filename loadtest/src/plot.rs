@@ -53,10 +53,9 @@ fn label(v: f64) -> String {
         format!("{:.0}k", v / 1e3)
     } else if a >= 100.0 || v == v.round() {
         format!("{v:.0}")
-    } else if a >= 1.0 {
-        format!("{v:.1}")
     } else {
-        format!("{v:.3}")
+        let s = format!("{v:.3}");
+        s.trim_end_matches('0').trim_end_matches('.').to_string()
     }
 }
 
@@ -78,7 +77,7 @@ fn finite(points: &[(f64, f64)]) -> impl Iterator<Item = (f64, f64)> + '_ {
         .filter(|(x, y)| x.is_finite() && y.is_finite())
 }
 
-/// The x range over every panel, padded when all points share one x.
+/// The x range over every panel, with a margin.
 fn x_range(chart: &Chart) -> (f64, f64) {
     let xs = chart
         .panels
@@ -97,7 +96,9 @@ fn x_range(chart: &Chart) -> (f64, f64) {
             hi + 1.0_f64.max(hi.abs() * 0.5),
         )
     } else {
-        (lo, hi)
+        // A margin, so that the first and last points sit clear of the frame.
+        let pad = (hi - lo) * 0.05;
+        (lo - pad, hi + pad)
     }
 }
 
@@ -189,21 +190,22 @@ pub fn svg(chart: &Chart) -> String {
             let _ = writeln!(
                 out,
                 "<line x1=\"{LEFT}\" y1=\"{0:.1}\" x2=\"{1}\" y2=\"{0:.1}\" stroke=\"#888\" \
-                 stroke-dasharray=\"6 4\"/>\n<text x=\"{1}\" y=\"{2:.1}\" text-anchor=\"end\" \
-                 fill=\"#555\">{3}</text>",
+                 stroke-dasharray=\"6 4\"/>\n<text x=\"{4}\" y=\"{2:.1}\" fill=\"#555\">{3}</text>",
                 py(*v),
                 LEFT + plot_w,
                 py(*v) - 4.0,
-                escape(name)
+                escape(name),
+                LEFT + 6.0
             );
         }
         if let Some((mx, name)) = chart.marker.as_ref().filter(|m| m.0.is_finite()) {
             let _ = writeln!(
                 out,
                 "<line x1=\"{0:.1}\" y1=\"{top}\" x2=\"{0:.1}\" y2=\"{bottom}\" stroke=\"#2ca02c\" \
-                 stroke-dasharray=\"3 3\"/>\n<text x=\"{1:.1}\" y=\"{2}\" fill=\"#2ca02c\">{3}</text>",
+                 stroke-dasharray=\"3 3\"/>\n<text x=\"{1:.1}\" y=\"{2}\" text-anchor=\"end\" \
+                 fill=\"#2ca02c\">{3}</text>",
                 px(*mx),
-                px(*mx) + 4.0,
+                px(*mx) - 4.0,
                 top + 12.0,
                 escape(name)
             );
@@ -309,6 +311,7 @@ mod tests {
         assert_eq!(tick_step(1000.0, 4.0), 500.0);
         assert_eq!(label(12_000.0), "12k");
         assert_eq!(label(2.5), "2.5");
-        assert_eq!(label(0.25), "0.250");
+        assert_eq!(label(0.25), "0.25");
+        assert_eq!(label(0.5), "0.5");
     }
 }
