@@ -781,10 +781,14 @@ pub fn chart(reports: &[&Report], floor: Option<f64>, limits: Option<(f64, f64)>
                 limit: None,
             },
             plot::Panel {
-                y_label: "one-way delay, ms".into(),
+                y_label: "delay, ms: one-way (clients), forward (relay)".into(),
                 series: vec![
                     series("p99", &|r| r.one_way_delay_ms.p99),
                     series("median", &|r| r.one_way_delay_ms.median),
+                    // The relay's own share of the delay, from its histogram.
+                    series("relay forward p99", &|r| {
+                        r.relay.forward_delay_p99_ms.unwrap_or(f64::NAN)
+                    }),
                 ],
                 limit: limits.map(|(_, d)| (d, format!("p99 limit {d} ms"))),
             },

@@ -202,8 +202,8 @@ fn find_capacity_reports_its_steps_and_the_load_held() {
         u(&last_held.unwrap()["sessions"]),
         "{out}"
     );
-    // Relay and floor, p99 and median delay, loss.
-    check_svg(&plot, 5);
+    // Relay and floor; p99 and median one-way delay and the relay's forward p99; loss.
+    check_svg(&plot, 6);
 }
 
 #[test]
