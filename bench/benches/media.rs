@@ -1,5 +1,6 @@
-//! The media plane's decisions and per-packet work, each in isolation: the slot and layer
-//! decision for a busy room, the per-slot RTP rewrite of one packet, and keyframe detection.
+//! The media plane's decisions and per-packet work: the slot and layer decision for a busy
+//! room, the per-slot RTP rewrite of one packet, keyframe detection, and the whole core
+//! forwarding a publisher's packets to N subscribers (a simulated room, clients not counted).
 
 use std::hint::black_box;
 use std::time::{Duration, Instant};
@@ -8,6 +9,8 @@ use criterion::{Criterion, criterion_group, criterion_main};
 use relay::media::allocate::{Feed, LayerInfo, Layout, SlotRequest, VideoTrack, allocate};
 use relay::media::keyframe::{VideoCodec, is_keyframe};
 use relay::media::rewrite::Rewriter;
+use relay::media::sim::Sim;
+use relay::media::types::{Layout as RoomLayout, Source};
 
 const LAYERS: [LayerInfo; 3] = [
     LayerInfo {
@@ -78,5 +81,45 @@ fn bench(c: &mut Criterion) {
     });
 }
 
-criterion_group!(benches, bench);
+/// A room of one publisher (three simulcast layers and audio) and `n` subscribers with one video
+/// slot and one audio line each, settled for three simulated seconds.
+fn room(n: usize) -> Sim {
+    let mut sim = Sim::with_room_size(n + 1);
+    sim.add_publisher("p", 1, Source::Camera);
+    for i in 0..n {
+        sim.add_subscriber(&format!("s{i}"), 1, 1, RoomLayout::Grid);
+    }
+    sim.run(Duration::from_secs(3));
+    sim
+}
+
+/// Core time per forwarded copy: the simulation runs until `iters` more copies were forwarded,
+/// and only the time inside the core's calls counts (its timers, RTCP and STUN included).
+fn forward(c: &mut Criterion) {
+    let mut g = c.benchmark_group("core_forward_per_copy");
+    g.sample_size(10);
+    for n in [10usize, 50] {
+        let mut sim = room(n);
+        g.bench_function(format!("{n}_subscribers"), |b| {
+            b.iter_custom(|iters| {
+                let copies0 = sim.counters().packets_forwarded;
+                let time0 = sim.core_time;
+                let mut copies = 0;
+                // Bounded: at least one copy per simulated frame once the room is settled.
+                for _ in 0..iters.saturating_mul(33) + 1_000 {
+                    sim.run(Duration::from_millis(1));
+                    copies = sim.counters().packets_forwarded - copies0;
+                    if copies >= iters {
+                        break;
+                    }
+                }
+                let spent = sim.core_time - time0;
+                spent.mul_f64(iters as f64 / copies.max(1) as f64)
+            })
+        });
+    }
+    g.finish();
+}
+
+criterion_group!(benches, bench, forward);
 criterion_main!(benches);

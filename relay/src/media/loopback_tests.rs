@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 use str0m::Input;
 use str0m::net::{Protocol, Receive};
 
-use super::sim_tests::{Client, Net};
+use super::sim::{Client, Net};
 use super::{Layout, MediaConfig, MediaPlane, Source};
 
 struct Peer {

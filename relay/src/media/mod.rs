@@ -70,6 +70,8 @@ pub mod picture;
 pub mod plane;
 pub mod rewrite;
 pub mod sfu;
+#[cfg(any(test, feature = "sim"))]
+pub mod sim;
 pub mod stun;
 pub mod switch;
 pub mod types;
