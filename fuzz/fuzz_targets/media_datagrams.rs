@@ -18,9 +18,7 @@ const WHEP: &str = include_str!("../../tests/testdata/chromium-whep-offer.sdp");
 struct Sink;
 
 impl Wire for Sink {
-    fn send(&mut self, _to: SocketAddr, _data: &[u8]) -> bool {
-        true
-    }
+    fn send(&mut self, _to: SocketAddr, _data: &[u8]) {}
 }
 
 fuzz_target!(|data: &[u8]| {
