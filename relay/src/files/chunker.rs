@@ -12,6 +12,7 @@
 
 use std::io::{self, Read};
 
+use bytes::Bytes;
 use fastcdc::v2020::{MASKS, cut};
 
 use super::Hash;
@@ -26,6 +27,29 @@ const NORMALISATION_BITS: u32 = 1;
 /// The BLAKE3 hash that names a chunk.
 pub fn chunk_hash(data: &[u8]) -> Hash {
     *blake3::hash(data).as_bytes()
+}
+
+/// Chunk bytes that matched their name when [`VerifiedChunk::check`] hashed them, so that code
+/// further on (the store's write) need not hash them again.
+#[derive(Debug, Clone)]
+pub struct VerifiedChunk {
+    hash: Hash,
+    data: Bytes,
+}
+
+impl VerifiedChunk {
+    /// `data` if it hashes to `hash`.
+    pub fn check(hash: &Hash, data: Bytes) -> Option<VerifiedChunk> {
+        (chunk_hash(&data) == *hash).then_some(VerifiedChunk { hash: *hash, data })
+    }
+
+    pub fn hash(&self) -> &Hash {
+        &self.hash
+    }
+
+    pub fn data(&self) -> &Bytes {
+        &self.data
+    }
 }
 
 /// A chunk just cut from the stream. `data` borrows the chunker's buffer.

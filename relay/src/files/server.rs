@@ -15,7 +15,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 
-use super::chunker::chunk_hash;
+use super::chunker::VerifiedChunk;
 use super::plan;
 use super::store::{ChunkStore, NewUpload, Quotas, StoreError};
 use super::transport::{self, ALPN, Buffers};
@@ -475,13 +475,15 @@ impl Service {
                     Bytes::from(zstd::bulk::decompress(&data, expected.len as usize).ok()?)
                 }
             };
-            (plain.len() == expected.len as usize && chunk_hash(&plain) == expected.hash)
-                .then_some(plain)
+            if plain.len() != expected.len as usize {
+                return None;
+            }
+            VerifiedChunk::check(&expected.hash, plain)
         })
         .await
         .ok()
         .flatten();
-        let Some(plain) = verified else {
+        let Some(chunk) = verified else {
             self.counters
                 .chunks_rejected
                 .fetch_add(1, Ordering::Relaxed);
@@ -491,17 +493,17 @@ impl Service {
             );
         };
         if index == 0
-            && let Err(r) = self.check_type(&p, upload, &plain).await
+            && let Err(r) = self.check_type(&p, upload, chunk.data()).await
         {
             return r;
         }
         let store = self.store.clone();
         let lease = self.lease();
         let stored = blocking(move || {
-            if !store.has_chunk(&expected.hash)? {
-                store.write_chunk(&expected.hash, &plain)?;
+            if !store.has_chunk(chunk.hash())? {
+                store.write_chunk(&chunk)?;
             }
-            store.chunk_received(&upload, &expected.hash, expected.len, unix_now(), lease)
+            store.chunk_received(&upload, chunk.hash(), expected.len, unix_now(), lease)
         })
         .await;
         match stored {
