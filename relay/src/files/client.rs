@@ -459,32 +459,36 @@ struct PutJob {
 }
 
 impl PutJob {
-    async fn send_chunk(self: Arc<Self>, index: u32) -> Result<(), ClientError> {
-        let i = index as usize;
-        let c = self.manifest.chunks()[i];
-        let offset = self.offsets[i];
+    /// Reads chunk `index` of the file as it is now.
+    async fn read_chunk(self: &Arc<Self>, index: u32) -> Result<Vec<u8>, ClientError> {
         let this = self.clone();
-        // Read and hash again: the file may have changed since it was scanned.
-        let (encoding, data) = tokio::task::spawn_blocking(move || {
-            let mut buf = vec![0u8; c.len as usize];
+        tokio::task::spawn_blocking(move || {
+            let i = index as usize;
+            let mut buf = vec![0u8; this.manifest.chunks()[i].len as usize];
             this.file
-                .read_exact_at(&mut buf, offset)
+                .read_exact_at(&mut buf, this.offsets[i])
                 .map_err(io_err(&this.path))?;
-            if chunk_hash(&buf) != c.hash {
-                return Err(ClientError::Usage(format!(
-                    "{} changed while it was being sent; run the command again",
-                    this.path.display()
-                )));
-            }
-            Ok(
-                match this.compressible.then(|| plan::compress(&buf)).flatten() {
-                    Some(z) => (Encoding::Zstd, Bytes::from(z)),
-                    None => (Encoding::Raw, Bytes::from(buf)),
-                },
-            )
+            Ok(buf)
         })
         .await
-        .map_err(|e| ClientError::Protocol(format!("reading failed: {e}")))??;
+        .map_err(|e| ClientError::Protocol(format!("reading failed: {e}")))?
+    }
+
+    /// Sends chunk `index`. It is not hashed again here: the relay hashes every chunk it
+    /// receives, and only when it refuses one is the file read again, to tell a file that
+    /// changed since it was scanned from damage on the way.
+    async fn send_chunk(self: Arc<Self>, index: u32) -> Result<(), ClientError> {
+        let c = self.manifest.chunks()[index as usize];
+        let buf = self.read_chunk(index).await?;
+        let compressible = self.compressible;
+        let (encoding, data) = tokio::task::spawn_blocking(move || {
+            match compressible.then(|| plan::compress(&buf)).flatten() {
+                Some(z) => (Encoding::Zstd, Bytes::from(z)),
+                None => (Encoding::Raw, Bytes::from(buf)),
+            }
+        })
+        .await
+        .map_err(|e| ClientError::Protocol(format!("compressing failed: {e}")))?;
         let req = Request::PutChunk {
             token: self.token.clone(),
             upload: self.upload,
@@ -502,7 +506,17 @@ impl PutJob {
                         .fetch_add(u64::from(c.len), Ordering::Relaxed);
                     return Ok(());
                 }
-                Response::Failed { code, .. } if code == "bad_chunk" && attempt < CHUNK_RETRIES => {
+                Response::Failed { code, .. } if code == "bad_chunk" => {
+                    let now = self.read_chunk(index).await?;
+                    if chunk_hash(&now) != c.hash {
+                        return Err(ClientError::Usage(format!(
+                            "{} changed while it was being sent; run the command again",
+                            self.path.display()
+                        )));
+                    }
+                    if attempt == CHUNK_RETRIES {
+                        break;
+                    }
                     tracing::warn!(index, "the relay received chunk damaged; sending it again");
                 }
                 r => return Err(unexpected(r)),
