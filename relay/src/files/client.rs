@@ -189,7 +189,7 @@ impl Client {
         let (socket, _) = transport::udp_socket(bind, 8 << 20)
             .map_err(|e| ClientError::Connection(format!("cannot open a UDP socket: {e}")))?;
         let mut endpoint = quinn::Endpoint::new(
-            quinn::EndpointConfig::default(),
+            transport::endpoint_config(),
             None,
             socket,
             Arc::new(quinn::TokioRuntime),

@@ -136,7 +136,7 @@ impl FilePlane {
             );
         }
         let endpoint = quinn::Endpoint::new(
-            quinn::EndpointConfig::default(),
+            transport::endpoint_config(),
             Some(server),
             socket,
             Arc::new(quinn::TokioRuntime),

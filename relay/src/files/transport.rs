@@ -21,6 +21,23 @@ pub const ALPN: &[u8] = b"relay-files/1";
 /// Chunk requests one client keeps in flight, each on its own stream.
 pub const PARALLEL_CHUNKS: usize = 8;
 
+/// The largest UDP payload the file plane sends and accepts. MTU discovery starts from QUIC's 1200
+/// bytes and climbs to what the path carries, so on ordinary Ethernet it settles near 1452 as
+/// quinn's default bound did, while loopback and jumbo-frame intranets send a third as many
+/// packets for the same bytes (each costing a header, a seal, an acknowledgement and its share of
+/// a system call): a quarter less client CPU per GB on loopback here. A bound of 8952 (a whole
+/// jumbo frame) lost packets on loopback under load and tripped quinn's black-hole detection,
+/// which drops to 1200 bytes for a minute; 4096 did not.
+pub const MAX_UDP_PAYLOAD: u16 = 4096;
+
+/// The endpoint settings of both ends: receive datagrams up to [`MAX_UDP_PAYLOAD`].
+pub fn endpoint_config() -> quinn::EndpointConfig {
+    let mut c = quinn::EndpointConfig::default();
+    // The bound lies inside the range quinn accepts (1200..=65527), so this cannot fail.
+    let _ = c.max_udp_payload_size(MAX_UDP_PAYLOAD);
+    c
+}
+
 /// Transport settings: a stream can hold two maximal chunks in flight, the connection every
 /// parallel stream's worth, so a transfer is limited by the link, not by flow control.
 pub fn transport() -> quinn::TransportConfig {
@@ -31,6 +48,9 @@ pub fn transport() -> quinn::TransportConfig {
     t.send_window(u64::from(stream) * (PARALLEL_CHUNKS as u64 + 2));
     t.max_concurrent_bidi_streams(VarInt::from_u32(4 * PARALLEL_CHUNKS as u32));
     t.max_concurrent_uni_streams(VarInt::from_u32(0));
+    let mut mtu = quinn::MtuDiscoveryConfig::default();
+    mtu.upper_bound(MAX_UDP_PAYLOAD);
+    t.mtu_discovery_config(Some(mtu));
     // A peer that vanished (killed, unplugged) is noticed within 10 s; keep-alives stop a quiet
     // but living connection from timing out.
     t.keep_alive_interval(Some(Duration::from_secs(3)));
