@@ -1,0 +1,195 @@
+#!/usr/bin/env bash
+# The file plane beside rsync and sendme (iroh) on the same data, on loopback, in one run:
+#   relay: first upload of an incompressible file, the same file again, the file after a 1 MiB
+#          edit in the middle, and a download;
+#   rsync: a daemon on 127.0.0.1, first copy and the delta after the same edit;
+#   sendme: send and receive of the same file, inside a new network namespace that has nothing
+#          but loopback (sendme otherwise reaches public relay and discovery servers).
+# Each step runs RUNS times (default 3; every run starts from an empty relay store, an empty rsync
+# destination and a fresh sendme pair) and prints the median wall time, every run's time, the
+# bytes that travelled and the CPU seconds of each end.
+#
+# Usage: bench/files-vs-peers.sh [SIZE_MIB]   (default 1024)
+#   Needs rsync; builds the release relay; installs sendme with `cargo install sendme --locked`
+#   when it is missing (about 10 minutes); the sendme steps need root for `unshare -n`.
+#   Environment: RUNS, FILES_PORT (default 14433), HTTP_PORT (18080), RSYNC_PORT (18873),
+#   SENDME_PORT (17777), CARGO_TARGET_DIR.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+size_mib=${1:-1024}
+runs=${RUNS:-3}
+files_port=${FILES_PORT:-14433}
+http_port=${HTTP_PORT:-18080}
+rsync_port=${RSYNC_PORT:-18873}
+sendme_port=${SENDME_PORT:-17777}
+command -v rsync >/dev/null || { echo "rsync is needed: apt-get install -y rsync" >&2; exit 2; }
+if ! command -v sendme >/dev/null; then
+  echo "installing sendme (cargo install sendme --locked)..." >&2
+  cargo install sendme --locked -q
+fi
+cargo build --release --locked -q -p relay
+
+work=$(mktemp -d)
+relay_pid= rsyncd_pid=
+trap 'kill $relay_pid $rsyncd_pid 2>/dev/null || true; rm -rf "$work"' EXIT
+# A copy, so that another build into the same target directory cannot change it mid-run.
+relay=$work/relay
+export TIMES_FILE=$work/times
+cp "${CARGO_TARGET_DIR:-$PWD/target}/release/relay" "$relay"
+
+head -c "$((size_mib << 20))" /dev/urandom >"$work/video.bin"
+cp "$work/video.bin" "$work/edited.bin"
+dd if=/dev/urandom of="$work/edited.bin" bs=1M count=1 seek=$((size_mib / 2)) conv=notrunc status=none
+touch -d '2000-01-01' "$work/edited.bin"
+
+declare -A walls bytes cpus
+record() { # step, wall, bytes, cpu
+  walls[$1]+="$2 "
+  bytes[$1]=$3
+  cpus[$1]+="$4 "
+}
+median() { tr ' ' '\n' | grep . | sort -g | awk '{ v[NR] = $1 } END { print v[int((NR + 1) / 2)] }'; }
+# CPU seconds (user + system) of a process so far, and of this shell's waited-for children.
+cpu_of() { awk -v hz="$(getconf CLK_TCK)" '{ printf "%.2f", ($14 + $15) / hz }' "/proc/$1/stat"; }
+# `times` must run in this shell, not in a command substitution's subshell: it sets KIDS.
+children_cpu() {
+  times >"$TIMES_FILE"
+  KIDS=$(tail -1 "$TIMES_FILE" | awk '{ gsub(/[ms]/, " "); split($0, t, " "); printf "%.2f", t[1] * 60 + t[2] + t[3] * 60 + t[4] }')
+}
+now() { date +%s.%N; }
+
+cat >"$work/relay.toml" <<EOF
+[http]
+listen = "127.0.0.1:$http_port"
+[media]
+first_port = 0
+workers = 1
+[files]
+listen = "127.0.0.1:$files_port"
+EOF
+
+relay_step() { # name, command...
+  local name=$1; shift
+  local c0 k0 t0 t1 c1 k1 out
+  children_cpu; k0=$KIDS
+  c0=$(cpu_of "$relay_pid"); t0=$(now)
+  out=$("$@")
+  t1=$(now); c1=$(cpu_of "$relay_pid")
+  children_cpu; k1=$KIDS
+  local sent
+  sent=$(printf '%s' "$out" | grep -o '"bytes_\(sent\|received\)":[0-9]*' | head -1 | cut -d: -f2)
+  record "$name" "$(echo "$t1 - $t0" | bc)" "${sent:-?}" "$(echo "$k1 - $k0" | bc)/$(echo "$c1 - $c0" | bc)"
+  LAST=$out
+}
+
+relay_run() {
+  rm -rf "$work/data" "$work/out"
+  mkdir -p "$work/out"
+  "$relay" serve --config "$work/relay.toml" --data "$work/data" 2>"$work/relay.log" &
+  relay_pid=$!
+  for _ in $(seq 100); do grep -q "relay is up" "$work/relay.log" && break; sleep 0.1; done
+  grep -q "relay is up" "$work/relay.log" || { cat "$work/relay.log" >&2; exit 1; }
+  export RELAY_TOKEN
+  RELAY_TOKEN=$("$relay" token --data "$work/data" --org demo --user demo --device demo-browser --grants files)
+  local conn=(--server "127.0.0.1:$files_port" --data "$work/data" --json)
+  cp "$work/video.bin" "$work/put.bin"
+  relay_step "relay put (first)" "$relay" files put "$work/put.bin" "${conn[@]}"
+  local id
+  id=$(printf '%s' "$LAST" | grep -o '"id":"[0-9a-f]*"' | cut -d'"' -f4)
+  relay_step "relay put (same again)" "$relay" files put "$work/put.bin" "${conn[@]}"
+  cp "$work/edited.bin" "$work/put.bin"
+  relay_step "relay put (1 MiB edited)" "$relay" files put "$work/put.bin" "${conn[@]}"
+  relay_step "relay get" "$relay" files get "$id" -o "$work/out/video.bin" "${conn[@]}"
+  cmp "$work/out/video.bin" "$work/video.bin"
+  kill "$relay_pid"; wait "$relay_pid" 2>/dev/null || true
+  relay_pid=
+}
+
+rsync_step() { # name, file
+  local t0 t1 k0 k1 out
+  children_cpu; k0=$KIDS
+  t0=$(now)
+  out=$(rsync --stats "$2" "rsync://127.0.0.1:$rsync_port/dst/video.bin")
+  t1=$(now)
+  children_cpu; k1=$KIDS
+  record "$1" "$(echo "$t1 - $t0" | bc)" \
+    "$(printf '%s' "$out" | awk -F: '/Total bytes sent/ { gsub(/[ ,]/, "", $2); print $2 }')" \
+    "$(echo "$k1 - $k0" | bc)/-"
+}
+
+rsync_run() {
+  rm -rf "$work/rsync-dst"; mkdir -p "$work/rsync-dst"
+  cat >"$work/rsyncd.conf" <<EOF
+use chroot = no
+uid = 0
+gid = 0
+[dst]
+path = $work/rsync-dst
+read only = no
+EOF
+  rsync --daemon --no-detach --address=127.0.0.1 --port="$rsync_port" --config="$work/rsyncd.conf" &
+  rsyncd_pid=$!
+  sleep 0.5
+  rsync_step "rsync (first)" "$work/video.bin"
+  rsync_step "rsync (1 MiB edited, delta)" "$work/edited.bin"
+  kill "$rsyncd_pid"; wait "$rsyncd_pid" 2>/dev/null || true
+  rsyncd_pid=
+}
+
+# Runs inside `unshare -n`: loopback only. Prints: import seconds, transfer seconds, sender CPU,
+# receiver CPU.
+sendme_inner() {
+  ip link set lo up
+  local dir=$1 file=$2 port=$3
+  rm -rf "$dir"; mkdir -p "$dir/recv"
+  local t0 t1 t2 sp ticket
+  t0=$(date +%s.%N)
+  sendme send --relay disabled --ticket-type addresses --magic-ipv4-addr "127.0.0.1:$port" \
+    --no-progress "$file" >"$dir/send.out" 2>&1 &
+  sp=$!
+  for _ in $(seq 1200); do grep -q "sendme receive" "$dir/send.out" && break; sleep 0.05; done
+  t1=$(date +%s.%N)
+  ticket=$(grep -o 'sendme receive [a-z0-9]*' "$dir/send.out" | awk '{ print $3 }')
+  [ -n "$ticket" ] || { cat "$dir/send.out" >&2; kill "$sp"; return 1; }
+  local k0 k1
+  children_cpu; k0=$KIDS
+  (cd "$dir/recv" && sendme receive --relay disabled --no-progress "$ticket" >"$dir/recv.out" 2>&1)
+  t2=$(date +%s.%N)
+  children_cpu; k1=$KIDS
+  local hz sc
+  hz=$(getconf CLK_TCK)
+  sc=$(awk -v hz="$hz" '{ printf "%.2f", ($14 + $15) / hz }' "/proc/$sp/stat")
+  kill "$sp"; wait "$sp" 2>/dev/null || true
+  cmp "$file" "$dir/recv/$(basename "$file")"
+  echo "$(echo "$t1 - $t0" | bc) $(echo "$t2 - $t1" | bc) $sc $(echo "$k1 - $k0" | bc)"
+}
+
+sendme_run() {
+  local out
+  out=$(unshare -n bash -c "$(declare -f sendme_inner children_cpu); sendme_inner \"\$@\"" _ \
+    "$work/sendme" "$work/video.bin" "$sendme_port")
+  rm -rf "$work/sendme"
+  local prep xfer scpu rcpu
+  read -r prep xfer scpu rcpu <<<"$out"
+  # The sender's CPU covers its import and its side of the transfer.
+  record "sendme import (send side)" "$prep" "-" "-/-"
+  record "sendme transfer (receive)" "$xfer" "-" "$rcpu/$scpu"
+}
+
+echo "file: ${size_mib} MiB incompressible; $(nproc) CPUs; $(date -u '+%F %H:%M') UTC; $runs runs"
+for _ in $(seq "$runs"); do
+  relay_run
+  rsync_run
+  if [ "$(id -u)" = 0 ] && command -v unshare >/dev/null; then
+    sendme_run
+  fi
+done
+order=("relay put (first)" "relay put (same again)" "relay put (1 MiB edited)" "relay get"
+  "rsync (first)" "rsync (1 MiB edited, delta)" "sendme import (send side)" "sendme transfer (receive)")
+printf '%-28s %8s  %-26s %14s  %s\n' step median runs bytes "CPU s client/server per run"
+for s in "${order[@]}"; do
+  [ -n "${walls[$s]:-}" ] || continue
+  printf '%-28s %7.2fs  %-26s %14s  %s\n' "$s" "$(median <<<"${walls[$s]}")" \
+    "$(for w in ${walls[$s]}; do printf '%.2f ' "$w"; done)" "${bytes[$s]}" "${cpus[$s]}"
+done
