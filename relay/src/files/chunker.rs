@@ -10,7 +10,9 @@
 //! points between crate versions. A 1 MiB average keeps the manifest of a multi-GB video small
 //! (a few thousand entries) while a 1 MiB edit still touches only a few chunks.
 
+use std::fs::File;
 use std::io::{self, Read};
+use std::os::unix::fs::FileExt;
 
 use bytes::Bytes;
 use fastcdc::v2020::{MASKS, cut};
@@ -142,9 +144,128 @@ impl<R: Read> Chunker<R> {
     }
 }
 
+/// Where a chunk of a file lies, and its hash.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Cut {
+    pub offset: u64,
+    pub len: u32,
+    pub hash: Hash,
+}
+
+/// Files smaller than this are cut by one thread: starting more costs more than it saves.
+const PARALLEL_MIN: u64 = 64 << 20;
+
+/// How far past its part a thread goes on cutting, for the next part's cut points to be found
+/// among its own.
+const PART_OVERLAP: u64 = 4 * MAX_CHUNK as u64;
+
+/// Cuts a file into exactly the chunks one [`Chunker`] over the whole of it would, with up to
+/// `threads` threads on parts of the file at once.
+///
+/// Why the parts agree: a cut point depends only on the bytes after the previous one, so two
+/// chunkers that ever cut at the same offset cut identically from there on. A part's chunker
+/// starts at an arbitrary offset and is usually in step with the whole-file cuts within a chunk
+/// or two; the previous part's chunker goes on [`PART_OVERLAP`] past its end, and the first cut
+/// the two share joins them. When none is shared (long runs of one byte value cut at fixed
+/// distances from wherever they start), the cutting goes on from the last known cut alone.
+pub fn cut_file(file: &File, len: u64, threads: usize) -> io::Result<Vec<Cut>> {
+    let parts = if len < PARALLEL_MIN {
+        1
+    } else {
+        threads.clamp(1, 8) as u64
+    };
+    let starts: Vec<u64> = (0..parts).map(|k| len / parts * k).collect();
+    let lists: Vec<io::Result<Vec<Cut>>> = std::thread::scope(|scope| {
+        let workers: Vec<_> = starts
+            .iter()
+            .enumerate()
+            .map(|(k, &start)| {
+                let limit = starts
+                    .get(k + 1)
+                    .map_or(len, |&next| (next + PART_OVERLAP).min(len));
+                scope.spawn(move || cut_range(file, start, limit, len))
+            })
+            .collect();
+        workers
+            .into_iter()
+            .map(|w| {
+                w.join()
+                    .unwrap_or_else(|_| Err(io::Error::other("a chunking thread panicked")))
+            })
+            .collect()
+    });
+    let mut lists = lists.into_iter();
+    let mut cuts = lists.next().transpose()?.unwrap_or_default();
+    for (list, &start) in lists.zip(&starts[1..]) {
+        let list = list?;
+        let end_of = |c: &Cut| c.offset + u64::from(c.len);
+        let joined = cuts.iter().position(|c| {
+            end_of(c) >= start && list.binary_search_by_key(&end_of(c), |n| n.offset).is_ok()
+        });
+        match joined {
+            Some(i) => {
+                let at = end_of(&cuts[i]);
+                cuts.truncate(i + 1);
+                let from = list.partition_point(|n| n.offset < at);
+                cuts.extend_from_slice(&list[from..]);
+            }
+            None => {
+                let from = cuts.last().map_or(0, end_of);
+                cuts.extend(cut_range(file, from, len, len)?);
+                return Ok(cuts);
+            }
+        }
+    }
+    Ok(cuts)
+}
+
+/// The chunks of `file[start..limit]` cut as if the file began at `start`; the last one is left
+/// out unless `limit` is the file's end, since only the end of the data made it end there.
+fn cut_range(file: &File, start: u64, limit: u64, len: u64) -> io::Result<Vec<Cut>> {
+    let mut chunker = Chunker::new(FileRange {
+        file,
+        pos: start,
+        end: limit,
+    });
+    let mut cuts = Vec::new();
+    while let Some(c) = chunker.next_chunk()? {
+        cuts.push(Cut {
+            offset: start + c.offset,
+            // A chunk is at most MAX_CHUNK (4 MiB) long.
+            len: c.data.len() as u32,
+            hash: c.hash,
+        });
+    }
+    if limit < len {
+        cuts.pop();
+    }
+    Ok(cuts)
+}
+
+/// A byte range of a file, read with `pread` so that several threads can share the file.
+struct FileRange<'a> {
+    file: &'a File,
+    pos: u64,
+    end: u64,
+}
+
+impl Read for FileRange<'_> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let left = usize::try_from(self.end.saturating_sub(self.pos)).unwrap_or(usize::MAX);
+        let want = buf.len().min(left);
+        if want == 0 {
+            return Ok(0);
+        }
+        let n = self.file.read_at(&mut buf[..want], self.pos)?;
+        self.pos += n as u64;
+        Ok(n)
+    }
+}
+
 #[cfg(test)]
 pub(crate) mod tests {
     use super::*;
+    use std::fs;
 
     /// Deterministic incompressible bytes (xorshift64*), so tests need no data files.
     pub(crate) fn noise(seed: u64, len: usize) -> Vec<u8> {
@@ -233,6 +354,35 @@ pub(crate) mod tests {
             got.push((ch.offset, ch.data.len()));
         }
         assert_eq!(got, cuts(&data));
+    }
+
+    #[test]
+    fn parts_cut_a_file_exactly_as_one_chunker() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut mixed = noise(8, 70 << 20);
+        // Zeros cut at fixed distances from wherever a chunker starts: parts may never agree.
+        mixed[20 << 20..50 << 20].fill(0);
+        #[rustfmt::skip]
+        let table: [(&str, Vec<u8>); 4] = [
+            ("small", noise(9, 3 * AVG_CHUNK)),
+            ("noise", noise(10, 80 << 20)),
+            ("mixed", mixed),
+            ("zeros", vec![0; 70 << 20]),
+        ];
+        for (name, data) in table {
+            let path = dir.path().join(name);
+            fs::write(&path, &data).unwrap();
+            let file = File::open(&path).unwrap();
+            let whole: Vec<Cut> =
+                cut_range(&file, 0, data.len() as u64, data.len() as u64).unwrap();
+            let offsets: Vec<(u64, usize)> =
+                whole.iter().map(|c| (c.offset, c.len as usize)).collect();
+            assert_eq!(offsets, cuts(&data), "{name}");
+            for threads in [1, 2, 3, 5] {
+                let got = cut_file(&file, data.len() as u64, threads).unwrap();
+                assert_eq!(got, whole, "{name} with {threads} threads");
+            }
+        }
     }
 
     #[test]

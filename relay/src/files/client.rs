@@ -263,9 +263,7 @@ impl Client {
             (&f).take(8192)
                 .read_to_end(&mut head)
                 .map_err(io_err(&owned))?;
-            let f = fs::File::open(&owned).map_err(io_err(&owned))?;
-            let m =
-                Manifest::scan(io::BufReader::with_capacity(1 << 20, f)).map_err(io_err(&owned))?;
+            let m = Manifest::scan_file(&f).map_err(io_err(&owned))?;
             Ok::<_, ClientError>((m, plan::worth_trying_compression(&head)))
         })
         .await
