@@ -145,8 +145,8 @@ sendme_inner() {
   rm -rf "$dir"; mkdir -p "$dir/recv"
   local t0 t1 t2 sp ticket
   t0=$(date +%s.%N)
-  sendme send --relay disabled --ticket-type addresses --magic-ipv4-addr "127.0.0.1:$port" \
-    --no-progress "$file" >"$dir/send.out" 2>&1 &
+  (cd "$dir" && exec sendme send --relay disabled --ticket-type addresses --magic-ipv4-addr "127.0.0.1:$port" \
+    --no-progress "$file" >"$dir/send.out" 2>&1) &
   sp=$!
   for _ in $(seq 1200); do grep -q "sendme receive" "$dir/send.out" && break; sleep 0.05; done
   t1=$(date +%s.%N)
