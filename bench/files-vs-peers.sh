@@ -13,7 +13,8 @@
 #   Needs rsync; builds the release relay; installs sendme with `cargo install sendme --locked`
 #   when it is missing (about 10 minutes); the sendme steps need root for `unshare -n`.
 #   Environment: RUNS, FILES_PORT (default 14433), HTTP_PORT (18080), RSYNC_PORT (18873),
-#   SENDME_PORT (17777), CARGO_TARGET_DIR.
+#   SENDME_PORT (17777), CARGO_TARGET_DIR, RELAY_BIN (a relay binary to measure instead of
+#   building one, e.g. an older release for a before-and-after).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -28,7 +29,7 @@ if ! command -v sendme >/dev/null; then
   echo "installing sendme (cargo install sendme --locked)..." >&2
   cargo install sendme --locked -q
 fi
-cargo build --release --locked -q -p relay
+[ -n "${RELAY_BIN:-}" ] || cargo build --release --locked -q -p relay
 
 work=$(mktemp -d)
 relay_pid= rsyncd_pid=
@@ -36,7 +37,7 @@ trap 'kill $relay_pid $rsyncd_pid 2>/dev/null || true; rm -rf "$work"' EXIT
 # A copy, so that another build into the same target directory cannot change it mid-run.
 relay=$work/relay
 export TIMES_FILE=$work/times
-cp "${CARGO_TARGET_DIR:-$PWD/target}/release/relay" "$relay"
+cp "${RELAY_BIN:-${CARGO_TARGET_DIR:-$PWD/target}/release/relay}" "$relay"
 
 head -c "$((size_mib << 20))" /dev/urandom >"$work/video.bin"
 cp "$work/video.bin" "$work/edited.bin"
