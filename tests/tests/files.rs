@@ -4,7 +4,7 @@
 
 use std::fs;
 use std::path::{Path, PathBuf};
-use std::process::Child;
+use std::process::{Child, Command};
 use std::time::{Duration, Instant};
 
 use relay::files::chunker::{MAX_CHUNK, MIN_CHUNK};
@@ -105,15 +105,40 @@ fn received(relay: &Relay) -> f64 {
 
 /// Waits until the relay has received at least `bytes` of chunk data, then kills `child`.
 /// Returns whether the child was still running when killed.
-fn kill_after(relay: &Relay, child: &mut Child, bytes: f64) -> bool {
-    let start = received(relay);
-    wait_for(Duration::from_secs(120), || {
-        received(relay) - start >= bytes || child.try_wait().unwrap().is_some()
-    });
-    let running = child.try_wait().unwrap().is_none();
+/// Sends the signal `name` (`STOP`, `CONT`) to `child`.
+fn signal(child: &Child, name: &str) {
+    let sent = Command::new("kill")
+        .args([format!("-{name}"), child.id().to_string()])
+        .status()
+        .is_ok_and(|s| s.success());
+    assert!(sent, "kill -{name} {}", child.id());
+}
+
+/// Lets `child` run in slices of 20 ms, frozen between them, until `enough` says what it has done
+/// so far is enough, and kills it there. Frozen, the child cannot move on while `enough` looks, so
+/// it dies in the state `enough` saw. False if the child finished first.
+fn kill_when(child: &mut Child, mut enough: impl FnMut() -> bool) -> bool {
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        std::thread::sleep(Duration::from_millis(20));
+        if child.try_wait().unwrap().is_some() {
+            return false;
+        }
+        signal(child, "STOP");
+        if enough() || Instant::now() > deadline {
+            break;
+        }
+        signal(child, "CONT");
+    }
     let _ = child.kill();
     let _ = child.wait();
-    running
+    true
+}
+
+/// Kills `child` once the relay has received `bytes` more chunk bytes.
+fn kill_after(relay: &Relay, child: &mut Child, bytes: f64) -> bool {
+    let start = received(relay);
+    kill_when(child, || received(relay) - start >= bytes)
 }
 
 fn store(relay: &Relay) -> ChunkStore {
@@ -299,46 +324,36 @@ fn interrupted_upload_and_download_resume_without_resending() {
         "upload killed part way: {before:?} of {total}; resumed: {}",
         resumed.json
     );
-    match before {
-        Some((done, listed)) => {
-            assert!(killed);
-            assert_eq!(listed, total);
-            assert!(done > 0 && done < total, "{done} of {total}");
-            assert_eq!(resumed.n("chunks_sent"), total - done, "{}", resumed.json);
-            assert_eq!(resumed.json["resumed"], true);
-        }
-        // The first run finished before it could be killed: nothing is left to send.
-        None => assert_eq!(resumed.n("chunks_sent"), 0),
-    }
+    assert!(killed, "the upload finished before it could be interrupted");
+    let (done, listed) = before.expect("the interrupted upload is open");
+    assert_eq!(listed, total);
+    assert!(done > 0 && done < total, "{done} of {total}");
+    assert_eq!(resumed.n("chunks_sent"), total - done, "{}", resumed.json);
+    assert_eq!(resumed.json["resumed"], true);
     let id = resumed.s("id");
 
     // Download: kill the client part way, then run again into the same output.
     let out = tmp.path().join("clip.out");
     let mut child = relay.spawn_files(&token, &["get", &id, "-o", s(&out)]);
     let part = tmp.path().join("clip.out.relay-part");
-    wait_for(Duration::from_secs(120), || {
-        child.try_wait().unwrap().is_some()
-            || fs::metadata(&part).is_ok_and(|_| {
-                let held = held_chunks(&part, &manifest);
-                held > 0 && held < total
-            })
-    });
-    let _ = child.kill();
-    let _ = child.wait();
-    let held = if part.exists() {
-        held_chunks(&part, &manifest)
-    } else {
-        0
+    let partial = || {
+        let held = held_chunks(&part, &manifest);
+        held > 0 && held < total
     };
+    assert!(
+        kill_when(&mut child, partial),
+        "the download finished before it could be interrupted"
+    );
+    let held = held_chunks(&part, &manifest);
+    assert!(held > 0 && held < total, "{held} of {total}");
     let again = relay.files(&token, &["get", &id, "-o", s(&out)]);
     ok(&again);
     eprintln!(
         "download killed with {held} of {total} chunks held; resumed: {}",
         again.json
     );
-    if out.exists() && held > 0 {
-        assert_eq!(again.n("chunks_received"), total - held, "{}", again.json);
-    }
+    assert_eq!(again.n("chunks_received"), total - held, "{}", again.json);
+    assert_eq!(again.n("chunks_local"), held, "{}", again.json);
     assert!(
         fs::read(&out).unwrap() == data,
         "resumed download is intact"
