@@ -1,4 +1,4 @@
-//! The command line: `relay serve | token | admin | files ...`.
+//! The command line: `relay serve | token | admin | files | store ...`.
 //!
 //! `token` and `admin` work either on the data directory directly (`--data DIR`) or through a
 //! running appliance's HTTP API (`--server URL --token T`, limited to that token's organisation).
@@ -45,6 +45,11 @@ pub enum Command {
     Files {
         #[command(subcommand)]
         command: crate::files::cli::FilesCommand,
+    },
+    /// Check the file plane's chunk store.
+    Store {
+        #[command(subcommand)]
+        command: StoreCommand,
     },
     /// Change or check the registry and the audit log.
     Admin {
@@ -177,6 +182,20 @@ pub enum RoomCommand {
 }
 
 #[derive(Debug, Subcommand)]
+pub enum StoreCommand {
+    /// Re-hash every stored chunk against its name and recount the references of every file;
+    /// exits 1 when anything is wrong. Safe beside a running relay.
+    Check {
+        /// The data directory (default: the configuration's).
+        #[arg(long)]
+        data: Option<PathBuf>,
+        /// Print the report as one JSON object.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[derive(Debug, Subcommand)]
 pub enum AuditCommand {
     /// Check the audit log's hash chain; names the first broken line.
     Verify,
@@ -240,6 +259,68 @@ pub fn run_offline(command: Command) -> CliResult {
         Command::Token(args) => token(args),
         Command::Admin { command, target } => admin(command, &target),
         Command::Files { command } => crate::files::cli::run(command),
+        Command::Store {
+            command: StoreCommand::Check { data, json },
+        } => store_check(data, json),
+    }
+}
+
+fn store_check(data: Option<PathBuf>, json: bool) -> CliResult {
+    use crate::files::store::ChunkStore;
+    let dir = data.unwrap_or_else(|| Config::default().data_dir);
+    if !dir.join("files.db").exists() {
+        return Err(CliError::Usage(format!(
+            "{} holds no file store (files.db)",
+            dir.display()
+        )));
+    }
+    let store = ChunkStore::open(&dir).map_err(|e| CliError::Failure(e.to_string()))?;
+    let r = store
+        .check()
+        .map_err(|e| CliError::Failure(e.to_string()))?;
+    let hexes = |v: &[[u8; 32]]| v.iter().map(hex::encode).collect::<Vec<_>>();
+    if json {
+        let org: Vec<Value> = r
+            .org_miscounted
+            .iter()
+            .map(|(o, h)| json!({ "org": o, "chunk": hex::encode(h) }))
+            .collect();
+        println!(
+            "{}",
+            json!({
+                "checked": r.checked,
+                "clean": r.is_clean(),
+                "corrupt": hexes(&r.corrupt),
+                "missing": hexes(&r.missing),
+                "miscounted": hexes(&r.miscounted),
+                "org_miscounted": org,
+            })
+        );
+    } else {
+        println!("checked {} chunks", r.checked);
+        for (what, list) in [
+            ("corrupt (bytes do not match the name)", &r.corrupt),
+            ("missing", &r.missing),
+            ("reference count differs from the files", &r.miscounted),
+        ] {
+            for h in list {
+                println!("{what}: {}", hex::encode(h));
+            }
+        }
+        for (org, h) in &r.org_miscounted {
+            println!(
+                "organisation {org}: reference count differs from its files: {}",
+                hex::encode(h)
+            );
+        }
+    }
+    if r.is_clean() {
+        if !json {
+            println!("store intact");
+        }
+        Ok(())
+    } else {
+        Err(CliError::Failure("the store check found problems".into()))
     }
 }
 

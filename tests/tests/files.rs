@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use relay::files::chunker::{MAX_CHUNK, MIN_CHUNK};
 use relay::files::manifest::Manifest;
 use relay::files::store::ChunkStore;
-use relay_tests::{FilesRun, Relay};
+use relay_tests::{FilesRun, Relay, run};
 
 const MIB: usize = 1 << 20;
 
@@ -361,6 +361,10 @@ fn interrupted_upload_and_download_resume_without_resending() {
     assert!(!part.exists());
 }
 
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
 /// Chunks of `manifest` that the part file already holds.
 fn held_chunks(part: &Path, manifest: &Manifest) -> u64 {
     let Ok(bytes) = fs::read(part) else { return 0 };
@@ -477,6 +481,15 @@ fn a_tampered_chunk_is_never_served() {
     let path = write(tmp.path(), "doc.bin", &data);
     let put = relay.files(&token, &["put", s(&path)]);
     ok(&put);
+    let check = || {
+        let out = run(&["store", "check", "--data", s(&relay.data), "--json"], &[]);
+        let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        (out.status.code(), report)
+    };
+    let (code, report) = check();
+    assert_eq!(code, Some(0), "{report}");
+    assert_eq!(report["clean"], true);
+    assert!(report["checked"].as_u64().unwrap() >= 2, "{report}");
     let manifest = Manifest::scan(&data[..]).unwrap();
     let victim = manifest.chunks()[1];
     let chunk_file = store(&relay).chunk_path(&victim.hash);
@@ -499,6 +512,11 @@ fn a_tampered_chunk_is_never_served() {
     }
     assert!(relay.metric("relay_files_chunks_corrupt_total").unwrap() >= 1.0);
     assert_eq!(store(&relay).check().unwrap().corrupt, vec![victim.hash]);
+    // The operator's check, beside the running relay, names the chunk and fails.
+    let (code, report) = check();
+    assert_eq!(code, Some(1), "{report}");
+    assert_eq!(report["clean"], false);
+    assert_eq!(report["corrupt"], serde_json::json!([hex(&victim.hash)]));
 }
 
 #[test]
