@@ -125,22 +125,29 @@ pub async fn read_frame(recv: &mut quinn::RecvStream) -> Result<Option<(u8, Byte
         Err(e) => return Err(StreamError::Read(e)),
     }
     let (kind, len) = wire::parse_header(head).map_err(StreamError::Wire)?;
-    let mut body = vec![0u8; len];
-    recv.read_exact(&mut body)
-        .await
-        .map_err(StreamError::Read)?;
+    // Appended piece by piece as quinn hands them over, rather than read into a zeroed buffer.
+    let mut body = Vec::with_capacity(len);
+    while body.len() < len {
+        match recv.read_chunk(len - body.len(), true).await {
+            Ok(Some(piece)) => body.extend_from_slice(&piece.bytes),
+            Ok(None) => {
+                return Err(StreamError::Read(quinn::ReadExactError::FinishedEarly(
+                    body.len(),
+                )));
+            }
+            Err(e) => return Err(StreamError::Read(quinn::ReadExactError::ReadError(e))),
+        }
+    }
     Ok(Some((kind, Bytes::from(body))))
 }
 
-pub async fn write_frame(
-    send: &mut quinn::SendStream,
-    frame: Frame<'_>,
-) -> Result<(), StreamError> {
+pub async fn write_frame(send: &mut quinn::SendStream, frame: Frame) -> Result<(), StreamError> {
     send.write_all(&frame.head)
         .await
         .map_err(StreamError::Write)?;
     if !frame.payload.is_empty() {
-        send.write_all(frame.payload)
+        // Handed to quinn as it is: no copy of the chunk into the stream's buffer.
+        send.write_chunk(frame.payload)
             .await
             .map_err(StreamError::Write)?;
     }

@@ -204,15 +204,15 @@ pub enum Response {
 /// An encoded frame: `head` holds the header and fields, `payload` follows it unchanged, so a
 /// chunk is never copied into the frame.
 #[derive(Debug)]
-pub struct Frame<'a> {
+pub struct Frame {
     pub head: Vec<u8>,
-    pub payload: &'a [u8],
+    pub payload: Bytes,
 }
 
-impl Frame<'_> {
+impl Frame {
     pub fn to_vec(&self) -> Vec<u8> {
         let mut v = self.head.clone();
-        v.extend_from_slice(self.payload);
+        v.extend_from_slice(&self.payload);
         v
     }
 }
@@ -266,7 +266,7 @@ impl Writer {
             .str(&e.owner)
             .u64(e.created)
     }
-    fn finish(self, payload: &[u8]) -> Frame<'_> {
+    fn finish(self, payload: Bytes) -> Frame {
         let mut head = self.0;
         let len = (head.len() - HEADER_LEN + payload.len()) as u32;
         head[1..HEADER_LEN].copy_from_slice(&len.to_le_bytes());
@@ -415,7 +415,7 @@ impl Request {
         }
     }
 
-    pub fn encode(&self) -> Frame<'_> {
+    pub fn encode(&self) -> Frame {
         match self {
             Request::PutStart(p) => {
                 let mut w = Writer::new(kind::PUT_START);
@@ -425,7 +425,7 @@ impl Request {
                     .u8(p.classification)
                     .u8(u8::from(p.view_only))
                     .bytes(&p.manifest.encode());
-                w.finish(&[])
+                w.finish(Bytes::new())
             }
             Request::PutChunk {
                 token,
@@ -436,32 +436,32 @@ impl Request {
             } => {
                 let mut w = Writer::new(kind::PUT_CHUNK);
                 w.str(token).bytes(upload).u32(*index).u8(encoding.byte());
-                w.finish(data)
+                w.finish(data.clone())
             }
             Request::PutCommit { token, upload } => {
                 let mut w = Writer::new(kind::PUT_COMMIT);
                 w.str(token).bytes(upload);
-                w.finish(&[])
+                w.finish(Bytes::new())
             }
             Request::GetStart { token, file } => {
                 let mut w = Writer::new(kind::GET_START);
                 w.str(token).str(file);
-                w.finish(&[])
+                w.finish(Bytes::new())
             }
             Request::GetChunk { token, file, index } => {
                 let mut w = Writer::new(kind::GET_CHUNK);
                 w.str(token).str(file).u32(*index);
-                w.finish(&[])
+                w.finish(Bytes::new())
             }
             Request::List { token } => {
                 let mut w = Writer::new(kind::LIST);
                 w.str(token);
-                w.finish(&[])
+                w.finish(Bytes::new())
             }
             Request::Remove { token, file } => {
                 let mut w = Writer::new(kind::REMOVE);
                 w.str(token).str(file);
-                w.finish(&[])
+                w.finish(Bytes::new())
             }
         }
     }
@@ -541,7 +541,7 @@ impl Response {
         }
     }
 
-    pub fn encode(&self) -> Frame<'_> {
+    pub fn encode(&self) -> Frame {
         match self {
             Response::PutReady {
                 upload,
@@ -555,22 +555,22 @@ impl Response {
                 for i in missing {
                     w.u32(*i);
                 }
-                w.finish(&[])
+                w.finish(Bytes::new())
             }
             Response::ChunkAccepted { index } => {
                 let mut w = Writer::new(kind::CHUNK_ACCEPTED);
                 w.u32(*index);
-                w.finish(&[])
+                w.finish(Bytes::new())
             }
             Response::Committed(e) => {
                 let mut w = Writer::new(kind::COMMITTED);
                 w.entry(e);
-                w.finish(&[])
+                w.finish(Bytes::new())
             }
             Response::FileInfo { entry, manifest } => {
                 let mut w = Writer::new(kind::FILE_INFO);
                 w.entry(entry).bytes(&manifest.encode());
-                w.finish(&[])
+                w.finish(Bytes::new())
             }
             Response::ChunkData {
                 index,
@@ -579,7 +579,7 @@ impl Response {
             } => {
                 let mut w = Writer::new(kind::CHUNK_DATA);
                 w.u32(*index).u8(encoding.byte());
-                w.finish(data)
+                w.finish(data.clone())
             }
             Response::Listing(entries) => {
                 let mut w = Writer::new(kind::LISTING);
@@ -587,22 +587,22 @@ impl Response {
                 for e in entries {
                     w.entry(e);
                 }
-                w.finish(&[])
+                w.finish(Bytes::new())
             }
             Response::Removed { id } => {
                 let mut w = Writer::new(kind::REMOVED);
                 w.str(id);
-                w.finish(&[])
+                w.finish(Bytes::new())
             }
             Response::Refused { code, message } => {
                 let mut w = Writer::new(kind::REFUSED);
                 w.str(code).str(message);
-                w.finish(&[])
+                w.finish(Bytes::new())
             }
             Response::Failed { code, message } => {
                 let mut w = Writer::new(kind::FAILED);
                 w.str(code).str(message);
-                w.finish(&[])
+                w.finish(Bytes::new())
             }
         }
     }
