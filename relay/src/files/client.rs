@@ -560,10 +560,12 @@ impl GetJob {
         let this = self.clone();
         tokio::task::spawn_blocking(move || {
             let plain = match encoding {
-                Encoding::Raw => data.to_vec(),
-                Encoding::Zstd => zstd::bulk::decompress(&data, c.len as usize).map_err(|e| {
-                    ClientError::Protocol(format!("chunk {index} does not decompress: {e}"))
-                })?,
+                Encoding::Raw => data,
+                Encoding::Zstd => zstd::bulk::decompress(&data, c.len as usize)
+                    .map(Bytes::from)
+                    .map_err(|e| {
+                        ClientError::Protocol(format!("chunk {index} does not decompress: {e}"))
+                    })?,
             };
             if plain.len() != c.len as usize || chunk_hash(&plain) != c.hash {
                 return Err(ClientError::Protocol(format!(
