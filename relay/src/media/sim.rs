@@ -275,6 +275,34 @@ impl Client {
         }
     }
 
+    /// One RTP packet of any content on a video layer (`layer` 0..3), its sequence number moved
+    /// by `jump` from the layer's own (gaps, repeats and steps back, as a network delivers
+    /// them). For fuzzing what a publisher may send.
+    pub fn send_raw_video(
+        &mut self,
+        layer: usize,
+        jump: i8,
+        ts: u32,
+        marker: bool,
+        payload: &[u8],
+        now: Instant,
+    ) {
+        let Some(mid) = self.video_mid else { return };
+        let layer = layer % RIDS.len();
+        let pt = self.pt(Codec::Vp8);
+        let seq = self.seq[layer].saturating_add_signed(i64::from(jump));
+        self.seq[layer] = self.seq[layer].max(seq) + 1;
+        let mut api = self.rtc.direct_api();
+        let Some(tx) = api.stream_tx_by_mid(mid, Some(Rid::from(RIDS[layer]))) else {
+            return;
+        };
+        tx.write_rtp(
+            RtpWrite::new(pt, seq.into(), ts, now, payload.to_vec())
+                .marker(marker)
+                .nackable(true),
+        );
+    }
+
     pub fn send_audio(&mut self, n: u32, now: Instant) {
         let Some(mid) = self.audio_mid else { return };
         let pt = self.pt(Codec::Opus);
