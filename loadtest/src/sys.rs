@@ -1,6 +1,7 @@
 //! The few syscalls the load tester needs that std does not offer: `sendmmsg` for batched
 //! sends, socket buffer sizes, the calling thread's CPU time, the clock-tick unit of `/proc`,
-//! and SIGTERM for the relay process it started.
+//! SIGTERM for the relay process it started, and a network namespace of its own for runs beside
+//! Janus.
 //!
 //! Unsafe code is allowed here only; each call passes pointers to live, correctly sized buffers
 //! that outlive the call, which is all these syscalls require.
@@ -105,6 +106,17 @@ pub fn terminate(pid: u32) -> io::Result<()> {
     let pid = libc::pid_t::try_from(pid).map_err(|_| io::Error::other("pid out of range"))?;
     // SAFETY: kill takes plain integers and touches no memory of ours.
     if unsafe { libc::kill(pid, libc::SIGTERM) } < 0 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(())
+    }
+}
+
+/// Moves the calling thread, and every thread and process it starts from now on, into a new
+/// network namespace of its own (needs CAP_SYS_ADMIN, as root has).
+pub fn unshare_network() -> io::Result<()> {
+    // SAFETY: unshare takes a flag word and touches no memory of ours.
+    if unsafe { libc::unshare(libc::CLONE_NEWNET) } < 0 {
         Err(io::Error::last_os_error())
     } else {
         Ok(())
