@@ -112,11 +112,7 @@ impl Outcome for media::Beside {
         media::Beside::summary(self)
     }
     fn chart(&self) -> Option<plot::Chart> {
-        Some(media::chart(
-            &[&self.relay],
-            self.relay.floor_packets_per_cpu_second,
-            None,
-        ))
+        Some(media::Beside::chart(self))
     }
 }
 

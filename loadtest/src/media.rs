@@ -335,6 +335,30 @@ pub struct Beside {
 }
 
 impl Beside {
+    /// The relay's chart with Janus beside it: packets received per CPU-second of each, and
+    /// Janus's delay and loss.
+    pub fn chart(&self) -> plot::Chart {
+        let (r, j) = (&self.relay, &self.janus);
+        let mut chart = chart(&[r], r.floor_packets_per_cpu_second, None);
+        chart.title = "relay and Janus, same clients".into();
+        let point = |f: &dyn Fn(&Report) -> f64| vec![(j.setup.sessions as f64, f(j))];
+        let extra = [
+            (
+                "janus (received per CPU-s)",
+                point(&|x| x.received_packets_per_cpu_second),
+            ),
+            ("janus p99", point(&|x| x.one_way_delay_ms.p99)),
+            ("janus loss", point(&|x| x.loss_ratio * 100.0)),
+        ];
+        for (panel, (name, points)) in chart.panels.iter_mut().zip(extra) {
+            panel.series.push(plot::Series {
+                name: name.into(),
+                points,
+            });
+        }
+        chart
+    }
+
     pub fn summary(&self) -> String {
         let mut out = self.relay.summary();
         out += &self.janus.summary();
