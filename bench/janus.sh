@@ -23,4 +23,4 @@ if [ ${#need[@]} -gt 0 ]; then
     apt-get install -y -qq "${need[@]}" >/dev/null
 fi
 cargo build --release --locked -q -p relay -p relay-loadtest
-exec target/release/relay-loadtest media --beside-janus "$@"
+exec "${CARGO_TARGET_DIR:-target}/release/relay-loadtest" media --beside-janus "$@"
