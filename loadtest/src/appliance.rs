@@ -32,8 +32,10 @@ pub struct Daemon {
 }
 
 impl Daemon {
-    /// Starts `cmd` with its stdout and stderr collected into the log.
+    /// Starts `cmd` with its stdout and stderr collected into the log; it gets SIGTERM if the
+    /// calling thread ends first (the load tester killed).
     pub fn spawn(cmd: &mut Command) -> Result<Daemon, String> {
+        sys::terminate_with_parent(cmd);
         let mut child = cmd
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
