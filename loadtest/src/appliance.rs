@@ -20,14 +20,113 @@ use crate::sys;
 /// How long a relay may take to say it is up.
 const START_TIMEOUT: Duration = Duration::from_secs(30);
 
+/// Lines of a child's output kept; past them the log is cut (the markers looked for come first).
+const MAX_LOG_LINES: usize = 20_000;
+
+/// A server process this run started (ours or a peer's), with its output collected, stopped
+/// (SIGTERM, then SIGKILL after 10 s) when dropped.
+#[derive(Debug)]
+pub struct Daemon {
+    child: Option<Child>,
+    log: Arc<Mutex<Vec<String>>>,
+}
+
+impl Daemon {
+    /// Starts `cmd` with its stdout and stderr collected into the log; it gets SIGTERM if the
+    /// calling thread ends first (the load tester killed).
+    pub fn spawn(cmd: &mut Command) -> Result<Daemon, String> {
+        sys::terminate_with_parent(cmd);
+        let mut child = cmd
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .map_err(|e| format!("start {}: {e}", cmd.get_program().to_string_lossy()))?;
+        let log = Arc::new(Mutex::new(Vec::new()));
+        let sink = |out: Option<Box<dyn std::io::Read + Send>>| {
+            let Some(out) = out else { return };
+            let sink = log.clone();
+            std::thread::spawn(move || {
+                for line in BufReader::new(out).lines().map_while(Result::ok) {
+                    let mut log = sink.lock().unwrap_or_else(|p| p.into_inner());
+                    if log.len() < MAX_LOG_LINES {
+                        log.push(line);
+                    }
+                }
+            });
+        };
+        sink(child.stdout.take().map(|o| Box::new(o) as _));
+        sink(child.stderr.take().map(|o| Box::new(o) as _));
+        Ok(Daemon {
+            child: Some(child),
+            log,
+        })
+    }
+
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
+    /// Whether the process has ended.
+    pub fn exited(&mut self) -> bool {
+        self.child
+            .as_mut()
+            .is_none_or(|c| c.try_wait().ok().flatten().is_some())
+    }
+
+    pub fn log(&self) -> String {
+        self.log
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .join("\n")
+    }
+
+    /// The value of `key=` on the first log line holding `marker`.
+    fn log_field(&self, marker: &str, key: &str) -> Option<String> {
+        let log = self.log.lock().unwrap_or_else(|p| p.into_inner());
+        let line = log.iter().find(|l| l.contains(marker))?;
+        let start = line.find(&format!("{key}="))? + key.len() + 1;
+        Some(
+            line[start..]
+                .split_whitespace()
+                .next()?
+                .trim_matches('"')
+                .to_string(),
+        )
+    }
+
+    /// Stops the process: SIGTERM, then SIGKILL after 10 s. Returns whether it exited cleanly.
+    pub fn stop(&mut self) -> bool {
+        let Some(mut child) = self.child.take() else {
+            return true;
+        };
+        let _ = sys::terminate(child.id());
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while Instant::now() < deadline {
+            if let Ok(Some(status)) = child.try_wait() {
+                return status.success();
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let _ = child.kill();
+        let _ = child.wait();
+        false
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
 /// A relay process this run started.
 #[derive(Debug)]
 pub struct OwnRelay {
-    child: Option<Child>,
+    process: Daemon,
     pub http: String,
     pub data: PathBuf,
     pub bin: PathBuf,
-    log: Arc<Mutex<Vec<String>>>,
     _tmp: tempfile::TempDir,
 }
 
@@ -70,46 +169,29 @@ impl OwnRelay {
             max_sessions.max(1)
         );
         std::fs::write(&config, text).map_err(|e| format!("write relay config: {e}"))?;
-        let mut child = Command::new(bin)
-            .arg("serve")
-            .arg("--config")
-            .arg(&config)
-            .arg("--data")
-            .arg(&data)
-            .env_remove("RELAY_TOKEN")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .map_err(|e| format!("start {}: {e}", bin.display()))?;
-        let log = Arc::new(Mutex::new(Vec::new()));
-        if let Some(stderr) = child.stderr.take() {
-            let sink = log.clone();
-            std::thread::spawn(move || {
-                for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                    sink.lock().unwrap_or_else(|p| p.into_inner()).push(line);
-                }
-            });
-        }
+        let process = Daemon::spawn(
+            Command::new(bin)
+                .arg("serve")
+                .arg("--config")
+                .arg(&config)
+                .arg("--data")
+                .arg(&data)
+                .env_remove("RELAY_TOKEN"),
+        )?;
         let mut relay = OwnRelay {
-            child: Some(child),
+            process,
             http: String::new(),
             data,
             bin: bin.to_path_buf(),
-            log,
             _tmp: tmp,
         };
         let deadline = Instant::now() + START_TIMEOUT;
         loop {
-            if let Some(addr) = relay.log_field("relay is up", "http") {
+            if let Some(addr) = relay.process.log_field("relay is up", "http") {
                 relay.http = format!("http://{addr}");
                 return Ok(relay);
             }
-            let exited = relay
-                .child
-                .as_mut()
-                .and_then(|c| c.try_wait().ok().flatten());
-            if exited.is_some() || Instant::now() > deadline {
+            if relay.process.exited() || Instant::now() > deadline {
                 std::thread::sleep(Duration::from_millis(100));
                 return Err(format!("the relay did not come up:\n{}", relay.log()));
             }
@@ -118,27 +200,11 @@ impl OwnRelay {
     }
 
     pub fn pid(&self) -> Option<u32> {
-        self.child.as_ref().map(Child::id)
+        self.process.pid()
     }
 
     pub fn log(&self) -> String {
-        self.log
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .join("\n")
-    }
-
-    fn log_field(&self, marker: &str, key: &str) -> Option<String> {
-        let log = self.log.lock().unwrap_or_else(|p| p.into_inner());
-        let line = log.iter().find(|l| l.contains(marker))?;
-        let start = line.find(&format!("{key}="))? + key.len() + 1;
-        Some(
-            line[start..]
-                .split_whitespace()
-                .next()?
-                .trim_matches('"')
-                .to_string(),
-        )
+        self.process.log()
     }
 
     /// An admin token of the demo organisation, minted on the data directory.
@@ -173,26 +239,7 @@ impl OwnRelay {
 
     /// Stops the relay: SIGTERM, then SIGKILL after 10 s. Returns whether it exited cleanly.
     pub fn stop(&mut self) -> bool {
-        let Some(mut child) = self.child.take() else {
-            return true;
-        };
-        let _ = sys::terminate(child.id());
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while Instant::now() < deadline {
-            if let Ok(Some(status)) = child.try_wait() {
-                return status.success();
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        let _ = child.kill();
-        let _ = child.wait();
-        false
-    }
-}
-
-impl Drop for OwnRelay {
-    fn drop(&mut self) {
-        self.stop();
+        self.process.stop()
     }
 }
 

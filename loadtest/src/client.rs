@@ -14,7 +14,7 @@
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
-use str0m::change::{SdpAnswer, SdpPendingOffer};
+use str0m::change::{SdpAnswer, SdpOffer, SdpPendingOffer};
 use str0m::format::Codec;
 use str0m::media::{Direction, MediaKind, Mid, Pt, Rid, Simulcast, SimulcastLayer};
 use str0m::rtp::{ExtensionValues, RtpWrite};
@@ -303,6 +303,19 @@ impl Peer {
             .sdp_api()
             .accept_answer(pending, answer)
             .map_err(|e| format!("answer refused: {e}"))
+    }
+
+    /// Answers a server's offer (a peer that sends its subscribers the offer, as Janus does):
+    /// every media line it offers is received.
+    pub fn answer_offer(&mut self, offer: &str) -> Result<String, String> {
+        let offer =
+            SdpOffer::from_sdp_string(offer).map_err(|e| format!("offer does not parse: {e}"))?;
+        let answer = self
+            .rtc
+            .sdp_api()
+            .accept_offer(offer)
+            .map_err(|e| format!("offer refused: {e}"))?;
+        Ok(answer.to_sdp_string())
     }
 
     /// Starts counting loss afresh on every received stream.

@@ -6,6 +6,7 @@ mod client;
 mod driver;
 mod files;
 mod floor;
+mod janus;
 mod media;
 mod output;
 mod plot;
@@ -106,6 +107,15 @@ impl Outcome for media::Report {
     }
 }
 
+impl Outcome for media::Beside {
+    fn summary(&self) -> String {
+        media::Beside::summary(self)
+    }
+    fn chart(&self) -> Option<plot::Chart> {
+        Some(media::Beside::chart(self))
+    }
+}
+
 impl Outcome for capacity::Report {
     fn summary(&self) -> String {
         capacity::Report::summary(self)
@@ -182,8 +192,25 @@ fn main() -> ExitCode {
             plot,
         } if c.find_capacity => finish(
             "media",
-            o.check().and_then(|()| c.check()),
+            o.check().and_then(|()| c.check()).and_then(|()| {
+                if o.beside_janus || o.peer != media::PeerKind::Relay {
+                    Err("--find-capacity loads our relay only".into())
+                } else {
+                    Ok(())
+                }
+            }),
             || capacity::run(&o, &c),
+            Outputs { json, plot },
+        ),
+        Command::Media {
+            options: o,
+            json,
+            plot,
+            ..
+        } if o.beside_janus => finish(
+            "media",
+            o.check(),
+            || media::run_beside_janus(&o),
             Outputs { json, plot },
         ),
         Command::Media {

@@ -9,6 +9,7 @@
 //! deadline computed up front; the run stops by itself.
 
 use std::io::IsTerminal;
+use std::path::PathBuf;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -18,6 +19,7 @@ use crate::appliance::{self, Api, Cpu, Metrics};
 use crate::client::{Peer, Role};
 use crate::driver::{self, Group, GroupResult};
 use crate::floor;
+use crate::janus;
 use crate::plot;
 use crate::sys;
 
@@ -86,9 +88,31 @@ pub struct Options {
     /// Time per method of the loopback floor measured first (0s: skip it).
     #[arg(long, default_value = "2s", value_parser = humantime::parse_duration)]
     pub floor_duration: Duration,
+    /// The SFU to load: our relay, or Janus's VideoRoom (Debian's `janus`, started here on
+    /// loopback and driven through its HTTP API).
+    #[arg(long, value_enum, default_value = "relay")]
+    pub peer: PeerKind,
+    /// Run the same clients against our relay and then against Janus, and report both.
+    #[arg(long, conflicts_with = "peer")]
+    pub beside_janus: bool,
+    /// The `janus` binary.
+    #[arg(long, default_value = "janus")]
+    pub janus_bin: PathBuf,
+    /// The folder whose janus.jcfg, janus.transport.http.jcfg and janus.plugin.videoroom.jcfg
+    /// are copied and made loopback-only.
+    #[arg(long, default_value = "/etc/janus")]
+    pub janus_configs: PathBuf,
     /// Draw a progress line on stderr.
     #[arg(skip = true)]
     pub progress: bool,
+}
+
+/// Which SFU a run loads.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum PeerKind {
+    Relay,
+    Janus,
 }
 
 impl Options {
@@ -124,6 +148,14 @@ impl Options {
         if !(1..=64).contains(&self.client_threads) {
             return Err("--client-threads must be 1 to 64".into());
         }
+        if self.peer == PeerKind::Janus || self.beside_janus {
+            if self.layout != Layout::Grid {
+                return Err("Janus runs take the grid layout only".into());
+            }
+            if self.relay.target.is_some() {
+                return Err("Janus runs start their own relay and Janus: no --target".into());
+            }
+        }
         self.relay.check()
     }
 
@@ -149,6 +181,8 @@ impl Options {
 /// The run's settings, as recorded in the report.
 #[derive(Debug, Clone, Serialize)]
 pub struct Setup {
+    /// What was loaded: `relay` or `janus`.
+    pub sfu: &'static str,
     pub target: Option<String>,
     pub rooms: usize,
     pub publishers_per_room: usize,
@@ -199,6 +233,10 @@ pub struct RelayFigures {
     pub layer_switches: u64,
     pub keyframe_requests: u64,
     pub forwarded_per_second: f64,
+    /// Who counted the forwarded packets: the SFU itself (`sfu`, our relay's `/metrics`), or
+    /// its subscribers (`subscribers`: Janus has no such counter), in which case the counts
+    /// above other than these are zero.
+    pub forwarded_counted_by: &'static str,
     /// Whole process, user + system.
     pub cpu_seconds: f64,
     /// Where the CPU time came from: `proc` (our own child) or `metrics` (`--target`).
@@ -242,6 +280,9 @@ pub struct Report {
     pub relay: RelayFigures,
     /// The headline: packets the relay forwarded per CPU-second of its whole process.
     pub forwarded_packets_per_cpu_second: f64,
+    /// Packets the subscribers received per CPU-second of the SFU's whole process: the same
+    /// yardstick for our relay and for Janus.
+    pub received_packets_per_cpu_second: f64,
     pub forwarded_packets_per_media_worker_cpu_second: Option<f64>,
     pub floor: Option<floor::Report>,
     pub floor_packets_per_cpu_second: Option<f64>,
@@ -252,25 +293,125 @@ pub struct Report {
     pub stopped_by_itself: bool,
 }
 
+/// The SFU under test as a run sees it: how participants join it, and its process.
+pub trait Sfu {
+    /// `relay` or `janus`.
+    fn name(&self) -> &'static str;
+    /// Creates the rooms, and whatever else participants need, before anyone joins; `prefix`
+    /// makes names unique per run.
+    fn prepare(&mut self, o: &Options, prefix: &str) -> Result<(), String>;
+    /// Signals publisher `index` of `room`; on return the peer has its answer.
+    fn publish(
+        &mut self,
+        o: &Options,
+        room: usize,
+        index: usize,
+        peer: &mut Peer,
+    ) -> Result<(), String>;
+    /// Signals watcher `index` of `room`: a subscriber, or with `own` publisher `own` of the
+    /// room subscribing too. False when there is nothing for it to receive.
+    fn subscribe(
+        &mut self,
+        o: &Options,
+        room: usize,
+        index: usize,
+        own: Option<usize>,
+        peer: &mut Peer,
+    ) -> Result<bool, String>;
+    /// Its own counters, where it has any.
+    fn metrics(&self) -> Result<Option<Metrics>, String>;
+    fn cpu(&self) -> Cpu;
+    /// Ends the sessions it opened (best effort).
+    fn end(&mut self) {}
+}
+
+/// Our relay and Janus under the same load, one after the other in one run.
+#[derive(Debug, Clone, Serialize)]
+pub struct Beside {
+    pub relay: Report,
+    pub janus: Report,
+    /// Packets subscribers received per relay CPU-second over the same per Janus CPU-second.
+    pub relay_to_janus: Option<f64>,
+}
+
+impl Beside {
+    /// The relay's chart with Janus beside it: packets received per CPU-second of each, and
+    /// Janus's delay and loss.
+    pub fn chart(&self) -> plot::Chart {
+        let (r, j) = (&self.relay, &self.janus);
+        let mut chart = chart(&[r], r.floor_packets_per_cpu_second, None);
+        chart.title = "relay and Janus, same clients".into();
+        let point = |f: &dyn Fn(&Report) -> f64| vec![(j.setup.sessions as f64, f(j))];
+        let extra = [
+            (
+                "janus (received per CPU-s)",
+                point(&|x| x.received_packets_per_cpu_second),
+            ),
+            ("janus p99", point(&|x| x.one_way_delay_ms.p99)),
+            ("janus loss", point(&|x| x.loss_ratio * 100.0)),
+        ];
+        for (panel, (name, points)) in chart.panels.iter_mut().zip(extra) {
+            panel.series.push(plot::Series {
+                name: name.into(),
+                points,
+            });
+        }
+        chart
+    }
+
+    pub fn summary(&self) -> String {
+        let mut out = self.relay.summary();
+        out += &self.janus.summary();
+        let (r, j) = (&self.relay, &self.janus);
+        let of_floor = |x: &Report| {
+            x.floor_packets_per_cpu_second
+                .filter(|f| *f > 0.0)
+                .map_or(String::new(), |f| {
+                    format!(
+                        " ({:.1}% of floor)",
+                        x.received_packets_per_cpu_second / f * 100.0
+                    )
+                })
+        };
+        out += &format!(
+            "side by side, packets received by the subscribers per CPU-second of the SFU:\n  \
+             relay: {:.0} forwarded packets per relay CPU-second{}\n  \
+             janus: {:.0} forwarded packets per Janus CPU-second{}; relay/janus ratio {}\n",
+            r.received_packets_per_cpu_second,
+            of_floor(r),
+            j.received_packets_per_cpu_second,
+            of_floor(j),
+            self.relay_to_janus
+                .map_or("-".to_string(), |x| format!("{x:.2}"))
+        );
+        out
+    }
+}
+
 struct Snapshot {
     at: Instant,
+    /// The SFU's own counters, or zeros where it has none (`counted` false).
     metrics: Metrics,
+    counted: bool,
     cpu: f64,
     workers_cpu: Option<f64>,
 }
 
-fn snapshot(api: &Api, cpu: &Cpu) -> Result<Snapshot, String> {
-    let metrics = api.metrics()?;
-    let (cpu, workers_cpu) = match cpu {
+fn snapshot(sfu: &dyn Sfu) -> Result<Snapshot, String> {
+    let metrics = sfu.metrics()?;
+    let counted = metrics.is_some();
+    let metrics = metrics.unwrap_or_default();
+    let (cpu, workers_cpu) = match sfu.cpu() {
         Cpu::Proc(pid) => (
-            appliance::process_cpu_seconds(*pid)?,
-            Some(appliance::threads_cpu_seconds(*pid, "media-worker")),
+            appliance::process_cpu_seconds(pid)?,
+            (sfu.name() == "relay").then(|| appliance::threads_cpu_seconds(pid, "media-worker")),
         ),
         Cpu::Metrics => (metrics.process_cpu_seconds, None),
     };
     Ok(Snapshot {
         at: Instant::now(),
         metrics,
+        counted,
         cpu,
         workers_cpu,
     })
@@ -282,21 +423,146 @@ struct Participant {
     token: String,
 }
 
-/// Runs the whole load test.
+/// Our relay over WHIP and WHEP, with one user and token per participant.
+struct Relay<'a> {
+    api: &'a Api,
+    cpu: Cpu,
+    rooms: Vec<(Vec<Participant>, Vec<Participant>)>,
+    /// (Location, token) of every session opened.
+    sessions: Vec<(String, String)>,
+}
+
+impl Sfu for Relay<'_> {
+    fn name(&self) -> &'static str {
+        "relay"
+    }
+
+    fn prepare(&mut self, o: &Options, prefix: &str) -> Result<(), String> {
+        let api = self.api;
+        api.add_device(DEVICE)?;
+        for r in 0..o.rooms {
+            let room = format!("{prefix}-room{r}");
+            api.add_room(&room)?;
+            let make = |kind: &str, n: usize| -> Result<Vec<Participant>, String> {
+                (0..n)
+                    .map(|i| {
+                        let user = format!("{prefix}-r{r}-{kind}{i}");
+                        api.add_user(&user)?;
+                        Ok(Participant {
+                            room: room.clone(),
+                            token: api.mint(&user, DEVICE)?,
+                        })
+                    })
+                    .collect()
+            };
+            let pubs = make("p", o.publishers)?;
+            let subs = make("s", o.subscribers)?;
+            self.rooms.push((pubs, subs));
+        }
+        Ok(())
+    }
+
+    fn publish(
+        &mut self,
+        o: &Options,
+        room: usize,
+        index: usize,
+        peer: &mut Peer,
+    ) -> Result<(), String> {
+        let p = &self.rooms[room].0[index];
+        let offer = peer.publisher_offer()?;
+        let source = if o.layout == Layout::Screen && index == 0 {
+            "screen"
+        } else {
+            "camera"
+        };
+        let s = self.api.offer(
+            &format!("/whip/{}?source={source}", p.room),
+            &p.token,
+            &offer,
+        )?;
+        peer.accept(&s.answer)?;
+        self.sessions.push((s.location, p.token.clone()));
+        Ok(())
+    }
+
+    fn subscribe(
+        &mut self,
+        o: &Options,
+        room: usize,
+        index: usize,
+        own: Option<usize>,
+        peer: &mut Peer,
+    ) -> Result<bool, String> {
+        let (pubs, subs) = &self.rooms[room];
+        let p = match own {
+            Some(i) => &pubs[i],
+            None => &subs[index],
+        };
+        let offer = peer.subscriber_offer(o.slots)?;
+        let s = self.api.offer(
+            &format!("/whep/{}?layout={}", p.room, o.layout.as_str()),
+            &p.token,
+            &offer,
+        )?;
+        peer.accept(&s.answer)?;
+        self.sessions.push((s.location, p.token.clone()));
+        Ok(true)
+    }
+
+    fn metrics(&self) -> Result<Option<Metrics>, String> {
+        self.api.metrics().map(Some)
+    }
+
+    fn cpu(&self) -> Cpu {
+        self.cpu
+    }
+
+    fn end(&mut self) {
+        for (location, token) in &self.sessions {
+            self.api.end(location, token);
+        }
+    }
+}
+
+/// Runs the whole load test against the SFU `--peer` names.
 pub fn run(o: &Options) -> Result<Report, String> {
+    let (started_unix, floor) = begin(o)?;
+    match o.peer {
+        PeerKind::Relay => run_relay(o, started_unix, floor),
+        PeerKind::Janus => run_janus(o, started_unix, floor),
+    }
+}
+
+/// Checks the options, installs the crypto provider and measures the floor.
+fn begin(o: &Options) -> Result<(u64, Option<floor::Report>), String> {
     o.check()?;
+    if o.peer == PeerKind::Janus || o.beside_janus {
+        // Before any thread or child, so that all of the run shares the namespace.
+        progress(
+            o,
+            "moving into a network namespace of its own (loopback only)",
+        );
+        janus::enter_namespace()?;
+    }
     str0m::crypto::from_feature_flags().install_process_default();
     let started_unix = SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| d.as_secs());
-
     let floor = if o.floor_duration.is_zero() {
         None
     } else {
         progress(o, "measuring the loopback floor");
         Some(floor::measure(o.floor_duration, 50_000_000).map_err(|e| format!("floor: {e}"))?)
     };
+    Ok((started_unix, floor))
+}
 
+fn run_relay(
+    o: &Options,
+    started_unix: u64,
+    floor: Option<floor::Report>,
+) -> Result<Report, String> {
     let (own, api, cpu) = appliance::attach(
         &o.relay,
         o.workers,
@@ -304,7 +570,13 @@ pub fn run(o: &Options) -> Result<Report, String> {
         o.sessions_per_room() + 4,
         |m| progress(o, m),
     )?;
-    let result = drive(o, &api, &cpu, started_unix, floor);
+    let mut relay = Relay {
+        api: &api,
+        cpu,
+        rooms: Vec::new(),
+        sessions: Vec::new(),
+    };
+    let result = drive(o, &mut relay, started_unix, floor);
     if let Some(mut relay) = own {
         if result.is_err() {
             eprintln!("relay log:\n{}", relay.log());
@@ -314,10 +586,46 @@ pub fn run(o: &Options) -> Result<Report, String> {
     result
 }
 
+fn run_janus(
+    o: &Options,
+    started_unix: u64,
+    floor: Option<floor::Report>,
+) -> Result<Report, String> {
+    progress(o, &format!("starting {}", o.janus_bin.display()));
+    let mut own = janus::OwnJanus::start(&o.janus_bin, &o.janus_configs)?;
+    let result = janus::VideoRoom::new(&own, run_deadline(o, Instant::now()))
+        .and_then(|mut room| drive(o, &mut room, started_unix, floor));
+    if result.is_err() {
+        eprintln!("janus log:\n{}", own.log());
+    }
+    own.stop();
+    result
+}
+
+/// Our relay and then Janus, with the same clients, settings and floor.
+pub fn run_beside_janus(o: &Options) -> Result<Beside, String> {
+    let (started_unix, floor) = begin(o)?;
+    progress(o, "our relay first");
+    let relay = run_relay(o, started_unix, floor.clone())?;
+    progress(o, "then Janus");
+    let janus = run_janus(o, started_unix, floor)?;
+    let relay_to_janus = (janus.received_packets_per_cpu_second > 0.0)
+        .then(|| relay.received_packets_per_cpu_second / janus.received_packets_per_cpu_second);
+    Ok(Beside {
+        relay,
+        janus,
+        relay_to_janus,
+    })
+}
+
+/// Latest moment a run may go on to, from its start: joins, warm-up, window and slack.
+fn run_deadline(o: &Options, epoch: Instant) -> Instant {
+    epoch + JOIN_TIMEOUT * 2 + o.warmup + o.duration + Duration::from_secs(30)
+}
+
 fn drive(
     o: &Options,
-    api: &Api,
-    cpu: &Cpu,
+    sfu: &mut dyn Sfu,
     started_unix: u64,
     floor: Option<floor::Report>,
 ) -> Result<Report, String> {
@@ -327,37 +635,16 @@ fn drive(
         o,
         &format!("registering {} rooms and their participants", o.rooms),
     );
-    api.add_device(DEVICE)?;
-    let mut rooms: Vec<(Vec<Participant>, Vec<Participant>)> = Vec::new();
-    for r in 0..o.rooms {
-        let room = format!("{prefix}-room{r}");
-        api.add_room(&room)?;
-        let make = |kind: &str, n: usize| -> Result<Vec<Participant>, String> {
-            (0..n)
-                .map(|i| {
-                    let user = format!("{prefix}-r{r}-{kind}{i}");
-                    api.add_user(&user)?;
-                    Ok(Participant {
-                        room: room.clone(),
-                        token: api.mint(&user, DEVICE)?,
-                    })
-                })
-                .collect()
-        };
-        let pubs = make("p", o.publishers)?;
-        let subs = make("s", o.subscribers)?;
-        rooms.push((pubs, subs));
-    }
+    sfu.prepare(o, &prefix)?;
 
     let epoch = Instant::now();
-    let deadline = epoch + JOIN_TIMEOUT * 2 + o.warmup + o.duration + Duration::from_secs(30);
+    let deadline = run_deadline(o, epoch);
     let groups: Vec<Group> = (0..o.client_threads)
         .map(|i| driver::spawn(i, epoch, deadline))
         .collect::<Result<_, _>>()
         .map_err(|e| format!("start client threads: {e}"))?;
-    let mut sessions: Vec<(String, String)> = Vec::new();
-    let opened = open_sessions(o, api, &rooms, &groups, &mut sessions);
-    let report = opened.and_then(|()| measure(o, api, cpu, &groups, epoch, deadline));
+    let opened = open_sessions(o, sfu, &groups);
+    let report = opened.and_then(|()| measure(o, sfu, &groups, epoch, deadline));
     for g in &groups {
         g.shared.phase.store(driver::STOP, Ordering::Release);
     }
@@ -369,12 +656,11 @@ fn drive(
             Err(_) => return Err("a client thread panicked".into()),
         }
     }
-    for (location, token) in &sessions {
-        api.end(location, token);
-    }
+    sfu.end();
     let (window, relay, snap_ok) = report?;
     Ok(assemble(
         o,
+        sfu.name(),
         started_unix,
         floor,
         window,
@@ -384,13 +670,7 @@ fn drive(
     ))
 }
 
-fn open_sessions(
-    o: &Options,
-    api: &Api,
-    rooms: &[(Vec<Participant>, Vec<Participant>)],
-    groups: &[Group],
-    sessions: &mut Vec<(String, String)>,
-) -> Result<(), String> {
+fn open_sessions(o: &Options, sfu: &mut dyn Sfu, groups: &[Group]) -> Result<(), String> {
     let mut next_group = 0;
     let mut id = 0u32;
     let mut hand = |p: Peer| -> Result<(), String> {
@@ -400,40 +680,31 @@ fn open_sessions(
             .map_err(|_| "a client thread has stopped".to_string())
     };
     // Publishers first, so subscribers find media as soon as they connect.
-    for (pubs, _) in rooms {
-        for (i, p) in pubs.iter().enumerate() {
+    for room in 0..o.rooms {
+        for i in 0..o.publishers {
             id += 1;
             let mut peer = Peer::new(client_socket()?, Role::Publisher, id, Instant::now())?;
-            peer.turn = (i as u32, pubs.len() as u32);
-            let offer = peer.publisher_offer()?;
-            let source = if o.layout == Layout::Screen && i == 0 {
-                "screen"
-            } else {
-                "camera"
-            };
-            let s = api.offer(
-                &format!("/whip/{}?source={source}", p.room),
-                &p.token,
-                &offer,
-            )?;
-            peer.accept(&s.answer)?;
-            sessions.push((s.location, p.token.clone()));
+            peer.turn = (i as u32, o.publishers as u32);
+            sfu.publish(o, room, i, &mut peer)?;
             hand(peer)?;
         }
     }
-    for (pubs, subs) in rooms {
-        let watchers = subs.iter().chain(pubs.iter().filter(|_| o.meeting));
-        for p in watchers {
+    // Janus takes subscribers to a feed only once its publisher's connection is up.
+    let until = Instant::now() + JOIN_TIMEOUT;
+    let publishers = (o.rooms * o.publishers) as u64;
+    while sum(groups, |s| s.joined.load(Ordering::Relaxed)) < publishers && Instant::now() < until {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    for room in 0..o.rooms {
+        let own = (0..o.publishers).filter(|_| o.meeting).map(Some);
+        for (index, own) in std::iter::repeat_n(None, o.subscribers)
+            .chain(own)
+            .enumerate()
+        {
             let mut peer = Peer::new(client_socket()?, Role::Subscriber, 0, Instant::now())?;
-            let offer = peer.subscriber_offer(o.slots)?;
-            let s = api.offer(
-                &format!("/whep/{}?layout={}", p.room, o.layout.as_str()),
-                &p.token,
-                &offer,
-            )?;
-            peer.accept(&s.answer)?;
-            sessions.push((s.location, p.token.clone()));
-            hand(peer)?;
+            if sfu.subscribe(o, room, index, own, &mut peer)? {
+                hand(peer)?;
+            }
         }
     }
     Ok(())
@@ -458,8 +729,7 @@ fn sum(groups: &[Group], f: impl Fn(&driver::Shared) -> u64) -> u64 {
 /// whether both relay snapshots were taken).
 fn measure(
     o: &Options,
-    api: &Api,
-    cpu: &Cpu,
+    sfu: &dyn Sfu,
     groups: &[Group],
     epoch: Instant,
     deadline: Instant,
@@ -488,7 +758,7 @@ fn measure(
         tick(o, groups, "warm-up", None);
     }
 
-    let a = snapshot(api, cpu)?;
+    let a = snapshot(sfu)?;
     for g in groups {
         g.shared.phase.store(driver::MEASURE, Ordering::Release);
     }
@@ -500,20 +770,21 @@ fn measure(
         );
         if last_print.elapsed() >= Duration::from_secs(1) {
             last_print = Instant::now();
-            let m = api.metrics().ok();
+            let m = sfu.metrics().ok().flatten();
             tick(o, groups, "measuring", m.map(|m| (m, &a)));
         }
     }
     for g in groups {
         g.shared.phase.store(driver::MEASURED, Ordering::Release);
     }
-    let b = snapshot(api, cpu)?;
+    let b = snapshot(sfu)?;
     if o.progress {
         eprintln!();
     }
     let secs = (b.at - a.at).as_secs_f64();
+    let cpu = sfu.cpu();
     let (rss, peak) = match cpu {
-        Cpu::Proc(pid) => appliance::process_rss(*pid),
+        Cpu::Proc(pid) => appliance::process_rss(pid),
         Cpu::Metrics => (b.metrics.process_rss_bytes as u64, 0),
     };
     let d = |f: fn(&Metrics) -> f64| (f(&b.metrics) - f(&a.metrics)).max(0.0) as u64;
@@ -531,6 +802,7 @@ fn measure(
         layer_switches: d(|m| m.layer_switches),
         keyframe_requests: d(|m| m.keyframe_requests),
         forwarded_per_second: forwarded as f64 / secs.max(1e-9),
+        forwarded_counted_by: if b.counted { "sfu" } else { "subscribers" },
         cpu_seconds: cpu_s,
         cpu_source: cpu.source(),
         media_workers_cpu_seconds: match (a.workers_cpu, b.workers_cpu) {
@@ -582,12 +854,14 @@ fn progress_line(o: &Options, msg: &str) {
     }
 }
 
+#[allow(clippy::too_many_arguments)]
 fn assemble(
     o: &Options,
+    sfu: &'static str,
     started_unix: u64,
     floor: Option<floor::Report>,
     window_seconds: f64,
-    relay: RelayFigures,
+    mut relay: RelayFigures,
     results: Vec<GroupResult>,
     stopped_by_itself: bool,
 ) -> Report {
@@ -604,15 +878,25 @@ fn assemble(
         delays.extend(r.delays_us.iter().map(|&us| f64::from(us) / 1e3));
         joins.extend(r.joins);
     }
-    let per_cpu = if relay.cpu_seconds > 0.0 {
-        relay.packets_forwarded as f64 / relay.cpu_seconds
-    } else {
-        0.0
+    if relay.forwarded_counted_by == "subscribers" {
+        relay.packets_forwarded = t.received();
+        relay.bytes_forwarded = t.bytes_received;
+        relay.forwarded_per_second = t.received() as f64 / window_seconds.max(1e-9);
+    }
+    let per_cpu_second = |packets: u64| {
+        if relay.cpu_seconds > 0.0 {
+            packets as f64 / relay.cpu_seconds
+        } else {
+            0.0
+        }
     };
+    let per_cpu = per_cpu_second(relay.packets_forwarded);
+    let received_per_cpu = per_cpu_second(t.received());
     let floor_pps = floor.as_ref().map(|f| f.floor_packets_per_cpu_second);
     Report {
         started_unix,
         setup: Setup {
+            sfu,
             target: o.relay.target.clone(),
             rooms: o.rooms,
             publishers_per_room: o.publishers,
@@ -652,6 +936,7 @@ fn assemble(
             .map(|c| relay.packets_forwarded as f64 / c),
         relay,
         forwarded_packets_per_cpu_second: per_cpu,
+        received_packets_per_cpu_second: received_per_cpu,
         floor,
         floor_packets_per_cpu_second: floor_pps,
         ratio_to_floor: floor_pps.filter(|f| *f > 0.0).map(|f| per_cpu / f),
@@ -674,9 +959,10 @@ impl Report {
     pub fn summary(&self) -> String {
         let s = &self.setup;
         let r = &self.relay;
+        let name = s.sfu;
         let mut out = format!(
-            "media load: {} rooms x ({} publishers{} + {} subscribers), {} slots, {} layout, \
-             {} sessions, relay io batch {}; window {:.1} s after {:.0} s warm-up\n",
+            "media load on {name}: {} rooms x ({} publishers{} + {} subscribers), {} slots, {} layout, \
+             {} sessions{}; window {:.1} s after {:.0} s warm-up\n",
             s.rooms,
             s.publishers_per_room,
             if s.meeting { " also subscribing" } else { "" },
@@ -684,7 +970,11 @@ impl Report {
             s.slots,
             s.layout.as_str(),
             s.sessions,
-            s.relay_io_batch,
+            if name == "relay" {
+                format!(", relay io batch {}", s.relay_io_batch)
+            } else {
+                String::new()
+            },
             self.window_seconds,
             s.warmup_seconds
         );
@@ -713,18 +1003,25 @@ impl Report {
             self.one_way_delay_ms.p99,
             self.one_way_delay_ms.max
         );
-        out += &format!(
-            "  relay: received {} forwarded {} ({:.0}/s) dropped {}  keyframe requests {}  layer switches {}\n",
-            r.packets_received,
-            r.packets_forwarded,
-            r.forwarded_per_second,
-            r.packets_dropped,
-            r.keyframe_requests,
-            r.layer_switches
-        );
+        if r.forwarded_counted_by == "sfu" {
+            out += &format!(
+                "  {name}: received {} forwarded {} ({:.0}/s) dropped {}  keyframe requests {}  layer switches {}\n",
+                r.packets_received,
+                r.packets_forwarded,
+                r.forwarded_per_second,
+                r.packets_dropped,
+                r.keyframe_requests,
+                r.layer_switches
+            );
+        } else {
+            out += &format!(
+                "  {name}: forwarded {} ({:.0}/s), as counted by the subscribers\n",
+                r.packets_forwarded, r.forwarded_per_second
+            );
+        }
         let fmt_ms = |v: Option<f64>| v.map_or("-".to_string(), |x| format!("{x:.3} ms"));
         out += &format!(
-            "  relay: CPU {:.2} s ({:.2} cores{})  RSS {:.1} MiB (peak {:.1} MiB)  forward delay p50 {} p99 {}\n",
+            "  {name}: CPU {:.2} s ({:.2} cores{})  RSS {:.1} MiB (peak {:.1} MiB)  forward delay p50 {} p99 {}\n",
             r.cpu_seconds,
             r.cores_busy,
             r.media_workers_cpu_seconds
@@ -735,7 +1032,7 @@ impl Report {
             fmt_ms(r.forward_delay_p99_ms)
         );
         out += &format!(
-            "forwarded packets per relay CPU-second: {:.0}",
+            "forwarded packets per {name} CPU-second: {:.0}",
             self.forwarded_packets_per_cpu_second
         );
         if let Some(w) = self.forwarded_packets_per_media_worker_cpu_second {
@@ -744,7 +1041,7 @@ impl Report {
         out += "\n";
         if let (Some(f), Some(ratio)) = (self.floor_packets_per_cpu_second, self.ratio_to_floor) {
             out += &format!(
-                "loopback floor (sendmmsg + AES-128-GCM, same run): {f:.0} packets per CPU-second; relay at {:.1}% of it\n",
+                "loopback floor (sendmmsg + AES-128-GCM, same run): {f:.0} packets per CPU-second; {name} at {:.1}% of it\n",
                 ratio * 100.0
             );
         }
@@ -826,6 +1123,10 @@ mod tests {
             io_batch: 1,
             client_threads: 1,
             floor_duration: Duration::from_millis(100),
+            peer: PeerKind::Relay,
+            beside_janus: false,
+            janus_bin: "janus".into(),
+            janus_configs: "/etc/janus".into(),
             progress: false,
         };
         let t0 = Instant::now();

@@ -1,6 +1,7 @@
 //! The few syscalls the load tester needs that std does not offer: `sendmmsg` for batched
 //! sends, socket buffer sizes, the calling thread's CPU time, the clock-tick unit of `/proc`,
-//! and SIGTERM for the relay process it started.
+//! SIGTERM for the server processes it started (also when it dies itself), and a network
+//! namespace of its own for runs beside Janus.
 //!
 //! Unsafe code is allowed here only; each call passes pointers to live, correctly sized buffers
 //! that outlive the call, which is all these syscalls require.
@@ -108,5 +109,32 @@ pub fn terminate(pid: u32) -> io::Result<()> {
         Err(io::Error::last_os_error())
     } else {
         Ok(())
+    }
+}
+
+/// Moves the calling thread, and every thread and process it starts from now on, into a new
+/// network namespace of its own (needs CAP_SYS_ADMIN, as root has).
+pub fn unshare_network() -> io::Result<()> {
+    // SAFETY: unshare takes a flag word and touches no memory of ours.
+    if unsafe { libc::unshare(libc::CLONE_NEWNET) } < 0 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(())
+    }
+}
+
+/// Makes the process `cmd` starts get SIGTERM when the thread that started it ends, so a
+/// server under test does not outlive a load tester that was killed.
+pub fn terminate_with_parent(cmd: &mut std::process::Command) {
+    use std::os::unix::process::CommandExt;
+    // SAFETY: the hook runs in the child between fork and exec and calls only prctl, which is
+    // async-signal-safe and touches no memory of ours.
+    unsafe {
+        cmd.pre_exec(|| {
+            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM) < 0 {
+                return Err(io::Error::last_os_error());
+            }
+            Ok(())
+        });
     }
 }

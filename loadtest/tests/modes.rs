@@ -218,3 +218,114 @@ fn bad_options_exit_2_without_running() {
         assert_eq!(code, 2, "{args:?}: {out}");
     }
 }
+
+/// Process ids of every running `janus`.
+fn janus_pids() -> Vec<u32> {
+    std::fs::read_dir("/proc")
+        .into_iter()
+        .flatten()
+        .filter_map(Result::ok)
+        .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|pid| {
+            std::fs::read_to_string(format!("/proc/{pid}/comm")).is_ok_and(|c| c.trim() == "janus")
+        })
+        .collect()
+}
+
+#[test]
+fn beside_janus_runs_the_same_clients_on_both_and_stops_by_itself() {
+    // Janus comes from Debian (CI installs it); the run needs root for its network namespace.
+    let janus = std::env::split_paths(&std::env::var_os("PATH").unwrap_or_default())
+        .any(|d| d.join("janus").is_file());
+    if !janus {
+        println!("SKIPPED beside_janus: `janus` is not installed (apt-get install -y janus)");
+        return;
+    }
+    let root = std::fs::read_to_string("/proc/self/status").is_ok_and(|s| {
+        s.lines()
+            .find(|l| l.starts_with("Uid:"))
+            .and_then(|l| l.split_whitespace().nth(2))
+            == Some("0")
+    });
+    if !root {
+        println!("SKIPPED beside_janus: the run's network namespace needs root");
+        return;
+    }
+    let before = janus_pids();
+    let dir = tempfile::tempdir().unwrap();
+    let report = dir.path().join("beside.json");
+    let (code, out) = loadtest(&[
+        "media",
+        "--beside-janus",
+        "--rooms",
+        "1",
+        "--publishers",
+        "1",
+        "--subscribers",
+        "2",
+        "--workers",
+        "1",
+        "--client-threads",
+        "1",
+        "--duration",
+        "3s",
+        "--warmup",
+        "1s",
+        "--floor-duration",
+        "100ms",
+        "--json",
+        report.to_str().unwrap(),
+    ]);
+    assert_eq!(code, 0, "{out}");
+    assert!(out.contains("relay/janus ratio"), "{out}");
+    let r = json(&report);
+    for (name, m) in [("relay", &r["relay"]), ("janus", &r["janus"])] {
+        assert_eq!(m["setup"]["sfu"], name, "{out}");
+        assert_eq!(m["stopped_by_itself"], true, "{out}");
+        assert_eq!(u(&m["joined"]), 3, "{name}: {out}");
+        assert_eq!(m["joined"], m["expected_joins"], "{name}: {out}");
+        assert_eq!(
+            (u(&m["peers"]), u(&m["dead_peers"])),
+            (3, 0),
+            "{name}: {out}"
+        );
+        let sent = u(&m["video_packets_sent"]) + u(&m["audio_packets_sent"]);
+        let received = u(&m["video_packets_received"]) + u(&m["audio_packets_received"]);
+        assert!(
+            u(&m["video_packets_sent"]) > 0 && u(&m["audio_packets_sent"]) > 0,
+            "{out}"
+        );
+        assert!(u(&m["video_packets_received"]) > 0, "{name}: {out}");
+        assert!(u(&m["audio_packets_received"]) > 0, "{name}: {out}");
+        // Each subscriber gets one layer of three and the audio: at most what was sent, each,
+        // give or take the packets in flight at the window's edges.
+        assert!(received <= 2 * sent + 100, "{name}: {out}");
+        assert!(u(&m["loss_expected"]) >= u(&m["loss_received"]), "{out}");
+        assert!(m["loss_ratio"].as_f64().unwrap() < 0.5, "{name}: {out}");
+        assert!(u(&m["one_way_delay_ms"]["samples"]) > 0, "{name}: {out}");
+        assert!(
+            m["relay"]["cpu_seconds"].as_f64().unwrap() > 0.0,
+            "{name}: {out}"
+        );
+        assert!(
+            m["received_packets_per_cpu_second"].as_f64().unwrap() > 0.0,
+            "{out}"
+        );
+    }
+    let j = &r["janus"]["relay"];
+    // Janus counts nothing itself: its forwarded packets are what the subscribers received.
+    assert_eq!(j["forwarded_counted_by"], "subscribers", "{out}");
+    assert_eq!(
+        u(&j["packets_forwarded"]),
+        u(&r["janus"]["video_packets_received"]) + u(&r["janus"]["audio_packets_received"]),
+        "{out}"
+    );
+    assert_eq!(r["relay"]["relay"]["forwarded_counted_by"], "sfu", "{out}");
+    assert!(r["relay_to_janus"].as_f64().unwrap() > 0.0, "{out}");
+    // The Janus this run started is gone.
+    let left: Vec<u32> = janus_pids()
+        .into_iter()
+        .filter(|p| !before.contains(p))
+        .collect();
+    assert!(left.is_empty(), "janus left running: {left:?}");
+}
