@@ -81,18 +81,10 @@ impl Daemon {
             .join("\n")
     }
 
-    /// The value of `key=` on the first log line holding `marker`.
-    fn log_field(&self, marker: &str, key: &str) -> Option<String> {
+    /// The value of `key=` on the relay's start-up line.
+    fn startup_field(&self, key: &str) -> Option<String> {
         let log = self.log.lock().unwrap_or_else(|p| p.into_inner());
-        let line = log.iter().find(|l| l.contains(marker))?;
-        let start = line.find(&format!("{key}="))? + key.len() + 1;
-        Some(
-            line[start..]
-                .split_whitespace()
-                .next()?
-                .trim_matches('"')
-                .to_string(),
-        )
+        relay::serve::startup_field(log.iter().map(String::as_str), key).map(str::to_owned)
     }
 
     /// Stops the process: SIGTERM, then SIGKILL after 10 s. Returns whether it exited cleanly.
@@ -187,7 +179,7 @@ impl OwnRelay {
         };
         let deadline = Instant::now() + START_TIMEOUT;
         loop {
-            if let Some(addr) = relay.process.log_field("relay is up", "http") {
+            if let Some(addr) = relay.process.startup_field("http") {
                 relay.http = format!("http://{addr}");
                 return Ok(relay);
             }

@@ -170,7 +170,7 @@ impl Relay {
             log,
         };
         loop {
-            if let Some(addr) = relay.log_field("relay is up", "http") {
+            if let Some(addr) = relay.startup_field("http") {
                 relay.http = addr.parse().expect("http address in the start-up line");
                 break;
             }
@@ -195,18 +195,10 @@ impl Relay {
             .join("\n")
     }
 
-    /// The value of `key=` on the first log line containing `marker`.
-    pub fn log_field(&self, marker: &str, key: &str) -> Option<String> {
+    /// The value of `key=` on the relay's start-up line.
+    pub fn startup_field(&self, key: &str) -> Option<String> {
         let log = self.log.lock().unwrap_or_else(|p| p.into_inner());
-        let line = log.iter().find(|l| l.contains(marker))?;
-        let start = line.find(&format!("{key}="))? + key.len() + 1;
-        Some(
-            line[start..]
-                .split_whitespace()
-                .next()?
-                .trim_matches('"')
-                .to_string(),
-        )
+        relay::serve::startup_field(log.iter().map(String::as_str), key).map(str::to_owned)
     }
 
     pub fn url(&self, path: &str) -> String {
@@ -352,7 +344,7 @@ impl Relay {
 
     /// The file plane's QUIC address, from the start-up line.
     pub fn files_addr(&self) -> String {
-        self.log_field("relay is up", "files")
+        self.startup_field("files")
             .expect("files= in the start-up line")
     }
 

@@ -214,7 +214,7 @@ fn browsers_publish_and_watch_with_layouts_that_pick_layers() {
     // Junk at every media port: random bytes and truncated RTP, RTCP and STUN. The relay drops
     // it and the running session does not notice.
     let ports = relay
-        .log_field("relay is up", "media")
+        .startup_field("media")
         .expect("media ports in the start-up line");
     let junk = UdpSocket::bind("127.0.0.1:0").expect("bind");
     let mut rng = 0x9e37_79b9_7f4a_7c15u64;
