@@ -10,7 +10,7 @@
 # bytes that travelled and the CPU seconds of each end.
 #
 # Usage: bench/files-vs-peers.sh [SIZE_MIB]   (default 1024)
-#   Needs rsync; builds the release relay; installs sendme with `cargo install sendme --locked`
+#   Installs rsync (apt-get) when it is missing; builds the release relay; installs sendme with `cargo install sendme --locked`
 #   when it is missing (about 10 minutes); the sendme steps need root for `unshare -n`.
 #   Environment: RUNS, FILES_PORT (default 14433), HTTP_PORT (18080), RSYNC_PORT (18873),
 #   SENDME_PORT (17777), CARGO_TARGET_DIR, RELAY_BIN (a relay binary to measure instead of
@@ -24,7 +24,11 @@ files_port=${FILES_PORT:-14433}
 http_port=${HTTP_PORT:-18080}
 rsync_port=${RSYNC_PORT:-18873}
 sendme_port=${SENDME_PORT:-17777}
-command -v rsync >/dev/null || { echo "rsync is needed: apt-get install -y rsync" >&2; exit 2; }
+if ! command -v rsync >/dev/null; then
+  echo "installing rsync (apt-get install -y rsync)..." >&2
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq rsync >/dev/null ||
+    { echo "rsync is needed and could not be installed" >&2; exit 2; }
+fi
 if ! command -v sendme >/dev/null; then
   echo "installing sendme (cargo install sendme --locked)..." >&2
   cargo install sendme --locked -q
