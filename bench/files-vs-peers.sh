@@ -26,7 +26,7 @@ rsync_port=${RSYNC_PORT:-18873}
 sendme_port=${SENDME_PORT:-17777}
 if ! command -v rsync >/dev/null; then
   echo "installing rsync (apt-get install -y rsync)..." >&2
-  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq rsync >/dev/null ||
+  { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq rsync >/dev/null; } ||
     { echo "rsync is needed and could not be installed" >&2; exit 2; }
 fi
 if ! command -v sendme >/dev/null; then
