@@ -1045,6 +1045,18 @@ impl Report {
                 ratio * 100.0
             );
         }
+        if let Some(fan) = self
+            .floor
+            .as_ref()
+            .map(|f| f.fanout_packets_per_cpu_second)
+            .filter(|f| *f > 0.0)
+        {
+            out += &format!(
+                "loopback fan-out to {} sleeping receivers (same run): {fan:.0} packets per CPU-second; {name} at {:.1}% of it\n",
+                floor::FANOUT,
+                self.forwarded_packets_per_cpu_second / fan * 100.0
+            );
+        }
         if r.cpu_source == "metrics" {
             out += "  (relay CPU from its process_cpu_seconds_total: whole seconds only)\n";
         }
