@@ -75,6 +75,10 @@ pub struct Options {
     /// Time after everyone joined before the window opens.
     #[arg(long, default_value = "3s", value_parser = humantime::parse_duration)]
     pub warmup: Duration,
+    /// Spread the sessions' opening evenly over this time (publishers first), instead of
+    /// opening them all at once (at most 10 minutes).
+    #[arg(long, default_value = "0s", value_parser = humantime::parse_duration)]
+    pub ramp_up: Duration,
     /// Media workers of the relay this starts (0: one per core).
     #[arg(long, default_value_t = 0)]
     pub workers: usize,
@@ -136,6 +140,12 @@ impl Options {
         if self.warmup > Duration::from_secs(60) {
             return Err("--warmup must be at most 60s".into());
         }
+        if self.ramp_up > MAX_DURATION {
+            return Err(format!(
+                "--ramp-up must be at most {}",
+                humantime::format_duration(MAX_DURATION)
+            ));
+        }
         if self.floor_duration > Duration::from_secs(30) {
             return Err("--floor-duration must be at most 30s".into());
         }
@@ -191,6 +201,7 @@ pub struct Setup {
     pub slots: usize,
     pub layout: Layout,
     pub warmup_seconds: f64,
+    pub ramp_up_seconds: f64,
     pub duration_seconds: f64,
     pub relay_media_workers: usize,
     /// `media.io_batch` of the relay this started (not known for --target).
@@ -263,6 +274,9 @@ pub struct Report {
     /// Seconds from sending the offer to the first video packet (subscribers) or to the
     /// connection being up (publishers).
     pub join_seconds: Distribution,
+    /// Seconds from the first session's offer to the last one handed to its client thread
+    /// (about `--ramp-up` when given).
+    pub opened_seconds: f64,
     pub video_packets_sent: u64,
     pub audio_packets_sent: u64,
     pub video_packets_received: u64,
@@ -620,7 +634,7 @@ pub fn run_beside_janus(o: &Options) -> Result<Beside, String> {
 
 /// Latest moment a run may go on to, from its start: joins, warm-up, window and slack.
 fn run_deadline(o: &Options, epoch: Instant) -> Instant {
-    epoch + JOIN_TIMEOUT * 2 + o.warmup + o.duration + Duration::from_secs(30)
+    epoch + o.ramp_up + JOIN_TIMEOUT * 2 + o.warmup + o.duration + Duration::from_secs(30)
 }
 
 fn drive(
@@ -644,7 +658,10 @@ fn drive(
         .collect::<Result<_, _>>()
         .map_err(|e| format!("start client threads: {e}"))?;
     let opened = open_sessions(o, sfu, &groups);
-    let report = opened.and_then(|()| measure(o, sfu, &groups, epoch, deadline));
+    let report = match &opened {
+        Ok(_) => measure(o, sfu, &groups, epoch, deadline),
+        Err(e) => Err(e.clone()),
+    };
     for g in &groups {
         g.shared.phase.store(driver::STOP, Ordering::Release);
     }
@@ -658,7 +675,7 @@ fn drive(
     }
     sfu.end();
     let (window, relay, snap_ok) = report?;
-    Ok(assemble(
+    let mut r = assemble(
         o,
         sfu.name(),
         started_unix,
@@ -667,17 +684,30 @@ fn drive(
         relay,
         results,
         snap_ok,
-    ))
+    );
+    r.opened_seconds = opened.unwrap_or_default();
+    Ok(r)
 }
 
-fn open_sessions(o: &Options, sfu: &mut dyn Sfu, groups: &[Group]) -> Result<(), String> {
+/// Opens every session (spread over `--ramp-up`); the seconds it took.
+fn open_sessions(o: &Options, sfu: &mut dyn Sfu, groups: &[Group]) -> Result<f64, String> {
     let mut next_group = 0;
     let mut id = 0u32;
+    // With --ramp-up, session k opens at start + k * gap.
+    let start = Instant::now();
+    let gap = o.ramp_up.div_f64(o.sessions().max(1) as f64);
+    let mut opened = 0u32;
     let mut hand = |p: Peer| -> Result<(), String> {
         let g = &groups[next_group % groups.len()];
         next_group += 1;
         g.tx.send(p)
-            .map_err(|_| "a client thread has stopped".to_string())
+            .map_err(|_| "a client thread has stopped".to_string())?;
+        opened += 1;
+        let next = start + gap * opened;
+        if let Some(wait) = next.checked_duration_since(Instant::now()) {
+            std::thread::sleep(wait);
+        }
+        Ok(())
     };
     // Publishers first, so subscribers find media as soon as they connect.
     for room in 0..o.rooms {
@@ -707,7 +737,7 @@ fn open_sessions(o: &Options, sfu: &mut dyn Sfu, groups: &[Group]) -> Result<(),
             }
         }
     }
-    Ok(())
+    Ok(start.elapsed().as_secs_f64())
 }
 
 /// A non-blocking client socket on loopback with room for bursts of keyframes.
@@ -905,6 +935,7 @@ fn assemble(
             slots: o.slots,
             layout: o.layout,
             warmup_seconds: o.warmup.as_secs_f64(),
+            ramp_up_seconds: o.ramp_up.as_secs_f64(),
             duration_seconds: o.duration.as_secs_f64(),
             relay_media_workers: o.workers,
             relay_io_batch: o.io_batch,
@@ -915,6 +946,7 @@ fn assemble(
         joined: joins.len(),
         expected_joins: o.expected_joins(),
         join_seconds: Distribution::of(joins),
+        opened_seconds: 0.0,
         video_packets_sent: t.video_packets_sent,
         audio_packets_sent: t.audio_packets_sent,
         video_packets_received: t.video_packets_received,
@@ -962,7 +994,7 @@ impl Report {
         let name = s.sfu;
         let mut out = format!(
             "media load on {name}: {} rooms x ({} publishers{} + {} subscribers), {} slots, {} layout, \
-             {} sessions{}; window {:.1} s after {:.0} s warm-up\n",
+             {} sessions{}{}; window {:.1} s after {:.0} s warm-up\n",
             s.rooms,
             s.publishers_per_room,
             if s.meeting { " also subscribing" } else { "" },
@@ -972,6 +1004,11 @@ impl Report {
             s.sessions,
             if name == "relay" {
                 format!(", relay io batch {}", s.relay_io_batch)
+            } else {
+                String::new()
+            },
+            if s.ramp_up_seconds > 0.0 {
+                format!(", opened over {:.1} s", s.ramp_up_seconds)
             } else {
                 String::new()
             },
@@ -1130,6 +1167,7 @@ mod tests {
             layout: Layout::Grid,
             duration: Duration::from_secs(3),
             warmup: Duration::from_secs(1),
+            ramp_up: Duration::from_secs(2),
             workers: 1,
             // The plain path, one datagram per system call (the default batch runs elsewhere).
             io_batch: 1,
@@ -1148,6 +1186,13 @@ mod tests {
         assert!(t0.elapsed() < Duration::from_secs(120), "{summary}");
         assert_eq!((r.peers, r.dead_peers), (3, 0), "{summary}");
         assert_eq!(r.joined, 3, "{summary}");
+        // Three sessions over a 2 s ramp: the last is handed over no sooner than 2 s in (without
+        // the ramp, about as long as the publisher takes to connect).
+        assert!(
+            r.opened_seconds >= 2.0,
+            "opened in {} s: {summary}",
+            r.opened_seconds
+        );
         assert!(r.packets_sent() > 0, "{summary}");
         assert!(
             r.video_packets_sent > 0 && r.audio_packets_sent > 0,
