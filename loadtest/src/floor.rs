@@ -57,6 +57,25 @@ pub struct Measure {
     pub cpu_microseconds_per_packet: f64,
 }
 
+impl Measure {
+    /// One method's figures from its counts and the sending thread's CPU and wall seconds.
+    fn new(method: Method, sent: u64, received: u64, cpu: f64, wall: f64) -> Measure {
+        Measure {
+            method,
+            packets_sent: sent,
+            packets_received: received,
+            sender_cpu_seconds: cpu,
+            wall_seconds: wall,
+            packets_per_cpu_second: if cpu > 0.0 { sent as f64 / cpu } else { 0.0 },
+            cpu_microseconds_per_packet: if sent > 0 {
+                cpu * 1e6 / sent as f64
+            } else {
+                0.0
+            },
+        }
+    }
+}
+
 /// The floor report.
 #[derive(Debug, Clone, Serialize)]
 pub struct Report {
@@ -193,20 +212,13 @@ fn run_fanout(duration: Duration, max_packets: u64) -> std::io::Result<Measure> 
         let _ = d.join();
     }
     let sent = sent.saturating_sub(refused);
-    let pps = if cpu > 0.0 { sent as f64 / cpu } else { 0.0 };
-    Ok(Measure {
-        method: Method::FanoutAesGcm,
-        packets_sent: sent,
-        packets_received: received.load(Ordering::Relaxed),
-        sender_cpu_seconds: cpu,
-        wall_seconds: wall,
-        packets_per_cpu_second: pps,
-        cpu_microseconds_per_packet: if sent > 0 {
-            cpu * 1e6 / sent as f64
-        } else {
-            0.0
-        },
-    })
+    Ok(Measure::new(
+        Method::FanoutAesGcm,
+        sent,
+        received.load(Ordering::Relaxed),
+        cpu,
+        wall,
+    ))
 }
 
 fn run(
@@ -276,20 +288,7 @@ fn run(
     std::thread::sleep(Duration::from_millis(100));
     stop.store(true, Ordering::Relaxed);
     let _ = drain.join();
-    let pps = if cpu > 0.0 { sent as f64 / cpu } else { 0.0 };
-    let m = Measure {
-        method,
-        packets_sent: sent,
-        packets_received: received.load(Ordering::Relaxed),
-        sender_cpu_seconds: cpu,
-        wall_seconds: wall,
-        packets_per_cpu_second: pps,
-        cpu_microseconds_per_packet: if sent > 0 {
-            cpu * 1e6 / sent as f64
-        } else {
-            0.0
-        },
-    };
+    let m = Measure::new(method, sent, received.load(Ordering::Relaxed), cpu, wall);
     Ok((m, recv_buf, send_buf))
 }
 
