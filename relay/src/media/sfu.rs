@@ -10,9 +10,12 @@
 //! shell owns the socket and the clock, tests drive it with a simulated clock.
 //!
 //! Invariants:
-//! - after every input to an `Rtc` (datagram, timeout, write, keyframe request, SDP) its
+//! - after every input to an `Rtc` (datagram, timeout, keyframe request, SDP) its
 //!   `poll_output` is drained until `Timeout`; events are queued and handled afterwards, so
 //!   forwarding into other sessions never happens while one is half-drained;
+//! - a forwarded write is the exception: it only marks its session due, because str0m's pacer
+//!   learns of written packets on the session's next timeout and releases one packet per
+//!   timeout; [`Core::handle_timeout`] runs that timeout before the worker next waits;
 //! - a datagram reaches its session by a map lookup (remote address, or the STUN USERNAME's
 //!   ufrag for a new address), never by scanning sessions;
 //! - forwarding allocates nothing of its own: the payload is str0m's shared buffer, the event
@@ -818,7 +821,7 @@ impl Core {
 
     fn on_event(&mut self, idx: usize, ev: Event, now: Instant, wire: &mut dyn Wire) {
         match ev {
-            Event::RtpPacket(p) => self.on_rtp(idx, p, now, wire),
+            Event::RtpPacket(p) => self.on_rtp(idx, p, now),
             Event::KeyframeRequest(k) => {
                 let feed = match self.sessions[idx].as_ref().map(|s| &s.role) {
                     Some(Role::Subscriber(sub)) => sub
@@ -852,13 +855,12 @@ impl Core {
     }
 
     /// A publisher's packet: account it, then offer it to every subscriber slot in the room.
-    fn on_rtp(&mut self, idx: usize, pkt: RtpPacket, now: Instant, wire: &mut dyn Wire) {
+    fn on_rtp(&mut self, idx: usize, pkt: RtpPacket, now: Instant) {
         bump(&self.counters.packets_received, 1);
         let Core {
             sessions,
             rooms,
             counters,
-            events,
             ..
         } = self;
         let Some(s) = sessions[idx].as_mut() else {
@@ -962,8 +964,11 @@ impl Core {
                     );
                 }
             }
+            // A written packet leaves on the session's next timeout (str0m's pacer learns of
+            // it there), which the caller runs before it next waits: draining now would only
+            // compute that timeout.
             if wrote {
-                drain(sidx, sub_s, wire, events);
+                sub_s.next_timeout = now;
             }
         }
     }
