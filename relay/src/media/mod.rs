@@ -65,6 +65,7 @@
 pub mod allocate;
 pub mod audio;
 pub mod counters;
+pub mod delay;
 pub mod keyframe;
 pub mod picture;
 pub mod plane;

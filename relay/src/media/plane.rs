@@ -232,7 +232,6 @@ impl MediaPlane {
                 placement: placement.clone(),
                 inbox: Inbox::new(cfg.io_batch),
                 outbox: Outbox::new(cfg.io_batch),
-                received_at: Vec::with_capacity(RECV_BUDGET),
             };
             let thread = std::thread::Builder::new()
                 .name(format!("media-worker-{i}"))
@@ -521,9 +520,6 @@ struct Worker {
     placement: Arc<Mutex<Placement>>,
     inbox: Inbox,
     outbox: Outbox,
-    /// This iteration's receive batches that forwarded something: when each was read, and
-    /// how many of its datagrams forwarded. Capacity [`RECV_BUDGET`], so pushes never grow it.
-    received_at: Vec<(Instant, u32)>,
 }
 
 /// The worker's socket as the core sees it: datagrams queue in the outbox.
@@ -601,19 +597,15 @@ impl Worker {
         }
     }
 
-    /// Send what the outbox holds, then record the forward delay of the datagrams whose
-    /// copies just left: from the read that brought them to now.
+    /// Send what the outbox holds, then record the forward delay of the datagrams whose last
+    /// copies just left: from the read that brought each to now.
     fn flush(&mut self) {
         count_refused(&self.counters, self.outbox.flush(&self.socket));
-        if self.received_at.is_empty() {
-            return;
-        }
         let now = Instant::now();
-        for (t, n) in self.received_at.drain(..) {
-            let d = u64::try_from(now.saturating_duration_since(t).as_nanos()).unwrap_or(u64::MAX);
-            for _ in 0..n {
-                self.counters.observe_delay(d);
-            }
+        for t in self.core.take_left() {
+            let d = now.saturating_duration_since(t);
+            self.counters
+                .observe_delay(u64::try_from(d.as_nanos()).unwrap_or(u64::MAX));
         }
     }
 
@@ -625,7 +617,6 @@ impl Worker {
             counters,
             inbox,
             outbox,
-            received_at,
             ..
         } = self;
         let mut budget = RECV_BUDGET;
@@ -633,25 +624,17 @@ impl Worker {
             match inbox.recv(socket) {
                 Ok(n) => {
                     let t0 = Instant::now();
-                    let mut forwarding = 0;
                     for i in 0..n {
                         let Some((src, data)) = inbox.get(i) else {
                             counters.dropped(DropReason::UnknownSource);
                             continue;
                         };
-                        let before = counters.packets_forwarded.load(Ordering::Relaxed);
                         let mut wire = SocketWire {
                             socket,
                             outbox,
                             counters,
                         };
                         core.handle_datagram(src, data, t0, &mut wire);
-                        if counters.packets_forwarded.load(Ordering::Relaxed) != before {
-                            forwarding += 1;
-                        }
-                    }
-                    if forwarding > 0 && received_at.len() < received_at.capacity() {
-                        received_at.push((t0, forwarding));
                     }
                     budget = budget.saturating_sub(n.max(1));
                 }

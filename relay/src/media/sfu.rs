@@ -40,6 +40,7 @@ use str0m::{Candidate, Event, IceConnectionState, Input, Output, Rtc, RtcConfig}
 use super::allocate::{self, Feed, LayerInfo, ParticipantId, SlotRequest, TrackId, VideoTrack};
 use super::audio::{AudioCandidate, Loudness, select_audio};
 use super::counters::{DropReason, WorkerCounters, bump, set};
+use super::delay::{Book, Pending, rtp_ssrc};
 use super::keyframe::{VideoCodec, is_keyframe, vp8_keyframe_height};
 use super::picture::{NewIds, PictureIds};
 use super::rewrite::Rewriter;
@@ -114,6 +115,8 @@ pub struct Core {
     gone_rooms: Vec<RoomKey>,
     /// Some session was marked dead since the last reaping.
     reap: bool,
+    /// Which forwarded datagrams still have copies queued in str0m.
+    book: Book,
 }
 
 impl std::fmt::Debug for Core {
@@ -221,6 +224,7 @@ struct VideoSlot {
     gate: SlotGate,
     rw: Rewriter,
     pics: PictureIds,
+    pending: Pending,
 }
 
 struct AudioLine {
@@ -228,6 +232,7 @@ struct AudioLine {
     pts: Vec<(Codec, Pt)>,
     track: Option<TrackId>,
     rw: Rewriter,
+    pending: Pending,
 }
 
 /// Track ids carry their session's index and generation, so a feed finds its publisher
@@ -279,6 +284,7 @@ fn drain(
     s: &mut Session,
     wire: &mut dyn Wire,
     events: &mut VecDeque<(usize, u32, Event)>,
+    book: &mut Book,
 ) {
     loop {
         match s.rtc.poll_output() {
@@ -286,7 +292,12 @@ fn drain(
                 s.next_timeout = t;
                 return;
             }
-            Ok(Output::Transmit(t)) => wire.send(t.destination, &t.contents),
+            Ok(Output::Transmit(t)) => {
+                if let (Role::Subscriber(sub), Some(ssrc)) = (&mut s.role, rtp_ssrc(&t.contents)) {
+                    sub.copy_left(ssrc, book);
+                }
+                wire.send(t.destination, &t.contents);
+            }
             Ok(Output::Event(e)) => events.push_back((idx, s.generation, e)),
             Err(e) => {
                 tracing::debug!(session = %s.id, "rtc failed: {e}");
@@ -315,6 +326,7 @@ impl Core {
             gone_sessions: Vec::new(),
             gone_rooms: Vec::new(),
             reap: false,
+            book: Book::default(),
         }
     }
 
@@ -349,6 +361,18 @@ impl Core {
             std::mem::take(&mut self.gone_sessions),
             std::mem::take(&mut self.gone_rooms),
         )
+    }
+
+    /// Read times (the `now` of the datagram's [`Core::handle_datagram`]) of the forwarded
+    /// datagrams whose copies have all been transmitted since the last call: the shell records
+    /// the forward delay once it has sent them.
+    pub fn take_left(&mut self) -> std::vec::Drain<'_, Instant> {
+        self.book.take_left()
+    }
+
+    /// Forwarded datagrams with copies still queued in str0m.
+    pub fn forwarding(&self) -> usize {
+        self.book.open_tickets()
     }
 
     /// When [`Core::handle_timeout`] must next run.
@@ -556,12 +580,14 @@ impl Core {
                             gate: SlotGate::default(),
                             rw,
                             pics: PictureIds::default(),
+                            pending: Pending::default(),
                         }),
                         MediaKind::Audio => sub.audio.push(AudioLine {
                             ssrc,
                             pts,
                             track: None,
                             rw,
+                            pending: Pending::default(),
                         }),
                     }
                 }
@@ -570,7 +596,7 @@ impl Core {
             }
         };
         // Declaring streams is an input too: drain again.
-        drain(idx, &mut s, wire, &mut self.events);
+        drain(idx, &mut s, wire, &mut self.events, &mut self.book);
         r.members.push(idx);
         self.by_id.insert(id.clone(), idx);
         self.by_ufrag.insert(ufrag, idx);
@@ -606,7 +632,7 @@ impl Core {
                 Candidate::from_sdp_string(c).map_err(|e| MediaError::BadSdp(e.to_string()))?;
             s.rtc.add_remote_candidate(cand);
         }
-        drain(idx, s, wire, &mut self.events);
+        drain(idx, s, wire, &mut self.events, &mut self.book);
         self.pump(now, wire);
         Ok(())
     }
@@ -757,7 +783,7 @@ impl Core {
             tracing::trace!(session = %s.id, "input rejected: {e}");
             self.counters.dropped(DropReason::Malformed);
         }
-        drain(idx, s, wire, &mut self.events);
+        drain(idx, s, wire, &mut self.events, &mut self.book);
         self.pump(now, wire);
     }
 
@@ -775,7 +801,7 @@ impl Core {
                 s.dead = true;
                 self.reap = true;
             }
-            drain(idx, s, wire, &mut self.events);
+            drain(idx, s, wire, &mut self.events, &mut self.book);
         }
         self.pump(now, wire);
         if now >= self.next_tick {
@@ -861,6 +887,7 @@ impl Core {
             sessions,
             rooms,
             counters,
+            book,
             ..
         } = self;
         let Some(s) = sessions[idx].as_mut() else {
@@ -910,6 +937,7 @@ impl Core {
         let Some(room) = rooms.get(&s.room) else {
             return;
         };
+        let ticket = book.open(now);
         for &sidx in &room.members {
             if sidx == idx {
                 continue;
@@ -933,7 +961,7 @@ impl Core {
                     if verdict == Verdict::ForwardSwitched {
                         bump(&counters.layer_switches, 1);
                     }
-                    wrote |= write(
+                    let copied = write(
                         &mut sub_s.rtc,
                         slot.ssrc,
                         &slot.pts,
@@ -946,10 +974,14 @@ impl Core {
                         now,
                         counters,
                     );
+                    if copied {
+                        book.wrote(ticket, &mut slot.pending);
+                    }
+                    wrote |= copied;
                 }
             } else {
                 for line in sub.audio.iter_mut().filter(|l| l.track == Some(feed.track)) {
-                    wrote |= write(
+                    let copied = write(
                         &mut sub_s.rtc,
                         line.ssrc,
                         &line.pts,
@@ -962,6 +994,10 @@ impl Core {
                         now,
                         counters,
                     );
+                    if copied {
+                        book.wrote(ticket, &mut line.pending);
+                    }
+                    wrote |= copied;
                 }
             }
             // A written packet leaves on the session's next timeout (str0m's pacer learns of
@@ -971,6 +1007,7 @@ impl Core {
                 sub_s.next_timeout = now;
             }
         }
+        book.sealed(ticket);
     }
 
     /// Ask the publisher of `feed` for a keyframe on that layer, at most once per
@@ -1010,7 +1047,7 @@ impl Core {
                 bump(&self.counters.keyframe_requests, 1);
             }
         }
-        drain(idx, s, wire, &mut self.events);
+        drain(idx, s, wire, &mut self.events, &mut self.book);
     }
 
     /// The periodic tick: layer bitrates, liveness, allocation of every room.
@@ -1185,7 +1222,7 @@ impl Core {
             for (line, t) in sub.audio.iter_mut().zip(lines) {
                 line.track = t;
             }
-            drain(idx, s, wire, &mut self.events);
+            drain(idx, s, wire, &mut self.events, &mut self.book);
         }
         for f in requests {
             self.request_keyframe(f, now, wire, true);
@@ -1204,6 +1241,14 @@ impl Core {
             self.by_addr.remove(a);
         }
         s.rtc.disconnect();
+        if let Role::Subscriber(sub) = &mut s.role {
+            for v in &mut sub.video {
+                self.book.dropped(&mut v.pending);
+            }
+            for a in &mut sub.audio {
+                self.book.dropped(&mut a.pending);
+            }
+        }
         let mut empty = false;
         if let Some(r) = self.rooms.get_mut(&s.room) {
             r.members.retain(|&m| m != idx);
@@ -1271,6 +1316,27 @@ impl Core {
         set(&self.counters.rooms, self.rooms.len() as u64);
         set(&self.counters.publishers, pubs);
         set(&self.counters.subscribers, subs);
+    }
+}
+
+impl Subscriber {
+    /// The line sending as `ssrc` transmitted an RTP packet: its oldest queued copy left.
+    /// Retransmissions and padding go out under other SSRCs and match no line.
+    fn copy_left(&mut self, ssrc: u32, book: &mut Book) {
+        let line = self
+            .video
+            .iter_mut()
+            .find(|v| *v.ssrc == ssrc)
+            .map(|v| &mut v.pending)
+            .or_else(|| {
+                self.audio
+                    .iter_mut()
+                    .find(|a| *a.ssrc == ssrc)
+                    .map(|a| &mut a.pending)
+            });
+        if let Some(line) = line {
+            book.transmitted(line);
+        }
     }
 }
 

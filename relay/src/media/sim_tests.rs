@@ -460,3 +460,55 @@ fn a_subscribers_keyframe_request_reaches_the_feeding_layer_throttled() {
         "after the window"
     );
 }
+
+#[test]
+fn a_forwarded_datagram_counts_once_its_last_copy_has_left() {
+    let mut sim = Sim::new();
+    let a = sim.add_publisher("alice", 1, Source::Camera);
+    let subs: Vec<usize> = ["bob", "carol", "dave"]
+        .iter()
+        .map(|u| sim.add_subscriber(u, 1, 1, Layout::Grid))
+        .collect();
+    sim.run(Duration::from_secs(3));
+    // Everything forwarded so far: one record per datagram that reached the subscribers,
+    // and none still waiting once the publisher has stopped.
+    let since = sim.start;
+    sim.clients[a].sending = false;
+    sim.run(Duration::from_millis(200));
+    let recorded = sim.core.take_left().count();
+    let bob = &sim.clients[subs[0]];
+    let delivered = bob.got.iter().filter(|g| g.at >= since).count() + bob.got_audio.len();
+    for &s in &subs[1..] {
+        let c = &sim.clients[s];
+        assert_eq!(
+            c.got.len() + c.got_audio.len(),
+            delivered,
+            "subscribers got the same"
+        );
+    }
+    assert_eq!(recorded, delivered);
+    assert_eq!(sim.core.forwarding(), 0);
+
+    // A burst of eight packets on the layer feeding the slots: str0m's pacer releases one
+    // packet per subscriber per timeout pass (one pass per simulated millisecond here) and
+    // holds what exceeds its burst allowance, so the burst's datagrams are recorded one pass
+    // after another, the last ones after the pacer's wait, not all at the first pass.
+    let layer = usize::from(sim.clients[subs[0]].got.last().expect("video").layer);
+    let now = sim.now;
+    let mut payload = vec![0xaa; 400];
+    payload[..2].copy_from_slice(&[0x10, 0x01]);
+    for i in 0..8 {
+        sim.clients[a].send_raw_video(layer, 0, 90_000 + i, i == 7, &payload, now);
+    }
+    sim.clients[a].drain(&mut sim.net);
+    let mut delays = Vec::new();
+    for _ in 0..100 {
+        sim.run(Duration::from_millis(1));
+        let at = sim.now;
+        delays.extend(sim.core.take_left().map(|t| at - t));
+    }
+    assert_eq!(delays.len(), 8, "{delays:?} {}", sim.core.forwarding());
+    assert!(delays.windows(2).all(|w| w[0] < w[1]), "{delays:?}");
+    assert!(delays[7] >= Duration::from_millis(7), "{delays:?}");
+    assert_eq!(sim.core.forwarding(), 0);
+}
