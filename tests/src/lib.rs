@@ -364,11 +364,18 @@ impl Relay {
         all
     }
 
+    /// The file client's state directory (its remembered scans) beside the data directory, so
+    /// that tests neither read nor leave anything in the home directory.
+    pub fn client_state(&self) -> PathBuf {
+        self.data.with_extension("client-state")
+    }
+
     /// Runs `relay files ...` against this relay and waits for it.
     pub fn files(&self, token: &str, args: &[&str]) -> FilesRun {
         let all = self.files_args(token, args);
         let refs: Vec<&str> = all.iter().map(String::as_str).collect();
-        FilesRun::from(run(&refs, &[]))
+        let state = self.client_state();
+        FilesRun::from(run(&refs, &[("RELAY_STATE_DIR", &state.to_string_lossy())]))
     }
 
     /// Starts `relay files ...` against this relay without waiting, so a test can kill it.
@@ -376,6 +383,7 @@ impl Relay {
         Command::new(relay_bin())
             .args(self.files_args(token, args))
             .env_remove("RELAY_TOKEN")
+            .env("RELAY_STATE_DIR", self.client_state())
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())

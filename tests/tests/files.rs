@@ -3,6 +3,7 @@
 #![allow(clippy::unwrap_used)] // Tests stop at the first unexpected failure.
 
 use std::fs;
+use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command};
 use std::time::{Duration, Instant};
@@ -288,6 +289,95 @@ fn dedup_sends_only_what_the_organisation_lacks() {
     ok(&foreign);
     assert_eq!(foreign.n("chunks_sent"), foreign.n("chunks"));
     assert!(foreign.n("bytes_sent") >= size as u64);
+}
+
+/// Sets a file's modification time (and so, unavoidably, its change time to now).
+fn set_mtime(path: &Path, mtime: std::time::SystemTime) {
+    fs::File::options()
+        .write(true)
+        .open(path)
+        .unwrap()
+        .set_modified(mtime)
+        .unwrap();
+}
+
+#[test]
+fn a_remembered_scan_is_used_only_while_the_file_is_unchanged() {
+    let relay = Relay::start();
+    let token = relay.demo_token("files");
+    let tmp = tempfile::tempdir().unwrap();
+    let size = 24 * MIB;
+    let mut data = noise(40, size);
+    let path = write(tmp.path(), "doc.bin", &data);
+    let put = |want: &str| {
+        let r = relay.files(&token, &["put", s(&path)]);
+        ok(&r);
+        assert_eq!(r.s("scan"), want, "{}", r.json);
+        r
+    };
+    let read_back = |r: &FilesRun, want: &[u8]| {
+        let out = tmp.path().join("out.bin");
+        let _ = fs::remove_file(&out);
+        ok(&relay.files(&token, &["get", &r.s("id"), "-o", s(&out)]));
+        assert!(fs::read(&out).unwrap() == want, "read back");
+    };
+
+    // Just written: cut, and remembered only as a guide, since a write in the same clock tick
+    // would not show in the file's times.
+    let first = put("cut");
+    assert_eq!(first.n("chunks_sent"), first.n("chunks"));
+    let again = put("recut");
+    assert_eq!(again.n("bytes_sent"), 0);
+    // Settled before that scan began: now trusted without reading the file.
+    std::thread::sleep(relay::files::scan_cache::SETTLE + Duration::from_millis(200));
+    let settled = put("recut");
+    let known = put("remembered");
+    assert_eq!(known.n("bytes_sent"), 0);
+    assert_eq!(known.n("chunks"), settled.n("chunks"));
+    read_back(&known, &data);
+
+    // Edited in place with the same size and its modification time put back: the change time
+    // still moves, so the file is read again and the edit travels.
+    let mtime = fs::metadata(&path).unwrap().modified().unwrap();
+    let mid = size / 2;
+    data[mid..mid + MIB].copy_from_slice(&noise(41, MIB));
+    fs::File::options()
+        .write(true)
+        .open(&path)
+        .unwrap()
+        .write_all_at(&data[mid..mid + MIB], mid as u64)
+        .unwrap();
+    set_mtime(&path, mtime);
+    assert_eq!(fs::metadata(&path).unwrap().modified().unwrap(), mtime);
+    let edited = put("recut");
+    assert!(edited.n("chunks_sent") >= 1, "{}", edited.json);
+    assert!(edited.n("chunks_sent") <= 4, "{}", edited.json);
+    assert_ne!(edited.s("id"), known.s("id"));
+    read_back(&edited, &data);
+
+    // Replaced by another file under the same name (a new inode): read again.
+    std::thread::sleep(relay::files::scan_cache::SETTLE + Duration::from_millis(200));
+    put("recut");
+    put("remembered");
+    let other = noise(42, size + 5);
+    let staged = write(tmp.path(), "staged.bin", &other);
+    set_mtime(&staged, mtime);
+    fs::rename(&staged, &path).unwrap();
+    let replaced = put("recut");
+    read_back(&replaced, &other);
+
+    // A damaged cache entry is ignored, never trusted.
+    let entries: Vec<PathBuf> = fs::read_dir(relay.client_state().join("manifests"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
+    assert_eq!(entries.len(), 1, "{entries:?}");
+    let mut bytes = fs::read(&entries[0]).unwrap();
+    let n = bytes.len();
+    bytes[n - 40] ^= 1;
+    fs::write(&entries[0], &bytes).unwrap();
+    let fresh = put("cut");
+    read_back(&fresh, &other);
 }
 
 #[test]

@@ -10,9 +10,8 @@
 //! points between crate versions. A 1 MiB average keeps the manifest of a multi-GB video small
 //! (a few thousand entries) while a 1 MiB edit still touches only a few chunks.
 
-use std::fs::File;
+use std::collections::HashMap;
 use std::io::{self, Read};
-use std::os::unix::fs::FileExt;
 
 use bytes::Bytes;
 use fastcdc::v2020::{MASKS, cut};
@@ -78,9 +77,6 @@ pub struct Chunker<R> {
 
 impl<R: Read> Chunker<R> {
     pub fn new(source: R) -> Chunker<R> {
-        let bits = AVG_CHUNK.trailing_zeros();
-        let mask_s = MASKS[(bits + NORMALISATION_BITS) as usize];
-        let mask_l = MASKS[(bits - NORMALISATION_BITS) as usize];
         Chunker {
             source,
             buf: vec![0u8; 2 * MAX_CHUNK].into_boxed_slice(),
@@ -88,7 +84,7 @@ impl<R: Read> Chunker<R> {
             end: 0,
             eof: false,
             offset: 0,
-            masks: [mask_s, mask_l, mask_s << 1, mask_l << 1],
+            masks: masks(),
         }
     }
 
@@ -125,13 +121,7 @@ impl<R: Read> Chunker<R> {
         if pending.is_empty() {
             return Ok(None);
         }
-        let [mask_s, mask_l, mask_s_ls, mask_l_ls] = self.masks;
-        let (_, len) = cut(
-            pending, MIN_CHUNK, AVG_CHUNK, MAX_CHUNK, mask_s, mask_l, mask_s_ls, mask_l_ls,
-        );
-        // `cut` returns at most `pending.len()` and never 0 for non-empty input; clamp anyway so
-        // a surprise in the crate cannot loop forever or slice out of bounds.
-        let len = len.clamp(1, pending.len());
+        let len = cut_len(pending, &self.masks);
         let data = &self.buf[self.start..self.start + len];
         let chunk = Chunk {
             offset: self.offset,
@@ -157,10 +147,10 @@ const PARALLEL_MIN: u64 = 64 << 20;
 
 /// How far past its part a thread goes on cutting, for the next part's cut points to be found
 /// among its own.
-const PART_OVERLAP: u64 = 4 * MAX_CHUNK as u64;
+const PART_OVERLAP: usize = 4 * MAX_CHUNK;
 
-/// Cuts a file into exactly the chunks one [`Chunker`] over the whole of it would, with up to
-/// `threads` threads on parts of the file at once.
+/// Cuts a file's bytes (`data`, usually a [`super::mapped::Mapped`] file) into exactly the chunks
+/// one [`Chunker`] over the whole of it would, with up to `threads` threads on parts of it at once.
 ///
 /// Why the parts agree: a cut point depends only on the bytes after the previous one, so two
 /// chunkers that ever cut at the same offset cut identically from there on. A part's chunker
@@ -168,14 +158,15 @@ const PART_OVERLAP: u64 = 4 * MAX_CHUNK as u64;
 /// or two; the previous part's chunker goes on [`PART_OVERLAP`] past its end, and the first cut
 /// the two share joins them. When none is shared (long runs of one byte value cut at fixed
 /// distances from wherever they start), the cutting goes on from the last known cut alone.
-pub fn cut_file(file: &File, len: u64, threads: usize) -> io::Result<Vec<Cut>> {
-    let parts = if len < PARALLEL_MIN {
+pub fn cut_file(data: &[u8], threads: usize) -> Vec<Cut> {
+    let len = data.len();
+    let parts = if (len as u64) < PARALLEL_MIN {
         1
     } else {
-        threads.clamp(1, 8) as u64
+        threads.clamp(1, 8)
     };
-    let starts: Vec<u64> = (0..parts).map(|k| len / parts * k).collect();
-    let lists: Vec<io::Result<Vec<Cut>>> = std::thread::scope(|scope| {
+    let starts: Vec<usize> = (0..parts).map(|k| len / parts * k).collect();
+    let lists: Vec<Vec<Cut>> = std::thread::scope(|scope| {
         let workers: Vec<_> = starts
             .iter()
             .enumerate()
@@ -183,24 +174,23 @@ pub fn cut_file(file: &File, len: u64, threads: usize) -> io::Result<Vec<Cut>> {
                 let limit = starts
                     .get(k + 1)
                     .map_or(len, |&next| (next + PART_OVERLAP).min(len));
-                scope.spawn(move || cut_range(file, start, limit, len))
+                scope.spawn(move || cut_range(data, start, limit))
             })
             .collect();
+        // A worker only slices within `data` and cuts; should one panic all the same, its part
+        // is cut again on this thread.
         workers
             .into_iter()
-            .map(|w| {
-                w.join()
-                    .unwrap_or_else(|_| Err(io::Error::other("a chunking thread panicked")))
-            })
+            .zip(&starts)
+            .map(|(w, &start)| w.join().unwrap_or_else(|_| cut_range(data, start, len)))
             .collect()
     });
     let mut lists = lists.into_iter();
-    let mut cuts = lists.next().transpose()?.unwrap_or_default();
+    let mut cuts = lists.next().unwrap_or_default();
     for (list, &start) in lists.zip(&starts[1..]) {
-        let list = list?;
         let end_of = |c: &Cut| c.offset + u64::from(c.len);
         let joined = cuts.iter().position(|c| {
-            end_of(c) >= start && list.binary_search_by_key(&end_of(c), |n| n.offset).is_ok()
+            end_of(c) >= start as u64 && list.binary_search_by_key(&end_of(c), |n| n.offset).is_ok()
         });
         match joined {
             Some(i) => {
@@ -210,62 +200,184 @@ pub fn cut_file(file: &File, len: u64, threads: usize) -> io::Result<Vec<Cut>> {
                 cuts.extend_from_slice(&list[from..]);
             }
             None => {
-                let from = cuts.last().map_or(0, end_of);
-                cuts.extend(cut_range(file, from, len, len)?);
-                return Ok(cuts);
+                let from = cuts.last().map_or(0, end_of) as usize;
+                cuts.extend(cut_range(data, from, len));
+                return cuts;
             }
         }
     }
-    Ok(cuts)
+    cuts
 }
 
-/// The chunks of `file[start..limit]` cut as if the file began at `start`; the last one is left
-/// out unless `limit` is the file's end, since only the end of the data made it end there.
-fn cut_range(file: &File, start: u64, limit: u64, len: u64) -> io::Result<Vec<Cut>> {
-    let mut chunker = Chunker::new(FileRange {
-        file,
-        pos: start,
-        end: limit,
-    });
-    let mut cuts = Vec::new();
-    while let Some(c) = chunker.next_chunk()? {
-        cuts.push(Cut {
-            offset: start + c.offset,
-            // A chunk is at most MAX_CHUNK (4 MiB) long.
-            len: c.data.len() as u32,
-            hash: c.hash,
-        });
+/// FastCDC's masks for our sizes: small and large, and each shifted left by one.
+fn masks() -> [u64; 4] {
+    let bits = AVG_CHUNK.trailing_zeros();
+    let mask_s = MASKS[(bits + NORMALISATION_BITS) as usize];
+    let mask_l = MASKS[(bits - NORMALISATION_BITS) as usize];
+    [mask_s, mask_l, mask_s << 1, mask_l << 1]
+}
+
+/// The length of the chunk that starts `window`, which holds what lies ahead of the cut point up
+/// to [`MAX_CHUNK`] bytes (less only at the end of the stream).
+fn cut_len(window: &[u8], masks: &[u64; 4]) -> usize {
+    let [mask_s, mask_l, mask_s_ls, mask_l_ls] = *masks;
+    let (_, c) = cut(
+        window, MIN_CHUNK, AVG_CHUNK, MAX_CHUNK, mask_s, mask_l, mask_s_ls, mask_l_ls,
+    );
+    // `cut` returns at most `window.len()` and never 0 for non-empty input; clamp anyway so a
+    // surprise in the crate cannot loop forever or slice out of bounds.
+    c.clamp(1, window.len().max(1))
+}
+
+/// The chunk at `pos`, a cut point of the stream `data` seen up to `limit`.
+fn cut_at(data: &[u8], pos: usize, limit: usize, masks: &[u64; 4]) -> Cut {
+    let c = cut_len(&data[pos..limit.min(pos + MAX_CHUNK)], masks);
+    Cut {
+        offset: pos as u64,
+        // At most MAX_CHUNK (4 MiB).
+        len: c as u32,
+        hash: chunk_hash(&data[pos..pos + c]),
     }
-    if limit < len {
+}
+
+/// The chunks of `data[start..limit]` cut as if the stream began at `start`; the last one is
+/// left out unless `limit` is the end of `data`, since only the end of the data made it end there.
+fn cut_range(data: &[u8], start: usize, limit: usize) -> Vec<Cut> {
+    let masks = masks();
+    let mut cuts = Vec::new();
+    let mut pos = start;
+    while pos < limit {
+        let c = cut_at(data, pos, limit, &masks);
+        pos += c.len as usize;
+        cuts.push(c);
+    }
+    if limit < data.len() {
         cuts.pop();
     }
-    Ok(cuts)
+    cuts
 }
 
-/// A byte range of a file, read with `pread` so that several threads can share the file.
-struct FileRange<'a> {
-    file: &'a File,
-    pos: u64,
-    end: u64,
+/// What a cut point's chunk depends on besides its bytes: how much of the stream lay ahead,
+/// capped where the chunker stops looking.
+fn ahead(len: u64, pos: u64) -> u64 {
+    (len - pos).min(MAX_CHUNK as u64)
 }
 
-impl Read for FileRange<'_> {
-    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        let left = usize::try_from(self.end.saturating_sub(self.pos)).unwrap_or(usize::MAX);
-        let want = buf.len().min(left);
-        if want == 0 {
-            return Ok(0);
-        }
-        let n = self.file.read_at(&mut buf[..want], self.pos)?;
-        self.pos += n as u64;
-        Ok(n)
+/// Cuts a file's bytes into exactly the chunks [`cut_file`] would, given the chunks of an earlier
+/// version of it (`previous`, of a file of `previous_len` bytes), so that an edit costs a hash of
+/// the file rather than a full content-defined scan.
+///
+/// Why it agrees with [`cut_file`]: the length FastCDC gives the chunk at a cut point depends only
+/// on the bytes of that chunk and on how much of the stream lies ahead, capped at [`MAX_CHUNK`]
+/// (its scan stops at the first cut it finds). So where the new file has, at one of its cut
+/// points, the very bytes of an earlier chunk (its BLAKE3 hash matches) with as much ahead as the
+/// earlier one had, the chunk there is that chunk, and the next cut point follows. Elsewhere one
+/// chunk is cut by the scan, and the walk looks for the earlier chunk it may have met again, to
+/// follow bytes that moved (an insertion or a deletion shifts every later chunk).
+///
+/// `previous` must be what [`cut_file`] gave for the earlier version; those bytes need not exist
+/// any more. Whatever it holds, every chunk returned is hashed from `data`, so the list always
+/// describes the file; only its cut points rest on `previous` being such a list. The chunks at
+/// unmoved offsets are hashed up front on up to `threads` threads.
+pub fn recut_file(data: &[u8], previous: &[Cut], previous_len: u64, threads: usize) -> Vec<Cut> {
+    let len = data.len() as u64;
+    // A stale list can be anything: keep only what could describe a file of `previous_len`.
+    let previous: Vec<Cut> = previous
+        .iter()
+        .copied()
+        .filter(|c| {
+            c.len as usize <= MAX_CHUNK
+                && c.len > 0
+                && c.offset
+                    .checked_add(u64::from(c.len))
+                    .is_some_and(|e| e <= previous_len)
+        })
+        .collect();
+    let worth = |c: &Cut, shift: i128| -> Option<u64> {
+        let pos = u64::try_from(i128::from(c.offset) + shift).ok()?;
+        let end = pos.checked_add(u64::from(c.len))?;
+        (end <= len && ahead(len, pos) == ahead(previous_len, c.offset)).then_some(pos)
+    };
+    let unmoved = hash_unmoved(data, &previous, |c| worth(c, 0).is_some(), threads);
+    let at_offset: HashMap<u64, usize> = previous
+        .iter()
+        .enumerate()
+        .map(|(i, c)| (c.offset, i))
+        .collect();
+    let mut by_hash: HashMap<Hash, usize> = HashMap::with_capacity(previous.len());
+    for (i, c) in previous.iter().enumerate() {
+        by_hash.entry(c.hash).or_insert(i);
     }
+    let masks = masks();
+    let mut cuts = Vec::with_capacity(previous.len() + 8);
+    // New offset minus old offset of the bytes being followed.
+    let mut shift: i128 = 0;
+    let mut pos = 0usize;
+    while pos < data.len() {
+        let earlier = u64::try_from(pos as i128 - shift)
+            .ok()
+            .and_then(|old| at_offset.get(&old).copied())
+            .filter(|&i| worth(&previous[i], shift) == Some(pos as u64));
+        if let Some(i) = earlier {
+            let c = previous[i];
+            let same = match unmoved[i] {
+                Some(h) if shift == 0 => h == c.hash,
+                _ => chunk_hash(&data[pos..pos + c.len as usize]) == c.hash,
+            };
+            if same {
+                cuts.push(Cut {
+                    offset: pos as u64,
+                    ..c
+                });
+                pos += c.len as usize;
+                continue;
+            }
+        }
+        let c = cut_at(data, pos, data.len(), &masks);
+        pos += c.len as usize;
+        if let Some(&i) = by_hash.get(&c.hash) {
+            let old_end = previous[i].offset + u64::from(previous[i].len);
+            shift = pos as i128 - i128::from(old_end);
+        }
+        cuts.push(c);
+    }
+    cuts
+}
+
+/// The hash of the new file's bytes under each earlier chunk that `wanted` picks, at the same
+/// offset, on up to `threads` threads over runs of neighbouring chunks.
+fn hash_unmoved(
+    data: &[u8],
+    previous: &[Cut],
+    wanted: impl Fn(&Cut) -> bool + Sync,
+    threads: usize,
+) -> Vec<Option<Hash>> {
+    let hash_part = |part: &[Cut]| -> Vec<Option<Hash>> {
+        part.iter()
+            .map(|c| {
+                wanted(c).then(|| {
+                    let at = c.offset as usize;
+                    chunk_hash(&data[at..at + c.len as usize])
+                })
+            })
+            .collect()
+    };
+    let per = previous.len().div_ceil(threads.clamp(1, 8)).max(1);
+    std::thread::scope(|scope| {
+        let workers: Vec<_> = previous
+            .chunks(per)
+            .map(|part| (part, scope.spawn(|| hash_part(part))))
+            .collect();
+        workers
+            .into_iter()
+            .flat_map(|(part, w)| w.join().unwrap_or_else(|_| vec![None; part.len()]))
+            .collect()
+    })
 }
 
 #[cfg(test)]
 pub(crate) mod tests {
     use super::*;
-    use std::fs;
 
     /// Deterministic incompressible bytes (xorshift64*), so tests need no data files.
     pub(crate) fn noise(seed: u64, len: usize) -> Vec<u8> {
@@ -358,31 +470,105 @@ pub(crate) mod tests {
 
     #[test]
     fn parts_cut_a_file_exactly_as_one_chunker() {
-        let dir = tempfile::tempdir().unwrap();
         let mut mixed = noise(8, 70 << 20);
         // Zeros cut at fixed distances from wherever a chunker starts: parts may never agree.
         mixed[20 << 20..50 << 20].fill(0);
         #[rustfmt::skip]
-        let table: [(&str, Vec<u8>); 4] = [
+        let table: [(&str, Vec<u8>); 5] = [
+            ("empty", vec![]),
             ("small", noise(9, 3 * AVG_CHUNK)),
             ("noise", noise(10, 80 << 20)),
             ("mixed", mixed),
             ("zeros", vec![0; 70 << 20]),
         ];
         for (name, data) in table {
-            let path = dir.path().join(name);
-            fs::write(&path, &data).unwrap();
-            let file = File::open(&path).unwrap();
-            let whole: Vec<Cut> =
-                cut_range(&file, 0, data.len() as u64, data.len() as u64).unwrap();
+            let whole = cut_range(&data, 0, data.len());
             let offsets: Vec<(u64, usize)> =
                 whole.iter().map(|c| (c.offset, c.len as usize)).collect();
             assert_eq!(offsets, cuts(&data), "{name}");
+            for c in &whole {
+                let at = c.offset as usize;
+                assert_eq!(c.hash, chunk_hash(&data[at..at + c.len as usize]), "{name}");
+            }
             for threads in [1, 2, 3, 5] {
-                let got = cut_file(&file, data.len() as u64, threads).unwrap();
-                assert_eq!(got, whole, "{name} with {threads} threads");
+                assert_eq!(
+                    cut_file(&data, threads),
+                    whole,
+                    "{name} with {threads} threads"
+                );
             }
         }
+    }
+
+    #[test]
+    fn recutting_after_an_edit_matches_cutting_afresh() {
+        let base = noise(12, 40 << 20);
+        let mid = base.len() / 2;
+        let edited = |f: &dyn Fn(&mut Vec<u8>)| {
+            let mut d = base.clone();
+            f(&mut d);
+            d
+        };
+        let mut zeros = base.clone();
+        zeros[8 << 20..20 << 20].fill(0);
+        #[rustfmt::skip]
+        let table: Vec<(&str, Vec<u8>, Vec<u8>)> = vec![
+            ("unchanged", base.clone(), base.clone()),
+            ("overwrite", base.clone(), edited(&|d| d[mid..mid + AVG_CHUNK].copy_from_slice(&noise(13, AVG_CHUNK)))),
+            ("insert", base.clone(), edited(&|d| { d.splice(mid..mid, noise(14, 12345)); })),
+            ("delete", base.clone(), edited(&|d| { d.drain(mid..mid + 777_777); })),
+            ("truncate", base.clone(), base[..base.len() - 3 * MAX_CHUNK - 5].to_vec()),
+            ("truncate a little", base.clone(), base[..base.len() - 100].to_vec()),
+            ("append", base.clone(), edited(&|d| d.extend(noise(15, 5 << 20)))),
+            ("append a little", base.clone(), edited(&|d| d.extend(noise(16, 10)))),
+            ("prepend", base.clone(), edited(&|d| { d.splice(0..0, noise(17, 100)); })),
+            ("first byte", base.clone(), edited(&|d| d[0] ^= 1)),
+            ("last byte", base.clone(), edited(&|d| *d.last_mut().unwrap() ^= 1)),
+            ("zeros filled", base.clone(), zeros.clone()),
+            ("zeros cleared", zeros, base.clone()),
+            ("other file", noise(18, 30 << 20), base.clone()),
+            ("from empty", vec![], base.clone()),
+            ("to empty", base.clone(), vec![]),
+            ("small", noise(19, 3 * AVG_CHUNK), noise(19, 2 * AVG_CHUNK)),
+        ];
+        for (name, old, new) in table {
+            let before = cut_file(&old, 2);
+            let afresh = cut_file(&new, 2);
+            for threads in [1, 3] {
+                let recut = recut_file(&new, &before, old.len() as u64, threads);
+                assert_eq!(recut, afresh, "{name} with {threads} threads");
+            }
+        }
+    }
+
+    #[test]
+    fn recutting_trusts_no_list_for_the_bytes() {
+        // A list that does not describe any earlier file still yields chunks of this one.
+        let data = noise(20, 9 << 20);
+        let len = data.len() as u64;
+        let junk = [
+            Cut {
+                offset: 0,
+                len: 0,
+                hash: [0; 32],
+            },
+            Cut {
+                offset: u64::MAX - 1,
+                len: 9,
+                hash: [1; 32],
+            },
+            Cut {
+                offset: 5,
+                len: MAX_CHUNK as u32 + 1,
+                hash: [2; 32],
+            },
+            Cut {
+                offset: len - 1,
+                len: 1,
+                hash: [3; 32],
+            },
+        ];
+        assert_eq!(recut_file(&data, &junk, len, 2), cut_file(&data, 1));
     }
 
     #[test]

@@ -16,6 +16,7 @@ use clap::{Args, Subcommand};
 use serde_json::{Value, json};
 
 use super::client::{Client, ClientError, Progress, PutOptions};
+use super::scan_cache::{self, ScanCache};
 use super::wire::FileEntry;
 use crate::cli::CliError;
 use crate::config::Config;
@@ -203,10 +204,12 @@ async fn execute(command: FilesCommand) -> Result<Value, ClientError> {
             ..
         } => {
             let bar = progress_bar(progress.clone());
+            let cache = scan_cache::default_dir().map(|d| ScanCache::new(&d));
             let opts = PutOptions {
                 room: room.as_deref(),
                 classification: *classification,
                 view_only: *view_only,
+                scan_cache: cache.as_ref(),
             };
             let r = client.put(path, opts, progress.clone()).await;
             end_bar(bar, &progress);
@@ -219,6 +222,7 @@ async fn execute(command: FilesCommand) -> Result<Value, ClientError> {
                 v["chunks_sent"] = json!(r.chunks_sent);
                 v["bytes_sent"] = json!(r.bytes_sent);
                 v["resumed"] = json!(r.resumed);
+                v["scan"] = json!(r.scan.as_str());
                 v
             })
         }

@@ -14,7 +14,7 @@
 use std::collections::HashMap;
 use std::fmt;
 use std::fs;
-use std::io::{self, Read};
+use std::io;
 use std::net::{SocketAddr, ToSocketAddrs};
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
@@ -27,7 +27,9 @@ use tokio::task::JoinSet;
 use super::Hash;
 use super::chunker::{Chunker, chunk_hash};
 use super::manifest::{Manifest, root_of};
+use super::mapped::{Mapped, MappedRange};
 use super::plan;
+use super::scan_cache::{Scan, ScanCache, manifest_of};
 use super::transport::{self, ALPN, PARALLEL_CHUNKS};
 use super::wire::{Encoding, FileEntry, PutStart, Request, Response, UploadId};
 
@@ -112,6 +114,8 @@ pub struct PutReport {
     /// Chunk bytes as they travelled (after compression).
     pub bytes_sent: u64,
     pub resumed: bool,
+    /// How the manifest was made: remembered, re-cut along an earlier version, or cut afresh.
+    pub scan: Scan,
 }
 
 /// What `get` did.
@@ -133,6 +137,8 @@ pub struct PutOptions<'a> {
     pub room: Option<&'a str>,
     pub classification: u8,
     pub view_only: bool,
+    /// Where scans of files are remembered (see [`super::scan_cache`]); none: every put scans.
+    pub scan_cache: Option<&'a ScanCache>,
 }
 
 /// A connection to a relay's file plane.
@@ -257,14 +263,17 @@ impl Client {
         progress: Arc<Progress>,
     ) -> Result<PutReport, ClientError> {
         let owned = path.to_path_buf();
-        let (manifest, compressible) = tokio::task::spawn_blocking(move || {
+        let cache = opts.scan_cache.cloned();
+        let (map, manifest, scan) = tokio::task::spawn_blocking(move || {
             let f = fs::File::open(&owned).map_err(io_err(&owned))?;
-            let mut head = Vec::with_capacity(8192);
-            (&f).take(8192)
-                .read_to_end(&mut head)
+            let len = f.metadata().map_err(io_err(&owned))?.len();
+            let map = Mapped::new(&f, len).map_err(io_err(&owned))?;
+            // The cache is keyed by the file's canonical path; without one, no cache.
+            let key = fs::canonicalize(&owned).ok();
+            let cache = cache.as_ref().filter(|_| key.is_some());
+            let (m, scan) = manifest_of(&f, &map, key.as_deref().unwrap_or(&owned), cache)
                 .map_err(io_err(&owned))?;
-            let m = Manifest::scan_file(&f).map_err(io_err(&owned))?;
-            Ok::<_, ClientError>((m, plan::worth_trying_compression(&head)))
+            Ok::<_, ClientError>((Arc::new(map), m, scan))
         })
         .await
         .map_err(|e| ClientError::Protocol(format!("scanning failed: {e}")))??;
@@ -304,14 +313,15 @@ impl Client {
         progress
             .done
             .store(manifest.size() - missing_bytes, Ordering::Relaxed);
-        let file = Arc::new(fs::File::open(path).map_err(io_err(path))?);
+        let head = &map.bytes()[..map.bytes().len().min(8192)];
+        let compressible = plan::worth_trying_compression(head);
         let job = Arc::new(PutJob {
             conn: self.conn.clone(),
             token: self.token.clone(),
             upload,
             manifest: manifest.clone(),
             offsets: manifest.offsets(),
-            file,
+            map,
             path: path.to_path_buf(),
             compressible,
             bytes_sent: AtomicU64::new(0),
@@ -334,6 +344,7 @@ impl Client {
                 chunks_sent: missing.len() as u64,
                 bytes_sent: job.bytes_sent.load(Ordering::Relaxed),
                 resumed,
+                scan,
             }),
             r => Err(unexpected(r)),
         }
@@ -449,7 +460,8 @@ struct PutJob {
     upload: UploadId,
     manifest: Manifest,
     offsets: Vec<u64>,
-    file: Arc<fs::File>,
+    /// The file as it was opened for the scan: chunks are sent from it without a copy.
+    map: Arc<Mapped>,
     path: PathBuf,
     compressible: bool,
     bytes_sent: AtomicU64,
@@ -457,19 +469,22 @@ struct PutJob {
 }
 
 impl PutJob {
-    /// Reads chunk `index` of the file as it is now.
-    async fn read_chunk(self: &Arc<Self>, index: u32) -> Result<Vec<u8>, ClientError> {
-        let this = self.clone();
-        tokio::task::spawn_blocking(move || {
-            let i = index as usize;
-            let mut buf = vec![0u8; this.manifest.chunks()[i].len as usize];
-            this.file
-                .read_exact_at(&mut buf, this.offsets[i])
-                .map_err(io_err(&this.path))?;
-            Ok(buf)
-        })
-        .await
-        .map_err(|e| ClientError::Protocol(format!("reading failed: {e}")))?
+    /// Chunk `index` of the file as it is now, straight from the mapping.
+    fn chunk(&self, index: u32) -> Result<Bytes, ClientError> {
+        let i = index as usize;
+        let start = usize::try_from(self.offsets[i]).unwrap_or(usize::MAX);
+        let end = start.saturating_add(self.manifest.chunks()[i].len as usize);
+        if end > self.map.bytes().len() {
+            return Err(ClientError::Io(
+                self.path.clone(),
+                io::Error::from(io::ErrorKind::UnexpectedEof),
+            ));
+        }
+        Ok(Bytes::from_owner(MappedRange {
+            map: self.map.clone(),
+            start,
+            end,
+        }))
     }
 
     /// Sends chunk `index`. It is not hashed again here: the relay hashes every chunk it
@@ -477,16 +492,17 @@ impl PutJob {
     /// changed since it was scanned from damage on the way.
     async fn send_chunk(self: Arc<Self>, index: u32) -> Result<(), ClientError> {
         let c = self.manifest.chunks()[index as usize];
-        let buf = self.read_chunk(index).await?;
-        let compressible = self.compressible;
-        let (encoding, data) = tokio::task::spawn_blocking(move || {
-            match compressible.then(|| plan::compress(&buf)).flatten() {
+        let buf = self.chunk(index)?;
+        let (encoding, data) = if self.compressible {
+            tokio::task::spawn_blocking(move || match plan::compress(&buf) {
                 Some(z) => (Encoding::Zstd, Bytes::from(z)),
-                None => (Encoding::Raw, Bytes::from(buf)),
-            }
-        })
-        .await
-        .map_err(|e| ClientError::Protocol(format!("compressing failed: {e}")))?;
+                None => (Encoding::Raw, buf),
+            })
+            .await
+            .map_err(|e| ClientError::Protocol(format!("compressing failed: {e}")))?
+        } else {
+            (Encoding::Raw, buf)
+        };
         let req = Request::PutChunk {
             token: self.token.clone(),
             upload: self.upload,
@@ -505,7 +521,7 @@ impl PutJob {
                     return Ok(());
                 }
                 Response::Failed { code, .. } if code == "bad_chunk" => {
-                    let now = self.read_chunk(index).await?;
+                    let now = self.chunk(index)?;
                     if chunk_hash(&now) != c.hash {
                         return Err(ClientError::Usage(format!(
                             "{} changed while it was being sent; run the command again",

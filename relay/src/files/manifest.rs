@@ -124,21 +124,6 @@ impl Manifest {
         })
     }
 
-    /// Cuts `file` into chunks and lists them, with a thread per core on parts of a large file;
-    /// the manifest is the same as [`Manifest::scan`] makes.
-    pub fn scan_file(file: &std::fs::File) -> std::io::Result<Manifest> {
-        let len = file.metadata()?.len();
-        let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
-        let chunks = super::chunker::cut_file(file, len, threads)?
-            .into_iter()
-            .map(|c| ChunkRef {
-                hash: c.hash,
-                len: c.len,
-            })
-            .collect();
-        Manifest::new(chunks).map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidData, e))
-    }
-
     /// Cuts `source` into chunks and lists them, reading it once.
     pub fn scan(source: impl std::io::Read) -> std::io::Result<Manifest> {
         let mut chunker = super::chunker::Chunker::new(source);
