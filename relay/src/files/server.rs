@@ -311,14 +311,15 @@ impl Service {
         id: UploadId,
     ) -> Result<super::store::Upload, Response> {
         let store = self.store.clone();
-        match blocking(move || store.upload(&id)).await {
-            Ok(Some(u)) if u.org == p.org && u.owner == p.user => Ok(u),
-            Ok(_) => Err(Response::failed(
-                "not_found",
-                "no such upload (its lease may have run out); start it again",
-            )),
-            Err(e) => Err(store_failure(e)),
-        }
+        let (org, user) = (p.org.clone(), p.user.clone());
+        tokio::task::spawn_blocking(move || owned_upload(&store, &org, &user, id))
+            .await
+            .unwrap_or_else(|e| {
+                Err(Response::failed(
+                    "internal",
+                    format!("store task failed: {e}"),
+                ))
+            })
     }
 
     /// Refuses a file whose first bytes are not of an allowed type, ending its upload.
@@ -447,66 +448,75 @@ impl Service {
             Ok(p) => p,
             Err(d) => return refusal(d),
         };
-        if let Err(r) = self.own_upload(&p, upload).await {
-            return r;
-        }
         self.counters
             .bytes_received
             .fetch_add(data.len() as u64, Ordering::Relaxed);
+        // The owner check, the manifest's expectation, decompression, the hash and the store's
+        // write in one trip to the blocking pool, where each used to be a trip of its own (a
+        // thread hand-off each way, per chunk). The first chunk stops before the write: its type
+        // is checked first.
         let store = self.store.clone();
-        let expected = match blocking(move || store.expected_chunk(&upload, index)).await {
-            Ok(Some(e)) => e,
-            Ok(None) => {
-                return Response::failed(
-                    "bad_request",
-                    format!("the manifest has no chunk {index}"),
-                );
-            }
-            Err(e) => return store_failure(e),
-        };
-        if expected.received {
-            return Response::ChunkAccepted { index };
-        }
-        // Decompress and hash off the network tasks: a 4 MiB chunk is a millisecond of CPU.
-        let verified = tokio::task::spawn_blocking(move || {
-            let plain = match encoding {
-                Encoding::Raw => data,
-                Encoding::Zstd => {
-                    Bytes::from(zstd::bulk::decompress(&data, expected.len as usize).ok()?)
+        let lease = self.lease();
+        let (org, user) = (p.org.clone(), p.user.clone());
+        let arrival = tokio::task::spawn_blocking(move || -> Result<Arrival, Response> {
+            owned_upload(&store, &org, &user, upload)?;
+            let expected = match store.expected_chunk(&upload, index) {
+                Ok(Some(e)) => e,
+                Ok(None) => {
+                    return Err(Response::failed(
+                        "bad_request",
+                        format!("the manifest has no chunk {index}"),
+                    ));
                 }
+                Err(e) => return Err(store_failure(e)),
             };
-            if plain.len() != expected.len as usize {
-                return None;
+            if expected.received {
+                return Ok(Arrival::Held);
             }
-            VerifiedChunk::check(&expected.hash, plain)
+            let plain = match encoding {
+                Encoding::Raw => Some(data),
+                Encoding::Zstd => zstd::bulk::decompress(&data, expected.len as usize)
+                    .ok()
+                    .map(Bytes::from),
+            };
+            let verified = plain
+                .filter(|p| p.len() == expected.len as usize)
+                .and_then(|p| VerifiedChunk::check(&expected.hash, p));
+            match verified {
+                None => Ok(Arrival::Damaged),
+                Some(chunk) if index == 0 => Ok(Arrival::First(chunk, expected.len)),
+                Some(chunk) => store_chunk(&store, &upload, &chunk, expected.len, lease)
+                    .map(|()| Arrival::Held)
+                    .map_err(store_failure),
+            }
         })
         .await
-        .ok()
-        .flatten();
-        let Some(chunk) = verified else {
-            self.counters
-                .chunks_rejected
-                .fetch_add(1, Ordering::Relaxed);
-            return Response::failed(
-                "bad_chunk",
-                format!("chunk {index} does not match its hash; send it again"),
-            );
+        .unwrap_or_else(|e| {
+            Err(Response::failed(
+                "internal",
+                format!("store task failed: {e}"),
+            ))
+        });
+        let (chunk, len) = match arrival {
+            Ok(Arrival::Held) => return Response::ChunkAccepted { index },
+            Ok(Arrival::Damaged) => {
+                self.counters
+                    .chunks_rejected
+                    .fetch_add(1, Ordering::Relaxed);
+                return Response::failed(
+                    "bad_chunk",
+                    format!("chunk {index} does not match its hash; send it again"),
+                );
+            }
+            Ok(Arrival::First(chunk, len)) => (chunk, len),
+            Err(r) => return r,
         };
-        if index == 0
-            && let Err(r) = self.check_type(&p, upload, chunk.data()).await
-        {
+        if let Err(r) = self.check_type(&p, upload, chunk.data()).await {
             return r;
         }
         let store = self.store.clone();
         let lease = self.lease();
-        let stored = blocking(move || {
-            if !store.has_chunk(chunk.hash())? {
-                store.write_chunk(&chunk)?;
-            }
-            store.chunk_received(&upload, chunk.hash(), expected.len, unix_now(), lease)
-        })
-        .await;
-        match stored {
+        match blocking(move || store_chunk(&store, &upload, &chunk, len, lease)).await {
             Ok(()) => Response::ChunkAccepted { index },
             Err(e) => store_failure(e),
         }
@@ -697,6 +707,47 @@ impl Service {
             Err(e) => store_failure(e),
         }
     }
+}
+
+/// What became of a chunk that arrived for an upload.
+enum Arrival {
+    /// Stored now, or held already.
+    Held,
+    /// It does not match what the manifest names.
+    Damaged,
+    /// The first chunk, verified, of this many bytes: its type is checked before it is stored.
+    First(VerifiedChunk, u32),
+}
+
+/// The upload `id` of `org`'s `user`; another bearer's upload does not exist. Blocks on the store.
+fn owned_upload(
+    store: &ChunkStore,
+    org: &str,
+    user: &str,
+    id: UploadId,
+) -> Result<super::store::Upload, Response> {
+    match store.upload(&id) {
+        Ok(Some(u)) if u.org == org && u.owner == user => Ok(u),
+        Ok(_) => Err(Response::failed(
+            "not_found",
+            "no such upload (its lease may have run out); start it again",
+        )),
+        Err(e) => Err(store_failure(e)),
+    }
+}
+
+/// Puts a verified chunk of an upload on disk (unless the store has it) and then records it.
+fn store_chunk(
+    store: &ChunkStore,
+    upload: &UploadId,
+    chunk: &VerifiedChunk,
+    len: u32,
+    lease: Duration,
+) -> Result<(), StoreError> {
+    if !store.has_chunk(chunk.hash())? {
+        store.write_chunk(chunk)?;
+    }
+    store.chunk_received(upload, chunk.hash(), len, unix_now(), lease)
 }
 
 /// A stored name: the last path component, without control characters.
