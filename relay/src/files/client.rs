@@ -8,8 +8,9 @@
 //! Download: chunks are written at their offsets into `OUT.relay-part`, beside a small state file
 //! `OUT.relay-state` naming the file and its root. A re-run with the same output verifies what
 //! the part file already holds and fetches the rest; chunks that a previous version at `OUT`
-//! already has are copied locally. Every chunk is checked against its hash, the whole against the
-//! root, and only then is the part file renamed over `OUT`.
+//! already has are copied locally. Every chunk is checked against its hash before it is written,
+//! the whole against the root (from those hashes, so the file is not read again), and only then is
+//! the part file renamed over `OUT`.
 
 use std::collections::HashMap;
 use std::fmt;
@@ -410,6 +411,14 @@ impl Client {
             offsets: manifest.offsets(),
             part: local.part_file,
             part_path: local.part.clone(),
+            verified: std::sync::Mutex::new(
+                manifest
+                    .chunks()
+                    .iter()
+                    .zip(&local.have)
+                    .map(|(c, h)| h.then_some(c.hash))
+                    .collect(),
+            ),
             bytes_received: AtomicU64::new(0),
             progress,
         });
@@ -422,8 +431,9 @@ impl Client {
         in_parallel(fetches).await?;
         let chunks_received = order.len() as u64;
         let bytes_received = job.bytes_received.load(Ordering::Relaxed);
+        let verified = std::mem::take(&mut *job.verified.lock().unwrap_or_else(|p| p.into_inner()));
         let (part, out2, state, m) = (local.part, out.clone(), local.state, manifest.clone());
-        tokio::task::spawn_blocking(move || finish_download(&part, &out2, &state, &m))
+        tokio::task::spawn_blocking(move || finish_download(&part, &out2, &state, &m, &verified))
             .await
             .map_err(|e| ClientError::Protocol(format!("finishing failed: {e}")))??;
         Ok(GetReport {
@@ -550,6 +560,9 @@ struct GetJob {
     offsets: Vec<u64>,
     part: Arc<fs::File>,
     part_path: PathBuf,
+    /// Per manifest index, the hash of the bytes written there, taken from those very bytes
+    /// before they were written (or when found on disk).
+    verified: std::sync::Mutex<Vec<Option<Hash>>>,
     bytes_received: AtomicU64,
     progress: Arc<Progress>,
 }
@@ -583,7 +596,8 @@ impl GetJob {
                         ClientError::Protocol(format!("chunk {index} does not decompress: {e}"))
                     })?,
             };
-            if plain.len() != c.len as usize || chunk_hash(&plain) != c.hash {
+            let hash = chunk_hash(&plain);
+            if plain.len() != c.len as usize || hash != c.hash {
                 return Err(ClientError::Protocol(format!(
                     "chunk {index} from the relay does not match its hash; nothing was written"
                 )));
@@ -592,6 +606,14 @@ impl GetJob {
                 this.part
                     .write_all_at(&plain, this.offsets[*s as usize])
                     .map_err(io_err(&this.part_path))?;
+                if let Some(v) = this
+                    .verified
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .get_mut(*s as usize)
+                {
+                    *v = Some(hash);
+                }
                 this.progress
                     .done
                     .fetch_add(u64::from(c.len), Ordering::Relaxed);
@@ -689,24 +711,31 @@ fn prepare_download(out: &Path, id: &str, m: &Manifest) -> Result<LocalState, Cl
     })
 }
 
-/// Verifies the part file against the manifest's root, makes it durable and puts it in place.
-fn finish_download(part: &Path, out: &Path, state: &Path, m: &Manifest) -> Result<(), ClientError> {
-    let file = fs::File::open(part).map_err(io_err(part))?;
-    let mut hashes = Vec::with_capacity(m.chunks().len());
-    let mut buf = Vec::new();
-    for (c, o) in m.chunks().iter().zip(m.offsets()) {
-        buf.resize(c.len as usize, 0);
-        file.read_exact_at(&mut buf, o).map_err(io_err(part))?;
-        hashes.push(super::manifest::ChunkRef {
-            hash: chunk_hash(&buf),
-            len: c.len,
-        });
-    }
-    if root_of(&hashes) != *m.root() {
+/// Checks the manifest's root against the hashes of what was written (`verified`, per index, each
+/// taken from the bytes themselves before they were written), makes the part file durable and
+/// puts it in place. The file is not read again: every byte in it was hashed on its way in.
+fn finish_download(
+    part: &Path,
+    out: &Path,
+    state: &Path,
+    m: &Manifest,
+    verified: &[Option<Hash>],
+) -> Result<(), ClientError> {
+    let written: Option<Vec<super::manifest::ChunkRef>> = m
+        .chunks()
+        .iter()
+        .zip(verified.iter().chain(std::iter::repeat(&None)))
+        .map(|(c, v)| v.map(|hash| super::manifest::ChunkRef { hash, len: c.len }))
+        .collect();
+    if written.is_none_or(|w| root_of(&w) != *m.root()) {
         return Err(ClientError::Protocol(
             "the downloaded file does not match its root hash; it was not kept".into(),
         ));
     }
+    let file = fs::OpenOptions::new()
+        .write(true)
+        .open(part)
+        .map_err(io_err(part))?;
     file.sync_all().map_err(io_err(part))?;
     fs::rename(part, out).map_err(io_err(out))?;
     let dir = out
@@ -751,6 +780,41 @@ where
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_download_is_kept_only_when_every_chunk_was_verified() {
+        let dir = tempfile::tempdir().unwrap();
+        let data = crate::files::chunker::tests::noise(30, 3 << 20);
+        let m = Manifest::scan(&data[..]).unwrap();
+        assert!(m.chunks().len() > 1);
+        let all: Vec<Option<Hash>> = m.chunks().iter().map(|c| Some(c.hash)).collect();
+        let mut one_missing = all.clone();
+        one_missing[1] = None;
+        let mut one_wrong = all.clone();
+        one_wrong[0] = Some([7; 32]);
+        #[rustfmt::skip]
+        let table: [(&str, &[Option<Hash>], bool); 5] = [
+            ("all verified", &all, true),
+            ("one never verified", &one_missing, false),
+            ("one wrong", &one_wrong, false),
+            ("short list", &all[..1], false),
+            ("none", &[], false),
+        ];
+        for (name, verified, kept) in table {
+            let (part, out, state) = (
+                dir.path().join("f.part"),
+                dir.path().join("f"),
+                dir.path().join("f.state"),
+            );
+            let _ = fs::remove_file(&out);
+            fs::write(&part, &data).unwrap();
+            fs::write(&state, "s").unwrap();
+            let r = finish_download(&part, &out, &state, &m, verified);
+            assert_eq!(r.is_ok(), kept, "{name}: {r:?}");
+            assert_eq!(out.exists(), kept, "{name}");
+            assert_eq!(part.exists(), !kept, "{name}");
+        }
+    }
 
     #[test]
     fn output_names_are_safe() {
