@@ -104,10 +104,12 @@ relay_run() {
   relay_step "relay put (first)" "$relay" files put "$work/put.bin" "${conn[@]}"
   local id
   id=$(printf '%s' "$LAST" | grep -o '"id":"[0-9a-f]*"' | cut -d'"' -f4)
+  # The client trusts its remembered scan of a file only if the file had held still for 3 s
+  # before that scan (see the README). The first put began just after the copy, so the next one
+  # hashes the file along the remembered chunks; begun 3 s after the copy, it leaves a scan that
+  # the put after it trusts, reading nothing.
+  sleep 3
   relay_step "relay put (same again)" "$relay" files put "$work/put.bin" "${conn[@]}"
-  # The client trusts its remembered scan of a file only if the file had held still for a few
-  # seconds before that scan (see the README): the put just after the copy hashes the file along
-  # the remembered chunks, the one after that reads nothing.
   relay_step "relay put (same, remembered)" "$relay" files put "$work/put.bin" "${conn[@]}"
   cp "$work/edited.bin" "$work/put.bin"
   relay_step "relay put (1 MiB edited)" "$relay" files put "$work/put.bin" "${conn[@]}"
