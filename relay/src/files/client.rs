@@ -1,9 +1,10 @@
 //! The file plane's client: what `relay files put|get|ls|rm` do over one QUIC connection.
 //!
-//! Upload: scan the file into a manifest, send it, send only the chunks the relay says are
-//! missing (the first one alone, so a refused type stops at once, then several in flight), each
-//! re-read and re-hashed from the file just before it goes, then commit. Re-running the same put
-//! continues the relay's open upload of that content.
+//! Upload: map the file, make its manifest (remembered, re-cut along an earlier version, or cut
+//! afresh: [`super::scan_cache`]), send it, send only the chunks the relay says are missing (the
+//! first one alone, so a refused type stops at once, then several in flight), each handed to quinn
+//! as a slice of the mapping, then commit. Re-running the same put continues the relay's open
+//! upload of that content.
 //!
 //! Download: chunks are written at their offsets into `OUT.relay-part`, beside a small state file
 //! `OUT.relay-state` naming the file and its root. A re-run with the same output verifies what
