@@ -569,14 +569,19 @@ impl Service {
         }
     }
 
-    /// The file `id` if `p` may `what` it; denials are audited.
+    /// The caller of `token` and the file `id`, if the caller may `what` it; refusals are
+    /// audited.
     async fn file_for(
         &self,
+        token: &str,
         action: &'static str,
-        p: &Principal,
         what: FileAction,
         id: &str,
-    ) -> Result<super::store::FileRecord, Response> {
+    ) -> Result<(Principal, super::store::FileRecord), Response> {
+        let p = self
+            .control
+            .authenticate(Some(token), action, &format!("file:{id}"))
+            .map_err(refusal)?;
         let store = self.store.clone();
         let owned = id.to_string();
         let rec = match blocking(move || store.file(&owned)).await {
@@ -589,25 +594,20 @@ impl Service {
             classification: rec.classification,
             view_only: rec.view_only,
         };
-        self.may(action, p, what, facts, &format!("file:{id}"))?;
-        Ok(rec)
+        self.may(action, &p, what, facts, &format!("file:{id}"))?;
+        Ok((p, rec))
     }
 
     async fn get_start(self: &Arc<Self>, token: &str, id: &str) -> Response {
-        let target = format!("file:{id}");
-        let p = match self.control.authenticate(Some(token), "files.get", &target) {
-            Ok(p) => p,
-            Err(d) => return refusal(d),
-        };
-        let rec = match self.file_for("files.get", &p, FileAction::Get, id).await {
-            Ok(r) => r,
+        let (p, rec) = match self.file_for(token, "files.get", FileAction::Get, id).await {
+            Ok(found) => found,
             Err(r) => return r,
         };
         let store = self.store.clone();
         let owned = id.to_string();
         match blocking(move || store.manifest(&owned)).await {
             Ok(manifest) => {
-                self.control.allow("files.get", &p, &target);
+                self.control.allow("files.get", &p, &format!("file:{id}"));
                 Response::FileInfo {
                     entry: Box::new(rec.entry()),
                     manifest,
@@ -618,15 +618,8 @@ impl Service {
     }
 
     async fn get_chunk(self: &Arc<Self>, token: &str, id: &str, index: u32) -> Response {
-        let p = match self
-            .control
-            .authenticate(Some(token), "files.get", &format!("file:{id}"))
-        {
-            Ok(p) => p,
-            Err(d) => return refusal(d),
-        };
-        let rec = match self.file_for("files.get", &p, FileAction::Get, id).await {
-            Ok(r) => r,
+        let rec = match self.file_for(token, "files.get", FileAction::Get, id).await {
+            Ok((_, rec)) => rec,
             Err(r) => return r,
         };
         let store = self.store.clone();
@@ -689,19 +682,18 @@ impl Service {
     }
 
     async fn remove(self: &Arc<Self>, token: &str, id: &str) -> Response {
-        let target = format!("file:{id}");
-        let p = match self.control.authenticate(Some(token), "files.rm", &target) {
-            Ok(p) => p,
-            Err(d) => return refusal(d),
+        let p = match self
+            .file_for(token, "files.rm", FileAction::Remove, id)
+            .await
+        {
+            Ok((p, _)) => p,
+            Err(r) => return r,
         };
-        if let Err(r) = self.file_for("files.rm", &p, FileAction::Remove, id).await {
-            return r;
-        }
         let store = self.store.clone();
         let owned = id.to_string();
         match blocking(move || store.remove(&owned, unix_now())).await {
             Ok(()) => {
-                self.control.allow("files.rm", &p, &target);
+                self.control.allow("files.rm", &p, &format!("file:{id}"));
                 Response::Removed { id: id.into() }
             }
             Err(e) => store_failure(e),

@@ -1321,7 +1321,9 @@ impl Core {
 
 impl Subscriber {
     /// The line sending as `ssrc` transmitted an RTP packet: its oldest queued copy left.
-    /// Retransmissions and padding go out under other SSRCs and match no line.
+    /// Retransmissions and padding go out under the RTX SSRC and match no line; a peer that
+    /// negotiated no RTX gets resends under the line's own SSRC, and each then releases a
+    /// queued copy early (that datagram's delay is understated, only under loss).
     fn copy_left(&mut self, ssrc: u32, book: &mut Book) {
         let line = self
             .video
