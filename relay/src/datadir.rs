@@ -176,7 +176,8 @@ impl DataDir {
     }
 }
 
-fn create_private_dir(path: &Path) -> Result<(), DataDirError> {
+/// Creates `path` and any missing parents, private to the owner (0700).
+pub fn create_private_dir(path: &Path) -> Result<(), DataDirError> {
     use std::os::unix::fs::DirBuilderExt;
     fs::DirBuilder::new()
         .recursive(true)
@@ -186,20 +187,28 @@ fn create_private_dir(path: &Path) -> Result<(), DataDirError> {
 }
 
 /// Writes a file so that it is either absent or whole: temp file, fsync, rename, directory fsync.
-/// Private (0600): these files hold secrets.
+/// Private (0600): these files hold secrets. The temp file's name is new for every call, so two
+/// writers of the same path never share one; it is removed when the write fails.
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), DataDirError> {
     use std::os::unix::fs::OpenOptionsExt;
-    let tmp = path.with_extension("tmp");
-    let mut f = fs::OpenOptions::new()
+    let mut name = path.file_name().unwrap_or_default().to_os_string();
+    name.push(format!(".{}.tmp", hex::encode(crate::random_bytes::<6>())));
+    let tmp = path.with_file_name(name);
+    let written = fs::OpenOptions::new()
         .write(true)
-        .create(true)
-        .truncate(true)
+        .create_new(true)
         .mode(0o600)
         .open(&tmp)
-        .map_err(io(&tmp))?;
-    f.write_all(bytes).map_err(io(&tmp))?;
-    f.sync_all().map_err(io(&tmp))?;
-    fs::rename(&tmp, path).map_err(io(path))?;
+        .and_then(|mut f| {
+            f.write_all(bytes)?;
+            f.sync_all()
+        })
+        .map_err(io(&tmp))
+        .and_then(|()| fs::rename(&tmp, path).map_err(io(path)));
+    if written.is_err() {
+        let _ = fs::remove_file(&tmp);
+    }
+    written?;
     sync_dir(path.parent().unwrap_or(Path::new(".")))
 }
 
@@ -229,6 +238,33 @@ mod tests {
 
     fn sans() -> Vec<String> {
         vec!["localhost".into(), "127.0.0.1".into()]
+    }
+
+    #[test]
+    fn atomic_writes_are_private_whole_and_leave_no_temp_file() {
+        use std::os::unix::fs::PermissionsExt;
+        let tmp = tempfile::tempdir().unwrap();
+        let path = tmp.path().join("key");
+        write_atomic(&path, b"first").unwrap();
+        write_atomic(&path, b"second, longer").unwrap();
+        assert_eq!(fs::read(&path).unwrap(), b"second, longer");
+        let mode = fs::metadata(&path).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o600);
+        let names: Vec<_> = fs::read_dir(tmp.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
+        assert_eq!(names, vec![std::ffi::OsString::from("key")]);
+        // A write that cannot land leaves nothing behind.
+        let blocked = tmp.path().join("dir");
+        fs::create_dir(&blocked).unwrap();
+        assert!(write_atomic(&blocked, b"x").is_err());
+        let mut names: Vec<_> = fs::read_dir(tmp.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
+        names.sort();
+        assert_eq!(names, vec![std::ffi::OsString::from("dir"), "key".into()]);
     }
 
     #[test]

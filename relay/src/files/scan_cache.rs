@@ -19,14 +19,15 @@
 //! from the file and verified by the relay, so such a put fails rather than mixing versions.
 
 use std::fs::{self, File};
-use std::io::{self, Write};
-use std::os::unix::fs::{DirBuilderExt, MetadataExt, OpenOptionsExt};
+use std::io;
+use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use super::chunker::{self, AVG_CHUNK, Cut, MAX_CHUNK, MIN_CHUNK};
 use super::manifest::{ChunkRef, Manifest};
 use super::mapped::Mapped;
+use crate::datadir::{self, DataDirError};
 
 /// How long a file must have been unchanged before its scan for the scan to be trusted by
 /// identity alone: longer than the coarsest timestamps Linux file systems keep (FAT's 2 s).
@@ -168,34 +169,10 @@ impl ScanCache {
         decode(&fs::read(self.entry_path(path)).ok()?)
     }
 
-    /// Remembers `entry` for the file at `path`, durably: temp file, fsync, rename, directory
-    /// fsync.
-    pub fn put(&self, path: &Path, entry: &Entry) -> io::Result<()> {
-        if !self.dir.exists() {
-            fs::DirBuilder::new()
-                .recursive(true)
-                .mode(0o700)
-                .create(&self.dir)?;
-        }
-        let target = self.entry_path(path);
-        let mut tmp_name = target.file_name().unwrap_or_default().to_os_string();
-        tmp_name.push(format!(".{}.tmp", hex::encode(crate::random_bytes::<6>())));
-        let tmp = self.dir.join(tmp_name);
-        let written = (|| {
-            let mut f = fs::OpenOptions::new()
-                .write(true)
-                .create_new(true)
-                .mode(0o600)
-                .open(&tmp)?;
-            f.write_all(&encode(entry))?;
-            f.sync_all()?;
-            fs::rename(&tmp, &target)?;
-            File::open(&self.dir)?.sync_all()
-        })();
-        if written.is_err() {
-            let _ = fs::remove_file(&tmp);
-        }
-        written
+    /// Remembers `entry` for the file at `path`, durably (see [`datadir::write_atomic`]).
+    pub fn put(&self, path: &Path, entry: &Entry) -> Result<(), DataDirError> {
+        datadir::create_private_dir(&self.dir)?;
+        datadir::write_atomic(&self.entry_path(path), &encode(entry))
     }
 }
 
