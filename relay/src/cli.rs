@@ -6,7 +6,7 @@
 //!
 //! Exit codes: 0 success, 1 runtime failure, 2 usage or configuration error, 3 denied.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::Duration;
 
@@ -14,9 +14,11 @@ use clap::{Args, Parser, Subcommand};
 use serde_json::{Value, json};
 
 use crate::config::Config;
+use crate::control::admin::{AdminChange, Change};
 use crate::control::audit::{self, AuditLog};
 use crate::control::registry::{DeviceKind, Registry, RegistryError};
 use crate::control::token::Grant;
+use crate::control::witness::{self, Witnesses};
 use crate::control::{Control, ControlError, MintRequest, parse_kind};
 use crate::datadir::DataDir;
 use crate::metrics::Metrics;
@@ -116,6 +118,10 @@ pub enum AdminCommand {
         #[command(subcommand)]
         command: RoomCommand,
     },
+    Token {
+        #[command(subcommand)]
+        command: TokenCommand,
+    },
     Audit {
         #[command(subcommand)]
         command: AuditCommand,
@@ -143,6 +149,32 @@ pub enum UserCommand {
         #[arg(long, value_parser = clap::value_parser!(u8).range(0..=3))]
         clearance: u8,
     },
+    /// Remove a user; every token minted for it stops working at its next request, and its live
+    /// media sessions end.
+    Remove {
+        #[arg(long)]
+        org: String,
+        name: String,
+    },
+    /// Change a user's clearance; it holds from the next request of any of its tokens.
+    Set {
+        #[arg(long)]
+        org: String,
+        name: String,
+        #[arg(long, value_parser = clap::value_parser!(u8).range(0..=3))]
+        clearance: u8,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum TokenCommand {
+    /// Revoke one token by its id (`jti`, in the audit line of its minting and in the API's
+    /// answer); it stops working at its next request.
+    Revoke {
+        #[arg(long)]
+        org: String,
+        id: String,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -154,9 +186,10 @@ pub enum DeviceCommand {
         id: String,
         #[arg(long, default_value = "browser", value_parser = parse_kind)]
         kind: DeviceKind,
-        /// The highest clearance this device may carry.
-        #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u8).range(0..=3))]
-        max_clearance: u8,
+        /// The highest clearance this device may carry (default: 3 on the data directory, the
+        /// admin's own clearance over the API).
+        #[arg(long, value_parser = clap::value_parser!(u8).range(0..=3))]
+        max_clearance: Option<u8>,
     },
     /// Revoke a device; its tokens stop working at their next request.
     Revoke {
@@ -198,7 +231,12 @@ pub enum StoreCommand {
 #[derive(Debug, Subcommand)]
 pub enum AuditCommand {
     /// Check the audit log's hash chain; names the first broken line.
-    Verify,
+    Verify {
+        /// The outside witness's copy (the syslog server's file): name the first line that
+        /// differs, and the lines missing on either side.
+        #[arg(long)]
+        witness: Option<PathBuf>,
+    },
 }
 
 fn parse_grant(s: &str) -> Result<Grant, String> {
@@ -347,23 +385,18 @@ fn token(args: TokenArgs) -> CliResult {
                 .unwrap_or_default()
                 .to_string()
         }
-        None => local(&args.target)?.mint(&req, None)?,
+        None => local(&args.target)?.mint(&req, None)?.token,
     };
     println!("{token}");
     Ok(())
 }
 
-fn admin(command: AdminCommand, target: &Target) -> CliResult {
-    if let Some(remote) = Remote::of(target)? {
-        return admin_remote(command, &remote);
-    }
-    let control = local(target)?;
-    let out = match command {
+/// The registry change a command asks for, or for `audit verify` its witness file.
+fn change_of(command: AdminCommand) -> Result<AdminChange, Option<PathBuf>> {
+    Ok(match command {
         AdminCommand::Org {
             command: OrgCommand::Add { name, quota_bytes },
-        } => control.change("admin.org.add", &name, &format!("org:{name}"), None, |r| {
-            r.add_org(&name, quota_bytes).map(|o| json!(o))
-        })?,
+        } => AdminChange::new(name, Change::AddOrg { quota_bytes }),
         AdminCommand::User {
             command:
                 UserCommand::Add {
@@ -371,9 +404,18 @@ fn admin(command: AdminCommand, target: &Target) -> CliResult {
                     name,
                     clearance,
                 },
-        } => control.change("admin.user.add", &org, &format!("user:{name}"), None, |r| {
-            r.add_user(&org, &name, clearance).map(|u| json!(u))
-        })?,
+        } => AdminChange::new(org, Change::AddUser { name, clearance }),
+        AdminCommand::User {
+            command: UserCommand::Remove { org, name },
+        } => AdminChange::new(org, Change::RemoveUser { name }),
+        AdminCommand::User {
+            command:
+                UserCommand::Set {
+                    org,
+                    name,
+                    clearance,
+                },
+        } => AdminChange::new(org, Change::SetClearance { name, clearance }),
         AdminCommand::Device {
             command:
                 DeviceCommand::Add {
@@ -382,28 +424,17 @@ fn admin(command: AdminCommand, target: &Target) -> CliResult {
                     kind,
                     max_clearance,
                 },
-        } => control.change(
-            "admin.device.add",
-            &org,
-            &format!("device:{id}"),
-            None,
-            |r| {
-                r.add_device(&org, &id, kind, max_clearance)
-                    .map(|d| json!(d))
+        } => AdminChange::new(
+            org,
+            Change::AddDevice {
+                id,
+                kind,
+                max_clearance,
             },
-        )?,
+        ),
         AdminCommand::Device {
             command: DeviceCommand::Revoke { org, id },
-        } => control.change(
-            "admin.device.revoke",
-            &org,
-            &format!("device:{id}"),
-            None,
-            |r| {
-                r.revoke_device(&org, &id)
-                    .map(|()| json!({"org": org, "id": id, "revoked": true}))
-            },
-        )?,
+        } => AdminChange::new(org, Change::RevokeDevice { id }),
         AdminCommand::Room {
             command:
                 RoomCommand::Add {
@@ -412,105 +443,159 @@ fn admin(command: AdminCommand, target: &Target) -> CliResult {
                     classification,
                     secure_view,
                 },
-        } => control.change("admin.room.add", &org, &format!("room:{name}"), None, |r| {
-            r.add_room(&org, &name, classification, secure_view)
-                .map(|r| json!(r))
-        })?,
+        } => AdminChange::new(
+            org,
+            Change::AddRoom {
+                name,
+                classification,
+                secure_view,
+            },
+        ),
+        AdminCommand::Token {
+            command: TokenCommand::Revoke { org, id },
+        } => AdminChange::new(org, Change::RevokeToken { id }),
         AdminCommand::Audit {
-            command: AuditCommand::Verify,
-        } => {
-            let dir = data_dir(target);
-            let head = control.registry().audit_head()?;
-            return match audit::verify(&dir.audit_log(), head) {
-                Ok(v) => {
-                    println!(
-                        "audit log intact: {} lines ({} after the last anchor)",
-                        v.lines, v.unanchored
-                    );
-                    Ok(())
-                }
-                Err(e) => Err(CliError::Failure(e.to_string())),
-            };
+            command: AuditCommand::Verify { witness },
+        } => return Err(witness),
+    })
+}
+
+/// The admin API's request for a change: method, path and JSON body.
+fn request_of(change: &AdminChange) -> (&'static str, String, Value) {
+    match &change.change {
+        Change::AddOrg { quota_bytes } => (
+            "POST",
+            "/api/admin/orgs".into(),
+            json!({"name": change.org, "quota_bytes": quota_bytes}),
+        ),
+        Change::AddUser { name, clearance } => (
+            "POST",
+            "/api/admin/users".into(),
+            json!({"name": name, "clearance": clearance}),
+        ),
+        Change::RemoveUser { name } => ("DELETE", format!("/api/admin/users/{name}"), json!({})),
+        Change::SetClearance { name, clearance } => (
+            "PATCH",
+            format!("/api/admin/users/{name}"),
+            json!({"clearance": clearance}),
+        ),
+        Change::AddDevice {
+            id,
+            kind,
+            max_clearance,
+        } => (
+            "POST",
+            "/api/admin/devices".into(),
+            json!({"id": id, "kind": kind, "max_clearance": max_clearance}),
+        ),
+        Change::RevokeDevice { id } => {
+            ("POST", format!("/api/admin/devices/{id}/revoke"), json!({}))
         }
+        Change::AddRoom {
+            name,
+            classification,
+            secure_view,
+        } => (
+            "POST",
+            "/api/admin/rooms".into(),
+            json!({"name": name, "classification": classification, "secure_view": secure_view}),
+        ),
+        Change::RevokeToken { id } => ("POST", format!("/api/admin/tokens/{id}/revoke"), json!({})),
+    }
+}
+
+fn admin(command: AdminCommand, target: &Target) -> CliResult {
+    let remote = Remote::of(target)?;
+    let change = match change_of(command) {
+        Ok(c) => c,
+        Err(witness) => return audit_verify(target, remote.as_ref(), witness.as_deref()),
+    };
+    let out = match remote {
+        Some(remote) => {
+            // The API limits an admin token to its own organisation, bar the organisation add
+            // that it answers itself.
+            if !matches!(change.change, Change::AddOrg { .. }) {
+                remote.same_org(&change.org)?;
+            }
+            let (method, path, body) = request_of(&change);
+            remote.call(method, &path, Some(body))?
+        }
+        None => local(target)?.apply(&change, None)?,
     };
     println!("{out}");
     Ok(())
 }
 
-fn admin_remote(command: AdminCommand, remote: &Remote) -> CliResult {
-    let (path, body) = match command {
-        AdminCommand::Org {
-            command: OrgCommand::Add { name, quota_bytes },
-        } => (
-            "/api/admin/orgs".to_string(),
-            Some(json!({"name": name, "quota_bytes": quota_bytes})),
-        ),
-        AdminCommand::User {
-            command:
-                UserCommand::Add {
-                    org,
-                    name,
-                    clearance,
-                },
-        } => {
-            remote.same_org(&org)?;
-            (
-                "/api/admin/users".into(),
-                Some(json!({"name": name, "clearance": clearance})),
-            )
+fn audit_verify(target: &Target, remote: Option<&Remote>, witness: Option<&Path>) -> CliResult {
+    if let Some(remote) = remote {
+        if witness.is_some() {
+            return Err(CliError::Usage(
+                "--witness holds the data directory's log against the witness; use --data".into(),
+            ));
         }
-        AdminCommand::Device {
-            command:
-                DeviceCommand::Add {
-                    org,
-                    id,
-                    kind,
-                    max_clearance,
-                },
-        } => {
-            remote.same_org(&org)?;
-            (
-                "/api/admin/devices".into(),
-                Some(json!({"id": id, "kind": kind, "max_clearance": max_clearance})),
-            )
-        }
-        AdminCommand::Device {
-            command: DeviceCommand::Revoke { org, id },
-        } => {
-            remote.same_org(&org)?;
-            (format!("/api/admin/devices/{id}/revoke"), Some(json!({})))
-        }
-        AdminCommand::Room {
-            command:
-                RoomCommand::Add {
-                    org,
-                    name,
-                    classification,
-                    secure_view,
-                },
-        } => {
-            remote.same_org(&org)?;
-            (
-                "/api/admin/rooms".into(),
-                Some(
-                    json!({"name": name, "classification": classification, "secure_view": secure_view}),
-                ),
-            )
-        }
-        AdminCommand::Audit {
-            command: AuditCommand::Verify,
-        } => {
-            let v = remote.call("GET", "/api/admin/audit/verify", None)?;
-            println!(
-                "audit log intact: {} lines",
-                v.get("lines").and_then(Value::as_u64).unwrap_or(0)
-            );
-            return Ok(());
-        }
+        let v = remote.call("GET", "/api/admin/audit/verify", None)?;
+        println!(
+            "audit log intact: {} lines of this organisation",
+            v.get("lines").and_then(Value::as_u64).unwrap_or(0)
+        );
+        return Ok(());
+    }
+    let control = local(target)?;
+    let dir = data_dir(target);
+    let head = control.registry().audit_head()?;
+    let v = audit::verify(&dir.audit_log(), head, None)
+        .map_err(|e| CliError::Failure(e.to_string()))?;
+    println!(
+        "audit log chain intact: {} lines ({} after the last anchor)",
+        v.lines, v.unanchored
+    );
+    let Some(witness) = witness else {
+        println!(
+            "the chain has no outside witness in this check: whoever can write the data directory \
+             can re-chain it; run with --witness FILE, the syslog server's copy (audit.syslog)"
+        );
+        return Ok(());
     };
-    let v = remote.call("POST", &path, body)?;
-    println!("{v}");
-    Ok(())
+    let c = witness::compare(&dir.audit_log(), witness)
+        .map_err(|e| CliError::Failure(format!("{}: {e}", witness.display())))?;
+    if c.agrees() {
+        println!(
+            "all {} lines match the witness {}",
+            c.matched,
+            witness.display()
+        );
+        return Ok(());
+    }
+    let mut why = vec![format!(
+        "the audit log does not match the witness {} ({} lines match)",
+        witness.display(),
+        c.matched
+    )];
+    if let Some(first) = c.differing.first() {
+        why.push(format!(
+            "first line that differs: {first} (all that differ: {})",
+            witness::ranges(&c.differing)
+        ));
+    }
+    if !c.missing_locally.is_empty() {
+        why.push(format!(
+            "lines the witness holds and the log does not (removed or cut off): {}",
+            witness::ranges(&c.missing_locally)
+        ));
+    }
+    if !c.only_local.is_empty() {
+        why.push(format!(
+            "lines only the log holds (added behind the witness's back, or not delivered while it was away): {}",
+            witness::ranges(&c.only_local)
+        ));
+    }
+    if !c.bad_heads.is_empty() {
+        why.push(format!(
+            "chain heads the witness holds that the log does not reproduce: after lines {}",
+            witness::ranges(&c.bad_heads)
+        ));
+    }
+    Err(CliError::Failure(why.join("\n")))
 }
 
 fn data_dir(target: &Target) -> DataDir {
@@ -529,14 +614,22 @@ fn local(target: &Target) -> Result<Control, CliError> {
         .open()
         .map_err(|e| CliError::Usage(format!("data directory {}: {e}", dir.root.display())))?;
     let registry = Registry::open(&dir.db())?;
-    let audit = AuditLog::open(&dir.audit_log(), &dir.db())
-        .map_err(|e| CliError::Failure(e.to_string()))?;
+    let defaults = Config::default();
+    let witnesses = Witnesses::new(dir.witness().as_deref())
+        .map_err(|e| CliError::Usage(format!("{}: {e}", dir.audit_witness().display())))?;
+    let audit = AuditLog::witnessed(
+        &dir.audit_log(),
+        &dir.db(),
+        witnesses,
+        defaults.audit.head_interval,
+    )
+    .map_err(|e| CliError::Failure(e.to_string()))?;
     Ok(Control::new(
         registry,
         secrets.signing_key,
         audit,
         Metrics::new(),
-        Config::default().tokens,
+        defaults.tokens,
     ))
 }
 
@@ -586,14 +679,26 @@ impl Remote {
     fn call(&self, method: &str, path: &str, body: Option<Value>) -> Result<Value, CliError> {
         let url = format!("{}{path}", self.base);
         let auth = format!("Bearer {}", self.token);
-        let result = match (method, body) {
-            ("GET", _) => self.agent.get(&url).header("authorization", &auth).call(),
-            (_, body) => self
+        let body = body.unwrap_or(Value::Null).to_string();
+        let result = match method {
+            "GET" => self.agent.get(&url).header("authorization", &auth).call(),
+            "DELETE" => self
+                .agent
+                .delete(&url)
+                .header("authorization", &auth)
+                .call(),
+            "PATCH" => self
+                .agent
+                .patch(&url)
+                .header("authorization", &auth)
+                .content_type("application/json")
+                .send(body),
+            _ => self
                 .agent
                 .post(&url)
                 .header("authorization", &auth)
                 .content_type("application/json")
-                .send(body.unwrap_or(Value::Null).to_string()),
+                .send(body),
         };
         let mut resp = result.map_err(|e| CliError::Failure(format!("{url}: {e}")))?;
         let status = resp.status().as_u16();

@@ -23,6 +23,28 @@ pub struct Config {
     pub log: Log,
     pub tls: Tls,
     pub files: Files,
+    pub audit: Audit,
+}
+
+/// The audit log's witnesses outside the relay.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Audit {
+    /// A syslog server that receives every audit line as it is written: `tcp://HOST:PORT`
+    /// (RFC 5424 over TCP). Empty: none (the journal still does, where systemd runs the relay).
+    pub syslog: String,
+    /// How often the chain's head (line count and last hash) goes to the witnesses.
+    #[serde(with = "humantime_serde")]
+    pub head_interval: Duration,
+}
+
+impl Default for Audit {
+    fn default() -> Self {
+        Audit {
+            syslog: String::new(),
+            head_interval: Duration::from_secs(60),
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Deserialize)]
@@ -49,6 +71,10 @@ pub struct Media {
     pub max_rooms_per_worker: usize,
     /// Datagrams per `recvmmsg`/`sendmmsg` call (1 = one per syscall).
     pub io_batch: usize,
+    /// Video m-lines (slots) one offer may carry; beyond it 400.
+    pub max_slots: usize,
+    /// Audio m-lines one offer may carry; beyond it 400.
+    pub max_audio_lines: usize,
 }
 
 #[derive(Debug, Clone, PartialEq, Deserialize)]
@@ -135,6 +161,7 @@ impl Default for Config {
             log: Log::default(),
             tls: Tls::default(),
             files: Files::default(),
+            audit: Audit::default(),
         }
     }
 }
@@ -157,6 +184,8 @@ impl Default for Media {
             max_sessions_per_room: 100,
             max_rooms_per_worker: 1_000,
             io_batch: crate::media::plane::DEFAULT_IO_BATCH,
+            max_slots: crate::media::plane::DEFAULT_MAX_SLOTS,
+            max_audio_lines: crate::media::plane::DEFAULT_MAX_AUDIO_LINES,
         }
     }
 }
@@ -171,6 +200,8 @@ impl Media {
             max_sessions_per_room: self.max_sessions_per_room,
             max_rooms_per_worker: self.max_rooms_per_worker,
             io_batch: self.io_batch,
+            max_slots: self.max_slots,
+            max_audio_lines: self.max_audio_lines,
         }
     }
 }
@@ -291,6 +322,17 @@ impl Config {
                 "media.io_batch",
                 format!("must be from 1 to {}", crate::media::udp::MAX_BATCH),
             ));
+        }
+        if !self.audit.syslog.is_empty()
+            && let Err(m) = crate::control::witness::parse_url(&self.audit.syslog)
+        {
+            return Err(err("audit.syslog", m));
+        }
+        if self.audit.head_interval.is_zero() {
+            return Err(err("audit.head_interval", "must be longer than zero"));
+        }
+        if self.media.max_slots == 0 {
+            return Err(err("media.max_slots", "must be at least 1"));
         }
         if self.tokens.default_ttl.is_zero() {
             return Err(err("tokens.default_ttl", "must be longer than zero"));

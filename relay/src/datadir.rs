@@ -91,6 +91,32 @@ impl DataDir {
     pub fn audit_log(&self) -> PathBuf {
         self.root.join("audit.log")
     }
+    /// The audit witness the appliance was started with (`audit.syslog`), so that commands
+    /// working on the directory itself (`relay admin --data`) send their lines there too.
+    pub fn audit_witness(&self) -> PathBuf {
+        self.root.join("audit.witness")
+    }
+
+    /// Records the appliance's audit witness, or that it has none.
+    pub fn record_witness(&self, url: Option<&str>) -> Result<(), DataDirError> {
+        let path = self.audit_witness();
+        match url {
+            Some(url) => write_atomic(&path, format!("{url}\n").as_bytes()),
+            None => match fs::remove_file(&path) {
+                Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(io(&path)(e)),
+                _ => Ok(()),
+            },
+        }
+    }
+
+    /// The audit witness recorded by the appliance, if any. Whoever could change this file could
+    /// only keep lines from the witness, and `audit verify --witness` names every such line.
+    pub fn witness(&self) -> Option<String> {
+        fs::read_to_string(self.audit_witness())
+            .ok()
+            .map(|s| s.trim().to_string())
+            .filter(|s| !s.is_empty())
+    }
 
     fn parts(&self) -> [PathBuf; 4] {
         [self.db(), self.signing_key(), self.cert(), self.tls_key()]
@@ -108,11 +134,18 @@ impl DataDir {
         Ok((self.open()?, fresh))
     }
 
-    /// Loads an initialised directory; every part must be present and sound.
+    /// Loads an initialised directory; every part must be present and sound. The directory and
+    /// what the relay keeps in it are made private to its user, as they would be when new.
     pub fn open(&self) -> Result<Secrets, DataDirError> {
         for part in self.parts() {
             if !part.exists() {
                 return Err(DataDirError::Missing(part));
+            }
+        }
+        create_private_dir(&self.root)?;
+        for part in self.parts().iter().chain([&self.audit_log()]) {
+            if part.exists() {
+                crate::private::file(part).map_err(io(part))?;
             }
         }
         // Opening checks the database's integrity and schema.
@@ -178,26 +211,19 @@ impl DataDir {
 
 /// Creates `path` and any missing parents, private to the owner (0700).
 pub fn create_private_dir(path: &Path) -> Result<(), DataDirError> {
-    use std::os::unix::fs::DirBuilderExt;
-    fs::DirBuilder::new()
-        .recursive(true)
-        .mode(0o700)
-        .create(path)
-        .map_err(io(path))
+    crate::private::dir(path).map_err(io(path))
 }
 
 /// Writes a file so that it is either absent or whole: temp file, fsync, rename, directory fsync.
 /// Private (0600): these files hold secrets. The temp file's name is new for every call, so two
 /// writers of the same path never share one; it is removed when the write fails.
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), DataDirError> {
-    use std::os::unix::fs::OpenOptionsExt;
     let mut name = path.file_name().unwrap_or_default().to_os_string();
     name.push(format!(".{}.tmp", hex::encode(crate::random_bytes::<6>())));
     let tmp = path.with_file_name(name);
-    let written = fs::OpenOptions::new()
+    let written = crate::private::open_options()
         .write(true)
         .create_new(true)
-        .mode(0o600)
         .open(&tmp)
         .and_then(|mut f| {
             f.write_all(bytes)?;

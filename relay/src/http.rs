@@ -16,6 +16,7 @@ use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 
+use crate::control::admin::{AdminChange, Change};
 use crate::control::policy::{Denial, Principal};
 use crate::control::registry::{DeviceKind, RegistryError};
 use crate::control::{Control, ControlError, MintRequest, audit};
@@ -180,10 +181,15 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/api/info", get(info))
         .route("/api/admin/orgs", post(admin_org_add))
         .route("/api/admin/users", post(admin_user_add))
+        .route(
+            "/api/admin/users/{name}",
+            axum::routing::delete(admin_user_remove).patch(admin_user_set),
+        )
         .route("/api/admin/devices", post(admin_device_add))
         .route("/api/admin/devices/{id}/revoke", post(admin_device_revoke))
         .route("/api/admin/rooms", post(admin_room_add))
         .route("/api/admin/tokens", post(admin_token))
+        .route("/api/admin/tokens/{id}/revoke", post(admin_token_revoke))
         .route("/api/admin/audit/verify", get(admin_audit_verify))
         .merge(crate::media_http::routes())
         .route("/", get(web_client))
@@ -218,7 +224,8 @@ async fn metrics(State(s): State<Arc<AppState>>) -> Response {
 }
 
 async fn info(State(s): State<Arc<AppState>>, headers: HeaderMap) -> ApiResult<axum::Json<Info>> {
-    s.control.authenticate(bearer(&headers), "info", "info")?;
+    let p = s.control.authenticate(bearer(&headers), "info", "info")?;
+    s.control.allow("info", &p, "info");
     Ok(axum::Json(s.info.clone()))
 }
 
@@ -234,12 +241,29 @@ fn admin(
     Ok(p)
 }
 
+/// Applies an admin change for the bearer, to its own organisation (or, for a new organisation,
+/// to `org`), within its clearance and room limit.
+fn apply(
+    s: &AppState,
+    headers: &HeaderMap,
+    org: Option<String>,
+    change: Change,
+    status: StatusCode,
+) -> ApiResult<Response> {
+    let target = change.target(org.as_deref().unwrap_or(""));
+    let p = s
+        .control
+        .authenticate(bearer(headers), change.action(), &target)?;
+    let change = AdminChange::new(org.unwrap_or_else(|| p.org.clone()), change);
+    let made = s.control.apply(&change, Some(&p))?;
+    Ok((status, axum::Json(made)).into_response())
+}
+
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct OrgAdd {
     name: String,
     #[serde(default)]
-    #[allow(dead_code)]
     quota_bytes: Option<u64>,
 }
 
@@ -248,19 +272,13 @@ async fn admin_org_add(
     headers: HeaderMap,
     body: Bytes,
 ) -> ApiResult<Response> {
+    // An organisation's admin token reaches its own organisation only, which exists; new
+    // organisations are made on the appliance itself.
     let req: OrgAdd = json_body(&body)?;
-    let target = format!("org:{}", req.name);
-    let p = s
-        .control
-        .authenticate(bearer(&headers), "admin.org.add", &target)?;
-    // An organisation's admin token reaches its own organisation only; new organisations are
-    // created on the appliance itself.
-    s.control.admin("admin.org.add", &p, &req.name, &target)?;
-    Err(ApiError::new(
-        StatusCode::CONFLICT,
-        "exists",
-        format!("organisation {} already exists", req.name),
-    ))
+    let change = Change::AddOrg {
+        quota_bytes: req.quota_bytes,
+    };
+    apply(&s, &headers, Some(req.name), change, StatusCode::CREATED)
 }
 
 #[derive(Deserialize)]
@@ -276,14 +294,45 @@ async fn admin_user_add(
     body: Bytes,
 ) -> ApiResult<Response> {
     let req: UserAdd = json_body(&body)?;
-    let target = format!("user:{}", req.name);
-    let p = admin(&s, &headers, "admin.user.add", &target)?;
-    let user = s
-        .control
-        .change("admin.user.add", &p.org, &target, Some(&p), |r| {
-            r.add_user(&p.org, &req.name, req.clearance)
-        })?;
-    Ok((StatusCode::CREATED, axum::Json(user)).into_response())
+    let change = Change::AddUser {
+        name: req.name,
+        clearance: req.clearance,
+    };
+    apply(&s, &headers, None, change, StatusCode::CREATED)
+}
+
+async fn admin_user_remove(
+    State(s): State<Arc<AppState>>,
+    headers: HeaderMap,
+    Path(name): Path<String>,
+) -> ApiResult<Response> {
+    apply(
+        &s,
+        &headers,
+        None,
+        Change::RemoveUser { name },
+        StatusCode::OK,
+    )
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct UserSet {
+    clearance: u8,
+}
+
+async fn admin_user_set(
+    State(s): State<Arc<AppState>>,
+    headers: HeaderMap,
+    Path(name): Path<String>,
+    body: Bytes,
+) -> ApiResult<Response> {
+    let req: UserSet = json_body(&body)?;
+    let change = Change::SetClearance {
+        name,
+        clearance: req.clearance,
+    };
+    apply(&s, &headers, None, change, StatusCode::OK)
 }
 
 #[derive(Deserialize)]
@@ -292,16 +341,12 @@ struct DeviceAdd {
     id: String,
     #[serde(default = "default_kind")]
     kind: DeviceKind,
-    #[serde(default = "max_level")]
-    max_clearance: u8,
+    #[serde(default)]
+    max_clearance: Option<u8>,
 }
 
 fn default_kind() -> DeviceKind {
     DeviceKind::Browser
-}
-
-fn max_level() -> u8 {
-    crate::control::registry::MAX_LEVEL
 }
 
 async fn admin_device_add(
@@ -310,28 +355,26 @@ async fn admin_device_add(
     body: Bytes,
 ) -> ApiResult<Response> {
     let req: DeviceAdd = json_body(&body)?;
-    let target = format!("device:{}", req.id);
-    let p = admin(&s, &headers, "admin.device.add", &target)?;
-    let device = s
-        .control
-        .change("admin.device.add", &p.org, &target, Some(&p), |r| {
-            r.add_device(&p.org, &req.id, req.kind, req.max_clearance)
-        })?;
-    Ok((StatusCode::CREATED, axum::Json(device)).into_response())
+    let change = Change::AddDevice {
+        id: req.id,
+        kind: req.kind,
+        max_clearance: req.max_clearance,
+    };
+    apply(&s, &headers, None, change, StatusCode::CREATED)
 }
 
 async fn admin_device_revoke(
     State(s): State<Arc<AppState>>,
     headers: HeaderMap,
     Path(id): Path<String>,
-) -> ApiResult<StatusCode> {
-    let target = format!("device:{id}");
-    let p = admin(&s, &headers, "admin.device.revoke", &target)?;
-    s.control
-        .change("admin.device.revoke", &p.org, &target, Some(&p), |r| {
-            r.revoke_device(&p.org, &id)
-        })?;
-    Ok(StatusCode::NO_CONTENT)
+) -> ApiResult<Response> {
+    apply(
+        &s,
+        &headers,
+        None,
+        Change::RevokeDevice { id },
+        StatusCode::OK,
+    )
 }
 
 #[derive(Deserialize)]
@@ -350,14 +393,12 @@ async fn admin_room_add(
     body: Bytes,
 ) -> ApiResult<Response> {
     let req: RoomAdd = json_body(&body)?;
-    let target = format!("room:{}", req.name);
-    let p = admin(&s, &headers, "admin.room.add", &target)?;
-    let room = s
-        .control
-        .change("admin.room.add", &p.org, &target, Some(&p), |r| {
-            r.add_room(&p.org, &req.name, req.classification, req.secure_view)
-        })?;
-    Ok((StatusCode::CREATED, axum::Json(room)).into_response())
+    let change = Change::AddRoom {
+        name: req.name,
+        classification: req.classification,
+        secure_view: req.secure_view,
+    };
+    apply(&s, &headers, None, change, StatusCode::CREATED)
 }
 
 async fn admin_token(
@@ -366,32 +407,50 @@ async fn admin_token(
     body: Bytes,
 ) -> ApiResult<Response> {
     let req: MintRequest = json_body(&body)?;
-    let p = admin(
+    let target = format!("token:{}/{}/{}", req.org, req.user, req.device);
+    let p = s
+        .control
+        .authenticate(bearer(&headers), "token.mint", &target)?;
+    s.control.admin("token.mint", &p, &req.org, &target)?;
+    let minted = s.control.mint(&req, Some(&p))?;
+    Ok((
+        StatusCode::CREATED,
+        axum::Json(json!({"token": minted.token, "id": minted.id})),
+    )
+        .into_response())
+}
+
+async fn admin_token_revoke(
+    State(s): State<Arc<AppState>>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+) -> ApiResult<Response> {
+    apply(
         &s,
         &headers,
-        "token.mint",
-        &format!("token:{}/{}", req.user, req.device),
-    )?;
-    s.control.admin("token.mint", &p, &req.org, "token")?;
-    let token = s.control.mint(&req, Some(&p))?;
-    Ok((StatusCode::CREATED, axum::Json(json!({"token": token}))).into_response())
+        None,
+        Change::RevokeToken { id },
+        StatusCode::OK,
+    )
 }
 
 async fn admin_audit_verify(
     State(s): State<Arc<AppState>>,
     headers: HeaderMap,
 ) -> ApiResult<Response> {
-    admin(&s, &headers, "admin.audit.verify", "audit")?;
+    let p = admin(&s, &headers, "admin.audit.verify", "audit")?;
     let head = s.control.registry().audit_head()?;
     let path = s.audit_path.clone();
-    let result = tokio::task::spawn_blocking(move || audit::verify(&path, head))
+    let org = p.org.clone();
+    let result = tokio::task::spawn_blocking(move || audit::verify(&path, head, Some(&org)))
         .await
         .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", e.to_string()))?;
     match result {
-        Ok(v) => Ok(
-            axum::Json(json!({"ok": true, "lines": v.lines, "unanchored": v.unanchored}))
-                .into_response(),
-        ),
+        Ok(v) => {
+            s.control.allow("admin.audit.verify", &p, "audit");
+            // An organisation's admin learns of its own lines only, not of the whole appliance.
+            Ok(axum::Json(json!({"ok": true, "lines": v.org_lines})).into_response())
+        }
         Err(audit::AuditError::Broken { line, why }) => Ok((
             StatusCode::CONFLICT,
             axum::Json(json!({"error": "audit_broken", "message": why, "line": line})),

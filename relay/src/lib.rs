@@ -12,6 +12,7 @@ pub mod http;
 pub mod media;
 pub mod media_http;
 pub mod metrics;
+pub mod private;
 pub mod serve;
 
 /// `N` bytes from the operating system's secure random source.

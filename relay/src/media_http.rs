@@ -3,7 +3,12 @@
 //!
 //! A session's `Location` is `/whip/{room}/{session}` (or `/whep/...`); the session id is 128
 //! random bits. PATCH, DELETE and layout changes are accepted only from the participant who
-//! opened the session; anyone else gets 404, as if it did not exist.
+//! opened the session (anyone else gets 404, as if it did not exist), and only with a token that
+//! would be allowed to open it now: the same grant, room limit and clearance.
+//!
+//! A live session is held to the token that opened it: when the registry changes (a user removed
+//! or lowered, a device or the token revoked), [`MediaRoutes::enforce`] ends every session whose
+//! token would no longer be let in.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -18,7 +23,11 @@ use axum::{Json, Router};
 use serde::Deserialize;
 use serde_json::json;
 
-use crate::control::policy::{Principal, RoomRole};
+use crate::control::Control;
+use crate::control::audit::{Decision, Event};
+use crate::control::policy::{Denial, Principal, RoomRole};
+use crate::control::registry::shown;
+use crate::control::token::Claims;
 use crate::http::{ApiError, ApiResult, AppState, bearer, json_body};
 use crate::media::{Layout, MediaError, MediaPlane, SessionId, Source};
 
@@ -45,11 +54,21 @@ impl From<MediaError> for ApiError {
 /// Who opened a session, to check PATCH, DELETE and layout requests against.
 #[derive(Debug, Clone)]
 struct Owner {
-    org: String,
-    user: String,
+    /// The token that opened the session: the session lasts while it would still be let in.
+    claims: Claims,
     room: String,
     whep: bool,
     opened: Instant,
+}
+
+impl Owner {
+    fn role(&self) -> RoomRole {
+        if self.whep {
+            RoomRole::Subscribe
+        } else {
+            RoomRole::Publish
+        }
+    }
 }
 
 /// The media plane and the owners of its sessions.
@@ -71,12 +90,39 @@ impl MediaRoutes {
         self.owners.lock().unwrap_or_else(|p| p.into_inner())
     }
 
+    /// Ends every session whose token would no longer be let into its room, and audits each end.
+    pub async fn enforce(&self, control: &Control) {
+        let owners: Vec<(SessionId, Owner)> = self
+            .owners()
+            .iter()
+            .map(|(id, o)| (id.clone(), o.clone()))
+            .collect();
+        for (id, o) in owners {
+            let Err(d) = control.recheck(&o.claims, o.role(), &o.room) else {
+                continue;
+            };
+            let c = &o.claims;
+            control.record(
+                Event::new("session.end", Decision::Deny)
+                    .reason(d.reason())
+                    .who(&c.org, &c.sub, &c.device)
+                    .target(&format!("room:{}", o.room)),
+            );
+            // A session already gone on its own is no error here.
+            let _ = self.plane.end(&id).await;
+            self.owners().remove(&id);
+        }
+    }
+
     /// Forgets owners of sessions the media plane has dropped on its own (ICE timeout), so the
     /// map stays as large as the live sessions.
     pub async fn sweep(&self) {
         let rooms: Vec<String> = {
             let owners = self.owners();
-            let mut r: Vec<String> = owners.values().map(|o| room_key(&o.org, &o.room)).collect();
+            let mut r: Vec<String> = owners
+                .values()
+                .map(|o| room_key(&o.claims.org, &o.room))
+                .collect();
             r.sort_unstable();
             r.dedup();
             r
@@ -92,7 +138,7 @@ impl MediaRoutes {
                 None => Vec::new(),
             };
             self.owners().retain(|id, o| {
-                room_key(&o.org, &o.room) != room
+                room_key(&o.claims.org, &o.room) != room
                     || live.contains(id)
                     || o.opened.elapsed() < Duration::from_secs(30)
             });
@@ -132,7 +178,18 @@ fn media(s: &AppState) -> ApiResult<&MediaRoutes> {
     })
 }
 
+/// The largest offer accepted. A browser's offer for the most slots and audio lines allowed is a
+/// fraction of it.
+pub const MAX_OFFER_BYTES: usize = 256 * 1024;
+
 fn sdp_body(headers: &HeaderMap, body: &Bytes) -> ApiResult<String> {
+    if body.len() > MAX_OFFER_BYTES {
+        return Err(ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "too_large",
+            format!("an offer may have at most {MAX_OFFER_BYTES} bytes"),
+        ));
+    }
     let ct = headers
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
@@ -158,15 +215,17 @@ fn join(
     action: &'static str,
     role: RoomRole,
     room: &str,
-) -> ApiResult<Principal> {
+) -> ApiResult<(Principal, Claims)> {
     let target = format!("room:{room}");
     let p = s.control.authenticate(bearer(headers), action, &target)?;
-    match s.control.join(action, &p, role, room)? {
-        Some(_) => Ok(p),
-        None => Err(ApiError::not_found(format!(
-            "room {room} is not registered"
-        ))),
-    }
+    s.control
+        .join(action, &p, role, room)?
+        .ok_or_else(|| ApiError::not_found(format!("room {} is not registered", shown(room))))?;
+    // The token verified a moment ago; it is read again for the session to be held to.
+    let claims = bearer(headers)
+        .and_then(|t| s.control.claims(t))
+        .ok_or(Denial::TokenMissing)?;
+    Ok((p, claims))
 }
 
 #[derive(Deserialize)]
@@ -185,7 +244,7 @@ async fn whip(
     let Query(q) = query.map_err(|e| {
         ApiError::bad_request(format!("source must be camera, screen or audio: {e}"))
     })?;
-    let p = join(&s, &headers, "whip", RoomRole::Publish, &room)?;
+    let (p, claims) = join(&s, &headers, "whip", RoomRole::Publish, &room)?;
     let offer = sdp_body(&headers, &body)?;
     let answer = m
         .plane
@@ -196,7 +255,7 @@ async fn whip(
             &offer,
         )
         .await?;
-    Ok(created(m, &p, &room, false, answer))
+    Ok(created(m, claims, &room, false, answer))
 }
 
 #[derive(Deserialize)]
@@ -214,7 +273,7 @@ async fn whep(
     let m = media(&s)?;
     let Query(q) =
         query.map_err(|e| ApiError::bad_request(format!("layout must be grid or screen: {e}")))?;
-    let p = join(&s, &headers, "whep", RoomRole::Subscribe, &room)?;
+    let (p, claims) = join(&s, &headers, "whep", RoomRole::Subscribe, &room)?;
     let offer = sdp_body(&headers, &body)?;
     let answer = m
         .plane
@@ -225,12 +284,12 @@ async fn whep(
             &offer,
         )
         .await?;
-    Ok(created(m, &p, &room, true, answer))
+    Ok(created(m, claims, &room, true, answer))
 }
 
 fn created(
     m: &MediaRoutes,
-    p: &Principal,
+    claims: Claims,
     room: &str,
     whep: bool,
     answer: crate::media::SessionAnswer,
@@ -240,8 +299,7 @@ fn created(
     m.owners().insert(
         answer.session.clone(),
         Owner {
-            org: p.org.clone(),
-            user: p.user.clone(),
+            claims,
             room: room.to_string(),
             whep,
             opened: Instant::now(),
@@ -259,31 +317,49 @@ fn created(
     r
 }
 
-/// The session named in the path, if the bearer opened it.
+/// The session named in the path, if the bearer's participant opened it and the bearer's token
+/// may take the session's role in its room now (grant, room limit, clearance). Audited under
+/// `action`, allowed or denied.
 fn owned(
     s: &AppState,
     headers: &HeaderMap,
     room: &str,
     session: &str,
-    whep: Option<bool>,
+    whep: bool,
+    action: &'static str,
 ) -> ApiResult<SessionId> {
-    let p = s
-        .control
-        .authenticate(bearer(headers), "session", &format!("room:{room}"))?;
+    let target = format!("room:{room}");
+    let p = s.control.authenticate(bearer(headers), action, &target)?;
     let id = SessionId::parse(session).ok_or_else(|| ApiError::not_found("no such session"))?;
     let m = media(s)?;
-    let owners = m.owners();
-    let o = owners
-        .get(&id)
+    let role = {
+        let owners = m.owners();
+        let o = owners
+            .get(&id)
+            .ok_or_else(|| ApiError::not_found("no such session"))?;
+        if o.claims.org != p.org || o.claims.sub != p.user || o.room != room || o.whep != whep {
+            return Err(ApiError::not_found("no such session"));
+        }
+        o.role()
+    };
+    s.control
+        .join(action, &p, role, room)?
         .ok_or_else(|| ApiError::not_found("no such session"))?;
-    if o.org != p.org || o.user != p.user || o.room != room || whep.is_some_and(|w| w != o.whep) {
-        return Err(ApiError::not_found("no such session"));
-    }
     Ok(id)
 }
 
 fn is_whep(uri: &axum::http::Uri) -> bool {
     uri.path().starts_with("/whep/")
+}
+
+/// The audit action of a session request: `whip.end`, `whep.trickle`, ...
+fn session_action(whep: bool, what: &str) -> &'static str {
+    match (whep, what) {
+        (false, "trickle") => "whip.trickle",
+        (true, "trickle") => "whep.trickle",
+        (false, _) => "whip.end",
+        (true, _) => "whep.end",
+    }
 }
 
 async fn trickle(
@@ -293,7 +369,9 @@ async fn trickle(
     headers: HeaderMap,
     body: Bytes,
 ) -> ApiResult<StatusCode> {
-    let id = owned(&s, &headers, &room, &session, Some(is_whep(&uri)))?;
+    let whep = is_whep(&uri);
+    let action = session_action(whep, "trickle");
+    let id = owned(&s, &headers, &room, &session, whep, action)?;
     let ct = headers
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
@@ -318,7 +396,15 @@ async fn end(
     uri: axum::http::Uri,
     headers: HeaderMap,
 ) -> ApiResult<StatusCode> {
-    let id = owned(&s, &headers, &room, &session, Some(is_whep(&uri)))?;
+    let whep = is_whep(&uri);
+    let id = owned(
+        &s,
+        &headers,
+        &room,
+        &session,
+        whep,
+        session_action(whep, "end"),
+    )?;
     let m = media(&s)?;
     let result = m.plane.end(&id).await;
     m.owners().remove(&id);
@@ -340,7 +426,7 @@ async fn layout(
     headers: HeaderMap,
     body: Bytes,
 ) -> ApiResult<StatusCode> {
-    let id = owned(&s, &headers, &room, &session, Some(true))?;
+    let id = owned(&s, &headers, &room, &session, true, "whep.layout")?;
     let req: LayoutBody = json_body(&body)?;
     media(&s)?
         .plane
@@ -361,7 +447,7 @@ async fn room_info(
     let registered = s
         .control
         .join("room.inspect", &p, RoomRole::Inspect, &room)?
-        .ok_or_else(|| ApiError::not_found(format!("room {room} is not registered")))?;
+        .ok_or_else(|| ApiError::not_found(format!("room {} is not registered", shown(&room))))?;
     let live = match &s.media {
         Some(m) => m.plane.room_info(&room_key(&p.org, &room)).await,
         None => None,

@@ -13,6 +13,7 @@ use crate::config::Config;
 use crate::control::Control;
 use crate::control::audit::AuditLog;
 use crate::control::registry::Registry;
+use crate::control::witness::Witnesses;
 use crate::datadir::{self, DataDir};
 use crate::files::server::FilePlane;
 use crate::http::{self, AppState, Info, Readiness};
@@ -138,8 +139,21 @@ pub async fn run(config: Config) -> Result<(), ServeError> {
         tracing::info!(data = %dir.root.display(), "initialised a new data directory");
     }
     let registry = Registry::open(&dir.db()).map_err(|e| ServeError::DataDir(e.into()))?;
-    let audit = AuditLog::open(&dir.audit_log(), &dir.db())
-        .map_err(|e| ServeError::Io(std::io::Error::other(e)))?;
+    let syslog = Some(config.audit.syslog.as_str()).filter(|s| !s.is_empty());
+    dir.record_witness(syslog).map_err(ServeError::DataDir)?;
+    let witnesses = Witnesses::new(syslog).map_err(|e| ServeError::Io(std::io::Error::other(e)))?;
+    if !witnesses.any() {
+        tracing::warn!(
+            "the audit log has no outside witness: set audit.syslog to a log server, or run under systemd"
+        );
+    }
+    let audit = AuditLog::witnessed(
+        &dir.audit_log(),
+        &dir.db(),
+        witnesses,
+        config.audit.head_interval,
+    )
+    .map_err(|e| ServeError::Io(std::io::Error::other(e)))?;
     let metrics = Metrics::new();
     let control = Arc::new(Control::new(
         registry,
@@ -165,6 +179,9 @@ pub async fn run(config: Config) -> Result<(), ServeError> {
     control
         .metrics()
         .register(Box::new(files_metrics(files.clone())));
+    control
+        .metrics()
+        .register(Box::new(audit_metrics(control.audit().counters().clone())));
     let info = Info {
         version: env!("CARGO_PKG_VERSION"),
         quic: Some(files.local_addr().to_string()),
@@ -213,6 +230,24 @@ pub async fn run(config: Config) -> Result<(), ServeError> {
                 && let Some(m) = &sweep_state.media
             {
                 m.sweep().await;
+            }
+        }
+    });
+    // Live sessions are held to the registry: when it may have changed (here or through
+    // `relay admin --data`), every session's token is checked again, so a removed user, a lowered
+    // clearance or a revoked device or token ends its sessions within a second.
+    let enforce_state = state.clone();
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(Duration::from_millis(250));
+        let mut seen = None;
+        loop {
+            tick.tick().await;
+            let version = enforce_state.control.registry_version();
+            if seen != Some(version) {
+                seen = Some(version);
+                if let Some(m) = &enforce_state.media {
+                    m.enforce(&enforce_state.control).await;
+                }
             }
         }
     });
@@ -329,6 +364,38 @@ fn media_metrics(media: MediaPlane) -> impl prometheus::core::Collector {
                 c.forward_delay.sum_seconds,
             )
             .gauge(NAMES[10].0, help(10), media.workers() as f64);
+    })
+}
+
+/// The audit chain's head and what its outside witness was sent, read at scrape time.
+fn audit_metrics(
+    c: Arc<crate::control::witness::WitnessCounters>,
+) -> impl prometheus::core::Collector {
+    const NAMES: [(&str, &str); 4] = [
+        (
+            "relay_audit_lines",
+            "Lines of the audit chain written so far (the head's sequence number).",
+        ),
+        (
+            "relay_audit_head",
+            "The first 48 bits of the hash of the audit chain's last line, as a number.",
+        ),
+        (
+            "relay_audit_witness_sent_total",
+            "Audit messages written to the syslog witness.",
+        ),
+        (
+            "relay_audit_witness_dropped_total",
+            "Audit messages dropped while the syslog witness was away and its queue full.",
+        ),
+    ];
+    ScrapeCollector::new(&NAMES, move |f| {
+        let load = |a: &AtomicU64| a.load(Ordering::Relaxed);
+        let help = |i: usize| NAMES[i].1;
+        f.gauge(NAMES[0].0, help(0), load(&c.head_lines) as f64)
+            .gauge(NAMES[1].0, help(1), load(&c.head_prefix) as f64)
+            .counter(NAMES[2].0, help(2), load(&c.sent))
+            .counter(NAMES[3].0, help(3), load(&c.dropped));
     })
 }
 

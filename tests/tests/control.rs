@@ -270,7 +270,7 @@ fn admin_commands_work_on_the_data_directory_and_over_http() {
         "acme",
         "root",
         "--clearance",
-        "0",
+        "2",
     ]);
     let admin = relay.token(&[
         "--org", "acme", "--user", "root", "--device", "pc1", "--grants", "admin",

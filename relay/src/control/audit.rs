@@ -5,22 +5,28 @@
 //! The hash of the last line written is anchored in the registry database, so truncating the log
 //! or altering its last line is caught too.
 //!
+//! Whoever can write the data directory can re-chain the file and its anchor, so every line also
+//! goes, as it is written, to the witnesses outside the relay ([`super::witness`]); the chain's
+//! head goes there every `head_interval` too, and is published as a metric.
+//!
 //! One writer thread appends in batches and fsyncs each batch (group commit), so callers never
 //! wait on the disk. The file is locked (`flock`) around each batch and the chain's tail is read
 //! from the file itself under the lock, so the server and `relay admin --data` can both append.
 
 use std::fmt;
-use std::fs::{File, OpenOptions};
+use std::fs::File;
 use std::io::{BufRead, BufReader, Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::sync::mpsc;
 use std::thread::JoinHandle;
-use std::time::SystemTime;
+use std::time::{Duration, Instant, SystemTime};
 
 use serde::Serialize;
 use serde_json::Value;
 
 use super::registry::Registry;
+use super::witness::{Message, WitnessCounters, Witnesses};
 
 const GENESIS: &str = "0000000000000000000000000000000000000000000000000000000000000000";
 /// Longest line the tail reader accepts; fields are bounded far below this.
@@ -54,6 +60,12 @@ pub struct Event {
     /// The room, file or registry entry acted on.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub target: Option<String>,
+    /// The user acted for, when it is not the one acting (an admin minting another's token).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub subject: Option<String>,
+    /// The id of the token minted, so that it can be revoked by it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub token: Option<String>,
 }
 
 impl Event {
@@ -66,6 +78,8 @@ impl Event {
             user: None,
             device: None,
             target: None,
+            subject: None,
+            token: None,
         }
     }
 
@@ -88,6 +102,16 @@ impl Event {
 
     pub fn target(mut self, target: &str) -> Event {
         self.target = Some(bounded(target));
+        self
+    }
+
+    pub fn subject(mut self, user: &str) -> Event {
+        self.subject = Some(bounded(user));
+        self
+    }
+
+    pub fn token(mut self, id: &str) -> Event {
+        self.token = Some(bounded(id));
         self
     }
 }
@@ -144,27 +168,56 @@ impl From<std::io::Error> for AuditError {
 pub struct AuditLog {
     tx: Option<mpsc::Sender<Event>>,
     writer: Option<JoinHandle<()>>,
+    counters: Arc<WitnessCounters>,
+    witnessed: bool,
 }
 
 impl AuditLog {
-    /// Opens (creating if missing) the log at `path`, anchoring its head in the database at `db`.
+    /// Opens (creating if missing) the log at `path`, anchoring its head in the database at `db`,
+    /// with no witness outside the relay.
     pub fn open(path: &Path, db: &Path) -> Result<AuditLog, AuditError> {
-        let file = OpenOptions::new()
+        AuditLog::witnessed(path, db, Witnesses::none(), Duration::from_secs(60))
+    }
+
+    /// Opens the log with `witnesses`, to which every line goes as it is written and the chain's
+    /// head every `head_interval`.
+    pub fn witnessed(
+        path: &Path,
+        db: &Path,
+        witnesses: Witnesses,
+        head_interval: Duration,
+    ) -> Result<AuditLog, AuditError> {
+        let file = crate::private::open_options()
             .create(true)
             .read(true)
             .append(true)
             .open(path)?;
+        crate::private::file(path)?;
         let registry =
             Registry::open(db).map_err(|e| AuditError::Io(std::io::Error::other(e.to_string())))?;
         let (tx, rx) = mpsc::channel();
         let path = path.to_path_buf();
+        let counters = witnesses.counters.clone();
+        let witnessed = witnesses.any();
         let writer = std::thread::Builder::new()
             .name("audit".into())
-            .spawn(move || write_loop(path, file, registry, rx))?;
+            .spawn(move || write_loop(path, file, registry, &rx, &witnesses, head_interval))?;
         Ok(AuditLog {
             tx: Some(tx),
             writer: Some(writer),
+            counters,
+            witnessed,
         })
+    }
+
+    /// What the witnesses have been sent, and the chain's head, for the metrics.
+    pub fn counters(&self) -> &Arc<WitnessCounters> {
+        &self.counters
+    }
+
+    /// Does any witness outside the relay receive the lines?
+    pub fn has_witness(&self) -> bool {
+        self.witnessed
     }
 
     /// Queues an event; never blocks on the disk.
@@ -186,25 +239,72 @@ impl Drop for AuditLog {
     }
 }
 
-fn write_loop(path: PathBuf, mut file: File, registry: Registry, rx: mpsc::Receiver<Event>) {
-    while let Ok(first) = rx.recv() {
-        let mut batch = vec![first];
-        while batch.len() < 1024 {
-            match rx.try_recv() {
-                Ok(e) => batch.push(e),
-                Err(_) => break,
+fn write_loop(
+    path: PathBuf,
+    mut file: File,
+    registry: Registry,
+    rx: &mpsc::Receiver<Event>,
+    witnesses: &Witnesses,
+    head_interval: Duration,
+) {
+    let mut head: Option<(u64, String)> = None;
+    let mut next_head = Instant::now();
+    loop {
+        let first = match rx.recv_timeout(head_interval) {
+            Ok(e) => Some(e),
+            Err(mpsc::RecvTimeoutError::Timeout) => None,
+            Err(mpsc::RecvTimeoutError::Disconnected) => break,
+        };
+        if let Some(first) = first {
+            let mut batch = vec![first];
+            while batch.len() < 1024 {
+                match rx.try_recv() {
+                    Ok(e) => batch.push(e),
+                    Err(_) => break,
+                }
+            }
+            match append(&mut file, &registry, &batch) {
+                Ok(written) => {
+                    for line in written.lines {
+                        witnesses.send(&Message::Line(line));
+                    }
+                    witnesses.counters.set_head(written.head.0, &written.head.1);
+                    head = Some(written.head);
+                }
+                Err(e) => {
+                    tracing::error!(path = %path.display(), error = %e, lost = batch.len(), "audit append failed");
+                }
             }
         }
-        if let Err(e) = append(&mut file, &registry, &batch) {
-            tracing::error!(path = %path.display(), error = %e, lost = batch.len(), "audit append failed");
+        if Instant::now() >= next_head {
+            next_head = Instant::now() + head_interval;
+            if head.is_none() {
+                head = locked_tail(&mut file).ok();
+                if let Some((lines, hash)) = &head {
+                    witnesses.counters.set_head(*lines, hash);
+                }
+            }
+            if let Some((lines, hash)) = &head {
+                witnesses.send(&Message::Head {
+                    lines: *lines,
+                    hash: hash.clone(),
+                });
+            }
         }
     }
 }
 
-fn append(file: &mut File, registry: &Registry, batch: &[Event]) -> Result<(), AuditError> {
+/// What one append wrote: its lines, and the chain's head after them.
+struct Written {
+    lines: Vec<Vec<u8>>,
+    head: (u64, String),
+}
+
+fn append(file: &mut File, registry: &Registry, batch: &[Event]) -> Result<Written, AuditError> {
     file.lock()?;
     let result = (|| {
         let (mut seq, mut prev) = tail(file)?;
+        let mut lines = Vec::with_capacity(batch.len());
         let mut out = Vec::with_capacity(batch.len() * 256);
         for event in batch {
             seq += 1;
@@ -219,14 +319,26 @@ fn append(file: &mut File, registry: &Registry, batch: &[Event]) -> Result<(), A
             prev = blake3::hash(&line).to_hex().to_string();
             out.extend_from_slice(&line);
             out.push(b'\n');
+            lines.push(line);
         }
         file.write_all(&out)?;
         file.sync_data()?;
         registry
             .set_audit_head(seq, &prev)
             .map_err(|e| AuditError::Io(std::io::Error::other(e.to_string())))?;
-        Ok(())
+        Ok(Written {
+            lines,
+            head: (seq, prev),
+        })
     })();
+    file.unlock()?;
+    result
+}
+
+/// [`tail`] under the file's lock, so that another writer's line is never taken for a torn one.
+fn locked_tail(file: &mut File) -> Result<(u64, String), AuditError> {
+    file.lock()?;
+    let result = tail(file);
     file.unlock()?;
     result
 }
@@ -280,16 +392,24 @@ fn tail(file: &mut File) -> Result<(u64, String), AuditError> {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Verified {
     pub lines: u64,
+    /// Lines of the organisation asked about (all lines when none was).
+    pub org_lines: u64,
     /// Lines after the anchored head: chained correctly, written after the last anchor update
     /// (a crash between the log's fsync and the anchor's commit leaves a few).
     pub unanchored: u64,
 }
 
-/// Checks the whole chain of the log at `path` against the anchored `head`.
-pub fn verify(path: &Path, head: Option<(u64, String)>) -> Result<Verified, AuditError> {
+/// Checks the whole chain of the log at `path` against the anchored `head`, counting the lines
+/// of `org` on the way.
+pub fn verify(
+    path: &Path,
+    head: Option<(u64, String)>,
+    org: Option<&str>,
+) -> Result<Verified, AuditError> {
     let reader = BufReader::new(File::open(path)?);
     let mut prev = GENESIS.to_string();
     let mut n = 0u64;
+    let mut org_lines = 0u64;
     let mut anchored = head.is_none();
     for line in reader.split(b'\n') {
         let line = line?;
@@ -313,6 +433,9 @@ pub fn verify(path: &Path, head: Option<(u64, String)>) -> Result<Verified, Audi
             });
         }
         prev = blake3::hash(&line).to_hex().to_string();
+        if org.is_none_or(|o| v.get("org").and_then(Value::as_str) == Some(o)) {
+            org_lines += 1;
+        }
         if let Some((lines, hash)) = &head
             && *lines == n
         {
@@ -334,6 +457,7 @@ pub fn verify(path: &Path, head: Option<(u64, String)>) -> Result<Verified, Audi
     let head_lines = head.map_or(n, |h| h.0);
     Ok(Verified {
         lines: n,
+        org_lines,
         unanchored: n - head_lines,
     })
 }
@@ -376,12 +500,15 @@ mod tests {
         write_events(&log, &db, 5);
         write_events(&log, &db, 3);
         assert_eq!(
-            verify(&log, head(&db)).unwrap(),
+            verify(&log, head(&db), None).unwrap(),
             Verified {
                 lines: 8,
+                org_lines: 8,
                 unanchored: 0
             }
         );
+        assert_eq!(verify(&log, head(&db), Some("acme")).unwrap().org_lines, 8);
+        assert_eq!(verify(&log, head(&db), Some("other")).unwrap().org_lines, 0);
     }
 
     fn rewrite(log: &Path, f: impl FnOnce(&mut Vec<String>)) {
@@ -392,7 +519,7 @@ mod tests {
     }
 
     fn broken_line(log: &Path, db: &Path) -> u64 {
-        match verify(log, head(db)) {
+        match verify(log, head(db), None) {
             Err(AuditError::Broken { line, .. }) => line,
             other => panic!("expected a broken chain, got {other:?}"),
         }
@@ -432,10 +559,10 @@ mod tests {
     fn torn_tail_is_cut_and_chain_goes_on() {
         let (_d, log, db) = setup();
         write_events(&log, &db, 2);
-        let mut f = OpenOptions::new().append(true).open(&log).unwrap();
+        let mut f = std::fs::OpenOptions::new().append(true).open(&log).unwrap();
         f.write_all(b"{\"seq\":3,\"ts\":\"half").unwrap();
         drop(f);
         write_events(&log, &db, 2);
-        assert_eq!(verify(&log, head(&db)).unwrap().lines, 4);
+        assert_eq!(verify(&log, head(&db), None).unwrap().lines, 4);
     }
 }

@@ -5,14 +5,17 @@
 //! it never lets a request through without a registry lookup, and every allow and deny it makes is
 //! audited and every deny counted.
 
+pub mod admin;
 pub mod audit;
 pub mod policy;
 pub mod registry;
 pub mod token;
+pub mod witness;
 
 use std::sync::{Mutex, MutexGuard};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use admin::AdminChange;
 use audit::{AuditLog, Decision, Event};
 use policy::{Denial, Principal, RoomRole};
 use registry::{Device, DeviceKind, Registry, RegistryError, Room, User};
@@ -91,6 +94,13 @@ mod opt_duration {
     }
 }
 
+/// A token just minted, and its id (`jti`), by which it can be revoked.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Minted {
+    pub token: String,
+    pub id: String,
+}
+
 pub const DEFAULT_GRANTS: [Grant; 3] = [Grant::Publish, Grant::Subscribe, Grant::Files];
 
 /// The control plane's state, shared by every plane.
@@ -118,6 +128,13 @@ impl Control {
             metrics,
             tokens,
         }
+    }
+
+    /// A value that moves whenever the registry has changed, through this process or another
+    /// on the same database (`relay admin --data`). A read error moves it too: the caller then
+    /// checks again rather than trusting a stale view.
+    pub fn registry_version(&self) -> u64 {
+        self.registry().generation().unwrap_or(u64::MAX)
     }
 
     pub fn metrics(&self) -> &Metrics {
@@ -152,9 +169,14 @@ impl Control {
         self.audit.record(e);
     }
 
-    /// Records an admin change made on the appliance itself (`--data`), outside any token.
+    /// Records an event of the caller's making.
     pub fn record(&self, event: Event) {
         self.audit.record(event);
+    }
+
+    /// The audit log, for its metrics.
+    pub fn audit(&self) -> &AuditLog {
+        &self.audit
     }
 
     /// The one token check: integrity, time, and the registry as it is now. Denials are audited
@@ -175,8 +197,43 @@ impl Control {
     fn principal_of(&self, bearer: Option<&str>) -> Result<Principal, Denial> {
         let token = bearer.ok_or(Denial::TokenMissing)?;
         let claims = self.key.verify(token, unix_now()).map_err(Denial::Token)?;
+        self.standing(&claims)
+    }
+
+    /// The bearer of `claims` (already verified), against the registry as it is now: what
+    /// [`Control::authenticate`] checks after the token's integrity and time. A live session is
+    /// held to this while it lasts.
+    pub fn standing(&self, claims: &Claims) -> Result<Principal, Denial> {
         let (org, user, device) = self.lookup(&claims.org, &claims.sub, &claims.device);
-        policy::principal(&claims, org.as_ref(), user.as_ref(), device.as_ref())
+        let p = policy::principal(claims, org.as_ref(), user.as_ref(), device.as_ref())?;
+        // A database error reads as revoked: refused, never let through.
+        let revoked = self
+            .registry()
+            .token_revoked(&p.org, &p.user, &claims.jti, claims.iat)
+            .unwrap_or(true);
+        if revoked {
+            return Err(Denial::TokenRevoked);
+        }
+        Ok(p)
+    }
+
+    /// May the bearer of `claims` still take `role` in the room `name` of its organisation, by the
+    /// registry as it is now? For sessions that outlive the request that opened them; the
+    /// token's time is not checked again. Not audited: the caller audits what it does about it.
+    pub fn recheck(&self, claims: &Claims, role: RoomRole, name: &str) -> Result<(), Denial> {
+        let p = self.standing(claims)?;
+        let room = self
+            .registry()
+            .room(&p.org, name)
+            .ok()
+            .flatten()
+            .ok_or(Denial::RoomScope)?;
+        policy::may_join(&p, role, &room)
+    }
+
+    /// The claims of a token that verifies now, for a plane that holds its bearer to them later.
+    pub fn claims(&self, bearer: &str) -> Option<Claims> {
+        self.key.verify(bearer, unix_now()).ok()
     }
 
     fn lookup(
@@ -236,12 +293,14 @@ impl Control {
         policy::may_admin(p, org).inspect_err(|d| self.deny(action, Some(p), target, *d))
     }
 
-    /// Mints a token for `req`, if the registry allows what it asks. Audited under `token.mint`.
-    pub fn mint(&self, req: &MintRequest, by: Option<&Principal>) -> Result<String, ControlError> {
+    /// Mints a token for `req`, if the registry allows what it asks and, when an admin asks over
+    /// the API (`by`), if it lies within the admin's own clearance and room limit. Audited under
+    /// `token.mint`, with the token's user beside the admin's when they differ.
+    pub fn mint(&self, req: &MintRequest, by: Option<&Principal>) -> Result<Minted, ControlError> {
         let target = format!("token:{}/{}/{}", req.org, req.user, req.device);
-        let result = self.mint_inner(req);
+        let result = self.mint_inner(req, by);
         let mut e = match &result {
-            Ok(_) => Event::new("token.mint", Decision::Allow),
+            Ok(m) => Event::new("token.mint", Decision::Allow).token(&m.id),
             Err(ControlError::Denied(d)) => {
                 self.metrics.auth_denied(*d);
                 Event::new("token.mint", Decision::Deny).reason(d.reason())
@@ -251,14 +310,25 @@ impl Control {
             }
         };
         e = match by {
-            Some(p) => e.who(&p.org, &p.user, &p.device),
+            Some(p) => {
+                let e = e.who(&p.org, &p.user, &p.device);
+                if p.user == req.user {
+                    e
+                } else {
+                    e.subject(&req.user)
+                }
+            }
             None => e.org(&req.org),
         };
         self.audit.record(e.target(&target));
         result
     }
 
-    fn mint_inner(&self, req: &MintRequest) -> Result<String, ControlError> {
+    fn mint_inner(
+        &self,
+        req: &MintRequest,
+        by: Option<&Principal>,
+    ) -> Result<Minted, ControlError> {
         let ttl = req.ttl.unwrap_or(self.tokens.default_ttl);
         if ttl.is_zero() || ttl > self.tokens.max_ttl {
             return Err(RegistryError::Invalid(format!(
@@ -274,15 +344,19 @@ impl Control {
                 RegistryError::Invalid(format!("clearance must be 0 to 3, not {c}")).into(),
             );
         }
+        // A room-limited admin mints for its own room when none is named.
+        let room_name = req.room.clone().or_else(|| by.and_then(|p| p.room.clone()));
         let (org, user, device) = self.lookup(&req.org, &req.user, &req.device);
-        let room = req
-            .room
+        let room = room_name
             .as_deref()
             .and_then(|r| self.registry().room(&req.org, r).ok().flatten());
-        let highest = match (&user, &device) {
+        let mut highest = match (&user, &device) {
             (Some(u), Some(d)) => u.clearance.min(d.max_clearance),
             _ => 0,
         };
+        if let Some(p) = by {
+            highest = highest.min(p.clearance);
+        }
         let now = unix_now();
         let mut grants = req
             .grants
@@ -296,12 +370,15 @@ impl Control {
             sub: req.user.clone(),
             device: req.device.clone(),
             clearance: req.clearance.unwrap_or(highest),
-            room: req.room.clone(),
+            room: room_name,
             grants,
             iat: now,
             nbf: now,
             exp: now + ttl.as_secs(),
         };
+        if let Some(p) = by {
+            policy::may_mint_as(p, &claims)?;
+        }
         policy::may_mint(
             &claims,
             org.as_ref(),
@@ -309,34 +386,54 @@ impl Control {
             device.as_ref(),
             room.as_ref(),
         )?;
-        Ok(self.key.sign(&claims))
+        Ok(Minted {
+            token: self.key.sign(&claims),
+            id: claims.jti,
+        })
     }
 
     /// Applies an admin change to the registry and audits it. `by` is the admin's principal over
-    /// the API, or `None` on the appliance itself.
-    pub fn change<T>(
+    /// the API, held to its own organisation, clearance and room limit; `None` on the appliance
+    /// itself (`--data`), where the operator may do anything.
+    pub fn apply(
         &self,
-        action: &'static str,
-        org: &str,
-        target: &str,
+        change: &AdminChange,
         by: Option<&Principal>,
-        f: impl FnOnce(&Registry) -> Result<T, RegistryError>,
-    ) -> Result<T, RegistryError> {
-        let result = f(&self.registry());
-        let decision = if result.is_ok() {
-            Decision::Allow
-        } else {
-            Decision::Deny
-        };
-        let mut e = Event::new(action, decision).target(target);
-        if result.is_err() {
-            e = e.reason("invalid");
+    ) -> Result<serde_json::Value, ControlError> {
+        let action = change.action();
+        let target = change.target();
+        if let Some(p) = by {
+            self.admin(action, p, &change.org, &target)?;
         }
+        let result = {
+            let reg = self.registry();
+            let bounded = match by {
+                Some(p) => change
+                    .reach(&reg, p.clearance)
+                    .map_err(ControlError::from)
+                    .and_then(|reach| Ok(policy::may_change(p, reach)?)),
+                None => Ok(()),
+            };
+            let default_clearance = by.map_or(registry::MAX_LEVEL, |p| p.clearance);
+            bounded.and_then(|()| {
+                let made = change.apply(&reg, default_clearance, unix_now())?;
+                reg.bump_generation()?;
+                Ok(made)
+            })
+        };
+        let mut e = match &result {
+            Ok(_) => Event::new(action, Decision::Allow),
+            Err(ControlError::Denied(d)) => {
+                self.metrics.auth_denied(*d);
+                Event::new(action, Decision::Deny).reason(d.reason())
+            }
+            Err(ControlError::Registry(_)) => Event::new(action, Decision::Deny).reason("invalid"),
+        };
         e = match by {
             Some(p) => e.who(&p.org, &p.user, &p.device),
-            None => e.org(org),
+            None => e.org(&change.org),
         };
-        self.audit.record(e);
+        self.audit.record(e.target(&target));
         result
     }
 }

@@ -49,12 +49,17 @@ pub enum Denial {
     SecureView,
     Quota,
     FileType,
+    /// The token was revoked by its id, or its user was removed after it was minted.
+    TokenRevoked,
+    /// Only a file's owner, or an admin of its organisation, may remove it.
+    NotOwner,
 }
 
 impl Denial {
     /// Every denial, for metrics that publish a zero for each reason.
-    pub const ALL: [Denial; 15] = [
+    pub const ALL: [Denial; 17] = [
         Denial::TokenMissing,
+        Denial::TokenRevoked,
         Denial::Token(TokenError::Malformed),
         Denial::Token(TokenError::Signature),
         Denial::Token(TokenError::Expired),
@@ -69,12 +74,14 @@ impl Denial {
         Denial::SecureView,
         Denial::Quota,
         Denial::FileType,
+        Denial::NotOwner,
     ];
 
     /// The fine-grained reason: metric label and audit field. A bounded set.
     pub fn reason(self) -> &'static str {
         match self {
             Denial::TokenMissing => "token_missing",
+            Denial::TokenRevoked => "token_revoked",
             Denial::Token(e) => e.code(),
             Denial::OrgUnknown => "org_unknown",
             Denial::UserUnknown => "user_unknown",
@@ -86,19 +93,20 @@ impl Denial {
             Denial::SecureView => "secure_view",
             Denial::Quota => "quota",
             Denial::FileType => "file_type",
+            Denial::NotOwner => "not_owner",
         }
     }
 
     /// The rule's code as the API reports it.
     pub fn code(self) -> &'static str {
         match self {
-            Denial::TokenMissing | Denial::Token(_) => "unauthorized",
+            Denial::TokenMissing | Denial::Token(_) | Denial::TokenRevoked => "unauthorized",
             Denial::OrgUnknown
             | Denial::UserUnknown
             | Denial::DeviceUnknown
             | Denial::DeviceRevoked => "device",
             Denial::Clearance => "clearance",
-            Denial::Grant | Denial::RoomScope => "grant",
+            Denial::Grant | Denial::RoomScope | Denial::NotOwner => "grant",
             Denial::SecureView => "secure_view",
             Denial::Quota => "quota",
             Denial::FileType => "file_type",
@@ -108,7 +116,7 @@ impl Denial {
     /// HTTP status: 401 when the bearer is not established, 403 when a rule refuses.
     pub fn status(self) -> u16 {
         match self {
-            Denial::TokenMissing | Denial::Token(_) => 401,
+            Denial::TokenMissing | Denial::Token(_) | Denial::TokenRevoked => 401,
             _ => 403,
         }
     }
@@ -133,6 +141,10 @@ impl fmt::Display for Denial {
             Denial::SecureView => f.write_str("secure material may be viewed but not recorded"),
             Denial::Quota => f.write_str("the quota would be exceeded"),
             Denial::FileType => f.write_str("this file type is not allowed"),
+            Denial::TokenRevoked => f.write_str("the token has been revoked"),
+            Denial::NotOwner => {
+                f.write_str("only the file's owner or an admin of its organisation may remove it")
+            }
         }
     }
 }
@@ -219,6 +231,10 @@ pub fn may_join(p: &Principal, role: RoomRole, room: &Room) -> Result<(), Denial
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct FileFacts<'a> {
     pub org: &'a str,
+    /// The user who put it (for `Put`, the bearer).
+    pub owner: &'a str,
+    /// The room it was put into, if any.
+    pub room: Option<&'a str>,
     pub classification: u8,
     pub view_only: bool,
 }
@@ -229,10 +245,14 @@ pub enum FileAction {
     Put,
     Get,
     Remove,
-    List,
+    /// See that it exists: in a listing, or as an "already have" answer to an upload.
+    See,
 }
 
 /// May `p` do `action` to a file with `facts`? For `Put`, the facts are those the upload declares.
+///
+/// A room-limited token reaches only files put into its room. Removing is for the owner or an
+/// admin of the organisation, and, like reading, never below the file's classification.
 pub fn may_file(p: &Principal, action: FileAction, facts: FileFacts<'_>) -> Result<(), Denial> {
     if !p.has(Grant::Files) {
         return Err(Denial::Grant);
@@ -241,11 +261,17 @@ pub fn may_file(p: &Principal, action: FileAction, facts: FileFacts<'_>) -> Resu
         // Files of another organisation do not exist for this bearer.
         return Err(Denial::RoomScope);
     }
+    if p.room.is_some() && p.room.as_deref() != facts.room {
+        return Err(Denial::RoomScope);
+    }
     if p.clearance < facts.classification {
         return Err(Denial::Clearance);
     }
     if action == FileAction::Get && facts.view_only && p.device_kind != DeviceKind::Terminal {
         return Err(Denial::SecureView);
+    }
+    if action == FileAction::Remove && facts.owner != p.user && !p.has(Grant::Admin) {
+        return Err(Denial::NotOwner);
     }
     Ok(())
 }
@@ -257,6 +283,44 @@ pub fn may_admin(p: &Principal, org: &str) -> Result<(), Denial> {
     }
     if p.org != org {
         return Err(Denial::RoomScope);
+    }
+    Ok(())
+}
+
+/// How far an admin change reaches: the highest clearance or classification it grants or touches,
+/// and whether it acts on the organisation as a whole rather than on one room.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Reach {
+    pub level: u8,
+    pub org_wide: bool,
+}
+
+/// May the admin `p` make a change of `reach`? An admin acts only within its own effective
+/// clearance, and a room-limited admin token changes nothing organisation-wide. (That `p` is an
+/// admin of the organisation is [`may_admin`]'s question.)
+pub fn may_change(p: &Principal, reach: Reach) -> Result<(), Denial> {
+    if reach.org_wide && p.room.is_some() {
+        return Err(Denial::RoomScope);
+    }
+    if reach.level > p.clearance {
+        return Err(Denial::Clearance);
+    }
+    Ok(())
+}
+
+/// May the admin `p` mint a token with `claims`? Never above its own clearance, never beyond its
+/// own room limit, and a token carrying `admin` only from an admin with no room limit.
+pub fn may_mint_as(p: &Principal, claims: &Claims) -> Result<(), Denial> {
+    if let Some(room) = &p.room {
+        if claims.room.as_ref() != Some(room) {
+            return Err(Denial::RoomScope);
+        }
+        if claims.has(Grant::Admin) {
+            return Err(Denial::Grant);
+        }
+    }
+    if claims.clearance > p.clearance {
+        return Err(Denial::Clearance);
     }
     Ok(())
 }
@@ -471,8 +535,18 @@ mod tests {
         use Grant::*;
         let f = |classification, view_only| FileFacts {
             org: "acme",
+            owner: "ann",
+            room: None,
             classification,
             view_only,
+        };
+        let in_room = |room| FileFacts {
+            room: Some(room),
+            ..f(0, false)
+        };
+        let bobs = |classification| FileFacts {
+            owner: "bob",
+            ..f(classification, false)
         };
         #[rustfmt::skip]
         let table: Vec<(Principal, FileAction, FileFacts<'_>, Result<(), Denial>)> = vec![
@@ -484,16 +558,30 @@ mod tests {
             (p(2, Browser, &[Files], None),   Get,    f(0, true),  Err(Denial::SecureView)),
             (p(2, Recorder, &[Files], None),  Get,    f(0, true),  Err(Denial::SecureView)),
             (p(2, Terminal, &[Files], None),  Get,    f(0, true),  Ok(())),
-            (p(2, Browser, &[Files], None),   Remove, f(0, true),  Ok(())),
-            (p(2, Browser, &[Files], None),   List,   f(0, false), Ok(())),
+            (p(2, Browser, &[Files], None),   See,    f(0, true),  Ok(())),
+            (p(1, Browser, &[Files], None),   See,    f(2, false), Err(Denial::Clearance)),
+            // A room-limited token reaches the files of its room, and only those.
+            (p(2, Browser, &[Files], Some("ops")),  Get, in_room("ops"),  Ok(())),
+            (p(2, Browser, &[Files], Some("ops")),  Get, in_room("hall"), Err(Denial::RoomScope)),
+            (p(2, Browser, &[Files], Some("ops")),  Get, f(0, false),     Err(Denial::RoomScope)),
+            (p(2, Browser, &[Files], Some("ops")),  See, in_room("hall"), Err(Denial::RoomScope)),
+            (p(2, Browser, &[Files], Some("ops")),  Put, f(0, false),     Err(Denial::RoomScope)),
+            (p(2, Browser, &[Files], None),         Get, in_room("hall"), Ok(())),
+            // Removing: the owner, or an admin, never below the classification.
+            (p(2, Browser, &[Files], None),         Remove, f(0, true), Ok(())),
+            (p(3, Terminal, &[Files], None),        Remove, bobs(0),    Err(Denial::NotOwner)),
+            (p(3, Browser, &[Files, Admin], None),  Remove, bobs(2),    Ok(())),
+            (p(1, Browser, &[Files, Admin], None),  Remove, bobs(2),    Err(Denial::Clearance)),
+            (p(1, Browser, &[Files], None),         Remove, f(2, false), Err(Denial::Clearance)),
+            (p(2, Browser, &[Admin], None),         Remove, bobs(0),    Err(Denial::Grant)),
+            (p(2, Browser, &[Files, Admin], Some("ops")), Remove, bobs(0), Err(Denial::RoomScope)),
         ];
         for (i, (who, action, facts, want)) in table.into_iter().enumerate() {
             assert_eq!(may_file(&who, action, facts), want, "row {i}");
         }
         let foreign = FileFacts {
             org: "other",
-            classification: 0,
-            view_only: false,
+            ..f(0, false)
         };
         assert_eq!(
             may_file(&p(3, Terminal, &[Files], None), Get, foreign),
@@ -508,6 +596,43 @@ mod tests {
         assert_eq!(may_admin(&admin, "other"), Err(Denial::RoomScope));
         let user = p(3, DeviceKind::Browser, &[Grant::Publish], None);
         assert_eq!(may_admin(&user, "acme"), Err(Denial::Grant));
+    }
+
+    #[test]
+    fn an_admin_is_bounded_by_its_own_clearance_and_room() {
+        let reach = |level, org_wide| Reach { level, org_wide };
+        let low = p(1, DeviceKind::Browser, &[Grant::Admin], None);
+        let roomed = p(3, DeviceKind::Browser, &[Grant::Admin], Some("ops"));
+        #[rustfmt::skip]
+        let table: Vec<(&Principal, Reach, Result<(), Denial>)> = vec![
+            (&low,    reach(1, true),  Ok(())),
+            (&low,    reach(0, true),  Ok(())),
+            (&low,    reach(2, true),  Err(Denial::Clearance)),
+            (&low,    reach(3, false), Err(Denial::Clearance)),
+            (&roomed, reach(3, false), Ok(())),
+            (&roomed, reach(0, true),  Err(Denial::RoomScope)),
+        ];
+        for (i, (who, r, want)) in table.into_iter().enumerate() {
+            assert_eq!(may_change(who, r), want, "row {i}");
+        }
+
+        let mint = |clearance, grants: &[Grant], room: Option<&str>| Claims {
+            sub: "bob".into(),
+            ..claims(clearance, grants, room)
+        };
+        #[rustfmt::skip]
+        let table: Vec<(&Principal, Claims, Result<(), Denial>)> = vec![
+            (&low,    mint(1, &[Grant::Publish], None),        Ok(())),
+            (&low,    mint(2, &[Grant::Publish], None),        Err(Denial::Clearance)),
+            (&low,    mint(0, &[Grant::Admin], None),          Ok(())),
+            (&roomed, mint(3, &[Grant::Publish], Some("ops")), Ok(())),
+            (&roomed, mint(3, &[Grant::Publish], None),        Err(Denial::RoomScope)),
+            (&roomed, mint(3, &[Grant::Publish], Some("hall")), Err(Denial::RoomScope)),
+            (&roomed, mint(3, &[Grant::Admin], Some("ops")),   Err(Denial::Grant)),
+        ];
+        for (i, (who, c, want)) in table.into_iter().enumerate() {
+            assert_eq!(may_mint_as(who, &c), want, "mint row {i}");
+        }
     }
 
     #[test]

@@ -106,7 +106,8 @@ impl From<rusqlite::Error> for RegistryError {
 type Result<T> = std::result::Result<T, RegistryError>;
 
 /// Schema migrations, applied in order; `PRAGMA user_version` counts those applied.
-const MIGRATIONS: &[&str] = &[r#"
+const MIGRATIONS: &[&str] = &[
+    r#"
 CREATE TABLE orgs (
     name        TEXT PRIMARY KEY NOT NULL,
     quota_bytes INTEGER
@@ -137,7 +138,37 @@ CREATE TABLE audit_head (
     lines INTEGER NOT NULL,
     hash  TEXT NOT NULL
 ) STRICT;
-"#];
+"#,
+    r#"
+CREATE TABLE revoked_tokens (
+    org        TEXT NOT NULL REFERENCES orgs(name),
+    jti        TEXT NOT NULL,
+    revoked_at INTEGER NOT NULL,
+    PRIMARY KEY (org, jti)
+) STRICT, WITHOUT ROWID;
+CREATE TABLE generation (
+    id INTEGER PRIMARY KEY CHECK (id = 1),
+    n  INTEGER NOT NULL
+) STRICT;
+INSERT INTO generation (id, n) VALUES (1, 0);
+CREATE TABLE user_removals (
+    org        TEXT NOT NULL REFERENCES orgs(name),
+    name       TEXT NOT NULL,
+    removed_at INTEGER NOT NULL,
+    PRIMARY KEY (org, name)
+) STRICT, WITHOUT ROWID;
+"#,
+];
+
+/// A name as an error message shows it: at most 64 characters, so a huge name given by a client
+/// is not echoed back whole.
+pub fn shown(name: &str) -> String {
+    const MAX: usize = 64;
+    match name.char_indices().nth(MAX) {
+        Some((end, _)) => format!("{:?}... ({} bytes)", &name[..end], name.len()),
+        None => format!("{name:?}"),
+    }
+}
 
 /// Names of organisations, users, devices and rooms: short, printable, no path or URL syntax.
 pub fn check_name(what: &str, name: &str) -> Result<()> {
@@ -151,7 +182,8 @@ pub fn check_name(what: &str, name: &str) -> Result<()> {
         Ok(())
     } else {
         Err(RegistryError::Invalid(format!(
-            "{what} name {name:?} must be 1 to 64 characters of A-Z a-z 0-9 - _ . @, not starting with '.'"
+            "{what} name {} must be 1 to 64 characters of A-Z a-z 0-9 - _ . @, not starting with '.'",
+            shown(name)
         )))
     }
 }
@@ -184,8 +216,11 @@ impl Registry {
         Self::open_or_create(path)
     }
 
-    /// Opens the database, creating it when missing.
+    /// Opens the database, creating it when missing; it and its WAL are private (0600).
     pub fn open_or_create(path: &Path) -> Result<Registry> {
+        crate::private::file(path).map_err(|e| {
+            RegistryError::Corrupt(format!("{}: cannot make it private: {e}", path.display()))
+        })?;
         let conn = Connection::open(path)?;
         conn.busy_timeout(Duration::from_secs(5))?;
         let check = |conn: &Connection| -> rusqlite::Result<String> {
@@ -234,7 +269,10 @@ impl Registry {
             params![name, quota],
         )?;
         if n == 0 {
-            return Err(RegistryError::Exists(format!("organisation {name}")));
+            return Err(RegistryError::Exists(format!(
+                "organisation {}",
+                shown(name)
+            )));
         }
         Ok(Org {
             name: name.into(),
@@ -258,7 +296,10 @@ impl Registry {
     fn require_org(&self, org: &str) -> Result<()> {
         match self.org(org)? {
             Some(_) => Ok(()),
-            None => Err(RegistryError::NotFound(format!("organisation {org}"))),
+            None => Err(RegistryError::NotFound(format!(
+                "organisation {}",
+                shown(org)
+            ))),
         }
     }
 
@@ -271,13 +312,87 @@ impl Registry {
             params![org, name, clearance],
         )?;
         if n == 0 {
-            return Err(RegistryError::Exists(format!("user {name} in {org}")));
+            return Err(RegistryError::Exists(format!(
+                "user {} in {}",
+                shown(name),
+                shown(org)
+            )));
         }
         Ok(User {
             org: org.into(),
             name: name.into(),
             clearance,
         })
+    }
+
+    /// Removes a user. Every token minted for that name before now stays refused, even if a user
+    /// of the same name is registered again later.
+    pub fn remove_user(&self, org: &str, name: &str, now: u64) -> Result<User> {
+        let user = self.user(org, name)?.ok_or_else(|| {
+            RegistryError::NotFound(format!("user {} in {}", shown(name), shown(org)))
+        })?;
+        let tx = self.conn.unchecked_transaction()?;
+        tx.execute(
+            "DELETE FROM users WHERE org = ?1 AND name = ?2",
+            params![org, name],
+        )?;
+        tx.execute(
+            "INSERT INTO user_removals (org, name, removed_at) VALUES (?1, ?2, ?3)
+             ON CONFLICT (org, name) DO UPDATE SET removed_at = excluded.removed_at",
+            params![org, name, now as i64],
+        )?;
+        tx.commit()?;
+        Ok(user)
+    }
+
+    /// Sets a user's clearance; it holds from the next request of any of the user's tokens.
+    pub fn set_clearance(&self, org: &str, name: &str, clearance: u8) -> Result<User> {
+        check_level("clearance", clearance)?;
+        let n = self.conn.execute(
+            "UPDATE users SET clearance = ?3 WHERE org = ?1 AND name = ?2",
+            params![org, name, clearance],
+        )?;
+        if n == 0 {
+            return Err(RegistryError::NotFound(format!(
+                "user {} in {}",
+                shown(name),
+                shown(org)
+            )));
+        }
+        Ok(User {
+            org: org.into(),
+            name: name.into(),
+            clearance,
+        })
+    }
+
+    /// Revokes one token by its id (`jti`). Revoking twice is not an error.
+    pub fn revoke_token(&self, org: &str, jti: &str, now: u64) -> Result<()> {
+        if jti.is_empty() || jti.len() > 64 || !jti.bytes().all(|b| b.is_ascii_hexdigit()) {
+            return Err(RegistryError::Invalid(format!(
+                "token id {} must be the hexadecimal id a token carries",
+                shown(jti)
+            )));
+        }
+        self.require_org(org)?;
+        self.conn.execute(
+            "INSERT OR IGNORE INTO revoked_tokens (org, jti, revoked_at) VALUES (?1, ?2, ?3)",
+            params![org, jti, now as i64],
+        )?;
+        Ok(())
+    }
+
+    /// Is the token `jti` of `org`'s `user`, minted at `iat`, revoked: by its id, or by the
+    /// user's removal after it was minted?
+    pub fn token_revoked(&self, org: &str, user: &str, jti: &str, iat: u64) -> Result<bool> {
+        Ok(self
+            .conn
+            .prepare_cached(
+                "SELECT EXISTS (SELECT 1 FROM revoked_tokens WHERE org = ?1 AND jti = ?3)
+                     OR EXISTS (SELECT 1 FROM user_removals
+                                WHERE org = ?1 AND name = ?2 AND removed_at >= ?4)",
+            )?
+            .query_row(params![org, user, jti, iat as i64], |r| r.get(0))?)
     }
 
     pub fn user(&self, org: &str, name: &str) -> Result<Option<User>> {
@@ -309,7 +424,11 @@ impl Registry {
             params![org, id, kind.as_str(), max_clearance],
         )?;
         if n == 0 {
-            return Err(RegistryError::Exists(format!("device {id} in {org}")));
+            return Err(RegistryError::Exists(format!(
+                "device {} in {}",
+                shown(id),
+                shown(org)
+            )));
         }
         Ok(Device {
             org: org.into(),
@@ -326,7 +445,11 @@ impl Registry {
             [org, id],
         )?;
         if n == 0 {
-            return Err(RegistryError::NotFound(format!("device {id} in {org}")));
+            return Err(RegistryError::NotFound(format!(
+                "device {} in {}",
+                shown(id),
+                shown(org)
+            )));
         }
         Ok(())
     }
@@ -374,7 +497,11 @@ impl Registry {
             params![org, name, classification, secure_view],
         )?;
         if n == 0 {
-            return Err(RegistryError::Exists(format!("room {name} in {org}")));
+            return Err(RegistryError::Exists(format!(
+                "room {} in {}",
+                shown(name),
+                shown(org)
+            )));
         }
         Ok(Room {
             org: org.into(),
@@ -399,6 +526,22 @@ impl Registry {
                 })
             })
             .optional()?)
+    }
+
+    /// The registry's generation: it moves with every change of users, devices, rooms or
+    /// revocations, from any process on the database.
+    pub fn generation(&self) -> Result<u64> {
+        Ok(self
+            .conn
+            .prepare_cached("SELECT n FROM generation WHERE id = 1")?
+            .query_row([], |r| r.get::<_, i64>(0))? as u64)
+    }
+
+    /// Moves the generation on, after a change.
+    pub fn bump_generation(&self) -> Result<()> {
+        self.conn
+            .execute("UPDATE generation SET n = n + 1 WHERE id = 1", [])?;
+        Ok(())
     }
 
     /// Copies the write-ahead log into the main database file.

@@ -17,11 +17,13 @@ use bytes::Bytes;
 
 use super::chunker::VerifiedChunk;
 use super::plan;
-use super::store::{ChunkStore, NewUpload, Quotas, StoreError};
+use super::store::{ChunkStore, FileRecord, NewUpload, Quotas, Reader, StoreError};
 use super::transport::{self, ALPN, Buffers};
 use super::wire::{self, Encoding, PutStart, Request, Response, UploadId};
 use crate::config;
 use crate::control::policy::{self, Denial, FileAction, FileFacts, Principal};
+use crate::control::registry::DeviceKind;
+use crate::control::token::Grant;
 use crate::control::{Control, unix_now};
 use crate::datadir::{Secrets, pem_body};
 
@@ -357,12 +359,9 @@ impl Service {
             Err(d) => return refusal(d),
         };
         let mut classification = req.classification;
-        if let Some(room) = &req.room {
-            if p.room.as_deref().is_some_and(|r| r != room) {
-                self.control
-                    .deny("files.put", Some(&p), &target, Denial::RoomScope);
-                return refusal(Denial::RoomScope);
-            }
+        // A room-limited token puts into its room when it names none.
+        let room = req.room.clone().or_else(|| p.room.clone());
+        if let Some(room) = &room {
             let found = self.control.registry().room(&p.org, room);
             match found {
                 Ok(Some(r)) => classification = classification.max(r.classification),
@@ -377,6 +376,8 @@ impl Service {
         }
         let facts = FileFacts {
             org: &p.org,
+            owner: &p.user,
+            room: room.as_deref(),
             classification,
             view_only: req.view_only,
         };
@@ -397,8 +398,9 @@ impl Service {
         };
         let store = self.store.clone();
         let lease = self.lease();
-        let (org, owner, room, view_only) =
-            (p.org.clone(), p.user.clone(), req.room, req.view_only);
+        let (org, owner, view_only) = (p.org.clone(), p.user.clone(), req.view_only);
+        let (clearance, token_room) = (p.clearance, p.room.clone());
+        let terminal = p.device_kind == DeviceKind::Terminal;
         let manifest = req.manifest;
         let result = blocking(move || {
             let new = NewUpload {
@@ -409,6 +411,11 @@ impl Service {
                 classification,
                 view_only,
                 manifest: &manifest,
+                reader: Reader {
+                    clearance,
+                    room: token_room.as_deref(),
+                    view_only: terminal,
+                },
             };
             store.begin_upload(&new, quotas, unix_now(), lease)
         })
@@ -577,7 +584,7 @@ impl Service {
         action: &'static str,
         what: FileAction,
         id: &str,
-    ) -> Result<(Principal, super::store::FileRecord), Response> {
+    ) -> Result<(Principal, FileRecord), Response> {
         let p = self
             .control
             .authenticate(Some(token), action, &format!("file:{id}"))
@@ -589,12 +596,7 @@ impl Service {
             Ok(None) => return Err(Response::failed("not_found", format!("no file {id}"))),
             Err(e) => return Err(store_failure(e)),
         };
-        let facts = FileFacts {
-            org: &rec.org,
-            classification: rec.classification,
-            view_only: rec.view_only,
-        };
-        self.may(action, &p, what, facts, &format!("file:{id}"))?;
+        self.may(action, &p, what, facts_of(&rec), &format!("file:{id}"))?;
         Ok((p, rec))
     }
 
@@ -658,25 +660,25 @@ impl Service {
             Ok(p) => p,
             Err(d) => return refusal(d),
         };
-        let facts = FileFacts {
-            org: &p.org,
-            classification: 0,
-            view_only: false,
-        };
-        if let Err(r) = self.may("files.ls", &p, FileAction::List, facts, "files") {
-            return r;
+        if !p.has(Grant::Files) {
+            self.control
+                .deny("files.ls", Some(&p), "files", Denial::Grant);
+            return refusal(Denial::Grant);
         }
         let store = self.store.clone();
         let org = p.org.clone();
         match blocking(move || store.list(&org)).await {
-            Ok(files) => Response::Listing(
-                files
-                    .iter()
-                    .filter(|f| f.classification <= p.clearance)
-                    .take(wire::MAX_LISTING)
-                    .map(|f| f.entry())
-                    .collect(),
-            ),
+            Ok(files) => {
+                self.control.allow("files.ls", &p, "files");
+                Response::Listing(
+                    files
+                        .iter()
+                        .filter(|f| policy::may_file(&p, FileAction::See, facts_of(f)).is_ok())
+                        .take(wire::MAX_LISTING)
+                        .map(|f| f.entry())
+                        .collect(),
+                )
+            }
             Err(e) => store_failure(e),
         }
     }
@@ -698,6 +700,17 @@ impl Service {
             }
             Err(e) => store_failure(e),
         }
+    }
+}
+
+/// What the policy needs to know of a stored file.
+fn facts_of(rec: &FileRecord) -> FileFacts<'_> {
+    FileFacts {
+        org: &rec.org,
+        owner: &rec.owner,
+        room: rec.room.as_deref(),
+        classification: rec.classification,
+        view_only: rec.view_only,
     }
 }
 

@@ -116,6 +116,7 @@ CREATE TABLE IF NOT EXISTS file_chunks (
     len  INTEGER NOT NULL,
     PRIMARY KEY (file, idx)
 ) STRICT, WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS file_chunks_hash ON file_chunks (hash);
 CREATE TABLE IF NOT EXISTS uploads (
     id             BLOB PRIMARY KEY NOT NULL,
     org            TEXT NOT NULL,
@@ -182,6 +183,20 @@ pub struct NewUpload<'a> {
     pub classification: u8,
     pub view_only: bool,
     pub manifest: &'a Manifest,
+    /// Who asks: only what this bearer may read counts as held.
+    pub reader: Reader<'a>,
+}
+
+/// What an uploader may read, for the "already have" answer: chunks count as held only through
+/// files (or live uploads) of its organisation that it could download itself, so that the answer
+/// says nothing of what lies above its clearance, outside its room, or is view-only elsewhere.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Reader<'a> {
+    pub clearance: u8,
+    /// The one room a room-limited token reaches.
+    pub room: Option<&'a str>,
+    /// May read view-only files (a terminal device).
+    pub view_only: bool,
 }
 
 /// An open upload.
@@ -287,7 +302,11 @@ thread_local! {
 fn write_durably(path: &Path, data: &[u8]) -> io::Result<()> {
     match write_direct(path, data) {
         Err(e) if e.raw_os_error() == Some(libc::EINVAL) => {
-            let mut f = fs::File::create(path)?;
+            let mut f = crate::private::open_options()
+                .write(true)
+                .create(true)
+                .truncate(true)
+                .open(path)?;
             f.write_all(data)?;
             f.sync_all()
         }
@@ -299,7 +318,7 @@ fn write_durably(path: &Path, data: &[u8]) -> io::Result<()> {
 /// zeros to a whole block, and the file cut back to the data's length before the fsync.
 fn write_direct(path: &Path, data: &[u8]) -> io::Result<()> {
     use std::os::unix::fs::OpenOptionsExt;
-    let mut f = fs::OpenOptions::new()
+    let mut f = crate::private::open_options()
         .write(true)
         .create(true)
         .truncate(true)
@@ -324,11 +343,14 @@ impl ChunkStore {
     /// Opens (creating when missing) the store in the data directory `data`.
     pub fn open(data: &Path) -> Result<ChunkStore> {
         let dir = data.join("chunks");
-        if !dir.exists() {
-            fs::create_dir_all(&dir).map_err(io_err(&dir))?;
+        let fresh = !dir.exists();
+        crate::private::dir(&dir).map_err(io_err(&dir))?;
+        if fresh {
             sync_dir(data)?;
         }
-        let conn = Connection::open(data.join("files.db"))?;
+        let db = data.join("files.db");
+        crate::private::file(&db).map_err(io_err(&db))?;
+        let conn = Connection::open(&db)?;
         conn.busy_timeout(Duration::from_secs(5))?;
         conn.pragma_update(None, "journal_mode", "WAL")?;
         // FULL: a commit the client was told about survives power loss, not only a crash.
@@ -395,7 +417,7 @@ impl ChunkStore {
         let path = self.chunk_path(chunk.hash());
         let dir = path.parent().unwrap_or(&self.dir).to_path_buf();
         if !dir.exists() {
-            fs::create_dir_all(&dir).map_err(io_err(&dir))?;
+            crate::private::dir(&dir).map_err(io_err(&dir))?;
             sync_dir(&self.dir)?;
         }
         let tmp = dir.join(format!(
@@ -432,18 +454,37 @@ impl ChunkStore {
         Ok(data)
     }
 
-    /// Does `org` hold `hash`: through one of its files, or a chunk one of its live uploads has
-    /// received?
-    fn org_has(tx: &Connection, org: &str, hash: &Hash, now: u64) -> Result<bool> {
+    /// Does `org` hold `hash` where `reader` may read it: through one of its files, or a chunk
+    /// one of its live uploads has received?
+    fn org_has(
+        tx: &Connection,
+        org: &str,
+        reader: Reader<'_>,
+        hash: &Hash,
+        now: u64,
+    ) -> Result<bool> {
         let held: bool = tx
             .prepare_cached(
                 "SELECT EXISTS (SELECT 1 FROM chunks WHERE hash = ?2) AND (
-                    EXISTS (SELECT 1 FROM org_chunks WHERE org = ?1 AND hash = ?2)
+                    EXISTS (SELECT 1 FROM file_chunks c JOIN files f ON f.id = c.file
+                            WHERE c.hash = ?2 AND f.org = ?1 AND f.classification <= ?4
+                              AND (f.view_only = 0 OR ?5) AND (?6 IS NULL OR f.room = ?6))
                     OR EXISTS (SELECT 1 FROM upload_chunks c JOIN uploads u ON u.id = c.upload
                                WHERE c.hash = ?2 AND c.received = 1 AND u.org = ?1
-                                 AND u.lease_expires > ?3))",
+                                 AND u.lease_expires > ?3 AND u.classification <= ?4
+                                 AND (u.view_only = 0 OR ?5) AND (?6 IS NULL OR u.room = ?6)))",
             )?
-            .query_row(params![org, &hash[..], now as i64], |r| r.get(0))?;
+            .query_row(
+                params![
+                    org,
+                    &hash[..],
+                    now as i64,
+                    reader.clearance,
+                    reader.view_only,
+                    reader.room
+                ],
+                |r| r.get(0),
+            )?;
         Ok(held)
     }
 
@@ -548,7 +589,7 @@ impl ChunkStore {
         let mut held: HashMap<Hash, bool> = HashMap::new();
         for c in m.chunks() {
             if let std::collections::hash_map::Entry::Vacant(v) = held.entry(c.hash) {
-                v.insert(Self::org_has(&tx, new.org, &c.hash, now)?);
+                v.insert(Self::org_has(&tx, new.org, new.reader, &c.hash, now)?);
             }
         }
         let mut deduplicated = 0u64;
@@ -1086,6 +1127,11 @@ mod tests {
             classification: 0,
             view_only: false,
             manifest: m,
+            reader: Reader {
+                clearance: 3,
+                room: None,
+                view_only: true,
+            },
         }
     }
 
@@ -1159,6 +1205,99 @@ mod tests {
             f.store.commit(&other.id, 102, true),
             Err(StoreError::Incomplete(ref v)) if v.len() == m.chunks().len()
         ));
+    }
+
+    #[test]
+    fn already_have_counts_only_what_the_uploader_may_read() {
+        let f = fixture();
+        let secret = noise(20, 1_500_000);
+        let (m, bytes) = cut(&secret);
+        let classified = NewUpload {
+            classification: 3,
+            room: Some("ops"),
+            ..new("acme", "ann", &m)
+        };
+        let plan = f
+            .store
+            .begin_upload(&classified, NO_QUOTA, 100, LEASE)
+            .unwrap();
+        // While the upload is open, its received chunks are held for readers at its level only.
+        send(&f.store, &plan, &m, &bytes, 100);
+        let ask = |clearance, room, view_only, now| {
+            let reader = Reader {
+                clearance,
+                room,
+                view_only,
+            };
+            let plan = f
+                .store
+                .begin_upload(
+                    &NewUpload {
+                        reader,
+                        ..new("acme", "bob", &m)
+                    },
+                    NO_QUOTA,
+                    now,
+                    LEASE,
+                )
+                .unwrap();
+            f.store.abort(&plan.id, now).unwrap();
+            plan.missing.len()
+        };
+        let all = m.chunks().len();
+        assert_eq!(
+            ask(0, None, true, 101),
+            all,
+            "an open upload above the reader"
+        );
+        assert_eq!(ask(3, None, true, 101), 0);
+        f.store.commit(&plan.id, 102, true).unwrap();
+        #[rustfmt::skip]
+        let table = [
+            (0, None, true, all),
+            (2, None, true, all),
+            (3, None, true, 0),
+            (3, Some("hall"), true, all),
+            (3, Some("ops"), true, 0),
+        ];
+        for (i, (clearance, room, view_only, missing)) in table.into_iter().enumerate() {
+            assert_eq!(ask(clearance, room, view_only, 103), missing, "row {i}");
+        }
+        // A view-only file is held only for readers that may read view-only files.
+        let film = noise(21, 700_000);
+        let (fm, fbytes) = cut(&film);
+        let plan = f
+            .store
+            .begin_upload(
+                &NewUpload {
+                    view_only: true,
+                    ..new("acme", "ann", &fm)
+                },
+                NO_QUOTA,
+                104,
+                LEASE,
+            )
+            .unwrap();
+        send(&f.store, &plan, &fm, &fbytes, 104);
+        f.store.commit(&plan.id, 104, true).unwrap();
+        let browser = Reader {
+            clearance: 3,
+            room: None,
+            view_only: false,
+        };
+        let again = f
+            .store
+            .begin_upload(
+                &NewUpload {
+                    reader: browser,
+                    ..new("acme", "bob", &fm)
+                },
+                NO_QUOTA,
+                105,
+                LEASE,
+            )
+            .unwrap();
+        assert_eq!(again.missing.len(), fm.chunks().len());
     }
 
     #[test]

@@ -64,6 +64,8 @@ fn config() -> MediaConfig {
         max_sessions_per_room: 8,
         max_rooms_per_worker: 4,
         io_batch: super::plane::DEFAULT_IO_BATCH,
+        max_slots: super::plane::DEFAULT_MAX_SLOTS,
+        max_audio_lines: super::plane::DEFAULT_MAX_AUDIO_LINES,
     }
 }
 
@@ -186,6 +188,7 @@ async fn publish_and_subscribe(cfg: MediaConfig) {
 async fn bad_offers_and_limits() {
     let plane = MediaPlane::start(MediaConfig {
         max_sessions_per_room: 1,
+        max_slots: 4,
         ..config()
     })
     .expect("start");

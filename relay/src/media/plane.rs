@@ -72,6 +72,10 @@ pub struct MediaConfig {
     pub max_rooms_per_worker: usize,
     /// Datagrams per `recvmmsg`/`sendmmsg` (1..=[`super::udp::MAX_BATCH`]; 1 = one per call).
     pub io_batch: usize,
+    /// Video m-lines (slots, or a publisher's video tracks) one offer may carry; beyond it `BadSdp`.
+    pub max_slots: usize,
+    /// Audio m-lines one offer may carry; beyond it `BadSdp`.
+    pub max_audio_lines: usize,
 }
 
 impl Default for MediaConfig {
@@ -83,8 +87,47 @@ impl Default for MediaConfig {
             max_sessions_per_room: 100,
             max_rooms_per_worker: 1_000,
             io_batch: DEFAULT_IO_BATCH,
+            max_slots: DEFAULT_MAX_SLOTS,
+            max_audio_lines: DEFAULT_MAX_AUDIO_LINES,
         }
     }
+}
+
+/// Video m-lines per offer unless configured (`media.max_slots`).
+pub const DEFAULT_MAX_SLOTS: usize = 16;
+/// Audio m-lines per offer unless configured (`media.max_audio_lines`).
+pub const DEFAULT_MAX_AUDIO_LINES: usize = 8;
+
+/// Refuses an offer with more video or audio m-lines than a session may have, or other media
+/// sections beyond one (a data channel), before any of it is parsed or a session is made for it.
+pub fn check_offer_size(offer: &str, max_slots: usize, max_audio: usize) -> Result<(), MediaError> {
+    let (mut video, mut audio, mut other) = (0usize, 0usize, 0usize);
+    for line in offer.lines() {
+        let Some(media) = line.strip_prefix("m=") else {
+            continue;
+        };
+        match media.split(' ').next() {
+            Some("video") => video += 1,
+            Some("audio") => audio += 1,
+            _ => other += 1,
+        }
+    }
+    if video > max_slots {
+        return Err(MediaError::BadSdp(format!(
+            "the offer has {video} video m-lines; a session may have at most {max_slots}"
+        )));
+    }
+    if audio > max_audio {
+        return Err(MediaError::BadSdp(format!(
+            "the offer has {audio} audio m-lines; a session may have at most {max_audio}"
+        )));
+    }
+    if other > 1 {
+        return Err(MediaError::BadSdp(format!(
+            "the offer has {other} m-lines that are neither audio nor video; at most 1"
+        )));
+    }
+    Ok(())
 }
 
 /// A handle on the running media plane. Cheap to clone; all clones drive the same workers.
@@ -276,6 +319,7 @@ impl MediaPlane {
         source: Source,
         offer_sdp: &str,
     ) -> Result<SessionAnswer, MediaError> {
+        self.check_offer(offer_sdp)?;
         let offer = offer_sdp.to_owned();
         self.open(room.clone(), move |reply| Command::Publish {
             room,
@@ -295,6 +339,7 @@ impl MediaPlane {
         layout: Layout,
         offer_sdp: &str,
     ) -> Result<SessionAnswer, MediaError> {
+        self.check_offer(offer_sdp)?;
         let offer = offer_sdp.to_owned();
         self.open(room.clone(), move |reply| Command::Subscribe {
             room,
@@ -304,6 +349,11 @@ impl MediaPlane {
             reply,
         })
         .await
+    }
+
+    fn check_offer(&self, offer: &str) -> Result<(), MediaError> {
+        let cfg = &self.inner.cfg;
+        check_offer_size(offer, cfg.max_slots, cfg.max_audio_lines)
     }
 
     /// Trickled ICE candidates (`application/trickle-ice-sdpfrag`).
