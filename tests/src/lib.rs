@@ -247,6 +247,46 @@ impl Relay {
         Relay::answer(req.send(body.to_string()))
     }
 
+    /// Any request: `method` GET, POST, PATCH or DELETE, with a body of `content_type` for the
+    /// two that carry one.
+    pub fn request(
+        &self,
+        method: &str,
+        path: &str,
+        token: Option<&str>,
+        content_type: &str,
+        body: &str,
+    ) -> Answer {
+        let agent = Relay::agent();
+        let url = self.url(path);
+        let auth = token.map(|t| format!("Bearer {t}"));
+        let result = match method {
+            "GET" | "DELETE" => {
+                let mut req = if method == "GET" {
+                    agent.get(&url)
+                } else {
+                    agent.delete(&url)
+                };
+                if let Some(a) = &auth {
+                    req = req.header("authorization", a);
+                }
+                req.call()
+            }
+            _ => {
+                let mut req = if method == "PATCH" {
+                    agent.patch(&url)
+                } else {
+                    agent.post(&url)
+                };
+                if let Some(a) = &auth {
+                    req = req.header("authorization", a);
+                }
+                req.content_type(content_type).send(body.to_string())
+            }
+        };
+        Relay::answer(result)
+    }
+
     /// A metric's value from `/metrics`, by its full name with labels as exposed.
     pub fn metric(&self, series: &str) -> Option<f64> {
         let text = self.get("/metrics", None).body;

@@ -19,12 +19,21 @@ struct Rsyslog {
     file: PathBuf,
 }
 
+/// A loopback port nobody listens on (another process may take it meanwhile: the test then
+/// fails to start its server, it does not pass wrongly).
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("a free loopback port")
+        .port()
+}
+
 impl Rsyslog {
     fn start(dir: &Path) -> Rsyslog {
-        let port = TcpListener::bind("127.0.0.1:0")
-            .and_then(|l| l.local_addr())
-            .expect("a free loopback port")
-            .port();
+        Rsyslog::start_on(dir, free_port())
+    }
+
+    fn start_on(dir: &Path, port: u16) -> Rsyslog {
         let work = dir.join("rsyslog");
         std::fs::create_dir_all(&work).expect("rsyslog work dir");
         let file = work.join("witness.log");
@@ -212,11 +221,7 @@ fn a_relay_whose_witness_is_away_keeps_its_lines_and_delivers_them_later() {
     // The relay keeps what it could not deliver; a command run on the data directory meanwhile
     // (here `relay token --data`) tries once and exits, and verify names its line.
     let tmp = tempfile::tempdir().unwrap();
-    // A port nobody listens on yet.
-    let port = TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .unwrap()
-        .port();
+    let port = free_port();
     let data = tmp.path().join("data");
     let config = format!("[audit]\nsyslog = \"tcp://127.0.0.1:{port}\"\n");
     let relay = Relay::start_in(&data, &config, &[]);
@@ -231,30 +236,7 @@ fn a_relay_whose_witness_is_away_keeps_its_lines_and_delivers_them_later() {
     );
 
     // The server comes up on that port: what was kept arrives.
-    let work = tmp.path().join("late");
-    std::fs::create_dir_all(&work).unwrap();
-    let file = work.join("witness.log");
-    let config = work.join("rsyslog.conf");
-    std::fs::write(
-        &config,
-        format!(
-            "module(load=\"imtcp\")\ninput(type=\"imtcp\" address=\"127.0.0.1\" port=\"{port}\")\n$WorkDirectory {}\n*.* {}\n",
-            work.display(),
-            file.display()
-        ),
-    )
-    .unwrap();
-    let child = Command::new("rsyslogd")
-        .args(["-n", "-f"])
-        .arg(&config)
-        .arg("-i")
-        .arg(work.join("pid"))
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("start rsyslogd");
-    let syslog = Rsyslog { child, port, file };
+    let syslog = Rsyslog::start_on(tmp.path(), port);
     let deadline = Instant::now() + Duration::from_secs(15);
     loop {
         let local = local_lines(&data).len();

@@ -155,40 +155,8 @@ fn audited(relay: &Relay, pred: impl Fn(&Value) -> bool) -> bool {
 }
 
 fn api(relay: &Relay, method: &str, path: &str, token: &str, body: Option<Value>) -> Answer {
-    let agent: ureq::Agent = ureq::Agent::config_builder()
-        .http_status_as_error(false)
-        .timeout_global(Some(Duration::from_secs(20)))
-        .build()
-        .into();
-    let url = relay.url(path);
-    let auth = format!("Bearer {token}");
     let body = body.unwrap_or(Value::Null).to_string();
-    let result = match method {
-        "GET" => agent.get(&url).header("authorization", &auth).call(),
-        "DELETE" => agent.delete(&url).header("authorization", &auth).call(),
-        "PATCH" => agent
-            .patch(&url)
-            .header("authorization", &auth)
-            .content_type("application/json")
-            .send(body),
-        _ => agent
-            .post(&url)
-            .header("authorization", &auth)
-            .content_type("application/json")
-            .send(body),
-    };
-    let mut resp = result.expect("HTTP request");
-    let status = resp.status().as_u16();
-    let headers = resp
-        .headers()
-        .iter()
-        .map(|(k, v)| (k.to_string(), v.to_str().unwrap_or_default().to_string()))
-        .collect();
-    Answer {
-        status,
-        body: resp.body_mut().read_to_string().unwrap_or_default(),
-        headers,
-    }
+    relay.request(method, path, Some(token), "application/json", &body)
 }
 
 fn sdp(
@@ -199,26 +167,9 @@ fn sdp(
     content_type: &str,
     body: &str,
 ) -> u16 {
-    let agent: ureq::Agent = ureq::Agent::config_builder()
-        .http_status_as_error(false)
-        .build()
-        .into();
-    let url = relay.url(path);
-    let auth = format!("Bearer {token}");
-    let r = match method {
-        "PATCH" => agent
-            .patch(&url)
-            .header("authorization", &auth)
-            .content_type(content_type)
-            .send(body),
-        "DELETE" => agent.delete(&url).header("authorization", &auth).call(),
-        _ => agent
-            .post(&url)
-            .header("authorization", &auth)
-            .content_type(content_type)
-            .send(body),
-    };
-    r.map(|r| r.status().as_u16()).unwrap_or(0)
+    relay
+        .request(method, path, Some(token), content_type, body)
+        .status
 }
 
 /// Opens a WHIP (or WHEP) session and returns its Location.

@@ -9,7 +9,7 @@ use serde::Serialize;
 use serde_json::{Value, json};
 
 use super::policy::Reach;
-use super::registry::{DeviceKind, Registry, RegistryError};
+use super::registry::{DeviceKind, Registry, RegistryError, check_level};
 
 /// One change to the registry of an organisation.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -105,8 +105,23 @@ impl AdminChange {
     /// How far the change reaches, judged against the registry as it is: the highest level it
     /// grants, or that the user or device it acts on holds now. Every change here is
     /// organisation-wide, so only an admin with no room limit makes one.
+    /// A level out of range is an invalid request before it is anyone's to judge.
     pub fn reach(&self, reg: &Registry, admin_clearance: u8) -> Result<Reach, RegistryError> {
         let org = self.org.as_str();
+        let asked = match &self.change {
+            Change::AddUser { clearance, .. } | Change::SetClearance { clearance, .. } => {
+                Some(("clearance", *clearance))
+            }
+            Change::AddDevice {
+                max_clearance: Some(m),
+                ..
+            } => Some(("max clearance", *m)),
+            Change::AddRoom { classification, .. } => Some(("classification", *classification)),
+            _ => None,
+        };
+        if let Some((what, level)) = asked {
+            check_level(what, level)?;
+        }
         let level = match &self.change {
             // New organisations are made on the appliance itself; over the API this only ever
             // meets the admin's own, which exists.

@@ -170,6 +170,11 @@ pub fn shown(name: &str) -> String {
     }
 }
 
+/// "user NAME in ORG", for messages.
+fn user_named(org: &str, name: &str) -> String {
+    format!("user {} in {}", shown(name), shown(org))
+}
+
 /// Names of organisations, users, devices and rooms: short, printable, no path or URL syntax.
 pub fn check_name(what: &str, name: &str) -> Result<()> {
     let ok = !name.is_empty()
@@ -188,7 +193,8 @@ pub fn check_name(what: &str, name: &str) -> Result<()> {
     }
 }
 
-fn check_level(what: &str, level: u8) -> Result<()> {
+/// A clearance or classification: 0 to [`MAX_LEVEL`].
+pub fn check_level(what: &str, level: u8) -> Result<()> {
     if level <= MAX_LEVEL {
         Ok(())
     } else {
@@ -312,11 +318,7 @@ impl Registry {
             params![org, name, clearance],
         )?;
         if n == 0 {
-            return Err(RegistryError::Exists(format!(
-                "user {} in {}",
-                shown(name),
-                shown(org)
-            )));
+            return Err(RegistryError::Exists(user_named(org, name)));
         }
         Ok(User {
             org: org.into(),
@@ -328,9 +330,9 @@ impl Registry {
     /// Removes a user. Every token minted for that name before now stays refused, even if a user
     /// of the same name is registered again later.
     pub fn remove_user(&self, org: &str, name: &str, now: u64) -> Result<User> {
-        let user = self.user(org, name)?.ok_or_else(|| {
-            RegistryError::NotFound(format!("user {} in {}", shown(name), shown(org)))
-        })?;
+        let user = self
+            .user(org, name)?
+            .ok_or_else(|| RegistryError::NotFound(user_named(org, name)))?;
         let tx = self.conn.unchecked_transaction()?;
         tx.execute(
             "DELETE FROM users WHERE org = ?1 AND name = ?2",
@@ -353,11 +355,7 @@ impl Registry {
             params![org, name, clearance],
         )?;
         if n == 0 {
-            return Err(RegistryError::NotFound(format!(
-                "user {} in {}",
-                shown(name),
-                shown(org)
-            )));
+            return Err(RegistryError::NotFound(user_named(org, name)));
         }
         Ok(User {
             org: org.into(),
