@@ -6,6 +6,6 @@ use relay::control::token::SigningKey;
 
 fuzz_target!(|data: &[u8]| {
     if let Ok(text) = std::str::from_utf8(data) {
-        let _ = SigningKey::from_bytes([7; 32]).verify(text, 1_800_000_000);
+        let _ = SigningKey::from_bytes([7; 32]).verify(text, 1_800_000_000, 1);
     }
 });

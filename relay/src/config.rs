@@ -86,6 +86,10 @@ pub struct Tokens {
     /// Longest lifetime `relay token` and the API will mint.
     #[serde(with = "humantime_serde")]
     pub max_ttl: Duration,
+    /// Slack for the clocks of different nodes when a token's `exp` and `nbf` are checked, in
+    /// whole seconds; the only allowance: expired means expired.
+    #[serde(with = "humantime_serde")]
+    pub clock_skew: Duration,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
@@ -211,6 +215,7 @@ impl Default for Tokens {
         Tokens {
             default_ttl: Duration::from_secs(3600),
             max_ttl: Duration::from_secs(7 * 24 * 3600),
+            clock_skew: Duration::from_secs(crate::control::token::DEFAULT_CLOCK_SKEW_SECS),
         }
     }
 }
@@ -336,6 +341,12 @@ impl Config {
         }
         if self.tokens.default_ttl.is_zero() {
             return Err(err("tokens.default_ttl", "must be longer than zero"));
+        }
+        if self.tokens.clock_skew > Duration::from_secs(60) {
+            return Err(err(
+                "tokens.clock_skew",
+                "must be at most 1m: it only covers clocks of different nodes",
+            ));
         }
         if self.tokens.max_ttl < self.tokens.default_ttl {
             return Err(err("tokens.max_ttl", "must be at least tokens.default_ttl"));

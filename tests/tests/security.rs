@@ -829,3 +829,36 @@ fn all_use_is_logged_and_errors_do_not_echo_what_they_were_sent() {
     );
     assert!(a.body.len() < 1024, "{} bytes", a.body.len());
 }
+
+#[test]
+fn expired_means_expired_and_errors_carry_no_addresses() {
+    let relay = Relay::start();
+    let t = relay.token(&[
+        "--org",
+        "demo",
+        "--user",
+        "demo",
+        "--device",
+        "demo-browser",
+        "--ttl",
+        "1s",
+    ]);
+    assert_eq!(relay.get("/api/info", Some(&t)).status, 200);
+    // Past its expiry by more than the 1 s allowed for other nodes' clocks.
+    std::thread::sleep(Duration::from_millis(2100));
+    let a = relay.get("/api/info", Some(&t));
+    assert_eq!((a.status, a.error_code().as_str()), (401, "unauthorized"));
+    assert!(a.body.contains("expired"), "{}", a.body);
+
+    let watcher = relay.demo_token("publish");
+    for offer in ["v=0", "v=0\r\nm=video", "v=x\r\n"] {
+        let a = relay.post("/whip/lobby", Some(&watcher), "application/sdp", offer);
+        assert_eq!(
+            (a.status, a.error_code().as_str()),
+            (400, "bad_sdp"),
+            "{}",
+            a.body
+        );
+        assert!(!a.body.contains("0x"), "{offer:?}: {}", a.body);
+    }
+}

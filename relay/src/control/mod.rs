@@ -130,6 +130,10 @@ impl Control {
         }
     }
 
+    fn skew(&self) -> u64 {
+        self.tokens.clock_skew.as_secs()
+    }
+
     /// A value that moves whenever the registry has changed, through this process or another
     /// on the same database (`relay admin --data`). A read error moves it too: the caller then
     /// checks again rather than trusting a stale view.
@@ -196,7 +200,10 @@ impl Control {
 
     fn principal_of(&self, bearer: Option<&str>) -> Result<Principal, Denial> {
         let token = bearer.ok_or(Denial::TokenMissing)?;
-        let claims = self.key.verify(token, unix_now()).map_err(Denial::Token)?;
+        let claims = self
+            .key
+            .verify(token, unix_now(), self.skew())
+            .map_err(Denial::Token)?;
         self.standing(&claims)
     }
 
@@ -233,7 +240,7 @@ impl Control {
 
     /// The claims of a token that verifies now, for a plane that holds its bearer to them later.
     pub fn claims(&self, bearer: &str) -> Option<Claims> {
-        self.key.verify(bearer, unix_now()).ok()
+        self.key.verify(bearer, unix_now(), self.skew()).ok()
     }
 
     fn lookup(

@@ -17,8 +17,10 @@ use serde::{Deserialize, Serialize};
 /// The longest token accepted; longer input is rejected before any decoding.
 pub const MAX_TOKEN_LEN: usize = 4096;
 
-/// Slack allowed between this clock and the one that minted the token.
-pub const CLOCK_SKEW_SECS: u64 = 30;
+/// Slack allowed between this clock and the one that minted the token, unless configured
+/// (`tokens.clock_skew`): the appliance mints and checks its own tokens, so only the clocks of
+/// different nodes can differ, and expired means expired.
+pub const DEFAULT_CLOCK_SKEW_SECS: u64 = 1;
 
 /// The rights a token may carry.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, PartialOrd, Ord)]
@@ -163,8 +165,9 @@ impl SigningKey {
         out
     }
 
-    /// Checks shape, tag and time window; `now` is seconds since the Unix epoch.
-    pub fn verify(&self, token: &str, now: u64) -> Result<Claims, TokenError> {
+    /// Checks shape, tag and time window; `now` is seconds since the Unix epoch, `skew` the
+    /// seconds of slack allowed on either end of the window.
+    pub fn verify(&self, token: &str, now: u64, skew: u64) -> Result<Claims, TokenError> {
         if token.len() > MAX_TOKEN_LEN || !token.starts_with(PREFIX) {
             return Err(TokenError::Malformed);
         }
@@ -184,10 +187,10 @@ impl SigningKey {
         }
         let json = B64.decode(claims_b64).map_err(|_| TokenError::Malformed)?;
         let claims: Claims = serde_json::from_slice(&json).map_err(|_| TokenError::Malformed)?;
-        if now >= claims.exp.saturating_add(CLOCK_SKEW_SECS) {
+        if now >= claims.exp.saturating_add(skew) {
             return Err(TokenError::Expired);
         }
-        if now.saturating_add(CLOCK_SKEW_SECS) < claims.nbf {
+        if now.saturating_add(skew) < claims.nbf {
             return Err(TokenError::NotYetValid);
         }
         Ok(claims)
@@ -202,6 +205,8 @@ pub fn new_token_id() -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    const SKEW: u64 = 5;
 
     fn claims(nbf: u64, exp: u64) -> Claims {
         Claims {
@@ -223,23 +228,20 @@ mod tests {
         let key = SigningKey::from_bytes([7; 32]);
         let c = claims(1000, 2000);
         let t = key.sign(&c);
-        assert_eq!(key.verify(&t, 1500), Ok(c));
+        assert_eq!(key.verify(&t, 1500, SKEW), Ok(c));
     }
 
     #[test]
     fn time_window_with_skew() {
         let key = SigningKey::from_bytes([7; 32]);
         let t = key.sign(&claims(1000, 2000));
+        assert_eq!(key.verify(&t, 2000 + SKEW, SKEW), Err(TokenError::Expired));
+        assert!(key.verify(&t, 2000 + SKEW - 1, SKEW).is_ok());
         assert_eq!(
-            key.verify(&t, 2000 + CLOCK_SKEW_SECS),
-            Err(TokenError::Expired)
-        );
-        assert!(key.verify(&t, 2000 + CLOCK_SKEW_SECS - 1).is_ok());
-        assert_eq!(
-            key.verify(&t, 1000 - CLOCK_SKEW_SECS - 1),
+            key.verify(&t, 1000 - SKEW - 1, SKEW),
             Err(TokenError::NotYetValid)
         );
-        assert!(key.verify(&t, 1000 - CLOCK_SKEW_SECS).is_ok());
+        assert!(key.verify(&t, 1000 - SKEW, SKEW).is_ok());
     }
 
     #[test]
@@ -247,7 +249,7 @@ mod tests {
         let key = SigningKey::from_bytes([7; 32]);
         let t = key.sign(&claims(1000, 2000));
         let other = SigningKey::from_bytes([8; 32]);
-        assert_eq!(other.verify(&t, 1500), Err(TokenError::Signature));
+        assert_eq!(other.verify(&t, 1500, SKEW), Err(TokenError::Signature));
 
         // Raise the clearance in the claims and keep the old tag.
         let (signed, tag) = t.rsplit_once('.').unwrap();
@@ -256,7 +258,7 @@ mod tests {
             .unwrap()
             .replace("\"clearance\":2", "\"clearance\":3");
         let forged = format!("v1.{}.{}", B64.encode(forged), tag);
-        assert_eq!(key.verify(&forged, 1500), Err(TokenError::Signature));
+        assert_eq!(key.verify(&forged, 1500, SKEW), Err(TokenError::Signature));
     }
 
     #[test]
@@ -274,13 +276,13 @@ mod tests {
             "v1.%%%.%%%",
             &long,
         ] {
-            assert_eq!(key.verify(t, 0), Err(TokenError::Malformed), "{t:?}");
+            assert_eq!(key.verify(t, 0, SKEW), Err(TokenError::Malformed), "{t:?}");
         }
         // A correctly tagged payload that is not claims JSON.
         let signed = format!("v1.{}", B64.encode(b"{\"x\":1}"));
         let tag = key.tag(&signed);
         let t = format!("{signed}.{}", B64.encode(tag.as_bytes()));
-        assert_eq!(key.verify(&t, 0), Err(TokenError::Malformed));
+        assert_eq!(key.verify(&t, 0, SKEW), Err(TokenError::Malformed));
     }
 
     #[test]

@@ -258,6 +258,29 @@ fn video_codec(c: Codec) -> Option<VideoCodec> {
     }
 }
 
+/// An SDP error as the client is told it: the parser's reasons, without the position it gives
+/// as a memory address (`Parse error at PointerOffset(0x7f...)`) or anything else in hex.
+fn bad_sdp(e: impl std::fmt::Display) -> MediaError {
+    let text = e.to_string();
+    let reasons: Vec<&str> = text
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty() && !l.starts_with("Parse error at"))
+        .collect();
+    let clean: Vec<String> = reasons
+        .join("; ")
+        .split(' ')
+        .filter(|w| !w.contains("0x"))
+        .map(String::from)
+        .collect();
+    let clean = clean.join(" ");
+    MediaError::BadSdp(if clean.is_empty() {
+        "the offer does not parse".into()
+    } else {
+        clean
+    })
+}
+
 /// Build a session's `Rtc`: ICE-lite server in RTP mode, with only codecs whose keyframes we
 /// can recognise (a switch must wait for one), and no RED (audio is forwarded as is).
 fn new_rtc(bwe: bool, now: Instant) -> Rtc {
@@ -437,16 +460,12 @@ impl Core {
             None if self.rooms.len() >= self.cfg.max_rooms => return Err(MediaError::WorkerBusy),
             _ => {}
         }
-        let offer =
-            SdpOffer::from_sdp_string(offer_sdp).map_err(|e| MediaError::BadSdp(e.to_string()))?;
+        let offer = SdpOffer::from_sdp_string(offer_sdp).map_err(bad_sdp)?;
         let mut rtc = new_rtc(publish.is_none(), now);
         let candidate = Candidate::host(self.cfg.local, "udp")
             .map_err(|e| MediaError::Config(format!("host candidate: {e}")))?;
         rtc.add_local_candidate(candidate);
-        let answer = rtc
-            .sdp_api()
-            .accept_offer(offer)
-            .map_err(|e| MediaError::BadSdp(e.to_string()))?;
+        let answer = rtc.sdp_api().accept_offer(offer).map_err(bad_sdp)?;
         let ufrag = rtc.direct_api().local_ice_credentials().ufrag;
         let id = SessionId::random()?;
         let generation = self.next_gen;
@@ -628,8 +647,7 @@ impl Core {
             if !c.starts_with("candidate:") {
                 continue;
             }
-            let cand =
-                Candidate::from_sdp_string(c).map_err(|e| MediaError::BadSdp(e.to_string()))?;
+            let cand = Candidate::from_sdp_string(c).map_err(bad_sdp)?;
             s.rtc.add_remote_candidate(cand);
         }
         drain(idx, s, wire, &mut self.events, &mut self.book);
