@@ -13,6 +13,7 @@ use serde::Serialize;
 use crate::media;
 use crate::output;
 use crate::plot;
+use crate::target;
 
 /// The search's options, beside the media options of the first step.
 #[derive(Debug, Clone, clap::Args)]
@@ -130,7 +131,7 @@ fn verdict(c: &Options, r: &media::Report) -> Vec<String> {
 }
 
 /// Runs the search.
-pub fn run(o: &media::Options, c: &Options) -> Result<Report, String> {
+pub fn run(o: &target::Options, c: &Options) -> Result<Report, String> {
     c.check()?;
     o.check()?;
     let started_unix = SystemTime::now()

@@ -22,8 +22,8 @@ use serde_json::{Value, json};
 
 use crate::appliance::{Cpu, Daemon, Metrics};
 use crate::client::Peer;
-use crate::media::{Options, Sfu};
 use crate::sys;
+use crate::target::{Options, Sfu};
 
 /// How long Janus may take to answer its info request after starting.
 const START_TIMEOUT: Duration = Duration::from_secs(30);

@@ -11,6 +11,7 @@ mod media;
 mod output;
 mod plot;
 mod sys;
+mod target;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -42,7 +43,7 @@ enum Command {
     /// second: use long windows there.
     Media {
         #[command(flatten)]
-        options: media::Options,
+        options: target::Options,
         #[command(flatten)]
         capacity: capacity::Options,
         /// Write every figure as JSON here.
@@ -193,7 +194,7 @@ fn main() -> ExitCode {
         } if c.find_capacity => finish(
             "media",
             o.check().and_then(|()| c.check()).and_then(|()| {
-                if o.beside_janus || o.peer != media::PeerKind::Relay {
+                if o.beside_janus || o.peer != target::PeerKind::Relay {
                     Err("--find-capacity loads our relay only".into())
                 } else {
                     Ok(())

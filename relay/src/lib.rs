@@ -10,7 +10,6 @@ pub mod datadir;
 pub mod files;
 pub mod http;
 pub mod media;
-pub mod media_http;
 pub mod metrics;
 pub mod private;
 pub mod serve;

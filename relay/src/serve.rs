@@ -16,9 +16,9 @@ use crate::control::registry::Registry;
 use crate::control::witness::Witnesses;
 use crate::datadir::{self, DataDir};
 use crate::files::server::FilePlane;
+use crate::http::sessions::MediaRoutes;
 use crate::http::{self, AppState, Info, Readiness};
 use crate::media::MediaPlane;
-use crate::media_http::MediaRoutes;
 use crate::metrics::{Metrics, ScrapeCollector};
 
 #[derive(Debug)]

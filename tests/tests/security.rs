@@ -820,6 +820,26 @@ fn all_use_is_logged_and_errors_do_not_echo_what_they_were_sent() {
         assert_eq!(a.status, 400, "{path}");
         assert!(a.body.len() < 1024, "{path}: {} bytes", a.body.len());
     }
+    // serde quotes a value of the wrong type in its reason: that is clipped too.
+    let a = api(
+        &relay,
+        "POST",
+        "/api/admin/users",
+        &admin,
+        Some(json!({"name": "z", "clearance": "9".repeat(1 << 20)})),
+    );
+    assert_eq!(a.status, 400);
+    assert!(a.body.len() < 1024, "{} bytes", a.body.len());
+    // serde quotes a value of the wrong type in its reason: that is clipped too.
+    let a = api(
+        &relay,
+        "POST",
+        "/api/admin/users",
+        &admin,
+        Some(json!({"name": "z", "clearance": "9".repeat(1 << 20)})),
+    );
+    assert_eq!(a.status, 400);
+    assert!(a.body.len() < 1024, "{} bytes", a.body.len());
     let a = api(
         &relay,
         "PATCH",

@@ -163,10 +163,19 @@ CREATE TABLE user_removals (
 /// A name as an error message shows it: at most 64 characters, so a huge name given by a client
 /// is not echoed back whole.
 pub fn shown(name: &str) -> String {
-    const MAX: usize = 64;
-    match name.char_indices().nth(MAX) {
-        Some((end, _)) => format!("{:?}... ({} bytes)", &name[..end], name.len()),
-        None => format!("{name:?}"),
+    let clipped = clip(name, 64);
+    if clipped.len() == name.len() {
+        format!("{name:?}")
+    } else {
+        format!("{clipped:?}... ({} bytes)", name.len())
+    }
+}
+
+/// At most the first `max` characters of `text`.
+pub fn clip(text: &str, max: usize) -> &str {
+    match text.char_indices().nth(max) {
+        Some((end, _)) => &text[..end],
+        None => text,
     }
 }
 

@@ -3,13 +3,13 @@
 //! The sans-IO core cuts files into content-defined chunks ([`chunker`]), lists them in a
 //! [`manifest::Manifest`], frames requests and answers ([`wire`]) and makes every decision as a
 //! pure function ([`plan`]). [`store::ChunkStore`] keeps chunks on disk and their bookkeeping in
-//! SQLite; [`server`] is the quinn shell and [`client`] the other end, driven by [`cli`].
+//! SQLite; [`server`] is the quinn shell and [`client`] the other end, driven by the command line
+//! (`crate::cli::files`).
 //! Invariants the whole plane keeps: a chunk is named by the BLAKE3 hash
 //! of its plaintext and is checked against that name whenever it crosses a boundary (network in,
 //! disk in, disk out, network out); nothing is read whole into memory beyond one chunk.
 
 pub mod chunker;
-pub mod cli;
 pub mod client;
 pub mod manifest;
 pub mod mapped;

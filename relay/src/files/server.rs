@@ -22,7 +22,7 @@ use super::transport::{self, ALPN, Buffers};
 use super::wire::{self, Encoding, PutStart, Request, Response, UploadId};
 use crate::config;
 use crate::control::policy::{self, Denial, FileAction, FileFacts, Principal};
-use crate::control::registry::DeviceKind;
+use crate::control::registry::{DeviceKind, shown};
 use crate::control::token::Grant;
 use crate::control::{Control, unix_now};
 use crate::datadir::{Secrets, pem_body};
@@ -366,7 +366,10 @@ impl Service {
             match found {
                 Ok(Some(r)) => classification = classification.max(r.classification),
                 Ok(None) => {
-                    return Response::failed("not_found", format!("room {room} is not registered"));
+                    return Response::failed(
+                        "not_found",
+                        format!("room {} is not registered", shown(room)),
+                    );
                 }
                 Err(e) => {
                     tracing::error!(error = %e, "registry failure");
@@ -593,7 +596,12 @@ impl Service {
         let owned = id.to_string();
         let rec = match blocking(move || store.file(&owned)).await {
             Ok(Some(r)) => r,
-            Ok(None) => return Err(Response::failed("not_found", format!("no file {id}"))),
+            Ok(None) => {
+                return Err(Response::failed(
+                    "not_found",
+                    format!("no file {}", shown(id)),
+                ));
+            }
             Err(e) => return Err(store_failure(e)),
         };
         self.may(action, &p, what, facts_of(&rec), &format!("file:{id}"))?;

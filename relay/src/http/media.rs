@@ -1,18 +1,12 @@
 //! WHIP and WHEP over HTTP: the media plane's thin shell. Each request is authenticated and
-//! authorised by the control plane, then handed to [`MediaPlane`].
+//! authorised by the control plane, then handed to [`crate::media::MediaPlane`].
 //!
 //! A session's `Location` is `/whip/{room}/{session}` (or `/whep/...`); the session id is 128
 //! random bits. PATCH, DELETE and layout changes are accepted only from the participant who
 //! opened the session (anyone else gets 404, as if it did not exist), and only with a token that
 //! would be allowed to open it now: the same grant, room limit and clearance.
-//!
-//! A live session is held to the token that opened it: when the registry changes (a user removed
-//! or lowered, a device or the token revoked), [`MediaRoutes::enforce`] ends every session whose
-//! token would no longer be let in.
 
-use std::collections::HashMap;
-use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::{Duration, Instant};
+use std::sync::Arc;
 
 use axum::body::Bytes;
 use axum::extract::{Path, Query, State};
@@ -23,133 +17,13 @@ use axum::{Json, Router};
 use serde::Deserialize;
 use serde_json::json;
 
-use crate::control::Control;
-use crate::control::audit::{Decision, Event};
+use super::error::{ApiError, ApiResult, bearer, json_body};
+use super::sessions::{MediaRoutes, room_key};
+use super::state::AppState;
 use crate::control::policy::{Denial, Principal, RoomRole};
 use crate::control::registry::shown;
 use crate::control::token::Claims;
-use crate::http::{ApiError, ApiResult, AppState, bearer, json_body};
-use crate::media::{Layout, MediaError, MediaPlane, SessionId, Source};
-
-impl From<MediaError> for ApiError {
-    fn from(e: MediaError) -> Self {
-        match e {
-            MediaError::BadSdp(_) => {
-                ApiError::new(StatusCode::BAD_REQUEST, "bad_sdp", e.to_string())
-            }
-            MediaError::NotFound => ApiError::not_found(e.to_string()),
-            MediaError::RoomFull | MediaError::WorkerBusy | MediaError::ShuttingDown => {
-                ApiError::new(
-                    StatusCode::SERVICE_UNAVAILABLE,
-                    "unavailable",
-                    e.to_string(),
-                )
-                .retry_after(2)
-            }
-            _ => ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", e.to_string()),
-        }
-    }
-}
-
-/// Who opened a session, to check PATCH, DELETE and layout requests against.
-#[derive(Debug, Clone)]
-struct Owner {
-    /// The token that opened the session: the session lasts while it would still be let in.
-    claims: Claims,
-    room: String,
-    whep: bool,
-    opened: Instant,
-}
-
-impl Owner {
-    fn role(&self) -> RoomRole {
-        if self.whep {
-            RoomRole::Subscribe
-        } else {
-            RoomRole::Publish
-        }
-    }
-}
-
-/// The media plane and the owners of its sessions.
-#[derive(Debug)]
-pub struct MediaRoutes {
-    pub plane: MediaPlane,
-    owners: Mutex<HashMap<SessionId, Owner>>,
-}
-
-impl MediaRoutes {
-    pub fn new(plane: MediaPlane) -> MediaRoutes {
-        MediaRoutes {
-            plane,
-            owners: Mutex::new(HashMap::new()),
-        }
-    }
-
-    fn owners(&self) -> MutexGuard<'_, HashMap<SessionId, Owner>> {
-        self.owners.lock().unwrap_or_else(|p| p.into_inner())
-    }
-
-    /// Ends every session whose token would no longer be let into its room, and audits each end.
-    pub async fn enforce(&self, control: &Control) {
-        let owners: Vec<(SessionId, Owner)> = self
-            .owners()
-            .iter()
-            .map(|(id, o)| (id.clone(), o.clone()))
-            .collect();
-        for (id, o) in owners {
-            let Err(d) = control.recheck(&o.claims, o.role(), &o.room) else {
-                continue;
-            };
-            let c = &o.claims;
-            control.record(
-                Event::new("session.end", Decision::Deny)
-                    .reason(d.reason())
-                    .who(&c.org, &c.sub, &c.device)
-                    .target(&format!("room:{}", o.room)),
-            );
-            // A session already gone on its own is no error here.
-            let _ = self.plane.end(&id).await;
-            self.owners().remove(&id);
-        }
-    }
-
-    /// Forgets owners of sessions the media plane has dropped on its own (ICE timeout), so the
-    /// map stays as large as the live sessions.
-    pub async fn sweep(&self) {
-        let rooms: Vec<String> = {
-            let owners = self.owners();
-            let mut r: Vec<String> = owners
-                .values()
-                .map(|o| room_key(&o.claims.org, &o.room))
-                .collect();
-            r.sort_unstable();
-            r.dedup();
-            r
-        };
-        for room in rooms {
-            let live: Vec<SessionId> = match self.plane.room_info(&room).await {
-                Some(info) => info
-                    .publishers
-                    .into_iter()
-                    .map(|p| p.session)
-                    .chain(info.subscribers.into_iter().map(|s| s.session))
-                    .collect(),
-                None => Vec::new(),
-            };
-            self.owners().retain(|id, o| {
-                room_key(&o.claims.org, &o.room) != room
-                    || live.contains(id)
-                    || o.opened.elapsed() < Duration::from_secs(30)
-            });
-        }
-    }
-}
-
-/// The media plane's name for a room: rooms are per organisation.
-pub fn room_key(org: &str, room: &str) -> String {
-    format!("{org}/{room}")
-}
+use crate::media::{Layout, SessionId, Source};
 
 pub fn routes() -> Router<Arc<AppState>> {
     Router::new()
@@ -296,15 +170,7 @@ fn created(
 ) -> Response {
     let kind = if whep { "whep" } else { "whip" };
     let location = format!("/{kind}/{room}/{}", answer.session);
-    m.owners().insert(
-        answer.session.clone(),
-        Owner {
-            claims,
-            room: room.to_string(),
-            whep,
-            opened: Instant::now(),
-        },
-    );
+    m.opened(answer.session.clone(), claims, room, whep);
     let mut r = (StatusCode::CREATED, answer.answer_sdp).into_response();
     let h = r.headers_mut();
     h.insert(
@@ -332,16 +198,9 @@ fn owned(
     let p = s.control.authenticate(bearer(headers), action, &target)?;
     let id = SessionId::parse(session).ok_or_else(|| ApiError::not_found("no such session"))?;
     let m = media(s)?;
-    let role = {
-        let owners = m.owners();
-        let o = owners
-            .get(&id)
-            .ok_or_else(|| ApiError::not_found("no such session"))?;
-        if o.claims.org != p.org || o.claims.sub != p.user || o.room != room || o.whep != whep {
-            return Err(ApiError::not_found("no such session"));
-        }
-        o.role()
-    };
+    let role = m
+        .role_of(&id, &p, room, whep)
+        .ok_or_else(|| ApiError::not_found("no such session"))?;
     s.control
         .join(action, &p, role, room)?
         .ok_or_else(|| ApiError::not_found("no such session"))?;
@@ -407,7 +266,7 @@ async fn end(
     )?;
     let m = media(&s)?;
     let result = m.plane.end(&id).await;
-    m.owners().remove(&id);
+    m.forget(&id);
     result?;
     Ok(StatusCode::OK)
 }

@@ -1,66 +1,23 @@
-//! The command line: `relay serve | token | admin | files | store ...`.
-//!
-//! `token` and `admin` work either on the data directory directly (`--data DIR`) or through a
+//! `relay token` and `relay admin`: on the data directory directly (`--data DIR`), or through a
 //! running appliance's HTTP API (`--server URL --token T`, limited to that token's organisation).
-//! Both paths go through the same [`Control`] checks and are audited alike.
-//!
-//! Exit codes: 0 success, 1 runtime failure, 2 usage or configuration error, 3 denied.
+//! Both paths apply the same [`AdminChange`] through the same [`Control`] checks, audited alike.
 
 use std::path::{Path, PathBuf};
-use std::process::ExitCode;
 use std::time::Duration;
 
-use clap::{Args, Parser, Subcommand};
+use clap::{Args, Subcommand};
 use serde_json::{Value, json};
 
+use super::error::{CliError, CliResult};
 use crate::config::Config;
 use crate::control::admin::{AdminChange, Change};
 use crate::control::audit::{self, AuditLog};
-use crate::control::registry::{DeviceKind, Registry, RegistryError};
+use crate::control::registry::{DeviceKind, Registry};
 use crate::control::token::Grant;
 use crate::control::witness::{self, Witnesses};
-use crate::control::{Control, ControlError, MintRequest, parse_kind};
+use crate::control::{Control, MintRequest, parse_kind};
 use crate::datadir::DataDir;
 use crate::metrics::Metrics;
-
-#[derive(Debug, Parser)]
-#[command(name = "relay", version, about = "Media and file relay appliance")]
-pub struct Cli {
-    #[command(subcommand)]
-    pub command: Command,
-}
-
-#[derive(Debug, Subcommand)]
-pub enum Command {
-    /// Run the appliance.
-    Serve {
-        /// TOML configuration file; without it, the embedded defaults.
-        #[arg(long)]
-        config: Option<PathBuf>,
-        /// State directory (overrides `data_dir` of the configuration).
-        #[arg(long)]
-        data: Option<PathBuf>,
-    },
-    /// Mint a token; prints the token alone on stdout.
-    Token(TokenArgs),
-    /// Move files through the file plane (QUIC).
-    Files {
-        #[command(subcommand)]
-        command: crate::files::cli::FilesCommand,
-    },
-    /// Check the file plane's chunk store.
-    Store {
-        #[command(subcommand)]
-        command: StoreCommand,
-    },
-    /// Change or check the registry and the audit log.
-    Admin {
-        #[command(subcommand)]
-        command: AdminCommand,
-        #[command(flatten)]
-        target: Target,
-    },
-}
 
 /// Where `token` and `admin` act: the data directory, or a running appliance.
 #[derive(Debug, Args, Clone)]
@@ -215,20 +172,6 @@ pub enum RoomCommand {
 }
 
 #[derive(Debug, Subcommand)]
-pub enum StoreCommand {
-    /// Re-hash every stored chunk against its name and recount the references of every file;
-    /// exits 1 when anything is wrong. Safe beside a running relay.
-    Check {
-        /// The data directory (default: the configuration's).
-        #[arg(long)]
-        data: Option<PathBuf>,
-        /// Print the report as one JSON object.
-        #[arg(long)]
-        json: bool,
-    },
-}
-
-#[derive(Debug, Subcommand)]
 pub enum AuditCommand {
     /// Check the audit log's hash chain; names the first broken line.
     Verify {
@@ -238,131 +181,12 @@ pub enum AuditCommand {
         witness: Option<PathBuf>,
     },
 }
-
 fn parse_grant(s: &str) -> Result<Grant, String> {
     Grant::parse(s.trim())
         .ok_or_else(|| format!("unknown grant {s:?} (publish, subscribe, files, record, admin)"))
 }
 
-/// A failed command and its exit code.
-#[derive(Debug)]
-pub enum CliError {
-    Usage(String),
-    Denied(String),
-    Failure(String),
-}
-
-impl CliError {
-    pub fn exit_code(&self) -> ExitCode {
-        ExitCode::from(match self {
-            CliError::Failure(_) => 1,
-            CliError::Usage(_) => 2,
-            CliError::Denied(_) => 3,
-        })
-    }
-
-    pub fn message(&self) -> &str {
-        match self {
-            CliError::Usage(m) | CliError::Denied(m) | CliError::Failure(m) => m,
-        }
-    }
-}
-
-impl From<RegistryError> for CliError {
-    fn from(e: RegistryError) -> Self {
-        match e {
-            RegistryError::Invalid(_) | RegistryError::NotFound(_) => {
-                CliError::Usage(e.to_string())
-            }
-            _ => CliError::Failure(e.to_string()),
-        }
-    }
-}
-
-impl From<ControlError> for CliError {
-    fn from(e: ControlError) -> Self {
-        match e {
-            ControlError::Denied(d) => CliError::Denied(format!("denied ({}): {d}", d.code())),
-            ControlError::Registry(r) => r.into(),
-        }
-    }
-}
-
-type CliResult = Result<(), CliError>;
-
-/// Runs `token`, `admin` and `files` commands. (`serve` is run by the binary, which owns the runtime.)
-pub fn run_offline(command: Command) -> CliResult {
-    match command {
-        Command::Serve { .. } => Err(CliError::Usage("serve is not an offline command".into())),
-        Command::Token(args) => token(args),
-        Command::Admin { command, target } => admin(command, &target),
-        Command::Files { command } => crate::files::cli::run(command),
-        Command::Store {
-            command: StoreCommand::Check { data, json },
-        } => store_check(data, json),
-    }
-}
-
-fn store_check(data: Option<PathBuf>, json: bool) -> CliResult {
-    use crate::files::store::ChunkStore;
-    let dir = data.unwrap_or_else(|| Config::default().data_dir);
-    if !dir.join("files.db").exists() {
-        return Err(CliError::Usage(format!(
-            "{} holds no file store (files.db)",
-            dir.display()
-        )));
-    }
-    let store = ChunkStore::open(&dir).map_err(|e| CliError::Failure(e.to_string()))?;
-    let r = store
-        .check()
-        .map_err(|e| CliError::Failure(e.to_string()))?;
-    let hexes = |v: &[[u8; 32]]| v.iter().map(hex::encode).collect::<Vec<_>>();
-    if json {
-        let org: Vec<Value> = r
-            .org_miscounted
-            .iter()
-            .map(|(o, h)| json!({ "org": o, "chunk": hex::encode(h) }))
-            .collect();
-        println!(
-            "{}",
-            json!({
-                "checked": r.checked,
-                "clean": r.is_clean(),
-                "corrupt": hexes(&r.corrupt),
-                "missing": hexes(&r.missing),
-                "miscounted": hexes(&r.miscounted),
-                "org_miscounted": org,
-            })
-        );
-    } else {
-        println!("checked {} chunks", r.checked);
-        for (what, list) in [
-            ("corrupt (bytes do not match the name)", &r.corrupt),
-            ("missing", &r.missing),
-            ("reference count differs from the files", &r.miscounted),
-        ] {
-            for h in list {
-                println!("{what}: {}", hex::encode(h));
-            }
-        }
-        for (org, h) in &r.org_miscounted {
-            println!(
-                "organisation {org}: reference count differs from its files: {}",
-                hex::encode(h)
-            );
-        }
-    }
-    if r.is_clean() {
-        if !json {
-            println!("store intact");
-        }
-        Ok(())
-    } else {
-        Err(CliError::Failure("the store check found problems".into()))
-    }
-}
-
-fn token(args: TokenArgs) -> CliResult {
+pub fn token(args: TokenArgs) -> CliResult {
     let req = MintRequest {
         org: args.org,
         user: args.user,
@@ -504,7 +328,7 @@ fn request_of(change: &AdminChange) -> (&'static str, String, Value) {
     }
 }
 
-fn admin(command: AdminCommand, target: &Target) -> CliResult {
+pub fn admin(command: AdminCommand, target: &Target) -> CliResult {
     let remote = Remote::of(target)?;
     let change = match change_of(command) {
         Ok(c) => c,

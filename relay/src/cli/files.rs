@@ -15,12 +15,12 @@ use std::time::Duration;
 use clap::{Args, Subcommand};
 use serde_json::{Value, json};
 
-use super::client::{Client, ClientError, Progress, PutOptions};
-use super::scan_cache::{self, ScanCache};
-use super::wire::FileEntry;
-use crate::cli::CliError;
+use super::error::CliError;
 use crate::config::Config;
 use crate::datadir::{DataDir, pem_body};
+use crate::files::client::{Client, ClientError, Progress, PutOptions};
+use crate::files::scan_cache::{self, ScanCache};
+use crate::files::wire::FileEntry;
 
 /// How the file commands reach the relay.
 #[derive(Debug, Args, Clone)]

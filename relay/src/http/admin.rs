@@ -1,184 +1,26 @@
-//! The HTTP shell: routes, JSON errors, and the bearer-token extraction every route shares.
-//!
-//! Handlers stay thin: parse, ask [`Control`], answer. Every error is the contract's JSON
-//! `{"error": code, "message": text}`.
+//! The admin routes: registry changes, token minting, audit checks, each for the bearer's own
+//! organisation and within its clearance and room limit.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
 
 use axum::Router;
 use axum::body::Bytes;
 use axum::extract::{Path, State};
-use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
-use serde::de::DeserializeOwned;
-use serde::{Deserialize, Serialize};
+use axum::routing::post;
+use serde::Deserialize;
 use serde_json::json;
 
+use super::error::{ApiError, ApiResult, bearer, json_body};
+use super::state::AppState;
 use crate::control::admin::{AdminChange, Change};
-use crate::control::policy::{Denial, Principal};
-use crate::control::registry::{DeviceKind, RegistryError};
-use crate::control::{Control, ControlError, MintRequest, audit};
+use crate::control::policy::Principal;
+use crate::control::registry::DeviceKind;
+use crate::control::{MintRequest, audit};
 
-/// An error answer.
-#[derive(Debug)]
-pub struct ApiError {
-    pub status: StatusCode,
-    pub code: &'static str,
-    pub message: String,
-    /// Seconds for a `Retry-After` header (503, 429).
-    pub retry_after: Option<u32>,
-}
-
-impl ApiError {
-    pub fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> ApiError {
-        ApiError {
-            status,
-            code,
-            message: message.into(),
-            retry_after: None,
-        }
-    }
-
-    pub fn retry_after(mut self, seconds: u32) -> ApiError {
-        self.retry_after = Some(seconds);
-        self
-    }
-
-    pub fn bad_request(message: impl Into<String>) -> ApiError {
-        ApiError::new(StatusCode::BAD_REQUEST, "bad_request", message)
-    }
-
-    pub fn not_found(message: impl Into<String>) -> ApiError {
-        ApiError::new(StatusCode::NOT_FOUND, "not_found", message)
-    }
-}
-
-impl From<Denial> for ApiError {
-    fn from(d: Denial) -> Self {
-        let status = StatusCode::from_u16(d.status()).unwrap_or(StatusCode::FORBIDDEN);
-        ApiError::new(status, d.code(), d.to_string())
-    }
-}
-
-impl From<RegistryError> for ApiError {
-    fn from(e: RegistryError) -> Self {
-        match e {
-            RegistryError::Invalid(m) => ApiError::bad_request(m),
-            RegistryError::NotFound(_) => ApiError::not_found(e.to_string()),
-            RegistryError::Exists(_) => {
-                ApiError::new(StatusCode::CONFLICT, "exists", e.to_string())
-            }
-            RegistryError::Db(_) | RegistryError::Corrupt(_) => {
-                tracing::error!(error = %e, "registry failure");
-                ApiError::new(
-                    StatusCode::INTERNAL_SERVER_ERROR,
-                    "internal",
-                    "the registry failed",
-                )
-            }
-        }
-    }
-}
-
-impl From<ControlError> for ApiError {
-    fn from(e: ControlError) -> Self {
-        match e {
-            ControlError::Denied(d) => d.into(),
-            ControlError::Registry(r) => r.into(),
-        }
-    }
-}
-
-impl IntoResponse for ApiError {
-    fn into_response(self) -> Response {
-        let mut r = (
-            self.status,
-            axum::Json(json!({"error": self.code, "message": self.message})),
-        )
-            .into_response();
-        if self.status == StatusCode::UNAUTHORIZED {
-            r.headers_mut()
-                .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
-        }
-        if let Some(secs) = self.retry_after {
-            r.headers_mut()
-                .insert(header::RETRY_AFTER, HeaderValue::from(secs));
-        }
-        r
-    }
-}
-
-pub type ApiResult<T> = Result<T, ApiError>;
-
-/// The bearer token of a request: `Authorization: Bearer <token>`.
-pub fn bearer(headers: &HeaderMap) -> Option<&str> {
-    let value = headers.get(header::AUTHORIZATION)?.to_str().ok()?;
-    let (scheme, token) = value.split_once(' ')?;
-    scheme.eq_ignore_ascii_case("bearer").then(|| token.trim())
-}
-
-/// Parses a JSON body into `T`, answering 400 with serde's reason when it does not fit.
-pub fn json_body<T: DeserializeOwned>(body: &Bytes) -> ApiResult<T> {
-    serde_json::from_slice(body).map_err(|e| ApiError::bad_request(format!("request body: {e}")))
-}
-
-/// Which planes are up; `/readyz` answers 200 only when all are.
-#[derive(Debug, Default)]
-pub struct Readiness {
-    planes: std::sync::Mutex<Vec<(&'static str, Arc<AtomicBool>)>>,
-}
-
-impl Readiness {
-    /// Adds a plane, not ready yet; set the returned flag when it is.
-    pub fn plane(&self, name: &'static str) -> Arc<AtomicBool> {
-        let flag = Arc::new(AtomicBool::new(false));
-        self.planes
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .push((name, flag.clone()));
-        flag
-    }
-
-    /// The planes not ready yet.
-    pub fn waiting(&self) -> Vec<&'static str> {
-        let planes = self.planes.lock().unwrap_or_else(|p| p.into_inner());
-        planes
-            .iter()
-            .filter(|(_, f)| !f.load(Ordering::Acquire))
-            .map(|(n, _)| *n)
-            .collect()
-    }
-}
-
-/// What `/api/info` tells clients.
-#[derive(Debug, Clone, Serialize)]
-pub struct Info {
-    pub version: &'static str,
-    /// The file plane's QUIC address, once it runs.
-    pub quic: Option<String>,
-    pub cert_sha256: String,
-    pub media_workers: usize,
-}
-
-/// Shared state of every route.
-#[derive(Debug)]
-pub struct AppState {
-    pub control: Arc<Control>,
-    pub readiness: Readiness,
-    pub info: Info,
-    pub audit_path: std::path::PathBuf,
-    /// The media plane, when it runs.
-    pub media: Option<crate::media_http::MediaRoutes>,
-}
-
-pub fn router(state: Arc<AppState>) -> Router {
+pub fn routes() -> Router<Arc<AppState>> {
     Router::new()
-        .route("/healthz", get(|| async { "ok\n" }))
-        .route("/readyz", get(readyz))
-        .route("/metrics", get(metrics))
-        .route("/api/info", get(info))
         .route("/api/admin/orgs", post(admin_org_add))
         .route("/api/admin/users", post(admin_user_add))
         .route(
@@ -190,43 +32,10 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/api/admin/rooms", post(admin_room_add))
         .route("/api/admin/tokens", post(admin_token))
         .route("/api/admin/tokens/{id}/revoke", post(admin_token_revoke))
-        .route("/api/admin/audit/verify", get(admin_audit_verify))
-        .merge(crate::media_http::routes())
-        .route("/", get(web_client))
-        .fallback(|| async { ApiError::not_found("no such resource") })
-        .with_state(state)
-}
-
-async fn readyz(State(s): State<Arc<AppState>>) -> Response {
-    let waiting = s.readiness.waiting();
-    if waiting.is_empty() {
-        (StatusCode::OK, "ready\n").into_response()
-    } else {
-        ApiError::new(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "starting",
-            format!("waiting for: {}", waiting.join(", ")),
+        .route(
+            "/api/admin/audit/verify",
+            axum::routing::get(admin_audit_verify),
         )
-        .retry_after(1)
-        .into_response()
-    }
-}
-
-async fn metrics(State(s): State<Arc<AppState>>) -> Response {
-    (
-        [(
-            header::CONTENT_TYPE,
-            "text/plain; version=0.0.4; charset=utf-8",
-        )],
-        s.control.metrics().render(),
-    )
-        .into_response()
-}
-
-async fn info(State(s): State<Arc<AppState>>, headers: HeaderMap) -> ApiResult<axum::Json<Info>> {
-    let p = s.control.authenticate(bearer(&headers), "info", "info")?;
-    s.control.allow("info", &p, "info");
-    Ok(axum::Json(s.info.clone()))
 }
 
 /// Authenticates an admin request of the token's own organisation.
@@ -462,16 +271,4 @@ async fn admin_audit_verify(
             e.to_string(),
         )),
     }
-}
-
-/// The web client: publish and watch a meeting from a browser (WHIP/WHEP).
-async fn web_client() -> Response {
-    (
-        [
-            (header::CONTENT_TYPE, "text/html; charset=utf-8"),
-            (header::CACHE_CONTROL, "no-store"),
-        ],
-        include_str!("web/index.html"),
-    )
-        .into_response()
 }
