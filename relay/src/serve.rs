@@ -216,20 +216,12 @@ pub async fn run(config: Config) -> Result<(), ServeError> {
     // The media workers beat on their own; their heartbeat counts only while every one turns.
     let media_beat = heartbeats.register("media");
     let media_watch = media.clone();
-    let sweep_state = state.clone();
     tokio::spawn(async move {
         let mut tick = tokio::time::interval(Duration::from_secs(1));
-        let mut n = 0u64;
         loop {
             tick.tick().await;
             if media_watch.healthy(Duration::from_secs(3)) {
                 media_beat.beat();
-            }
-            n += 1;
-            if n.is_multiple_of(10)
-                && let Some(m) = &sweep_state.media
-            {
-                m.sweep().await;
             }
         }
     });

@@ -18,7 +18,7 @@ use serde::Deserialize;
 use serde_json::json;
 
 use super::error::{ApiError, ApiResult, bearer, json_body};
-use super::sessions::{MediaRoutes, room_key};
+use super::sessions::{MediaRoutes, Owner, room_key};
 use super::state::AppState;
 use crate::control::policy::{Denial, Principal, RoomRole};
 use crate::control::registry::shown;
@@ -127,9 +127,10 @@ async fn whip(
             p.user.clone(),
             q.source.unwrap_or(Source::Camera),
             &offer,
+            Owner::new(claims, &room, false).tag(),
         )
         .await?;
-    Ok(created(m, claims, &room, false, answer))
+    Ok(created(&room, false, answer))
 }
 
 #[derive(Deserialize)]
@@ -156,21 +157,15 @@ async fn whep(
             p.user.clone(),
             q.layout.unwrap_or(Layout::Grid),
             &offer,
+            Owner::new(claims, &room, true).tag(),
         )
         .await?;
-    Ok(created(m, claims, &room, true, answer))
+    Ok(created(&room, true, answer))
 }
 
-fn created(
-    m: &MediaRoutes,
-    claims: Claims,
-    room: &str,
-    whep: bool,
-    answer: crate::media::SessionAnswer,
-) -> Response {
+fn created(room: &str, whep: bool, answer: crate::media::SessionAnswer) -> Response {
     let kind = if whep { "whep" } else { "whip" };
     let location = format!("/{kind}/{room}/{}", answer.session);
-    m.opened(answer.session.clone(), claims, room, whep);
     let mut r = (StatusCode::CREATED, answer.answer_sdp).into_response();
     let h = r.headers_mut();
     h.insert(
@@ -264,10 +259,7 @@ async fn end(
         whep,
         session_action(whep, "end"),
     )?;
-    let m = media(&s)?;
-    let result = m.plane.end(&id).await;
-    m.forget(&id);
-    result?;
+    media(&s)?.plane.end(&id).await?;
     Ok(StatusCode::OK)
 }
 

@@ -56,6 +56,10 @@ impl Peer {
     }
 }
 
+fn tag() -> super::SessionTag {
+    std::sync::Arc::new(())
+}
+
 fn config() -> MediaConfig {
     MediaConfig {
         bind_ip: [127, 0, 0, 1].into(),
@@ -93,7 +97,13 @@ async fn publish_and_subscribe(cfg: MediaConfig) {
     let mut alice = Peer::new();
     let offer = alice.client.publisher_offer(7);
     let a = plane
-        .publish("org/r".into(), "alice".into(), Source::Camera, &offer)
+        .publish(
+            "org/r".into(),
+            "alice".into(),
+            Source::Camera,
+            &offer,
+            tag(),
+        )
         .await
         .expect("publish");
     alice.client.accept(&a.answer_sdp);
@@ -108,7 +118,7 @@ async fn publish_and_subscribe(cfg: MediaConfig) {
     let mut bob = Peer::new();
     let offer = bob.client.subscriber_offer(1, 1);
     let b = plane
-        .subscribe("org/r".into(), "bob".into(), Layout::Grid, &offer)
+        .subscribe("org/r".into(), "bob".into(), Layout::Grid, &offer, tag())
         .await
         .expect("subscribe");
     bob.client.accept(&b.answer_sdp);
@@ -179,7 +189,7 @@ async fn publish_and_subscribe(cfg: MediaConfig) {
     plane.shutdown();
     let offer = Peer::new().client.publisher_offer(1);
     let r = plane
-        .publish("org/r".into(), "x".into(), Source::Camera, &offer)
+        .publish("org/r".into(), "x".into(), Source::Camera, &offer, tag())
         .await;
     assert_eq!(r.err(), Some(super::MediaError::ShuttingDown));
 }
@@ -193,7 +203,7 @@ async fn bad_offers_and_limits() {
     })
     .expect("start");
     let r = plane
-        .publish("org/r".into(), "u".into(), Source::Camera, "not sdp")
+        .publish("org/r".into(), "u".into(), Source::Camera, "not sdp", tag())
         .await;
     assert!(matches!(r, Err(super::MediaError::BadSdp(_))), "{r:?}");
     assert!(
@@ -203,12 +213,12 @@ async fn bad_offers_and_limits() {
 
     let offer = Peer::new().client.publisher_offer(1);
     let a = plane
-        .publish("org/r".into(), "u".into(), Source::Camera, &offer)
+        .publish("org/r".into(), "u".into(), Source::Camera, &offer, tag())
         .await
         .expect("first fits");
     let offer = Peer::new().client.subscriber_offer(1, 0);
     let r = plane
-        .subscribe("org/r".into(), "v".into(), Layout::Grid, &offer)
+        .subscribe("org/r".into(), "v".into(), Layout::Grid, &offer, tag())
         .await;
     assert_eq!(r.err(), Some(super::MediaError::RoomFull));
     let bogus = super::SessionId::parse(&"0".repeat(32)).expect("id");
@@ -234,4 +244,82 @@ fn refuses_unspecified_bind_address() {
         ..config()
     });
     assert!(matches!(r, Err(super::MediaError::Config(_))));
+}
+
+#[test]
+fn offers_are_held_to_the_slot_and_audio_line_caps() {
+    use super::plane::check_offer_size;
+    let offer = |video: usize, audio: usize, other: usize| {
+        let mut s = String::from("v=0\r\no=- 1 1 IN IP4 0.0.0.0\r\n");
+        for (kind, n) in [("video", video), ("audio", audio), ("application", other)] {
+            for _ in 0..n {
+                s.push_str(&format!("m={kind} 9 UDP/TLS/RTP/SAVPF 96\r\n"));
+            }
+        }
+        s
+    };
+    #[rustfmt::skip]
+    let table = [
+        ((16, 8, 1), true),
+        ((17, 0, 0), false),
+        ((0, 9, 0), false),
+        ((1, 1, 2), false),
+        ((0, 0, 0), true),
+    ];
+    for ((v, a, o), ok) in table {
+        assert_eq!(
+            check_offer_size(&offer(v, a, o), 16, 8).is_ok(),
+            ok,
+            "{v} {a} {o}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn a_session_keeps_its_openers_tag_until_it_ends() {
+    let plane = MediaPlane::start(config()).expect("start");
+    let offer = Peer::new().client.publisher_offer(1);
+    let a = plane
+        .publish(
+            "org/r".into(),
+            "alice".into(),
+            Source::Camera,
+            &offer,
+            std::sync::Arc::new("alice's token"),
+        )
+        .await
+        .expect("publish");
+    let offer = Peer::new().client.subscriber_offer(1, 0);
+    let b = plane
+        .subscribe(
+            "org/r".into(),
+            "bob".into(),
+            Layout::Grid,
+            &offer,
+            std::sync::Arc::new("bob's token"),
+        )
+        .await
+        .expect("subscribe");
+    let said = |id| {
+        plane
+            .tag(id)
+            .and_then(|t| t.downcast::<&str>().ok())
+            .map(|s| *s)
+    };
+    assert_eq!(said(&a.session), Some("alice's token"));
+    assert_eq!(said(&b.session), Some("bob's token"));
+    assert_eq!(plane.tags().len(), 2);
+    plane.end(&a.session).await.expect("end");
+    // The worker unmaps what it removed as it goes on; the tag goes with the session.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while said(&a.session).is_some() && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert_eq!(said(&a.session), None);
+    assert_eq!(plane.tags().len(), 1);
+    assert_eq!(
+        plane.end(&a.session).await,
+        Err(super::MediaError::NotFound)
+    );
+    plane.shutdown();
 }

@@ -25,8 +25,9 @@
 //! | call | HTTP | errors |
 //! |---|---|---|
 //! | [`MediaPlane::start`]`(`[`MediaConfig`]`)` | start-up | `Config`, `Io` |
-//! | [`MediaPlane::publish`]`(room, participant, source, offer)` | `POST /whip/{room}?source=` | `BadSdp` 400, `RoomFull`/`WorkerBusy`/`ShuttingDown` 503 |
-//! | [`MediaPlane::subscribe`]`(room, participant, layout, offer)` | `POST /whep/{room}?layout=` | as above |
+//! | [`MediaPlane::publish`]`(room, participant, source, offer, tag)` | `POST /whip/{room}?source=` | `BadSdp` 400, `RoomFull`/`WorkerBusy`/`ShuttingDown` 503 |
+//! | [`MediaPlane::subscribe`]`(room, participant, layout, offer, tag)` | `POST /whep/{room}?layout=` | as above |
+//! | [`MediaPlane::tag`]`(session)`, [`MediaPlane::tags`]`()` | who opened a session, for PATCH/DELETE and revocations | — |
 //! | [`MediaPlane::trickle`]`(session, sdpfrag)` | `PATCH` | `NotFound` 404, `BadSdp` 400 |
 //! | [`MediaPlane::end`]`(session)` | `DELETE` | `NotFound` 404 |
 //! | [`MediaPlane::set_layout`]`(session, layout, max_height)` | `POST /whep/{room}/{session}/layout` | `NotFound` 404 |
@@ -79,7 +80,7 @@ pub mod types;
 pub mod udp;
 
 pub use counters::{DelayHistogram, DropReason, FORWARD_DELAY_BOUNDS, MediaCounters};
-pub use plane::{MediaConfig, MediaPlane};
+pub use plane::{MediaConfig, MediaPlane, SessionTag};
 pub use types::{
     Layout, MediaError, ParticipantKey, PublisherInfo, RoomInfo, RoomKey, SessionAnswer, SessionId,
     SlotInfo, Source, SubscriberInfo,

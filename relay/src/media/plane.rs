@@ -9,8 +9,10 @@
 //!
 //! Invariants:
 //! - a worker thread is the only writer of its core, counters and heartbeat: no lock on the
-//!   packet path. The placement map (room -> worker, session -> worker) is locked only by API
-//!   calls and by a worker when a session opens or closes;
+//!   packet path. The placement map (room -> worker, session -> worker and the opener's
+//!   [`SessionTag`]) is locked only by API calls and by a worker when a session opens or closes;
+//! - the placement map is the one owner of which sessions live: a session the plane drops on its
+//!   own (silence, ICE timeout) leaves it, tag and all, so no caller keeps a map to reconcile;
 //! - a room is mapped to one worker while any session in it lives or any open for it is in
 //!   flight, so a room is never split across workers;
 //! - every socket read loop is bounded ([`RECV_BUDGET`]); a full budget re-polls at once instead
@@ -19,6 +21,7 @@
 //!
 //! [`udp`]: super::udp
 
+use std::any::Any;
 use std::collections::HashMap;
 use std::io;
 use std::net::{IpAddr, SocketAddr};
@@ -156,11 +159,30 @@ struct WorkerHandle {
     thread: Mutex<Option<JoinHandle<()>>>,
 }
 
+/// What the caller of [`MediaPlane::publish`] or [`MediaPlane::subscribe`] attaches to the
+/// session it opens (who opened it, and on what terms), handed back while the session lives and
+/// dropped with it. The plane never looks inside.
+pub type SessionTag = Arc<dyn Any + Send + Sync>;
+
+/// Where a session lives, and its opener's tag (set once the open has answered).
+struct Placed {
+    worker: usize,
+    tag: Option<SessionTag>,
+}
+
+impl std::fmt::Debug for Placed {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Placed")
+            .field("worker", &self.worker)
+            .finish_non_exhaustive()
+    }
+}
+
 /// Which worker holds which room and session.
 #[derive(Debug, Default)]
 struct Placement {
     rooms: HashMap<RoomKey, usize>,
-    sessions: HashMap<SessionId, usize>,
+    sessions: HashMap<SessionId, Placed>,
     /// Opens in flight per room: the room stays mapped while any is pending.
     opening: HashMap<RoomKey, usize>,
 }
@@ -311,17 +333,19 @@ impl MediaPlane {
         self.inner.workers.iter().map(|w| w.addr).collect()
     }
 
-    /// Accept a WHIP offer for `room` from `participant` (the token's subject).
+    /// Accept a WHIP offer for `room` from `participant` (the token's subject); `tag` stays with
+    /// the session.
     pub async fn publish(
         &self,
         room: RoomKey,
         participant: ParticipantKey,
         source: Source,
         offer_sdp: &str,
+        tag: SessionTag,
     ) -> Result<SessionAnswer, MediaError> {
         self.check_offer(offer_sdp)?;
         let offer = offer_sdp.to_owned();
-        self.open(room.clone(), move |reply| Command::Publish {
+        self.open(room.clone(), tag, move |reply| Command::Publish {
             room,
             user: participant,
             source,
@@ -331,17 +355,19 @@ impl MediaPlane {
         .await
     }
 
-    /// Accept a WHEP offer: its video m-lines are the slots, its audio m-lines the audio lines.
+    /// Accept a WHEP offer: its video m-lines are the slots, its audio m-lines the audio lines;
+    /// `tag` stays with the session.
     pub async fn subscribe(
         &self,
         room: RoomKey,
         participant: ParticipantKey,
         layout: Layout,
         offer_sdp: &str,
+        tag: SessionTag,
     ) -> Result<SessionAnswer, MediaError> {
         self.check_offer(offer_sdp)?;
         let offer = offer_sdp.to_owned();
-        self.open(room.clone(), move |reply| Command::Subscribe {
+        self.open(room.clone(), tag, move |reply| Command::Subscribe {
             room,
             user: participant,
             layout,
@@ -471,6 +497,7 @@ impl MediaPlane {
     async fn open(
         &self,
         room: RoomKey,
+        tag: SessionTag,
         make: impl FnOnce(oneshot::Sender<Opened>) -> Command,
     ) -> Result<SessionAnswer, MediaError> {
         if self.inner.stopped.load(Ordering::Relaxed) {
@@ -526,6 +553,12 @@ impl MediaPlane {
         if !room_lives && !p.opening.contains_key(&room) && p.rooms.get(&room) == Some(&w) {
             p.rooms.remove(&room);
         }
+        // The worker mapped the session as it opened it; if it is gone already, so is its tag.
+        if let Ok(a) = &result
+            && let Some(placed) = p.sessions.get_mut(&a.session)
+        {
+            placed.tag = Some(tag);
+        }
         result
     }
 
@@ -533,8 +566,25 @@ impl MediaPlane {
         lock(&self.inner.placement)
             .sessions
             .get(session)
-            .copied()
+            .map(|p| p.worker)
             .ok_or(MediaError::NotFound)
+    }
+
+    /// The tag its opener attached to the live session `id`.
+    pub fn tag(&self, id: &SessionId) -> Option<SessionTag> {
+        lock(&self.inner.placement)
+            .sessions
+            .get(id)
+            .and_then(|p| p.tag.clone())
+    }
+
+    /// Every live session and its tag.
+    pub fn tags(&self) -> Vec<(SessionId, SessionTag)> {
+        lock(&self.inner.placement)
+            .sessions
+            .iter()
+            .filter_map(|(id, p)| p.tag.clone().map(|t| (id.clone(), t)))
+            .collect()
     }
 
     fn send(&self, w: usize, cmd: Command) -> Result<(), MediaError> {
@@ -773,7 +823,13 @@ impl Worker {
     fn opened(&self, room: &RoomKey, r: &Result<SessionAnswer, MediaError>) {
         if let Ok(a) = r {
             let mut p = lock(&self.placement);
-            p.sessions.insert(a.session.clone(), self.index);
+            p.sessions.insert(
+                a.session.clone(),
+                Placed {
+                    worker: self.index,
+                    tag: None,
+                },
+            );
             p.rooms.insert(room.clone(), self.index);
         }
     }
