@@ -5,8 +5,10 @@ use std::hint::black_box;
 
 use criterion::{Criterion, criterion_group, criterion_main};
 use relay::control::audit::AuditLog;
+use relay::control::model::DeviceKind;
 use relay::control::policy::{self, RoomRole};
-use relay::control::registry::{DeviceKind, Registry};
+use relay::control::registry::Registry;
+use relay::control::sqlite::SqliteRegistry;
 use relay::control::token::{Claims, Grant, SigningKey};
 use relay::control::{Control, unix_now};
 use relay::metrics::Metrics;
@@ -37,7 +39,7 @@ fn bench(c: &mut Criterion) {
 
     let dir = tempfile_dir();
     let db = dir.join("relay.db");
-    let reg = Registry::open_or_create(&db).expect("registry");
+    let reg = SqliteRegistry::open_or_create(&db).expect("registry");
     reg.add_org("acme", None).expect("org");
     reg.add_user("acme", "ann", 3).expect("user");
     reg.add_device("acme", "pc1", DeviceKind::Browser, 3)
@@ -56,7 +58,14 @@ fn bench(c: &mut Criterion) {
     });
 
     let audit = AuditLog::open(&dir.join("audit.log"), &db).expect("audit");
-    let control = Control::new(reg, key, audit, Metrics::new(), Default::default());
+    let control = Control::new(
+        Box::new(reg),
+        key,
+        audit,
+        Metrics::new(),
+        Default::default(),
+        relay::control::unix_now,
+    );
     c.bench_function("authenticate_with_registry", |b| {
         b.iter(|| control.authenticate(Some(black_box(&token)), "bench", "bench"))
     });

@@ -9,7 +9,9 @@ use std::fs;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
-use crate::control::registry::{DeviceKind, Registry, RegistryError};
+use crate::control::model::DeviceKind;
+use crate::control::registry::{Registry, RegistryError};
+use crate::control::sqlite::SqliteRegistry;
 use crate::control::token::SigningKey;
 
 /// The demo organisation created on first start, so the web client works at once.
@@ -149,7 +151,7 @@ impl DataDir {
             }
         }
         // Opening checks the database's integrity and schema.
-        Registry::open(&self.db())?;
+        SqliteRegistry::open(&self.db())?;
         let key_path = self.signing_key();
         let key = fs::read(&key_path).map_err(io(&key_path))?;
         let key: [u8; 32] = key.try_into().map_err(|k: Vec<u8>| {
@@ -193,7 +195,7 @@ impl DataDir {
         let tmp = self.root.join("relay.db.init");
         let _ = fs::remove_file(&tmp);
         {
-            let reg = Registry::open_or_create(&tmp)?;
+            let reg = SqliteRegistry::open_or_create(&tmp)?;
             reg.add_org(DEMO_ORG, None)?;
             reg.add_user(DEMO_ORG, DEMO_USER, 1)?;
             reg.add_device(DEMO_ORG, DEMO_DEVICE, DeviceKind::Browser, 1)?;
@@ -303,7 +305,7 @@ mod tests {
         assert!(!fresh);
         assert_eq!(a.signing_key.as_bytes(), b.signing_key.as_bytes());
         assert_eq!(a.cert_der, b.cert_der);
-        let reg = Registry::open(&dir.db()).unwrap();
+        let reg = SqliteRegistry::open(&dir.db()).unwrap();
         assert!(reg.device(DEMO_ORG, DEMO_DEVICE).unwrap().is_some());
         assert!(reg.room(DEMO_ORG, DEMO_ROOM).unwrap().is_some());
     }

@@ -12,7 +12,8 @@ use tokio::net::TcpListener;
 use crate::config::Config;
 use crate::control::Control;
 use crate::control::audit::AuditLog;
-use crate::control::registry::Registry;
+use crate::control::sqlite::SqliteRegistry;
+use crate::control::unix_now;
 use crate::control::witness::Witnesses;
 use crate::datadir::{self, DataDir};
 use crate::files::server::FilePlane;
@@ -138,7 +139,7 @@ pub async fn run(config: Config) -> Result<(), ServeError> {
     if fresh {
         tracing::info!(data = %dir.root.display(), "initialised a new data directory");
     }
-    let registry = Registry::open(&dir.db()).map_err(|e| ServeError::DataDir(e.into()))?;
+    let registry = SqliteRegistry::open(&dir.db()).map_err(|e| ServeError::DataDir(e.into()))?;
     let syslog = Some(config.audit.syslog.as_str()).filter(|s| !s.is_empty());
     dir.record_witness(syslog).map_err(ServeError::DataDir)?;
     let witnesses = Witnesses::new(syslog).map_err(|e| ServeError::Io(std::io::Error::other(e)))?;
@@ -156,11 +157,12 @@ pub async fn run(config: Config) -> Result<(), ServeError> {
     .map_err(|e| ServeError::Io(std::io::Error::other(e)))?;
     let metrics = Metrics::new();
     let control = Arc::new(Control::new(
-        registry,
+        Box::new(registry),
         secrets.signing_key.clone(),
         audit,
         metrics,
         config.tokens.clone(),
+        unix_now,
     ));
 
     let readiness = Readiness::default();

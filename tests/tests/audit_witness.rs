@@ -9,6 +9,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use relay::control::registry::Registry;
+use relay::control::sqlite::SqliteRegistry;
 use relay_tests::{Relay, stderr};
 
 /// An rsyslogd in the foreground, receiving RFC 5424 over TCP on a loopback port and writing
@@ -118,7 +119,7 @@ fn rechain(data: &Path, mut lines: Vec<String>) {
         prev = hash(line);
     }
     std::fs::write(data.join("audit.log"), lines.join("\n") + "\n").expect("write log");
-    Registry::open(&data.join("relay.db"))
+    SqliteRegistry::open(&data.join("relay.db"))
         .expect("open registry")
         .set_audit_head(lines.len() as u64, &prev)
         .expect("anchor");

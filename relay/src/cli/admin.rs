@@ -12,7 +12,8 @@ use super::error::{CliError, CliResult};
 use crate::config::Config;
 use crate::control::admin::{AdminChange, Change};
 use crate::control::audit::{self, AuditLog};
-use crate::control::registry::{DeviceKind, Registry};
+use crate::control::model::DeviceKind;
+use crate::control::sqlite::SqliteRegistry;
 use crate::control::token::Grant;
 use crate::control::witness::{self, Witnesses};
 use crate::control::{Control, MintRequest, parse_kind};
@@ -437,7 +438,7 @@ fn local(target: &Target) -> Result<Control, CliError> {
     let secrets = dir
         .open()
         .map_err(|e| CliError::Usage(format!("data directory {}: {e}", dir.root.display())))?;
-    let registry = Registry::open(&dir.db())?;
+    let registry = SqliteRegistry::open(&dir.db())?;
     let defaults = Config::default();
     let witnesses = Witnesses::new(dir.witness().as_deref())
         .map_err(|e| CliError::Usage(format!("{}: {e}", dir.audit_witness().display())))?;
@@ -449,11 +450,12 @@ fn local(target: &Target) -> Result<Control, CliError> {
     )
     .map_err(|e| CliError::Failure(e.to_string()))?;
     Ok(Control::new(
-        registry,
+        Box::new(registry),
         secrets.signing_key,
         audit,
         Metrics::new(),
         defaults.tokens,
+        crate::control::unix_now,
     ))
 }
 

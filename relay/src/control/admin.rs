@@ -8,8 +8,9 @@
 use serde::Serialize;
 use serde_json::{Value, json};
 
+use super::model::DeviceKind;
 use super::policy::Reach;
-use super::registry::{DeviceKind, Registry, RegistryError, check_level};
+use super::registry::{Registry, RegistryError, check_level};
 
 /// One change to the registry of an organisation.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -106,7 +107,7 @@ impl AdminChange {
     /// grants, or that the user or device it acts on holds now. Every change here is
     /// organisation-wide, so only an admin with no room limit makes one.
     /// A level out of range is an invalid request before it is anyone's to judge.
-    pub fn reach(&self, reg: &Registry, admin_clearance: u8) -> Result<Reach, RegistryError> {
+    pub fn reach(&self, reg: &dyn Registry, admin_clearance: u8) -> Result<Reach, RegistryError> {
         let org = self.org.as_str();
         let asked = match &self.change {
             Change::AddUser { clearance, .. } | Change::SetClearance { clearance, .. } => {
@@ -147,7 +148,7 @@ impl AdminChange {
     /// Returns what the change made, as the API and the command line print it.
     pub fn apply(
         &self,
-        reg: &Registry,
+        reg: &dyn Registry,
         default_clearance: u8,
         now: u64,
     ) -> Result<Value, RegistryError> {

@@ -26,6 +26,7 @@ use serde::Serialize;
 use serde_json::Value;
 
 use super::registry::Registry;
+use super::sqlite::SqliteRegistry;
 use super::witness::{Message, WitnessCounters, Witnesses};
 
 const GENESIS: &str = "0000000000000000000000000000000000000000000000000000000000000000";
@@ -193,8 +194,10 @@ impl AuditLog {
             .append(true)
             .open(path)?;
         crate::private::file(path)?;
-        let registry =
-            Registry::open(db).map_err(|e| AuditError::Io(std::io::Error::other(e.to_string())))?;
+        let registry: Box<dyn Registry> = Box::new(
+            SqliteRegistry::open(db)
+                .map_err(|e| AuditError::Io(std::io::Error::other(e.to_string())))?,
+        );
         let (tx, rx) = mpsc::channel();
         let path = path.to_path_buf();
         let counters = witnesses.counters.clone();
@@ -242,7 +245,7 @@ impl Drop for AuditLog {
 fn write_loop(
     path: PathBuf,
     mut file: File,
-    registry: Registry,
+    registry: Box<dyn Registry>,
     rx: &mpsc::Receiver<Event>,
     witnesses: &Witnesses,
     head_interval: Duration,
@@ -263,7 +266,7 @@ fn write_loop(
                     Err(_) => break,
                 }
             }
-            match append(&mut file, &registry, &batch) {
+            match append(&mut file, registry.as_ref(), &batch) {
                 Ok(written) => {
                     for line in written.lines {
                         witnesses.send(&Message::Line(line));
@@ -300,7 +303,11 @@ struct Written {
     head: (u64, String),
 }
 
-fn append(file: &mut File, registry: &Registry, batch: &[Event]) -> Result<Written, AuditError> {
+fn append(
+    file: &mut File,
+    registry: &dyn Registry,
+    batch: &[Event],
+) -> Result<Written, AuditError> {
     file.lock()?;
     let result = (|| {
         let (mut seq, mut prev) = tail(file)?;
@@ -469,7 +476,7 @@ mod tests {
     fn setup() -> (tempfile::TempDir, PathBuf, PathBuf) {
         let dir = tempfile::tempdir().unwrap();
         let db = dir.path().join("relay.db");
-        Registry::open_or_create(&db).unwrap();
+        SqliteRegistry::open_or_create(&db).unwrap();
         let log = dir.path().join("audit.log");
         (dir, log, db)
     }
@@ -491,7 +498,7 @@ mod tests {
     }
 
     fn head(db: &Path) -> Option<(u64, String)> {
-        Registry::open(db).unwrap().audit_head().unwrap()
+        SqliteRegistry::open(db).unwrap().audit_head().unwrap()
     }
 
     #[test]

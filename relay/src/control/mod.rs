@@ -7,8 +7,10 @@
 
 pub mod admin;
 pub mod audit;
+pub mod model;
 pub mod policy;
 pub mod registry;
+pub mod sqlite;
 pub mod token;
 pub mod witness;
 
@@ -17,8 +19,9 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use admin::AdminChange;
 use audit::{AuditLog, Decision, Event};
+use model::{Device, DeviceKind, Org, Room, User};
 use policy::{Denial, Principal, RoomRole};
-use registry::{Device, DeviceKind, Registry, RegistryError, Room, User};
+use registry::{Registry, RegistryError};
 use serde::Deserialize;
 use token::{Claims, Grant, SigningKey};
 
@@ -106,23 +109,30 @@ pub const DEFAULT_GRANTS: [Grant; 3] = [Grant::Publish, Grant::Subscribe, Grant:
 /// The control plane's state, shared by every plane.
 #[derive(Debug)]
 pub struct Control {
-    registry: Mutex<Registry>,
+    registry: Mutex<Box<dyn Registry>>,
     key: SigningKey,
     audit: AuditLog,
     metrics: Metrics,
     tokens: crate::config::Tokens,
+    /// Seconds since the Unix epoch: [`unix_now`], or a test's clock.
+    clock: Clock,
 }
+
+/// Where the control plane reads the time: seconds since the Unix epoch.
+pub type Clock = fn() -> u64;
 
 impl Control {
     pub fn new(
-        registry: Registry,
+        registry: Box<dyn Registry>,
         key: SigningKey,
         audit: AuditLog,
         metrics: Metrics,
         tokens: crate::config::Tokens,
+        clock: Clock,
     ) -> Control {
         Control {
             registry: Mutex::new(registry),
+            clock,
             key,
             audit,
             metrics,
@@ -146,7 +156,7 @@ impl Control {
     }
 
     /// The registry. Queries are indexed point lookups, so the lock is held for microseconds.
-    pub fn registry(&self) -> MutexGuard<'_, Registry> {
+    pub fn registry(&self) -> MutexGuard<'_, Box<dyn Registry>> {
         // A panic while holding the lock cannot leave the connection half-changed: every write is
         // one statement or one transaction.
         self.registry.lock().unwrap_or_else(|p| p.into_inner())
@@ -202,7 +212,7 @@ impl Control {
         let token = bearer.ok_or(Denial::TokenMissing)?;
         let claims = self
             .key
-            .verify(token, unix_now(), self.skew())
+            .verify(token, (self.clock)(), self.skew())
             .map_err(Denial::Token)?;
         self.standing(&claims)
     }
@@ -240,7 +250,7 @@ impl Control {
 
     /// The claims of a token that verifies now, for a plane that holds its bearer to them later.
     pub fn claims(&self, bearer: &str) -> Option<Claims> {
-        self.key.verify(bearer, unix_now(), self.skew()).ok()
+        self.key.verify(bearer, (self.clock)(), self.skew()).ok()
     }
 
     fn lookup(
@@ -248,7 +258,7 @@ impl Control {
         org: &str,
         user: &str,
         device: &str,
-    ) -> (Option<registry::Org>, Option<User>, Option<Device>) {
+    ) -> (Option<Org>, Option<User>, Option<Device>) {
         let reg = self.registry();
         // A database error reads as "not registered": the request is refused, never let through.
         let org = reg.org(org).ok().flatten();
@@ -345,7 +355,7 @@ impl Control {
             .into());
         }
         if let Some(c) = req.clearance
-            && c > registry::MAX_LEVEL
+            && c > model::MAX_LEVEL
         {
             return Err(
                 RegistryError::Invalid(format!("clearance must be 0 to 3, not {c}")).into(),
@@ -364,7 +374,7 @@ impl Control {
         if let Some(p) = by {
             highest = highest.min(p.clearance);
         }
-        let now = unix_now();
+        let now = (self.clock)();
         let mut grants = req
             .grants
             .clone()
@@ -416,14 +426,14 @@ impl Control {
             let reg = self.registry();
             let bounded = match by {
                 Some(p) => change
-                    .reach(&reg, p.clearance)
+                    .reach(reg.as_ref(), p.clearance)
                     .map_err(ControlError::from)
                     .and_then(|reach| Ok(policy::may_change(p, reach)?)),
                 None => Ok(()),
             };
-            let default_clearance = by.map_or(registry::MAX_LEVEL, |p| p.clearance);
+            let default_clearance = by.map_or(model::MAX_LEVEL, |p| p.clearance);
             bounded.and_then(|()| {
-                let made = change.apply(&reg, default_clearance, unix_now())?;
+                let made = change.apply(reg.as_ref(), default_clearance, (self.clock)())?;
                 reg.bump_generation()?;
                 Ok(made)
             })
@@ -449,4 +459,74 @@ impl Control {
 pub fn parse_kind(s: &str) -> Result<DeviceKind, String> {
     DeviceKind::parse(s)
         .ok_or_else(|| format!("unknown device kind {s:?} (browser, terminal, recorder)"))
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::{AtomicU64, Ordering};
+
+    use super::*;
+    use crate::control::admin::Change;
+    use crate::control::sqlite::SqliteRegistry;
+
+    /// The time the test's control plane reads.
+    static NOW: AtomicU64 = AtomicU64::new(1_000_000);
+
+    fn now() -> u64 {
+        NOW.load(Ordering::Relaxed)
+    }
+
+    fn control(dir: &std::path::Path) -> Control {
+        let db = dir.join("relay.db");
+        let reg = SqliteRegistry::open_or_create(&db).unwrap();
+        reg.add_org("acme", None).unwrap();
+        reg.add_user("acme", "ann", 2).unwrap();
+        reg.add_device("acme", "pc", DeviceKind::Browser, 3)
+            .unwrap();
+        let audit = AuditLog::open(&dir.join("audit.log"), &db).unwrap();
+        Control::new(
+            Box::new(reg),
+            SigningKey::from_bytes([9; 32]),
+            audit,
+            Metrics::new(),
+            crate::config::Tokens::default(),
+            now,
+        )
+    }
+
+    #[test]
+    fn the_clock_and_the_registry_are_the_control_planes_parameters() {
+        let dir = tempfile::tempdir().unwrap();
+        let c = control(dir.path());
+        let req = MintRequest {
+            org: "acme".into(),
+            user: "ann".into(),
+            device: "pc".into(),
+            clearance: None,
+            room: None,
+            grants: None,
+            ttl: Some(Duration::from_secs(10)),
+        };
+        let t = c.mint(&req, None).unwrap();
+        let who = c.authenticate(Some(&t.token), "test", "t").unwrap();
+        assert_eq!((who.user.as_str(), who.clearance), ("ann", 2));
+        // On the clock it was given: still good within its ttl and the 1 s skew, not after.
+        NOW.fetch_add(10, Ordering::Relaxed);
+        assert!(c.authenticate(Some(&t.token), "test", "t").is_ok());
+        NOW.fetch_add(1, Ordering::Relaxed);
+        assert_eq!(
+            c.authenticate(Some(&t.token), "test", "t"),
+            Err(Denial::Token(token::TokenError::Expired))
+        );
+        // A change through the registry holds at the next check, and moves its generation.
+        let t = c.mint(&req, None).unwrap();
+        let before = c.registry_version();
+        let revoke = AdminChange::new("acme", Change::RevokeToken { id: t.id.clone() });
+        c.apply(&revoke, None).unwrap();
+        assert_ne!(c.registry_version(), before);
+        assert_eq!(
+            c.authenticate(Some(&t.token), "test", "t"),
+            Err(Denial::TokenRevoked)
+        );
+    }
 }

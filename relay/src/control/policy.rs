@@ -8,7 +8,7 @@
 
 use std::fmt;
 
-use super::registry::{Device, DeviceKind, Org, Room, User};
+use super::model::{Device, DeviceKind, Org, Room, User};
 use super::token::{Claims, Grant, TokenError};
 
 /// A bearer whose token verified and whose user and device the registry knows now.

@@ -21,8 +21,8 @@ use super::store::{ChunkStore, FileRecord, NewUpload, Quotas, Reader, StoreError
 use super::transport::{self, ALPN, Buffers};
 use super::wire::{self, Encoding, PutStart, Request, Response, UploadId};
 use crate::config;
+use crate::control::model::{DeviceKind, shown};
 use crate::control::policy::{self, Denial, FileAction, FileFacts, Principal};
-use crate::control::registry::{DeviceKind, shown};
 use crate::control::token::Grant;
 use crate::control::{Control, unix_now};
 use crate::datadir::{Secrets, pem_body};

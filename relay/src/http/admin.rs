@@ -15,8 +15,8 @@ use serde_json::json;
 use super::error::{ApiError, ApiResult, bearer, json_body};
 use super::state::AppState;
 use crate::control::admin::{AdminChange, Change};
+use crate::control::model::DeviceKind;
 use crate::control::policy::Principal;
-use crate::control::registry::DeviceKind;
 use crate::control::{MintRequest, audit};
 
 pub fn routes() -> Router<Arc<AppState>> {

@@ -8,8 +8,9 @@ use serde::de::DeserializeOwned;
 use serde_json::json;
 
 use crate::control::ControlError;
+use crate::control::model::clip;
 use crate::control::policy::Denial;
-use crate::control::registry::{RegistryError, clip};
+use crate::control::registry::RegistryError;
 use crate::media::MediaError;
 
 /// An error answer.

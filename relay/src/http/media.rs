@@ -20,8 +20,8 @@ use serde_json::json;
 use super::error::{ApiError, ApiResult, bearer, json_body};
 use super::sessions::{MediaRoutes, Owner, room_key};
 use super::state::AppState;
+use crate::control::model::shown;
 use crate::control::policy::{Denial, Principal, RoomRole};
-use crate::control::registry::shown;
 use crate::control::token::Claims;
 use crate::media::{Layout, SessionId, Source};
 

@@ -1,0 +1,519 @@
+//! The registry in the appliance's SQLite database. Several processes may open it at once (the
+//! server and `relay admin --data`); WAL mode and a busy timeout let them share it.
+
+use std::path::Path;
+use std::time::Duration;
+
+use rusqlite::{Connection, OptionalExtension, params};
+
+use super::model::{Device, DeviceKind, Org, Room, User, shown};
+use super::registry::{Registry, RegistryError, Result, check_level, check_name, user_named};
+
+/// Schema migrations, applied in order; `PRAGMA user_version` counts those applied.
+const MIGRATIONS: &[&str] = &[
+    r#"
+CREATE TABLE orgs (
+    name        TEXT PRIMARY KEY NOT NULL,
+    quota_bytes INTEGER
+) STRICT;
+CREATE TABLE users (
+    org       TEXT NOT NULL REFERENCES orgs(name),
+    name      TEXT NOT NULL,
+    clearance INTEGER NOT NULL CHECK (clearance BETWEEN 0 AND 3),
+    PRIMARY KEY (org, name)
+) STRICT;
+CREATE TABLE devices (
+    org           TEXT NOT NULL REFERENCES orgs(name),
+    id            TEXT NOT NULL,
+    kind          TEXT NOT NULL CHECK (kind IN ('browser', 'terminal', 'recorder')),
+    max_clearance INTEGER NOT NULL CHECK (max_clearance BETWEEN 0 AND 3),
+    revoked       INTEGER NOT NULL DEFAULT 0,
+    PRIMARY KEY (org, id)
+) STRICT;
+CREATE TABLE rooms (
+    org            TEXT NOT NULL REFERENCES orgs(name),
+    name           TEXT NOT NULL,
+    classification INTEGER NOT NULL CHECK (classification BETWEEN 0 AND 3),
+    secure_view    INTEGER NOT NULL DEFAULT 0,
+    PRIMARY KEY (org, name)
+) STRICT;
+CREATE TABLE audit_head (
+    id    INTEGER PRIMARY KEY CHECK (id = 1),
+    lines INTEGER NOT NULL,
+    hash  TEXT NOT NULL
+) STRICT;
+"#,
+    r#"
+CREATE TABLE revoked_tokens (
+    org        TEXT NOT NULL REFERENCES orgs(name),
+    jti        TEXT NOT NULL,
+    revoked_at INTEGER NOT NULL,
+    PRIMARY KEY (org, jti)
+) STRICT, WITHOUT ROWID;
+CREATE TABLE generation (
+    id INTEGER PRIMARY KEY CHECK (id = 1),
+    n  INTEGER NOT NULL
+) STRICT;
+INSERT INTO generation (id, n) VALUES (1, 0);
+CREATE TABLE user_removals (
+    org        TEXT NOT NULL REFERENCES orgs(name),
+    name       TEXT NOT NULL,
+    removed_at INTEGER NOT NULL,
+    PRIMARY KEY (org, name)
+) STRICT, WITHOUT ROWID;
+"#,
+];
+
+/// An open registry database.
+#[derive(Debug)]
+pub struct SqliteRegistry {
+    conn: Connection,
+}
+
+impl SqliteRegistry {
+    /// Opens an existing database, checks it, and brings its schema up to date.
+    pub fn open(path: &Path) -> Result<SqliteRegistry> {
+        if !path.exists() {
+            return Err(RegistryError::NotFound(format!(
+                "database {}",
+                path.display()
+            )));
+        }
+        Self::open_or_create(path)
+    }
+
+    /// Opens the database, creating it when missing; it and its WAL are private (0600).
+    pub fn open_or_create(path: &Path) -> Result<SqliteRegistry> {
+        crate::private::file(path).map_err(|e| {
+            RegistryError::Corrupt(format!("{}: cannot make it private: {e}", path.display()))
+        })?;
+        let conn = Connection::open(path)?;
+        conn.busy_timeout(Duration::from_secs(5))?;
+        let check = |conn: &Connection| -> rusqlite::Result<String> {
+            conn.pragma_update(None, "journal_mode", "WAL")?;
+            conn.pragma_update(None, "synchronous", "NORMAL")?;
+            conn.pragma_update(None, "foreign_keys", "ON")?;
+            conn.query_row("PRAGMA quick_check", [], |r| r.get(0))
+        };
+        match check(&conn) {
+            Ok(s) if s == "ok" => {}
+            Ok(s) => return Err(RegistryError::Corrupt(format!("{}: {s}", path.display()))),
+            Err(e) => return Err(RegistryError::Corrupt(format!("{}: {e}", path.display()))),
+        }
+        let mut reg = SqliteRegistry { conn };
+        reg.migrate()?;
+        Ok(reg)
+    }
+
+    fn migrate(&mut self) -> Result<()> {
+        let version: i64 = self
+            .conn
+            .query_row("PRAGMA user_version", [], |r| r.get(0))?;
+        let version = usize::try_from(version).unwrap_or(usize::MAX);
+        if version > MIGRATIONS.len() {
+            return Err(RegistryError::Corrupt(format!(
+                "schema version {version} is newer than this build knows ({})",
+                MIGRATIONS.len()
+            )));
+        }
+        for (i, sql) in MIGRATIONS.iter().enumerate().skip(version) {
+            let tx = self.conn.transaction()?;
+            tx.execute_batch(sql)?;
+            tx.pragma_update(None, "user_version", (i + 1) as i64)?;
+            tx.commit()?;
+        }
+        Ok(())
+    }
+
+    fn require_org(&self, org: &str) -> Result<()> {
+        match self.org(org)? {
+            Some(_) => Ok(()),
+            None => Err(RegistryError::NotFound(format!(
+                "organisation {}",
+                shown(org)
+            ))),
+        }
+    }
+
+    /// Copies the write-ahead log into the main database file.
+    pub fn checkpoint(&self) -> Result<()> {
+        self.conn
+            .query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(()))?;
+        Ok(())
+    }
+}
+
+impl Registry for SqliteRegistry {
+    fn add_org(&self, name: &str, quota_bytes: Option<u64>) -> Result<Org> {
+        check_name("organisation", name)?;
+        let quota = quota_bytes
+            .map(|q| i64::try_from(q).map_err(|_| RegistryError::Invalid("quota too large".into())))
+            .transpose()?;
+        let n = self.conn.execute(
+            "INSERT OR IGNORE INTO orgs (name, quota_bytes) VALUES (?1, ?2)",
+            params![name, quota],
+        )?;
+        if n == 0 {
+            return Err(RegistryError::Exists(format!(
+                "organisation {}",
+                shown(name)
+            )));
+        }
+        Ok(Org {
+            name: name.into(),
+            quota_bytes,
+        })
+    }
+
+    fn org(&self, name: &str) -> Result<Option<Org>> {
+        Ok(self
+            .conn
+            .prepare_cached("SELECT name, quota_bytes FROM orgs WHERE name = ?1")?
+            .query_row([name], |r| {
+                Ok(Org {
+                    name: r.get(0)?,
+                    quota_bytes: r.get::<_, Option<i64>>(1)?.map(|q| q as u64),
+                })
+            })
+            .optional()?)
+    }
+
+    fn add_user(&self, org: &str, name: &str, clearance: u8) -> Result<User> {
+        check_name("user", name)?;
+        check_level("clearance", clearance)?;
+        self.require_org(org)?;
+        let n = self.conn.execute(
+            "INSERT OR IGNORE INTO users (org, name, clearance) VALUES (?1, ?2, ?3)",
+            params![org, name, clearance],
+        )?;
+        if n == 0 {
+            return Err(RegistryError::Exists(user_named(org, name)));
+        }
+        Ok(User {
+            org: org.into(),
+            name: name.into(),
+            clearance,
+        })
+    }
+
+    /// Removes a user. Every token minted for that name before now stays refused, even if a user
+    /// of the same name is registered again later.
+    fn remove_user(&self, org: &str, name: &str, now: u64) -> Result<User> {
+        let user = self
+            .user(org, name)?
+            .ok_or_else(|| RegistryError::NotFound(user_named(org, name)))?;
+        let tx = self.conn.unchecked_transaction()?;
+        tx.execute(
+            "DELETE FROM users WHERE org = ?1 AND name = ?2",
+            params![org, name],
+        )?;
+        tx.execute(
+            "INSERT INTO user_removals (org, name, removed_at) VALUES (?1, ?2, ?3)
+             ON CONFLICT (org, name) DO UPDATE SET removed_at = excluded.removed_at",
+            params![org, name, now as i64],
+        )?;
+        tx.commit()?;
+        Ok(user)
+    }
+
+    /// Sets a user's clearance; it holds from the next request of any of the user's tokens.
+    fn set_clearance(&self, org: &str, name: &str, clearance: u8) -> Result<User> {
+        check_level("clearance", clearance)?;
+        let n = self.conn.execute(
+            "UPDATE users SET clearance = ?3 WHERE org = ?1 AND name = ?2",
+            params![org, name, clearance],
+        )?;
+        if n == 0 {
+            return Err(RegistryError::NotFound(user_named(org, name)));
+        }
+        Ok(User {
+            org: org.into(),
+            name: name.into(),
+            clearance,
+        })
+    }
+
+    /// Revokes one token by its id (`jti`). Revoking twice is not an error.
+    fn revoke_token(&self, org: &str, jti: &str, now: u64) -> Result<()> {
+        if jti.is_empty() || jti.len() > 64 || !jti.bytes().all(|b| b.is_ascii_hexdigit()) {
+            return Err(RegistryError::Invalid(format!(
+                "token id {} must be the hexadecimal id a token carries",
+                shown(jti)
+            )));
+        }
+        self.require_org(org)?;
+        self.conn.execute(
+            "INSERT OR IGNORE INTO revoked_tokens (org, jti, revoked_at) VALUES (?1, ?2, ?3)",
+            params![org, jti, now as i64],
+        )?;
+        Ok(())
+    }
+
+    /// Is the token `jti` of `org`'s `user`, minted at `iat`, revoked: by its id, or by the
+    /// user's removal after it was minted?
+    fn token_revoked(&self, org: &str, user: &str, jti: &str, iat: u64) -> Result<bool> {
+        Ok(self
+            .conn
+            .prepare_cached(
+                "SELECT EXISTS (SELECT 1 FROM revoked_tokens WHERE org = ?1 AND jti = ?3)
+                     OR EXISTS (SELECT 1 FROM user_removals
+                                WHERE org = ?1 AND name = ?2 AND removed_at >= ?4)",
+            )?
+            .query_row(params![org, user, jti, iat as i64], |r| r.get(0))?)
+    }
+
+    fn user(&self, org: &str, name: &str) -> Result<Option<User>> {
+        Ok(self
+            .conn
+            .prepare_cached("SELECT clearance FROM users WHERE org = ?1 AND name = ?2")?
+            .query_row([org, name], |r| {
+                Ok(User {
+                    org: org.into(),
+                    name: name.into(),
+                    clearance: r.get(0)?,
+                })
+            })
+            .optional()?)
+    }
+
+    fn add_device(
+        &self,
+        org: &str,
+        id: &str,
+        kind: DeviceKind,
+        max_clearance: u8,
+    ) -> Result<Device> {
+        check_name("device", id)?;
+        check_level("max clearance", max_clearance)?;
+        self.require_org(org)?;
+        let n = self.conn.execute(
+            "INSERT OR IGNORE INTO devices (org, id, kind, max_clearance) VALUES (?1, ?2, ?3, ?4)",
+            params![org, id, kind.as_str(), max_clearance],
+        )?;
+        if n == 0 {
+            return Err(RegistryError::Exists(format!(
+                "device {} in {}",
+                shown(id),
+                shown(org)
+            )));
+        }
+        Ok(Device {
+            org: org.into(),
+            id: id.into(),
+            kind,
+            max_clearance,
+            revoked: false,
+        })
+    }
+
+    fn revoke_device(&self, org: &str, id: &str) -> Result<()> {
+        let n = self.conn.execute(
+            "UPDATE devices SET revoked = 1 WHERE org = ?1 AND id = ?2",
+            [org, id],
+        )?;
+        if n == 0 {
+            return Err(RegistryError::NotFound(format!(
+                "device {} in {}",
+                shown(id),
+                shown(org)
+            )));
+        }
+        Ok(())
+    }
+
+    fn device(&self, org: &str, id: &str) -> Result<Option<Device>> {
+        let row = self
+            .conn
+            .prepare_cached(
+                "SELECT kind, max_clearance, revoked FROM devices WHERE org = ?1 AND id = ?2",
+            )?
+            .query_row([org, id], |r| {
+                Ok((
+                    r.get::<_, String>(0)?,
+                    r.get::<_, u8>(1)?,
+                    r.get::<_, bool>(2)?,
+                ))
+            })
+            .optional()?;
+        row.map(|(kind, max_clearance, revoked)| {
+            let kind = DeviceKind::parse(&kind)
+                .ok_or_else(|| RegistryError::Corrupt(format!("device {id}: kind {kind:?}")))?;
+            Ok(Device {
+                org: org.into(),
+                id: id.into(),
+                kind,
+                max_clearance,
+                revoked,
+            })
+        })
+        .transpose()
+    }
+
+    fn add_room(
+        &self,
+        org: &str,
+        name: &str,
+        classification: u8,
+        secure_view: bool,
+    ) -> Result<Room> {
+        check_name("room", name)?;
+        check_level("classification", classification)?;
+        self.require_org(org)?;
+        let n = self.conn.execute(
+            "INSERT OR IGNORE INTO rooms (org, name, classification, secure_view) VALUES (?1, ?2, ?3, ?4)",
+            params![org, name, classification, secure_view],
+        )?;
+        if n == 0 {
+            return Err(RegistryError::Exists(format!(
+                "room {} in {}",
+                shown(name),
+                shown(org)
+            )));
+        }
+        Ok(Room {
+            org: org.into(),
+            name: name.into(),
+            classification,
+            secure_view,
+        })
+    }
+
+    fn room(&self, org: &str, name: &str) -> Result<Option<Room>> {
+        Ok(self
+            .conn
+            .prepare_cached(
+                "SELECT classification, secure_view FROM rooms WHERE org = ?1 AND name = ?2",
+            )?
+            .query_row([org, name], |r| {
+                Ok(Room {
+                    org: org.into(),
+                    name: name.into(),
+                    classification: r.get(0)?,
+                    secure_view: r.get(1)?,
+                })
+            })
+            .optional()?)
+    }
+
+    /// The registry's generation: it moves with every change of users, devices, rooms or
+    /// revocations, from any process on the database.
+    fn generation(&self) -> Result<u64> {
+        Ok(self
+            .conn
+            .prepare_cached("SELECT n FROM generation WHERE id = 1")?
+            .query_row([], |r| r.get::<_, i64>(0))? as u64)
+    }
+
+    /// Moves the generation on, after a change.
+    fn bump_generation(&self) -> Result<()> {
+        self.conn
+            .execute("UPDATE generation SET n = n + 1 WHERE id = 1", [])?;
+        Ok(())
+    }
+
+    /// The audit chain's last anchored position: (line count, hash of the last line).
+    fn audit_head(&self) -> Result<Option<(u64, String)>> {
+        Ok(self
+            .conn
+            .query_row("SELECT lines, hash FROM audit_head WHERE id = 1", [], |r| {
+                Ok((r.get::<_, i64>(0)? as u64, r.get(1)?))
+            })
+            .optional()?)
+    }
+
+    fn set_audit_head(&self, lines: u64, hash: &str) -> Result<()> {
+        self.conn.execute(
+            "INSERT INTO audit_head (id, lines, hash) VALUES (1, ?1, ?2)
+             ON CONFLICT (id) DO UPDATE SET lines = excluded.lines, hash = excluded.hash",
+            params![lines as i64, hash],
+        )?;
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn temp_registry() -> (tempfile::TempDir, SqliteRegistry) {
+        let dir = tempfile::tempdir().unwrap();
+        let reg = SqliteRegistry::open_or_create(&dir.path().join("relay.db")).unwrap();
+        (dir, reg)
+    }
+
+    #[test]
+    fn register_and_look_up() {
+        let (_d, reg) = temp_registry();
+        reg.add_org("acme", Some(1 << 30)).unwrap();
+        assert!(matches!(
+            reg.add_org("acme", None),
+            Err(RegistryError::Exists(_))
+        ));
+        reg.add_user("acme", "ann", 2).unwrap();
+        reg.add_device("acme", "pc1", DeviceKind::Terminal, 3)
+            .unwrap();
+        reg.add_room("acme", "ops", 1, true).unwrap();
+        assert_eq!(reg.org("acme").unwrap().unwrap().quota_bytes, Some(1 << 30));
+        assert_eq!(reg.user("acme", "ann").unwrap().unwrap().clearance, 2);
+        assert!(reg.user("other", "ann").unwrap().is_none());
+        let d = reg.device("acme", "pc1").unwrap().unwrap();
+        assert_eq!(
+            (d.kind, d.max_clearance, d.revoked),
+            (DeviceKind::Terminal, 3, false)
+        );
+        reg.revoke_device("acme", "pc1").unwrap();
+        assert!(reg.device("acme", "pc1").unwrap().unwrap().revoked);
+        assert!(matches!(
+            reg.revoke_device("acme", "nope"),
+            Err(RegistryError::NotFound(_))
+        ));
+        let r = reg.room("acme", "ops").unwrap().unwrap();
+        assert_eq!((r.classification, r.secure_view), (1, true));
+    }
+
+    #[test]
+    fn rejects_bad_input() {
+        let (_d, reg) = temp_registry();
+        assert!(matches!(
+            reg.add_user("ghost", "ann", 1),
+            Err(RegistryError::NotFound(_))
+        ));
+        reg.add_org("acme", None).unwrap();
+        assert!(matches!(
+            reg.add_user("acme", "ann", 4),
+            Err(RegistryError::Invalid(_))
+        ));
+        assert!(matches!(
+            reg.add_user("acme", "a/b", 1),
+            Err(RegistryError::Invalid(_))
+        ));
+        assert!(matches!(
+            reg.add_user("acme", "", 1),
+            Err(RegistryError::Invalid(_))
+        ));
+        assert!(matches!(
+            reg.add_room("acme", "..", 0, false),
+            Err(RegistryError::Invalid(_))
+        ));
+    }
+
+    #[test]
+    fn reopen_keeps_data_and_schema() {
+        let (dir, reg) = temp_registry();
+        reg.add_org("acme", None).unwrap();
+        drop(reg);
+        let reg = SqliteRegistry::open(&dir.path().join("relay.db")).unwrap();
+        assert!(reg.org("acme").unwrap().is_some());
+    }
+
+    #[test]
+    fn garbage_file_is_reported_corrupt() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("relay.db");
+        std::fs::write(&path, vec![0x5a; 8192]).unwrap();
+        let err = SqliteRegistry::open(&path).unwrap_err();
+        assert!(matches!(err, RegistryError::Corrupt(_)), "{err}");
+        // The damaged file is left as it was, for the operator to inspect.
+        assert_eq!(std::fs::read(&path).unwrap(), vec![0x5a; 8192]);
+    }
+}
