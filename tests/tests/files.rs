@@ -582,10 +582,11 @@ fn a_tampered_chunk_is_never_served() {
     assert!(report["checked"].as_u64().unwrap() >= 2, "{report}");
     let manifest = Manifest::scan(&data[..]).unwrap();
     let victim = manifest.chunks()[1];
-    let chunk_file = store(&relay).chunk_path(&victim.hash);
-    let mut bytes = fs::read(&chunk_file).unwrap();
+    // The disk's fault, through the store's own seam: the chunk's bytes change under it.
+    let stored = store(&relay);
+    let mut bytes = stored.blobs().get(&victim.hash).unwrap().unwrap();
     bytes[100] ^= 0x55;
-    fs::write(&chunk_file, &bytes).unwrap();
+    stored.blobs().put(&victim.hash, &bytes).unwrap();
 
     let out = tmp.path().join("doc.out");
     let get = relay.files(&token, &["get", &put.s("id"), "-o", s(&out)]);

@@ -1,0 +1,217 @@
+//! Where a chunk's bytes live: the [`Blobs`] seam, and its file-system implementation.
+//!
+//! A blob store keeps bytes under a hash and hands them back as they were put; it checks
+//! nothing. The [`super::ChunkStore`] verifies every chunk before it puts it and after it gets
+//! it, and keeps the bookkeeping. Another backend (object storage, or a store written while a
+//! recording's bytes still arrive) implements this trait.
+
+use std::cell::RefCell;
+use std::fs;
+use std::io::{self, Write};
+use std::path::{Path, PathBuf};
+
+use super::{Hash, Result, StoreError, io_err};
+
+/// Bytes by their hash.
+pub trait Blobs: Send + Sync + std::fmt::Debug {
+    /// Puts `data` under `hash`, durably: once this returns it survives a crash or a power
+    /// loss, and until then a reader finds either nothing or the whole of it.
+    fn put(&self, hash: &Hash, data: &[u8]) -> Result<()>;
+    /// The bytes under `hash` as they were put, or `None` when there are none.
+    fn get(&self, hash: &Hash) -> Result<Option<Vec<u8>>>;
+    /// Removes the bytes under `hash`; none there is no error.
+    fn remove(&self, hash: &Hash) -> Result<()>;
+    /// Clears what a crash in the middle of a put left behind. Only the process that puts may
+    /// call this, before it starts putting.
+    fn clear_partial(&self);
+}
+
+/// Blobs as files: `chunks/ab/cdef...` (the hex of the hash), each written to a temp file in
+/// its directory, flushed, renamed into place and the directory flushed; 0600 in 0700
+/// directories.
+#[derive(Debug)]
+pub struct FsBlobs {
+    dir: PathBuf,
+}
+
+impl FsBlobs {
+    /// The blobs under `dir`, made if missing.
+    pub fn open(dir: &Path) -> Result<FsBlobs> {
+        let fresh = !dir.exists();
+        crate::private::dir(dir).map_err(io_err(dir))?;
+        if fresh && let Some(parent) = dir.parent() {
+            sync_dir(parent)?;
+        }
+        Ok(FsBlobs {
+            dir: dir.to_path_buf(),
+        })
+    }
+
+    fn path_of(&self, hash: &Hash) -> PathBuf {
+        let hex = hex::encode(hash);
+        self.dir.join(&hex[..2]).join(&hex[2..])
+    }
+}
+
+impl Blobs for FsBlobs {
+    fn put(&self, hash: &Hash, data: &[u8]) -> Result<()> {
+        let path = self.path_of(hash);
+        let dir = path.parent().unwrap_or(&self.dir).to_path_buf();
+        if !dir.exists() {
+            crate::private::dir(&dir).map_err(io_err(&dir))?;
+            sync_dir(&self.dir)?;
+        }
+        let tmp = dir.join(format!(
+            "{}.{}.tmp",
+            path.file_name()
+                .map_or_else(String::new, |n| n.to_string_lossy().into_owned()),
+            hex::encode(crate::random_bytes::<6>())
+        ));
+        if let Err(e) = write_durably(&tmp, data) {
+            let _ = fs::remove_file(&tmp);
+            return Err(StoreError::Io(tmp, e));
+        }
+        fs::rename(&tmp, &path).map_err(io_err(&path))?;
+        sync_dir(&dir)
+    }
+
+    fn get(&self, hash: &Hash) -> Result<Option<Vec<u8>>> {
+        let path = self.path_of(hash);
+        match fs::read(&path) {
+            Ok(d) => Ok(Some(d)),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(StoreError::Io(path, e)),
+        }
+    }
+
+    fn remove(&self, hash: &Hash) -> Result<()> {
+        let path = self.path_of(hash);
+        match fs::remove_file(&path) {
+            Ok(()) => Ok(()),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+            Err(e) => Err(StoreError::Io(path, e)),
+        }
+    }
+
+    fn clear_partial(&self) {
+        let Ok(dirs) = fs::read_dir(&self.dir) else {
+            return;
+        };
+        for d in dirs.flatten() {
+            let Ok(entries) = fs::read_dir(d.path()) else {
+                continue;
+            };
+            for e in entries.flatten() {
+                if e.file_name().to_string_lossy().ends_with(".tmp") {
+                    let _ = fs::remove_file(e.path());
+                }
+            }
+        }
+    }
+}
+
+pub(super) fn sync_dir(dir: &Path) -> Result<()> {
+    fs::File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(io_err(dir))
+}
+
+/// The alignment `O_DIRECT` asks of a write's buffer, length and file offset: the logical block
+/// size, at most 4096 on the disks a relay is installed on.
+const DIRECT_ALIGN: usize = 4096;
+
+thread_local! {
+    /// A buffer for `O_DIRECT` writes, one per blocking thread, reused for every chunk.
+    static DIRECT_BUF: RefCell<Vec<u8>> = const { RefCell::new(Vec::new()) };
+}
+
+/// Writes `data` to the file `path` (created or truncated) and flushes it to the disk.
+///
+/// The bytes go with `O_DIRECT`, around the page cache: a chunk is written once and read back
+/// rarely, and copying it into the cache took more of the relay's CPU than anything else it does
+/// per stored byte; the fsync after it then has little left to do. A file system without
+/// `O_DIRECT` (tmpfs) refuses it with `EINVAL`, and gets the ordinary write.
+fn write_durably(path: &Path, data: &[u8]) -> io::Result<()> {
+    match write_direct(path, data) {
+        Err(e) if e.raw_os_error() == Some(libc::EINVAL) => {
+            let mut f = crate::private::open_options()
+                .write(true)
+                .create(true)
+                .truncate(true)
+                .open(path)?;
+            f.write_all(data)?;
+            f.sync_all()
+        }
+        r => r,
+    }
+}
+
+/// `O_DIRECT` wants whole aligned blocks: the data is copied into an aligned buffer padded with
+/// zeros to a whole block, and the file cut back to the data's length before the fsync.
+fn write_direct(path: &Path, data: &[u8]) -> io::Result<()> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut f = crate::private::open_options()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .custom_flags(libc::O_DIRECT)
+        .open(path)?;
+    let padded = data.len().div_ceil(DIRECT_ALIGN) * DIRECT_ALIGN;
+    DIRECT_BUF.with_borrow_mut(|buf| {
+        buf.resize(padded + DIRECT_ALIGN, 0);
+        let start = buf.as_ptr().align_offset(DIRECT_ALIGN);
+        let Some(block) = buf.get_mut(start..start + padded) else {
+            return Err(io::Error::from_raw_os_error(libc::EINVAL));
+        };
+        block[..data.len()].copy_from_slice(data);
+        block[data.len()..].fill(0);
+        f.write_all(block)
+    })?;
+    f.set_len(data.len() as u64)?;
+    f.sync_all()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::files::chunker::tests::noise;
+
+    #[test]
+    fn durable_writes_keep_every_length() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("c");
+        for len in [
+            0,
+            1,
+            DIRECT_ALIGN - 1,
+            DIRECT_ALIGN,
+            DIRECT_ALIGN + 1,
+            300_001,
+            1 << 20,
+        ] {
+            let data = noise(len as u64, len);
+            write_durably(&path, &data).unwrap();
+            assert_eq!(fs::read(&path).unwrap(), data, "{len} bytes");
+        }
+    }
+
+    #[test]
+    fn blobs_come_back_as_put_and_partial_writes_are_cleared() {
+        let dir = tempfile::tempdir().unwrap();
+        let blobs = FsBlobs::open(&dir.path().join("chunks")).unwrap();
+        let hash = [7u8; 32];
+        assert_eq!(blobs.get(&hash).unwrap(), None);
+        blobs.put(&hash, b"first").unwrap();
+        blobs.put(&hash, b"second").unwrap();
+        assert_eq!(blobs.get(&hash).unwrap().as_deref(), Some(&b"second"[..]));
+        // A crash mid-put leaves a temp file beside the blobs; it is cleared, they are not.
+        let torn = blobs.path_of(&hash).with_extension("abc.tmp");
+        fs::write(&torn, b"half").unwrap();
+        blobs.clear_partial();
+        assert!(!torn.exists());
+        assert_eq!(blobs.get(&hash).unwrap().as_deref(), Some(&b"second"[..]));
+        blobs.remove(&hash).unwrap();
+        blobs.remove(&hash).unwrap();
+        assert_eq!(blobs.get(&hash).unwrap(), None);
+    }
+}

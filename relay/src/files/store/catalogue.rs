@@ -1,0 +1,159 @@
+//! The catalogue: the schema, and the queries the other parts of the store share.
+
+use rusqlite::{Connection, Transaction, params};
+
+use super::*;
+
+pub(super) const SCHEMA: &str = r#"
+CREATE TABLE IF NOT EXISTS chunks (
+    hash               BLOB PRIMARY KEY NOT NULL,
+    len                INTEGER NOT NULL,
+    refs               INTEGER NOT NULL DEFAULT 0,
+    unreferenced_since INTEGER
+) STRICT, WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS org_chunks (
+    org  TEXT NOT NULL,
+    hash BLOB NOT NULL,
+    refs INTEGER NOT NULL,
+    PRIMARY KEY (org, hash)
+) STRICT, WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS files (
+    id             TEXT PRIMARY KEY NOT NULL,
+    org            TEXT NOT NULL,
+    owner          TEXT NOT NULL,
+    name           TEXT NOT NULL,
+    room           TEXT,
+    size           INTEGER NOT NULL,
+    root           BLOB NOT NULL,
+    chunks         INTEGER NOT NULL,
+    classification INTEGER NOT NULL,
+    view_only      INTEGER NOT NULL,
+    compressible   INTEGER NOT NULL,
+    created        INTEGER NOT NULL
+) STRICT;
+CREATE INDEX IF NOT EXISTS files_org ON files (org, owner);
+CREATE TABLE IF NOT EXISTS file_chunks (
+    file TEXT NOT NULL REFERENCES files (id) ON DELETE CASCADE,
+    idx  INTEGER NOT NULL,
+    hash BLOB NOT NULL,
+    len  INTEGER NOT NULL,
+    PRIMARY KEY (file, idx)
+) STRICT, WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS file_chunks_hash ON file_chunks (hash);
+CREATE TABLE IF NOT EXISTS uploads (
+    id             BLOB PRIMARY KEY NOT NULL,
+    org            TEXT NOT NULL,
+    owner          TEXT NOT NULL,
+    name           TEXT NOT NULL,
+    room           TEXT,
+    root           BLOB NOT NULL,
+    size           INTEGER NOT NULL,
+    classification INTEGER NOT NULL,
+    view_only      INTEGER NOT NULL,
+    lease_expires  INTEGER NOT NULL,
+    created        INTEGER NOT NULL
+) STRICT;
+CREATE UNIQUE INDEX IF NOT EXISTS uploads_key ON uploads (org, owner, root);
+CREATE TABLE IF NOT EXISTS upload_chunks (
+    upload   BLOB NOT NULL REFERENCES uploads (id) ON DELETE CASCADE,
+    idx      INTEGER NOT NULL,
+    hash     BLOB NOT NULL,
+    len      INTEGER NOT NULL,
+    received INTEGER NOT NULL DEFAULT 0,
+    PRIMARY KEY (upload, idx)
+) STRICT, WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS upload_chunks_hash ON upload_chunks (hash, received);
+"#;
+
+impl ChunkStore {
+    /// Does `org` hold `hash` where `reader` may read it: through one of its files, or a chunk
+    /// one of its live uploads has received?
+    pub(super) fn org_has(
+        tx: &Connection,
+        org: &str,
+        reader: Reader<'_>,
+        hash: &Hash,
+        now: u64,
+    ) -> Result<bool> {
+        let held: bool = tx
+            .prepare_cached(
+                "SELECT EXISTS (SELECT 1 FROM chunks WHERE hash = ?2) AND (
+                    EXISTS (SELECT 1 FROM file_chunks c JOIN files f ON f.id = c.file
+                            WHERE c.hash = ?2 AND f.org = ?1 AND f.classification <= ?4
+                              AND (f.view_only = 0 OR ?5) AND (?6 IS NULL OR f.room = ?6))
+                    OR EXISTS (SELECT 1 FROM upload_chunks c JOIN uploads u ON u.id = c.upload
+                               WHERE c.hash = ?2 AND c.received = 1 AND u.org = ?1
+                                 AND u.lease_expires > ?3 AND u.classification <= ?4
+                                 AND (u.view_only = 0 OR ?5) AND (?6 IS NULL OR u.room = ?6)))",
+            )?
+            .query_row(
+                params![
+                    org,
+                    &hash[..],
+                    now as i64,
+                    reader.clearance,
+                    reader.view_only,
+                    reader.room
+                ],
+                |r| r.get(0),
+            )?;
+        Ok(held)
+    }
+
+    pub(super) fn usage(tx: &Connection, org: &str, owner: Option<&str>, now: u64) -> Result<u64> {
+        let used: i64 = tx
+            .prepare_cached(
+                "SELECT (SELECT COALESCE(SUM(size), 0) FROM files
+                         WHERE org = ?1 AND (?2 IS NULL OR owner = ?2))
+                      + (SELECT COALESCE(SUM(size), 0) FROM uploads
+                         WHERE org = ?1 AND (?2 IS NULL OR owner = ?2) AND lease_expires > ?3)",
+            )?
+            .query_row(params![org, owner, now as i64], |r| r.get(0))?;
+        Ok(used as u64)
+    }
+
+    /// Adds `sign` (+1 or -1) times each of the file's chunk occurrences to the chunk and
+    /// organisation reference counts.
+    pub(super) fn add_refs(
+        tx: &Transaction<'_>,
+        file: &str,
+        org: &str,
+        sign: i64,
+        now: u64,
+    ) -> Result<()> {
+        let counts: Vec<(Vec<u8>, i64)> = tx
+            .prepare("SELECT hash, COUNT(*) FROM file_chunks WHERE file = ?1 GROUP BY hash")?
+            .query_map([file], |r| Ok((r.get(0)?, r.get(1)?)))?
+            .collect::<rusqlite::Result<_>>()?;
+        let mut chunk = tx.prepare_cached(
+            "UPDATE chunks SET refs = refs + ?2,
+                    unreferenced_since = CASE WHEN refs + ?2 <= 0 THEN ?3 ELSE NULL END
+             WHERE hash = ?1",
+        )?;
+        let mut owned = tx.prepare_cached(
+            "INSERT INTO org_chunks (org, hash, refs) VALUES (?1, ?2, ?3)
+             ON CONFLICT (org, hash) DO UPDATE SET refs = refs + excluded.refs",
+        )?;
+        for (hash, n) in counts {
+            chunk.execute(params![hash, sign * n, now as i64])?;
+            owned.execute(params![org, hash, sign * n])?;
+        }
+        tx.execute("DELETE FROM org_chunks WHERE refs <= 0", [])?;
+        Ok(())
+    }
+
+    /// Starts the grace period of unreferenced chunks of the uploads chosen by `filter`.
+    pub(super) fn release_chunks(
+        tx: &Transaction<'_>,
+        filter: &str,
+        args: impl rusqlite::Params,
+        now: u64,
+    ) -> Result<()> {
+        let sql = format!(
+            "UPDATE chunks SET unreferenced_since = {now}
+             WHERE refs <= 0 AND hash IN (SELECT hash FROM upload_chunks WHERE {filter})"
+        );
+        tx.execute(&sql, args)?;
+        Ok(())
+    }
+}

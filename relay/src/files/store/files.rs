@@ -1,0 +1,91 @@
+//! Stored files: look-ups, listings, manifests and removal.
+
+use rusqlite::{OptionalExtension, params};
+
+use super::*;
+
+impl ChunkStore {
+    pub fn file(&self, id: &str) -> Result<Option<FileRecord>> {
+        let db = self.db();
+        db.prepare_cached(
+            "SELECT id, org, owner, name, room, size, root, chunks, classification, view_only,
+             created FROM files WHERE id = ?1",
+        )?
+        .query_row([id], file_row)
+        .optional()?
+        .transpose()
+    }
+
+    /// The files of `org`, newest first.
+    pub fn list(&self, org: &str) -> Result<Vec<FileRecord>> {
+        let db = self.db();
+        let mut stmt = db.prepare_cached(
+            "SELECT id, org, owner, name, room, size, root, chunks, classification, view_only,
+             created FROM files WHERE org = ?1 ORDER BY created DESC, id",
+        )?;
+        let rows = stmt.query_map([org], file_row)?;
+        let mut out = Vec::new();
+        for r in rows {
+            out.push(r??);
+        }
+        Ok(out)
+    }
+
+    pub fn manifest(&self, file: &str) -> Result<Manifest> {
+        let db = self.db();
+        let mut stmt =
+            db.prepare_cached("SELECT hash, len FROM file_chunks WHERE file = ?1 ORDER BY idx")?;
+        let rows = stmt.query_map([file], |r| Ok((r.get::<_, Vec<u8>>(0)?, r.get(1)?)))?;
+        let mut chunks = Vec::new();
+        for r in rows {
+            let (h, len) = r?;
+            chunks.push(ChunkRef {
+                hash: hash_of(h)?,
+                len,
+            });
+        }
+        Manifest::new(chunks).map_err(|e| StoreError::Invalid(format!("file {file}: {e}")))
+    }
+
+    /// Chunk `index` of a file.
+    pub fn file_chunk(&self, file: &str, index: u32) -> Result<Option<ChunkRef>> {
+        let row = self
+            .db()
+            .prepare_cached("SELECT hash, len FROM file_chunks WHERE file = ?1 AND idx = ?2")?
+            .query_row(params![file, index], |r| {
+                Ok((r.get::<_, Vec<u8>>(0)?, r.get(1)?))
+            })
+            .optional()?;
+        row.map(|(h, len)| {
+            Ok(ChunkRef {
+                hash: hash_of(h)?,
+                len,
+            })
+        })
+        .transpose()
+    }
+
+    /// Is compressing this file's chunks for the wire worth trying?
+    pub fn compressible(&self, file: &str) -> Result<bool> {
+        Ok(self
+            .db()
+            .prepare_cached("SELECT compressible FROM files WHERE id = ?1")?
+            .query_row([file], |r| r.get(0))
+            .optional()?
+            .unwrap_or(false))
+    }
+
+    /// Removes a file; its chunks stay until collected.
+    pub fn remove(&self, id: &str, now: u64) -> Result<()> {
+        let mut db = self.db();
+        let tx = db.transaction()?;
+        let org: String = tx
+            .query_row("SELECT org FROM files WHERE id = ?1", [id], |r| r.get(0))
+            .optional()?
+            .ok_or(StoreError::NotFound("file"))?;
+        Self::add_refs(&tx, id, &org, -1, now)?;
+        tx.execute("DELETE FROM files WHERE id = ?1", [id])?;
+        tx.commit()?;
+        Ok(())
+    }
+}

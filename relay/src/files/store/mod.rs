@@ -1,0 +1,324 @@
+//! The chunk store: content-addressed chunks (their bytes behind the [`Blobs`] seam, on the file
+//! system by default), and the files, uploads and references that use them in SQLite (`files.db`
+//! in the data directory): [`catalogue`] (schema and shared queries), [`uploads`], [`files`],
+//! [`maintenance`] (collection and checks).
+//!
+//! Invariants:
+//! - A chunk's bytes are kept by [`Blobs`] (on the file system, [`FsBlobs`]: `chunks/ab/cdef...`)
+//!   and written so that they are either absent or whole: hash verified, temp file in the same directory, fsync, rename,
+//!   directory fsync, and only then its row in `chunks`. A row therefore always names bytes that
+//!   reached the disk; a file without a row (a crash in between) is harmless and is rewritten.
+//! - A chunk read back is hashed again; one that no longer matches its name is never returned.
+//! - "Already have" is answered per organisation: a chunk counts as held by an organisation only
+//!   while one of its files (`org_chunks`) or one of its live uploads (a received
+//!   `upload_chunks` row) references it. Another organisation's copy is never mentioned.
+//! - Garbage collection removes a chunk only when no file references it, it has been unreferenced
+//!   for the grace period, and no upload (live or not yet expired by the sweep) lists it, so a
+//!   collection can never pull a chunk from under an upload that was told it exists.
+//! - Quotas are logical bytes: the sum of file sizes plus the declared size of open uploads, which
+//!   reserve at start and settle (or release) at commit, abort or lease expiry.
+
+mod blobs;
+mod catalogue;
+mod files;
+mod maintenance;
+mod uploads;
+
+#[cfg(test)]
+mod tests;
+
+use std::fmt;
+use std::io;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Mutex, MutexGuard};
+use std::time::Duration;
+
+use rusqlite::Connection;
+
+use super::Hash;
+use super::chunker::{VerifiedChunk, chunk_hash};
+use super::manifest::{ChunkRef, Manifest};
+use super::plan::{self, QuotaExceeded, Usage};
+use super::wire::{FileEntry, UploadId};
+pub use blobs::{Blobs, FsBlobs};
+
+#[derive(Debug)]
+#[non_exhaustive]
+pub enum StoreError {
+    Db(rusqlite::Error),
+    Io(PathBuf, io::Error),
+    /// A stored chunk does not match its name.
+    Corrupt(Hash),
+    Quota(QuotaExceeded),
+    NotFound(&'static str),
+    /// Chunks (manifest indices) the upload has not received yet.
+    Incomplete(Vec<u32>),
+    /// The database says something that cannot be (a hash of the wrong length, ...).
+    Invalid(String),
+}
+
+impl fmt::Display for StoreError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            StoreError::Db(e) => write!(f, "file database: {e}"),
+            StoreError::Io(p, e) => write!(f, "{}: {e}", p.display()),
+            StoreError::Corrupt(h) => {
+                write!(f, "stored chunk {} does not match its hash", hex::encode(h))
+            }
+            StoreError::Quota(q) => q.fmt(f),
+            StoreError::NotFound(what) => write!(f, "no such {what}"),
+            StoreError::Incomplete(m) => {
+                write!(f, "{} chunks have not been received", m.len())
+            }
+            StoreError::Invalid(m) => write!(f, "file database: {m}"),
+        }
+    }
+}
+
+impl std::error::Error for StoreError {}
+
+impl From<rusqlite::Error> for StoreError {
+    fn from(e: rusqlite::Error) -> Self {
+        StoreError::Db(e)
+    }
+}
+
+type Result<T> = std::result::Result<T, StoreError>;
+
+fn io_err(path: &Path) -> impl FnOnce(io::Error) -> StoreError + '_ {
+    move |e| StoreError::Io(path.to_path_buf(), e)
+}
+
+/// A stored file.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FileRecord {
+    pub id: String,
+    pub org: String,
+    pub owner: String,
+    pub name: String,
+    pub room: Option<String>,
+    pub size: u64,
+    pub root: Hash,
+    pub chunks: u32,
+    pub classification: u8,
+    pub view_only: bool,
+    pub created: u64,
+}
+
+impl FileRecord {
+    pub fn entry(&self) -> FileEntry {
+        FileEntry {
+            id: self.id.clone(),
+            name: self.name.clone(),
+            size: self.size,
+            chunks: self.chunks,
+            classification: self.classification,
+            view_only: self.view_only,
+            owner: self.owner.clone(),
+            created: self.created,
+        }
+    }
+}
+
+/// What an upload declares at its start.
+#[derive(Debug, Clone)]
+pub struct NewUpload<'a> {
+    pub org: &'a str,
+    pub owner: &'a str,
+    pub name: &'a str,
+    pub room: Option<&'a str>,
+    pub classification: u8,
+    pub view_only: bool,
+    pub manifest: &'a Manifest,
+    /// Who asks: only what this bearer may read counts as held.
+    pub reader: Reader<'a>,
+}
+
+/// What an uploader may read, for the "already have" answer: chunks count as held only through
+/// files (or live uploads) of its organisation that it could download itself, so that the answer
+/// says nothing of what lies above its clearance, outside its room, or is view-only elsewhere.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Reader<'a> {
+    pub clearance: u8,
+    /// The one room a room-limited token reaches.
+    pub room: Option<&'a str>,
+    /// May read view-only files (a terminal device).
+    pub view_only: bool,
+}
+
+/// An open upload.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Upload {
+    pub id: UploadId,
+    pub org: String,
+    pub owner: String,
+    pub size: u64,
+    pub lease_expires: u64,
+}
+
+/// The answer to an upload's start.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UploadPlan {
+    pub id: UploadId,
+    /// An earlier upload of the same content by the same user was continued.
+    pub resumed: bool,
+    pub missing: Vec<u32>,
+    /// Logical bytes the organisation already held, which will not travel.
+    pub deduplicated_bytes: u64,
+}
+
+/// One chunk an upload expects.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ExpectedChunk {
+    pub hash: Hash,
+    pub len: u32,
+    pub received: bool,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct GcReport {
+    pub chunks: u64,
+    pub bytes: u64,
+    pub uploads_expired: u64,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct CheckReport {
+    pub checked: u64,
+    /// Chunks whose bytes no longer match their name.
+    pub corrupt: Vec<Hash>,
+    /// Chunks recorded or referenced by a file whose bytes are gone.
+    pub missing: Vec<Hash>,
+    /// Chunks whose reference count differs from the files that use them.
+    pub miscounted: Vec<Hash>,
+    /// Organisations' holdings whose reference count differs from their files.
+    pub org_miscounted: Vec<(String, Hash)>,
+}
+
+impl CheckReport {
+    pub fn is_clean(&self) -> bool {
+        self.corrupt.is_empty()
+            && self.missing.is_empty()
+            && self.miscounted.is_empty()
+            && self.org_miscounted.is_empty()
+    }
+}
+
+/// The limits an upload's start is checked against.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Quotas {
+    pub org: Option<u64>,
+    pub user: Option<u64>,
+}
+
+/// Chunks on disk and their bookkeeping.
+#[derive(Debug)]
+pub struct ChunkStore {
+    blobs: Box<dyn Blobs>,
+    db: Mutex<Connection>,
+    stored_bytes: AtomicU64,
+    corrupt_reads: AtomicU64,
+}
+
+fn hash_of(v: Vec<u8>) -> Result<Hash> {
+    v.try_into()
+        .map_err(|v: Vec<u8>| StoreError::Invalid(format!("hash of {} bytes", v.len())))
+}
+
+impl ChunkStore {
+    /// Opens (creating when missing) the store in the data directory `data`.
+    pub fn open(data: &Path) -> Result<ChunkStore> {
+        let blobs = Box::new(FsBlobs::open(&data.join("chunks"))?);
+        let db = data.join("files.db");
+        crate::private::file(&db).map_err(io_err(&db))?;
+        let conn = Connection::open(&db)?;
+        conn.busy_timeout(Duration::from_secs(5))?;
+        conn.pragma_update(None, "journal_mode", "WAL")?;
+        // FULL: a commit the client was told about survives power loss, not only a crash.
+        conn.pragma_update(None, "synchronous", "FULL")?;
+        conn.pragma_update(None, "foreign_keys", "ON")?;
+        let ok: String = conn.query_row("PRAGMA quick_check", [], |r| r.get(0))?;
+        if ok != "ok" {
+            return Err(StoreError::Invalid(format!("files.db: {ok}")));
+        }
+        conn.execute_batch(catalogue::SCHEMA)?;
+        let stored: i64 =
+            conn.query_row("SELECT COALESCE(SUM(len), 0) FROM chunks", [], |r| r.get(0))?;
+        let store = ChunkStore {
+            blobs,
+            db: Mutex::new(conn),
+            stored_bytes: AtomicU64::new(stored as u64),
+            corrupt_reads: AtomicU64::new(0),
+        };
+        Ok(store)
+    }
+
+    fn db(&self) -> MutexGuard<'_, Connection> {
+        // Every write is one statement or one transaction, so a panic elsewhere cannot leave the
+        // connection half-changed.
+        self.db.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Bytes of chunk data on disk (each chunk once).
+    pub fn stored_bytes(&self) -> u64 {
+        self.stored_bytes.load(Ordering::Relaxed)
+    }
+
+    /// Chunks found corrupt when read.
+    pub fn corrupt_reads(&self) -> u64 {
+        self.corrupt_reads.load(Ordering::Relaxed)
+    }
+
+    /// Where the chunks' bytes are kept.
+    pub fn blobs(&self) -> &dyn Blobs {
+        self.blobs.as_ref()
+    }
+
+    /// Removes what a crash in the middle of a chunk's write left. Only the process that writes
+    /// chunks may call this, before it starts writing.
+    pub fn remove_temp_files(&self) {
+        self.blobs.clear_partial();
+    }
+
+    /// Puts a verified chunk on disk under its hash, durably. Does not record it:
+    /// [`ChunkStore::chunk_received`] does, after this returned.
+    pub fn write_chunk(&self, chunk: &VerifiedChunk) -> Result<()> {
+        self.blobs.put(chunk.hash(), chunk.data())
+    }
+
+    /// Reads a chunk and checks it against its name; a mismatch is [`StoreError::Corrupt`] and
+    /// the bytes are dropped.
+    pub fn read_chunk(&self, hash: &Hash, len: u32) -> Result<Vec<u8>> {
+        match self.blobs.get(hash)? {
+            Some(data) if data.len() == len as usize && chunk_hash(&data) == *hash => Ok(data),
+            found => {
+                self.corrupt_reads.fetch_add(1, Ordering::Relaxed);
+                if found.is_some() {
+                    tracing::error!(chunk = %hex::encode(hash), "stored chunk does not match its hash; refusing to serve it");
+                }
+                Err(StoreError::Corrupt(*hash))
+            }
+        }
+    }
+}
+
+fn file_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Result<FileRecord>> {
+    let root = match hash_of(r.get(6)?) {
+        Ok(h) => h,
+        Err(e) => return Ok(Err(e)),
+    };
+    Ok(Ok(FileRecord {
+        id: r.get(0)?,
+        org: r.get(1)?,
+        owner: r.get(2)?,
+        name: r.get(3)?,
+        room: r.get(4)?,
+        size: r.get::<_, i64>(5)? as u64,
+        root,
+        chunks: r.get(7)?,
+        classification: r.get(8)?,
+        view_only: r.get(9)?,
+        created: r.get::<_, i64>(10)? as u64,
+    }))
+}

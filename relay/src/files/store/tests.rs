@@ -1,0 +1,359 @@
+use super::*;
+use crate::files::chunker::tests::noise;
+
+const LEASE: Duration = Duration::from_secs(3600);
+const NO_QUOTA: Quotas = Quotas {
+    org: None,
+    user: None,
+};
+
+struct Fixture {
+    _dir: tempfile::TempDir,
+    store: ChunkStore,
+}
+
+fn fixture() -> Fixture {
+    let dir = tempfile::tempdir().unwrap();
+    let store = ChunkStore::open(dir.path()).unwrap();
+    Fixture { _dir: dir, store }
+}
+
+/// Chunks of `data` as an uploader would cut them, with their bytes.
+fn cut(data: &[u8]) -> (Manifest, Vec<Vec<u8>>) {
+    let m = Manifest::scan(data).unwrap();
+    let bytes = m
+        .chunks()
+        .iter()
+        .zip(m.offsets())
+        .map(|(c, o)| data[o as usize..o as usize + c.len as usize].to_vec())
+        .collect();
+    (m, bytes)
+}
+
+fn new<'a>(org: &'a str, owner: &'a str, m: &'a Manifest) -> NewUpload<'a> {
+    NewUpload {
+        org,
+        owner,
+        name: "f.bin",
+        room: None,
+        classification: 0,
+        view_only: false,
+        manifest: m,
+        reader: Reader {
+            clearance: 3,
+            room: None,
+            view_only: true,
+        },
+    }
+}
+
+fn send(s: &ChunkStore, plan: &UploadPlan, m: &Manifest, bytes: &[Vec<u8>], now: u64) {
+    for &i in &plan.missing {
+        let c = m.chunks()[i as usize];
+        let chunk = VerifiedChunk::check(&c.hash, bytes[i as usize].clone().into()).unwrap();
+        s.write_chunk(&chunk).unwrap();
+        s.chunk_received(&plan.id, &c.hash, c.len, now, LEASE)
+            .unwrap();
+    }
+}
+
+fn upload(s: &ChunkStore, org: &str, data: &[u8], now: u64) -> (UploadPlan, FileRecord) {
+    let (m, bytes) = cut(data);
+    let plan = s
+        .begin_upload(&new(org, "ann", &m), NO_QUOTA, now, LEASE)
+        .unwrap();
+    send(s, &plan, &m, &bytes, now);
+    let f = s.commit(&plan.id, now, true).unwrap();
+    (plan, f)
+}
+
+fn read_all(s: &ChunkStore, id: &str) -> Result<Vec<u8>> {
+    let m = s.manifest(id)?;
+    let mut out = Vec::new();
+    for c in m.chunks() {
+        out.extend(s.read_chunk(&c.hash, c.len)?);
+    }
+    Ok(out)
+}
+
+#[test]
+fn upload_commit_read_back() {
+    let f = fixture();
+    let data = noise(1, 3_000_000);
+    let (plan, rec) = upload(&f.store, "acme", &data, 100);
+    assert!(!plan.resumed);
+    assert_eq!(plan.missing.len(), rec.chunks as usize);
+    assert_eq!(read_all(&f.store, &rec.id).unwrap(), data);
+    assert_eq!(f.store.stored_bytes(), data.len() as u64);
+    assert_eq!(f.store.list("acme").unwrap(), vec![rec.clone()]);
+    assert!(f.store.list("other").unwrap().is_empty());
+    assert_eq!(f.store.file(&rec.id).unwrap(), Some(rec));
+    // Empty files are files too.
+    let (plan, empty) = upload(&f.store, "acme", &[], 100);
+    assert!(plan.missing.is_empty());
+    assert_eq!(read_all(&f.store, &empty.id).unwrap(), Vec::<u8>::new());
+}
+
+#[test]
+fn already_have_stays_inside_the_organisation() {
+    let f = fixture();
+    let data = noise(2, 2_000_000);
+    upload(&f.store, "acme", &data, 100);
+    let (m, _) = cut(&data);
+    let same_org = f
+        .store
+        .begin_upload(&new("acme", "bob", &m), NO_QUOTA, 101, LEASE)
+        .unwrap();
+    assert!(same_org.missing.is_empty());
+    assert_eq!(same_org.deduplicated_bytes, data.len() as u64);
+    let other = f
+        .store
+        .begin_upload(&new("other", "eve", &m), NO_QUOTA, 101, LEASE)
+        .unwrap();
+    assert_eq!(other.missing.len(), m.chunks().len());
+    assert_eq!(other.deduplicated_bytes, 0);
+    // Claiming the chunks without sending them does not make a file.
+    assert!(matches!(
+        f.store.commit(&other.id, 102, true),
+        Err(StoreError::Incomplete(ref v)) if v.len() == m.chunks().len()
+    ));
+}
+
+#[test]
+fn already_have_counts_only_what_the_uploader_may_read() {
+    let f = fixture();
+    let secret = noise(20, 1_500_000);
+    let (m, bytes) = cut(&secret);
+    let classified = NewUpload {
+        classification: 3,
+        room: Some("ops"),
+        ..new("acme", "ann", &m)
+    };
+    let plan = f
+        .store
+        .begin_upload(&classified, NO_QUOTA, 100, LEASE)
+        .unwrap();
+    // While the upload is open, its received chunks are held for readers at its level only.
+    send(&f.store, &plan, &m, &bytes, 100);
+    let ask = |clearance, room, view_only, now| {
+        let reader = Reader {
+            clearance,
+            room,
+            view_only,
+        };
+        let plan = f
+            .store
+            .begin_upload(
+                &NewUpload {
+                    reader,
+                    ..new("acme", "bob", &m)
+                },
+                NO_QUOTA,
+                now,
+                LEASE,
+            )
+            .unwrap();
+        f.store.abort(&plan.id, now).unwrap();
+        plan.missing.len()
+    };
+    let all = m.chunks().len();
+    assert_eq!(
+        ask(0, None, true, 101),
+        all,
+        "an open upload above the reader"
+    );
+    assert_eq!(ask(3, None, true, 101), 0);
+    f.store.commit(&plan.id, 102, true).unwrap();
+    #[rustfmt::skip]
+        let table = [
+            (0, None, true, all),
+            (2, None, true, all),
+            (3, None, true, 0),
+            (3, Some("hall"), true, all),
+            (3, Some("ops"), true, 0),
+        ];
+    for (i, (clearance, room, view_only, missing)) in table.into_iter().enumerate() {
+        assert_eq!(ask(clearance, room, view_only, 103), missing, "row {i}");
+    }
+    // A view-only file is held only for readers that may read view-only files.
+    let film = noise(21, 700_000);
+    let (fm, fbytes) = cut(&film);
+    let plan = f
+        .store
+        .begin_upload(
+            &NewUpload {
+                view_only: true,
+                ..new("acme", "ann", &fm)
+            },
+            NO_QUOTA,
+            104,
+            LEASE,
+        )
+        .unwrap();
+    send(&f.store, &plan, &fm, &fbytes, 104);
+    f.store.commit(&plan.id, 104, true).unwrap();
+    let browser = Reader {
+        clearance: 3,
+        room: None,
+        view_only: false,
+    };
+    let again = f
+        .store
+        .begin_upload(
+            &NewUpload {
+                reader: browser,
+                ..new("acme", "bob", &fm)
+            },
+            NO_QUOTA,
+            105,
+            LEASE,
+        )
+        .unwrap();
+    assert_eq!(again.missing.len(), fm.chunks().len());
+}
+
+#[test]
+fn restarted_upload_continues_where_it_stopped() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = noise(3, 5_000_000);
+    let (m, bytes) = cut(&data);
+    assert!(m.chunks().len() >= 3);
+    let first = {
+        let s = ChunkStore::open(dir.path()).unwrap();
+        let plan = s
+            .begin_upload(&new("acme", "ann", &m), NO_QUOTA, 100, LEASE)
+            .unwrap();
+        let half = UploadPlan {
+            missing: plan.missing[..2].to_vec(),
+            ..plan.clone()
+        };
+        send(&s, &half, &m, &bytes, 100);
+        plan
+    };
+    let s = ChunkStore::open(dir.path()).unwrap();
+    let again = s
+        .begin_upload(&new("acme", "ann", &m), NO_QUOTA, 200, LEASE)
+        .unwrap();
+    assert!(again.resumed);
+    assert_eq!(again.id, first.id);
+    assert_eq!(again.missing, first.missing[2..].to_vec());
+    send(&s, &again, &m, &bytes, 200);
+    let rec = s.commit(&again.id, 200, true).unwrap();
+    assert_eq!(read_all(&s, &rec.id).unwrap(), data);
+}
+
+#[test]
+fn quotas_reserve_settle_and_release() {
+    let f = fixture();
+    let data = noise(4, 1_000_000);
+    let (m, bytes) = cut(&data);
+    let q = |org, user| Quotas { org, user };
+    let size = data.len() as u64;
+    // Fits exactly.
+    let plan = f
+        .store
+        .begin_upload(&new("acme", "ann", &m), q(Some(size), None), 100, LEASE)
+        .unwrap();
+    assert_eq!(f.store.usage_of("acme", None, 100).unwrap(), size);
+    // A second one does not fit while the first holds its reservation.
+    let (m2, _) = cut(&noise(5, 10));
+    let e = f
+        .store
+        .begin_upload(&new("acme", "bob", &m2), q(Some(size), None), 100, LEASE)
+        .unwrap_err();
+    assert!(matches!(e, StoreError::Quota(ref x) if x.scope == plan::QuotaScope::Organisation));
+    let e = f
+        .store
+        .begin_upload(&new("acme", "ann", &m2), q(None, Some(size)), 100, LEASE)
+        .unwrap_err();
+    assert!(matches!(e, StoreError::Quota(ref x) if x.scope == plan::QuotaScope::User));
+    // The refusals left nothing behind.
+    assert_eq!(f.store.usage_of("acme", None, 100).unwrap(), size);
+    send(&f.store, &plan, &m, &bytes, 100);
+    let rec = f.store.commit(&plan.id, 100, true).unwrap();
+    assert_eq!(f.store.usage_of("acme", Some("ann"), 100).unwrap(), size);
+    f.store.remove(&rec.id, 100).unwrap();
+    assert_eq!(f.store.usage_of("acme", None, 100).unwrap(), 0);
+    // Aborted and expired uploads release theirs.
+    let p = f
+        .store
+        .begin_upload(&new("acme", "ann", &m), NO_QUOTA, 100, LEASE)
+        .unwrap();
+    f.store.abort(&p.id, 100).unwrap();
+    assert_eq!(f.store.usage_of("acme", None, 100).unwrap(), 0);
+    f.store
+        .begin_upload(&new("acme", "ann", &m), NO_QUOTA, 100, LEASE)
+        .unwrap();
+    assert_eq!(f.store.usage_of("acme", None, 100).unwrap(), size);
+    assert_eq!(f.store.expire_uploads(100 + LEASE.as_secs()).unwrap(), 1);
+    assert_eq!(f.store.usage_of("acme", None, 100).unwrap(), 0);
+}
+
+#[test]
+fn gc_waits_for_grace_and_spares_live_uploads() {
+    let f = fixture();
+    let grace = Duration::from_secs(60);
+    let data = noise(6, 2_000_000);
+    let (_, rec) = upload(&f.store, "acme", &data, 100);
+    let m = f.store.manifest(&rec.id).unwrap();
+    assert_eq!(f.store.gc(1000, grace).unwrap().chunks, 0, "referenced");
+    f.store.remove(&rec.id, 1000).unwrap();
+    assert_eq!(f.store.gc(1030, grace).unwrap().chunks, 0, "in grace");
+    // An upload that lists the chunks holds them, even though nobody references them.
+    let p = f
+        .store
+        .begin_upload(&new("acme", "ann", &m), NO_QUOTA, 1030, LEASE)
+        .unwrap();
+    assert_eq!(f.store.gc(2000, grace).unwrap().chunks, 0, "leased");
+    f.store.abort(&p.id, 2000).unwrap();
+    assert_eq!(f.store.gc(2030, grace).unwrap().chunks, 0, "grace restarts");
+    let r = f.store.gc(2061, grace).unwrap();
+    assert_eq!(r.chunks as usize, m.chunks().len());
+    assert_eq!(r.bytes, data.len() as u64);
+    assert_eq!(f.store.stored_bytes(), 0);
+    for c in m.chunks() {
+        assert!(f.store.blobs().get(&c.hash).unwrap().is_none());
+    }
+}
+
+#[test]
+fn tampered_chunks_are_never_served_and_check_finds_them() {
+    let f = fixture();
+    let data = noise(7, 3_000_000);
+    let (_, rec) = upload(&f.store, "acme", &data, 100);
+    assert!(f.store.check().unwrap().is_clean());
+    let m = f.store.manifest(&rec.id).unwrap();
+    let victim = m.chunks()[1];
+    let blobs = f.store.blobs();
+    let mut bytes = blobs.get(&victim.hash).unwrap().unwrap();
+    bytes[10] ^= 1;
+    blobs.put(&victim.hash, &bytes).unwrap();
+    assert!(matches!(read_all(&f.store, &rec.id), Err(StoreError::Corrupt(h)) if h == victim.hash));
+    assert_eq!(f.store.corrupt_reads(), 1);
+    let report = f.store.check().unwrap();
+    assert_eq!(report.corrupt, vec![victim.hash]);
+    blobs.remove(&victim.hash).unwrap();
+    assert_eq!(f.store.check().unwrap().missing, vec![victim.hash]);
+    // Reference counts are recounted from the files.
+    f.store
+        .db()
+        .execute(
+            "UPDATE chunks SET refs = refs + 1 WHERE hash = ?1",
+            [&victim.hash[..]],
+        )
+        .unwrap();
+    f.store
+        .db()
+        .execute("DELETE FROM org_chunks WHERE hash = ?1", [&victim.hash[..]])
+        .unwrap();
+    let report = f.store.check().unwrap();
+    assert_eq!(report.miscounted, vec![victim.hash]);
+    assert_eq!(
+        report.org_miscounted,
+        vec![("acme".to_string(), victim.hash)]
+    );
+    // Bytes that do not match their name cannot be handed to the store.
+    assert!(
+        VerifiedChunk::check(&victim.hash, bytes::Bytes::from_static(b"other bytes")).is_none()
+    );
+}
