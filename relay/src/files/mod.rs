@@ -3,7 +3,8 @@
 //! The sans-IO core cuts files into content-defined chunks ([`chunker`]), lists them in a
 //! [`manifest::Manifest`], frames requests and answers ([`wire`]) and makes every decision as a
 //! pure function ([`plan`]). [`store::ChunkStore`] keeps chunks on disk and their bookkeeping in
-//! SQLite; [`server`] is the quinn shell and [`client`] the other end, driven by the command line
+//! SQLite; [`service`] answers requests as plain functions, [`server`] is the quinn shell around it and
+//! [`client`] the other end, driven by the command line
 //! (`crate::cli::files`).
 //! Invariants the whole plane keeps: a chunk is named by the BLAKE3 hash
 //! of its plaintext and is checked against that name whenever it crosses a boundary (network in,
@@ -16,6 +17,7 @@ pub mod mapped;
 pub mod plan;
 pub mod scan_cache;
 pub mod server;
+pub mod service;
 pub mod store;
 pub mod transport;
 pub mod wire;
