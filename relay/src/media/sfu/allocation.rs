@@ -1,0 +1,199 @@
+//! Room allocation: the periodic tick (speakers, bitrates, staleness, keyframe retries) and the
+//! decision of which publisher and layer feeds each subscriber's slots.
+
+use super::*;
+
+impl Core {
+    /// The periodic tick: layer bitrates, liveness, allocation of every room.
+    pub(super) fn tick(&mut self, now: Instant, wire: &mut dyn Wire) {
+        // Also picks up sessions whose Rtc failed while draining.
+        self.reap = true;
+        let secs = TICK.as_secs_f64();
+        for s in self.sessions.iter_mut().flatten() {
+            let silent_for = now.saturating_duration_since(s.last_rx.unwrap_or(s.created));
+            let limit = if s.last_rx.is_some() {
+                SILENCE_TIMEOUT
+            } else {
+                SETUP_TIMEOUT
+            };
+            if silent_for > limit {
+                s.dead = true;
+            }
+            if let Role::Publisher(p) = &mut s.role {
+                for l in p.tracks.iter_mut().flat_map(|t| t.layers.iter_mut()) {
+                    let rate = (l.window_bytes * 8) as f64 / secs;
+                    // About one second of memory: a keyframe's burst must not read as the
+                    // layer's rate, or every switch would push the allocator back down.
+                    l.bitrate_bps = if l.bitrate_bps == 0 {
+                        rate as u64
+                    } else {
+                        ((1.0 - RATE_SMOOTHING) * l.bitrate_bps as f64 + RATE_SMOOTHING * rate)
+                            as u64
+                    };
+                    l.window_bytes = 0;
+                }
+            }
+        }
+        let rooms: Vec<RoomKey> = self.rooms.keys().cloned().collect();
+        for room in rooms {
+            self.reallocate(&room, now, wire);
+        }
+    }
+
+    /// Re-run the allocation and audio selection for every subscriber of `room`, and ask for
+    /// the keyframes the new choices need.
+    pub(super) fn reallocate(&mut self, room: &str, now: Instant, wire: &mut dyn Wire) {
+        let Some(r) = self.rooms.get(room) else {
+            return;
+        };
+        // Live video tracks with their layers ranked lowest first, and live audio tracks.
+        let mut layer_sets: Vec<LiveTrack> = Vec::new();
+        let mut audio = Vec::new();
+        for &idx in &r.members {
+            let Some(s) = self.sessions[idx].as_ref() else {
+                continue;
+            };
+            let Role::Publisher(p) = &s.role else {
+                continue;
+            };
+            for t in &p.tracks {
+                let live = |l: &&Layer| {
+                    l.last_rx
+                        .is_some_and(|at| now.saturating_duration_since(at) < STALE_AFTER)
+                };
+                if t.kind == MediaKind::Audio {
+                    if t.layers.iter().any(|l| live(&l)) {
+                        audio.push(AudioCandidate {
+                            track: t.id,
+                            participant: s.participant,
+                            db: t.loudness.db(),
+                        });
+                    }
+                    continue;
+                }
+                let mut layers: Vec<(usize, &Layer)> = t
+                    .layers
+                    .iter()
+                    .enumerate()
+                    .filter(|(_, l)| live(l))
+                    .collect();
+                layers.sort_by_key(|(_, l)| (l.height.unwrap_or(0), l.bitrate_bps));
+                let n = layers.len();
+                let infos = layers
+                    .iter()
+                    .enumerate()
+                    .map(|(rank, (i, l))| LayerInfo {
+                        layer: *i as u8,
+                        // Unknown heights: assume the usual halving per simulcast step.
+                        height: l.height.unwrap_or(720 >> (n - 1 - rank).min(4)),
+                        bitrate_bps: l.bitrate_bps.max(1),
+                    })
+                    .collect();
+                layer_sets.push((
+                    t.id,
+                    s.participant,
+                    p.source == Source::Screen,
+                    p.last_spoke,
+                    t.order,
+                    infos,
+                ));
+            }
+        }
+        let tracks: Vec<VideoTrack<'_>> = layer_sets
+            .iter()
+            .map(
+                |(id, participant, screen, last_spoke, order, layers)| VideoTrack {
+                    id: *id,
+                    participant: *participant,
+                    screen: *screen,
+                    layers,
+                    last_spoke: *last_spoke,
+                    order: *order,
+                },
+            )
+            .collect();
+        let members = r.members.clone();
+        let mut requests = Vec::new();
+        for idx in members {
+            let Some(s) = self.sessions[idx].as_mut() else {
+                continue;
+            };
+            let participant = s.participant;
+            let Role::Subscriber(sub) = &mut s.role else {
+                continue;
+            };
+            let req = SlotRequest {
+                participant,
+                layout: sub.layout,
+                max_height: sub.max_height,
+                bwe_bps: sub.bwe_bps,
+            };
+            let mut out = vec![None; sub.video.len()];
+            allocate::allocate(&tracks, &req, &sub.prev, &mut out);
+            for (slot, want) in sub.video.iter_mut().zip(&out) {
+                if let Some(f) = slot.gate.set_target(*want, now) {
+                    requests.push(f);
+                }
+                if let Some(f) = slot.gate.retry(now) {
+                    requests.push(f);
+                }
+            }
+            sub.prev = out;
+
+            // What the subscriber would get without a bandwidth limit: the rate BWE should
+            // probe for.
+            let mut ideal = vec![None; sub.video.len()];
+            allocate::allocate(
+                &tracks,
+                &SlotRequest {
+                    bwe_bps: None,
+                    ..req
+                },
+                &[],
+                &mut ideal,
+            );
+            let desired: u64 = ideal
+                .iter()
+                .flatten()
+                .filter_map(|f| {
+                    let t = tracks.iter().find(|t| t.id == f.track)?;
+                    t.layers
+                        .iter()
+                        .find(|l| l.layer == f.layer)
+                        .map(|l| l.bitrate_bps)
+                })
+                .sum();
+            if desired != sub.desired_bps && desired > 0 {
+                sub.desired_bps = desired;
+                s.rtc.bwe().set_bitrate(
+                    Bitrate::bps(desired / 2),
+                    Bitrate::bps(desired + desired / 4),
+                );
+            }
+
+            let mut lines: Vec<Option<TrackId>> = sub.audio.iter().map(|l| l.track).collect();
+            select_audio(&audio, participant, &mut lines);
+            for (line, t) in sub.audio.iter_mut().zip(lines) {
+                line.track = t;
+            }
+            drain(idx, s, wire, &mut self.events, &mut self.book);
+        }
+        for f in requests {
+            self.request_keyframe(f, now, wire, true);
+        }
+    }
+
+    pub(super) fn update_gauges(&self) {
+        let mut pubs = 0;
+        let mut subs = 0;
+        for s in self.sessions.iter().flatten() {
+            match s.role {
+                Role::Publisher(_) => pubs += 1,
+                Role::Subscriber(_) => subs += 1,
+            }
+        }
+        set(&self.counters.rooms, self.rooms.len() as u64);
+        set(&self.counters.publishers, pubs);
+        set(&self.counters.subscribers, subs);
+    }
+}
