@@ -491,6 +491,16 @@ impl Drop for Relay {
     }
 }
 
+/// `len` incompressible bytes, the same for the same `seed`, so tests need no data files.
+pub fn noise(seed: u64, len: usize) -> Vec<u8> {
+    let mut out = vec![0u8; len];
+    blake3::Hasher::new()
+        .update(&seed.to_le_bytes())
+        .finalize_xof()
+        .fill(&mut out);
+    out
+}
+
 /// Standard error of a command, as text.
 pub fn stderr(out: &Output) -> String {
     String::from_utf8_lossy(&out.stderr).into_owned()

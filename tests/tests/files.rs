@@ -11,20 +11,11 @@ use std::time::{Duration, Instant};
 use relay::files::chunker::{MAX_CHUNK, MIN_CHUNK};
 use relay::files::manifest::Manifest;
 use relay::files::store::ChunkStore;
-use relay_tests::{FilesRun, Relay, run};
+use relay_tests::{FilesRun, Relay, noise, run};
 
 const MIB: usize = 1 << 20;
 
 /// Incompressible bytes, reproducible from `seed`.
-fn noise(seed: u64, len: usize) -> Vec<u8> {
-    let mut out = vec![0u8; len];
-    blake3::Hasher::new()
-        .update(&seed.to_le_bytes())
-        .finalize_xof()
-        .fill(&mut out);
-    out
-}
-
 fn write(dir: &Path, name: &str, data: &[u8]) -> PathBuf {
     let p = dir.join(name);
     fs::write(&p, data).unwrap();

@@ -8,7 +8,7 @@ use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use relay_tests::{Answer, FilesRun, Relay, run, stderr};
+use relay_tests::{Answer, FilesRun, Relay, noise, run, stderr};
 use serde_json::{Value, json};
 
 const WHIP_OFFER: &str = include_str!("../testdata/chromium-whip-offer.sdp");
@@ -90,18 +90,6 @@ fn write(dir: &Path, name: &str, data: &[u8]) -> PathBuf {
     let p = dir.join(name);
     std::fs::write(&p, data).expect("write test file");
     p
-}
-
-fn noise(seed: u64, len: usize) -> Vec<u8> {
-    let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
-    (0..len)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            x as u8
-        })
-        .collect()
 }
 
 fn put(relay: &Relay, token: &str, path: &Path, extra: &[&str]) -> FilesRun {
