@@ -35,33 +35,20 @@ pub struct Secrets {
     pub cert_der: Vec<u8>,
 }
 
-#[derive(Debug)]
+#[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum DataDirError {
+    #[error("{path}: {1}", path = .0.display())]
     Io(PathBuf, std::io::Error),
     /// Initialised before, but a part is gone.
+    #[error("{} is missing from an initialised data directory; restore it from a backup, or move the directory away to start afresh", .0.display())]
     Missing(PathBuf),
     /// A file is there but not usable.
+    #[error("{path}: {1}", path = .0.display())]
     Invalid(PathBuf, String),
+    #[error(transparent)]
     Registry(RegistryError),
 }
-
-impl std::fmt::Display for DataDirError {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            DataDirError::Io(p, e) => write!(f, "{}: {e}", p.display()),
-            DataDirError::Missing(p) => write!(
-                f,
-                "{} is missing from an initialised data directory; restore it from a backup, or move the directory away to start afresh",
-                p.display()
-            ),
-            DataDirError::Invalid(p, why) => write!(f, "{}: {why}", p.display()),
-            DataDirError::Registry(e) => e.fmt(f),
-        }
-    }
-}
-
-impl std::error::Error for DataDirError {}
 
 impl From<RegistryError> for DataDirError {
     fn from(e: RegistryError) -> Self {

@@ -22,29 +22,20 @@ use crate::http::{self, AppState, Info, Readiness};
 use crate::media::MediaPlane;
 use crate::metrics::{Metrics, ScrapeCollector};
 
-#[derive(Debug)]
+#[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum ServeError {
+    #[error("data directory: {0}")]
     DataDir(datadir::DataDirError),
+    #[error("cannot listen on {0}: {1}")]
     Bind(SocketAddr, std::io::Error),
+    #[error("media plane: {0}")]
     Media(crate::media::MediaError),
+    #[error("file plane: {0}")]
     Files(crate::files::server::FilesError),
+    #[error(transparent)]
     Io(std::io::Error),
 }
-
-impl std::fmt::Display for ServeError {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            ServeError::DataDir(e) => write!(f, "data directory: {e}"),
-            ServeError::Bind(a, e) => write!(f, "cannot listen on {a}: {e}"),
-            ServeError::Media(e) => write!(f, "media plane: {e}"),
-            ServeError::Files(e) => write!(f, "file plane: {e}"),
-            ServeError::Io(e) => e.fmt(f),
-        }
-    }
-}
-
-impl std::error::Error for ServeError {}
 
 /// Liveness of the serving loops, for the systemd watchdog: each loop beats as it turns, and the
 /// watchdog is fed only while every loop has beaten recently, so a wedged loop gets the service

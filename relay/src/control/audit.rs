@@ -13,7 +13,6 @@
 //! wait on the disk. The file is locked (`flock`) around each batch and the chain's tail is read
 //! from the file itself under the lock, so the server and `relay admin --data` can both append.
 
-use std::fmt;
 use std::fs::File;
 use std::io::{BufRead, BufReader, Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
@@ -134,29 +133,15 @@ struct Line<'a> {
     event: &'a Event,
 }
 
-#[derive(Debug)]
+#[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum AuditError {
+    #[error("audit log: {0}")]
     Io(std::io::Error),
     /// The chain does not hold from this line (1-based) on.
-    Broken {
-        line: u64,
-        why: String,
-    },
+    #[error("audit chain broken at line {line}: {why}")]
+    Broken { line: u64, why: String },
 }
-
-impl fmt::Display for AuditError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            AuditError::Io(e) => write!(f, "audit log: {e}"),
-            AuditError::Broken { line, why } => {
-                write!(f, "audit chain broken at line {line}: {why}")
-            }
-        }
-    }
-}
-
-impl std::error::Error for AuditError {}
 
 impl From<std::io::Error> for AuditError {
     fn from(e: std::io::Error) -> Self {

@@ -35,23 +35,14 @@ pub fn unix_now() -> u64 {
 }
 
 /// Why a control-plane operation did not happen.
-#[derive(Debug)]
+#[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum ControlError {
+    #[error(transparent)]
     Denied(Denial),
+    #[error(transparent)]
     Registry(RegistryError),
 }
-
-impl std::fmt::Display for ControlError {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            ControlError::Denied(d) => d.fmt(f),
-            ControlError::Registry(e) => e.fmt(f),
-        }
-    }
-}
-
-impl std::error::Error for ControlError {}
 
 impl From<Denial> for ControlError {
     fn from(d: Denial) -> Self {

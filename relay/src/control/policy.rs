@@ -6,8 +6,6 @@
 //! Effective clearance is the least of what the token asks for, what the user holds and what the
 //! device may carry.
 
-use std::fmt;
-
 use super::model::{Device, DeviceKind, Org, Room, User};
 use super::token::{Claims, Grant, TokenError};
 
@@ -33,25 +31,39 @@ impl Principal {
 }
 
 /// Why a request was refused.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 #[non_exhaustive]
 pub enum Denial {
+    #[error("no bearer token was presented")]
     TokenMissing,
+    #[error(transparent)]
     Token(TokenError),
+    #[error("the token's organisation is not registered")]
     OrgUnknown,
+    #[error("the token's user is not registered in its organisation")]
     UserUnknown,
+    #[error("the token's device is not registered to its organisation")]
     DeviceUnknown,
+    #[error("the token's device has been revoked")]
     DeviceRevoked,
+    #[error("effective clearance is below the classification")]
     Clearance,
+    #[error("the token lacks the grant this needs")]
     Grant,
     /// The token is limited to another room.
+    #[error("the token is limited to another room")]
     RoomScope,
+    #[error("secure material may be viewed but not recorded")]
     SecureView,
+    #[error("the quota would be exceeded")]
     Quota,
+    #[error("this file type is not allowed")]
     FileType,
     /// The token was revoked by its id, or its user was removed after it was minted.
+    #[error("the token has been revoked")]
     TokenRevoked,
     /// Only a file's owner, or an admin of its organisation, may remove it.
+    #[error("only the file's owner or an admin of its organisation may remove it")]
     NotOwner,
 }
 
@@ -121,35 +133,6 @@ impl Denial {
         }
     }
 }
-
-impl fmt::Display for Denial {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            Denial::TokenMissing => f.write_str("no bearer token was presented"),
-            Denial::Token(e) => e.fmt(f),
-            Denial::OrgUnknown => f.write_str("the token's organisation is not registered"),
-            Denial::UserUnknown => {
-                f.write_str("the token's user is not registered in its organisation")
-            }
-            Denial::DeviceUnknown => {
-                f.write_str("the token's device is not registered to its organisation")
-            }
-            Denial::DeviceRevoked => f.write_str("the token's device has been revoked"),
-            Denial::Clearance => f.write_str("effective clearance is below the classification"),
-            Denial::Grant => f.write_str("the token lacks the grant this needs"),
-            Denial::RoomScope => f.write_str("the token is limited to another room"),
-            Denial::SecureView => f.write_str("secure material may be viewed but not recorded"),
-            Denial::Quota => f.write_str("the quota would be exceeded"),
-            Denial::FileType => f.write_str("this file type is not allowed"),
-            Denial::TokenRevoked => f.write_str("the token has been revoked"),
-            Denial::NotOwner => {
-                f.write_str("only the file's owner or an admin of its organisation may remove it")
-            }
-        }
-    }
-}
-
-impl std::error::Error for Denial {}
 
 /// Establishes the bearer against the registry as it is now.
 pub fn principal(

@@ -8,30 +8,21 @@ use std::fmt;
 
 use super::model::{Device, DeviceKind, MAX_LEVEL, Org, Room, User, shown};
 
-#[derive(Debug)]
+#[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum RegistryError {
+    #[error("database error: {0}")]
     Db(rusqlite::Error),
     /// The database file is damaged or not ours.
+    #[error("database is corrupt: {0}")]
     Corrupt(String),
+    #[error("{0} already exists")]
     Exists(String),
+    #[error("{0} is not registered")]
     NotFound(String),
+    #[error("{0}")]
     Invalid(String),
 }
-
-impl fmt::Display for RegistryError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            RegistryError::Db(e) => write!(f, "database error: {e}"),
-            RegistryError::Corrupt(m) => write!(f, "database is corrupt: {m}"),
-            RegistryError::Exists(m) => write!(f, "{m} already exists"),
-            RegistryError::NotFound(m) => write!(f, "{m} is not registered"),
-            RegistryError::Invalid(m) => f.write_str(m),
-        }
-    }
-}
-
-impl std::error::Error for RegistryError {}
 
 impl From<rusqlite::Error> for RegistryError {
     fn from(e: rusqlite::Error) -> Self {

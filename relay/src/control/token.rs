@@ -92,14 +92,18 @@ impl Claims {
 }
 
 /// Why a token was not accepted.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 #[non_exhaustive]
 pub enum TokenError {
     /// Not of the `v1.<claims>.<tag>` shape, bad base64, bad JSON, or too long.
+    #[error("token is malformed")]
     Malformed,
     /// The tag does not match: forged or altered.
+    #[error("token signature does not verify")]
     Signature,
+    #[error("token has expired")]
     Expired,
+    #[error("token is not valid yet")]
     NotYetValid,
 }
 
@@ -114,19 +118,6 @@ impl TokenError {
         }
     }
 }
-
-impl fmt::Display for TokenError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(match self {
-            TokenError::Malformed => "token is malformed",
-            TokenError::Signature => "token signature does not verify",
-            TokenError::Expired => "token has expired",
-            TokenError::NotYetValid => "token is not valid yet",
-        })
-    }
-}
-
-impl std::error::Error for TokenError {}
 
 /// The appliance's token signing key.
 #[derive(Clone)]

@@ -38,42 +38,27 @@ use super::wire::{Encoding, FileEntry, PutStart, Request, Response, UploadId};
 /// How often one chunk is sent again after the relay found it damaged.
 const CHUNK_RETRIES: usize = 3;
 
-#[derive(Debug)]
+#[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum ClientError {
     /// The command was used wrongly (bad address, missing token, unreadable CA).
+    #[error("{0}")]
     Usage(String),
     /// The connection could not be made or was lost.
+    #[error("{0}")]
     Connection(String),
     /// The relay refused: `code` is the contract's (`quota`, `file_type`, ...).
-    Refused {
-        code: String,
-        message: String,
-    },
+    #[error("denied ({code}): {message}")]
+    Refused { code: String, message: String },
     /// The relay could not do it (`not_found`, `corrupt`, ...).
-    Failed {
-        code: String,
-        message: String,
-    },
+    #[error("{code}: {message}")]
+    Failed { code: String, message: String },
+    #[error("{path}: {1}", path = .0.display())]
     Io(PathBuf, io::Error),
     /// The relay answered something that does not fit, or sent bytes that do not match.
+    #[error("{0}")]
     Protocol(String),
 }
-
-impl fmt::Display for ClientError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            ClientError::Usage(m) | ClientError::Connection(m) | ClientError::Protocol(m) => {
-                f.write_str(m)
-            }
-            ClientError::Refused { code, message } => write!(f, "denied ({code}): {message}"),
-            ClientError::Failed { code, message } => write!(f, "{code}: {message}"),
-            ClientError::Io(p, e) => write!(f, "{}: {e}", p.display()),
-        }
-    }
-}
-
-impl std::error::Error for ClientError {}
 
 impl ClientError {
     /// The contract's code for `--json` error output.

@@ -15,8 +15,6 @@
 //! and refuses trailing bytes. It allocates only after the count is checked against the input's
 //! length, and never panics.
 
-use std::fmt;
-
 use super::Hash;
 use super::chunker::MAX_CHUNK;
 
@@ -44,47 +42,26 @@ pub struct Manifest {
     chunks: Vec<ChunkRef>,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[non_exhaustive]
 pub enum ManifestError {
+    #[error("manifest truncated: {got} bytes, needs {needed}")]
     Truncated { needed: usize, got: usize },
+    #[error("not a manifest (bad magic)")]
     BadMagic,
+    #[error("manifest lists {0} chunks, more than {max}", max = MAX_CHUNKS)]
     TooManyChunks(u64),
+    #[error("manifest chunk {index} is empty")]
     EmptyChunk { index: usize },
+    #[error("manifest chunk {index} is {len} bytes, more than {}", MAX_CHUNK)]
     ChunkTooLarge { index: usize, len: u32 },
+    #[error("manifest declares {declared} bytes but its chunks add up to {sum}")]
     SizeMismatch { declared: u64, sum: u64 },
+    #[error("manifest root does not match its chunks")]
     RootMismatch,
+    #[error("{0} bytes after the manifest")]
     TrailingBytes(usize),
 }
-
-impl fmt::Display for ManifestError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            ManifestError::Truncated { needed, got } => {
-                write!(f, "manifest truncated: {got} bytes, needs {needed}")
-            }
-            ManifestError::BadMagic => f.write_str("not a manifest (bad magic)"),
-            ManifestError::TooManyChunks(n) => {
-                write!(f, "manifest lists {n} chunks, more than {MAX_CHUNKS}")
-            }
-            ManifestError::EmptyChunk { index } => write!(f, "manifest chunk {index} is empty"),
-            ManifestError::ChunkTooLarge { index, len } => {
-                write!(
-                    f,
-                    "manifest chunk {index} is {len} bytes, more than {MAX_CHUNK}"
-                )
-            }
-            ManifestError::SizeMismatch { declared, sum } => write!(
-                f,
-                "manifest declares {declared} bytes but its chunks add up to {sum}"
-            ),
-            ManifestError::RootMismatch => f.write_str("manifest root does not match its chunks"),
-            ManifestError::TrailingBytes(n) => write!(f, "{n} bytes after the manifest"),
-        }
-    }
-}
-
-impl std::error::Error for ManifestError {}
 
 /// The root hash of `chunks`; see the module documentation.
 pub fn root_of(chunks: &[ChunkRef]) -> Hash {

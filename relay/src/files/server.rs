@@ -19,25 +19,16 @@ use crate::config;
 use crate::control::{Control, unix_now};
 use crate::datadir::{Secrets, pem_body};
 
-#[derive(Debug)]
+#[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum FilesError {
+    #[error("TLS: {0}")]
     Tls(String),
+    #[error("cannot listen on UDP {0}: {1}")]
     Bind(SocketAddr, std::io::Error),
+    #[error(transparent)]
     Store(StoreError),
 }
-
-impl std::fmt::Display for FilesError {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            FilesError::Tls(m) => write!(f, "TLS: {m}"),
-            FilesError::Bind(a, e) => write!(f, "cannot listen on UDP {a}: {e}"),
-            FilesError::Store(e) => e.fmt(f),
-        }
-    }
-}
-
-impl std::error::Error for FilesError {}
 
 /// The running file plane.
 #[derive(Debug)]

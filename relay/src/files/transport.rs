@@ -100,27 +100,18 @@ pub fn udp_socket(
 }
 
 /// Why a stream could not carry a frame.
-#[derive(Debug)]
+#[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum StreamError {
+    #[error("reading a stream: {0}")]
     Read(quinn::ReadExactError),
+    #[error("writing a stream: {0}")]
     Write(quinn::WriteError),
+    #[error("closing a stream: {0}")]
     Closed(quinn::ClosedStream),
+    #[error("bad frame: {0}")]
     Wire(WireError),
 }
-
-impl std::fmt::Display for StreamError {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            StreamError::Read(e) => write!(f, "reading a stream: {e}"),
-            StreamError::Write(e) => write!(f, "writing a stream: {e}"),
-            StreamError::Closed(e) => write!(f, "closing a stream: {e}"),
-            StreamError::Wire(e) => write!(f, "bad frame: {e}"),
-        }
-    }
-}
-
-impl std::error::Error for StreamError {}
 
 /// Reads one frame; `None` if the peer finished the stream before a frame began.
 pub async fn read_frame(recv: &mut quinn::RecvStream) -> Result<Option<(u8, Bytes)>, StreamError> {

@@ -11,8 +11,6 @@
 //! byte left over is an error, never a panic, and nothing is allocated beyond the frame itself
 //! (chunk payloads are slices of the frame's buffer).
 
-use std::fmt;
-
 use bytes::Bytes;
 
 use super::manifest::{Manifest, ManifestError};
@@ -66,39 +64,28 @@ impl Encoding {
     }
 }
 
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[non_exhaustive]
 pub enum WireError {
+    #[error("frame of {0} bytes exceeds {max}", max = MAX_FRAME)]
     FrameTooLarge(usize),
+    #[error("unknown frame kind 0x{0:02x}")]
     UnknownKind(u8),
+    #[error("frame ends inside {0}")]
     Truncated(&'static str),
+    #[error("{0} is {1} bytes, over its limit")]
     TooLong(&'static str, usize),
+    #[error("{0} is not UTF-8")]
     BadUtf8(&'static str),
+    #[error("{0} has the invalid value {1}")]
     BadValue(&'static str, u64),
+    #[error("{0} bytes after the message")]
     TrailingBytes(usize),
+    #[error("header says {header} bytes, body has {body}")]
     LengthMismatch { header: usize, body: usize },
+    #[error(transparent)]
     Manifest(ManifestError),
 }
-
-impl fmt::Display for WireError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            WireError::FrameTooLarge(n) => write!(f, "frame of {n} bytes exceeds {MAX_FRAME}"),
-            WireError::UnknownKind(k) => write!(f, "unknown frame kind 0x{k:02x}"),
-            WireError::Truncated(what) => write!(f, "frame ends inside {what}"),
-            WireError::TooLong(what, n) => write!(f, "{what} is {n} bytes, over its limit"),
-            WireError::BadUtf8(what) => write!(f, "{what} is not UTF-8"),
-            WireError::BadValue(what, v) => write!(f, "{what} has the invalid value {v}"),
-            WireError::TrailingBytes(n) => write!(f, "{n} bytes after the message"),
-            WireError::LengthMismatch { header, body } => {
-                write!(f, "header says {header} bytes, body has {body}")
-            }
-            WireError::Manifest(e) => e.fmt(f),
-        }
-    }
-}
-
-impl std::error::Error for WireError {}
 
 impl From<ManifestError> for WireError {
     fn from(e: ManifestError) -> Self {

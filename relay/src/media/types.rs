@@ -98,40 +98,31 @@ pub struct SlotInfo {
 }
 
 /// Errors of the media plane's API.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[non_exhaustive]
 pub enum MediaError {
     /// The SDP offer or trickle fragment is unusable (HTTP 400).
+    #[error("bad SDP: {0}")]
     BadSdp(String),
     /// No such session (HTTP 404).
+    #[error("no such media session")]
     NotFound,
     /// The room has reached `max_sessions_per_room` (HTTP 503).
+    #[error("the room is full")]
     RoomFull,
     /// Every worker is at `max_rooms_per_worker`, or the worker did not answer (HTTP 503).
+    #[error("no media worker can take this room now")]
     WorkerBusy,
     /// The media plane is shut down (HTTP 503).
+    #[error("the media plane is shutting down")]
     ShuttingDown,
     /// Unusable configuration (start-up only).
+    #[error("media configuration: {0}")]
     Config(String),
     /// An operating-system error (socket, thread, random source).
+    #[error("media I/O: {0}")]
     Io(String),
 }
-
-impl fmt::Display for MediaError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            MediaError::BadSdp(why) => write!(f, "bad SDP: {why}"),
-            MediaError::NotFound => f.write_str("no such media session"),
-            MediaError::RoomFull => f.write_str("the room is full"),
-            MediaError::WorkerBusy => f.write_str("no media worker can take this room now"),
-            MediaError::ShuttingDown => f.write_str("the media plane is shutting down"),
-            MediaError::Config(why) => write!(f, "media configuration: {why}"),
-            MediaError::Io(why) => write!(f, "media I/O: {why}"),
-        }
-    }
-}
-
-impl std::error::Error for MediaError {}
 
 #[cfg(test)]
 mod tests {

@@ -27,7 +27,6 @@ mod uploads;
 #[cfg(test)]
 mod tests;
 
-use std::fmt;
 use std::io;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -43,40 +42,27 @@ use super::plan::{self, QuotaExceeded, Usage};
 use super::wire::{FileEntry, UploadId};
 pub use blobs::{Blobs, FsBlobs};
 
-#[derive(Debug)]
+#[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum StoreError {
+    #[error("file database: {0}")]
     Db(rusqlite::Error),
+    #[error("{path}: {1}", path = .0.display())]
     Io(PathBuf, io::Error),
     /// A stored chunk does not match its name.
+    #[error("stored chunk {} does not match its hash", hex::encode(.0))]
     Corrupt(Hash),
+    #[error("{0}")]
     Quota(QuotaExceeded),
+    #[error("no such {0}")]
     NotFound(&'static str),
     /// Chunks (manifest indices) the upload has not received yet.
+    #[error("{} chunks have not been received", .0.len())]
     Incomplete(Vec<u32>),
     /// The database says something that cannot be (a hash of the wrong length, ...).
+    #[error("file database: {0}")]
     Invalid(String),
 }
-
-impl fmt::Display for StoreError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            StoreError::Db(e) => write!(f, "file database: {e}"),
-            StoreError::Io(p, e) => write!(f, "{}: {e}", p.display()),
-            StoreError::Corrupt(h) => {
-                write!(f, "stored chunk {} does not match its hash", hex::encode(h))
-            }
-            StoreError::Quota(q) => q.fmt(f),
-            StoreError::NotFound(what) => write!(f, "no such {what}"),
-            StoreError::Incomplete(m) => {
-                write!(f, "{} chunks have not been received", m.len())
-            }
-            StoreError::Invalid(m) => write!(f, "file database: {m}"),
-        }
-    }
-}
-
-impl std::error::Error for StoreError {}
 
 impl From<rusqlite::Error> for StoreError {
     fn from(e: rusqlite::Error) -> Self {
