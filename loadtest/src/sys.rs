@@ -41,48 +41,18 @@ pub fn sendmmsg(socket: &UdpSocket, bufs: &mut [Vec<u8>]) -> io::Result<usize> {
     }
 }
 
-fn set_buf(socket: &UdpSocket, opt: libc::c_int, bytes: usize) -> io::Result<usize> {
-    let val = bytes as libc::c_int;
-    let len = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
-    // SAFETY: val is a live c_int and len its size.
-    let r = unsafe {
-        libc::setsockopt(
-            socket.as_raw_fd(),
-            libc::SOL_SOCKET,
-            opt,
-            (&val as *const libc::c_int).cast(),
-            len,
-        )
-    };
-    if r < 0 {
-        return Err(io::Error::last_os_error());
-    }
-    let mut got: libc::c_int = 0;
-    let mut got_len = len;
-    // SAFETY: got is a live c_int and got_len its size.
-    let r = unsafe {
-        libc::getsockopt(
-            socket.as_raw_fd(),
-            libc::SOL_SOCKET,
-            opt,
-            (&mut got as *mut libc::c_int).cast(),
-            &mut got_len,
-        )
-    };
-    if r < 0 {
-        return Err(io::Error::last_os_error());
-    }
-    Ok(got as usize)
-}
-
 /// Asks for a receive buffer of `bytes`; returns what the kernel granted.
 pub fn set_recv_buffer(socket: &UdpSocket, bytes: usize) -> io::Result<usize> {
-    set_buf(socket, libc::SO_RCVBUF, bytes)
+    let s = socket2::SockRef::from(socket);
+    s.set_recv_buffer_size(bytes)?;
+    s.recv_buffer_size()
 }
 
 /// Asks for a send buffer of `bytes`; returns what the kernel granted.
 pub fn set_send_buffer(socket: &UdpSocket, bytes: usize) -> io::Result<usize> {
-    set_buf(socket, libc::SO_SNDBUF, bytes)
+    let s = socket2::SockRef::from(socket);
+    s.set_send_buffer_size(bytes)?;
+    s.send_buffer_size()
 }
 
 /// CPU time (user + system) the calling thread has used.
