@@ -1,12 +1,13 @@
 //! The media plane's own parsers: the STUN USERNAME ufrag that routes a new address, keyframe
-//! detection on every codec, the VP8 frame height, and the VP8/VP9 picture-id renumbering
-//! (which must keep the payload's length and never touch a byte outside its two fields). None
-//! may panic on any input.
+//! detection on every codec, the VP8 frame height, the VP8/VP9 picture-id renumbering (which
+//! must keep the payload's length and never touch a byte outside its two fields), and the count
+//! of an offer's m-lines against the caps. None may panic on any input.
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
 use relay::media::keyframe::{VideoCodec, is_keyframe, vp8_keyframe_height};
 use relay::media::picture::PictureIds;
+use relay::media::plane::check_offer_size;
 use relay::media::stun::local_ufrag;
 
 fuzz_target!(|data: &[u8]| {
@@ -26,4 +27,7 @@ fuzz_target!(|data: &[u8]| {
         }
     }
     let _ = vp8_keyframe_height(data);
+    if let Ok(offer) = std::str::from_utf8(data) {
+        let _ = check_offer_size(offer, 16, 8);
+    }
 });

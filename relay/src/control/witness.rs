@@ -380,7 +380,7 @@ impl Comparison {
 
 /// The JSON of a witness file's line from this relay, if it is one: what follows the
 /// `relay-audit[PID]:` tag (or `relay-audit:`).
-fn witnessed(line: &str) -> Option<&str> {
+pub fn witnessed(line: &str) -> Option<&str> {
     let at = line.find(APP_NAME)?;
     let rest = &line[at + APP_NAME.len()..];
     let brace = rest.find('{')?;
