@@ -192,6 +192,18 @@ impl Control {
         action: &'static str,
         target: &str,
     ) -> Result<Principal, Denial> {
+        self.authenticate_claims(bearer, action, target)
+            .map(|(p, _)| p)
+    }
+
+    /// [`Control::authenticate`], also handing back the verified claims, for a plane that holds
+    /// the bearer to them later (a live session).
+    pub fn authenticate_claims(
+        &self,
+        bearer: Option<&str>,
+        action: &'static str,
+        target: &str,
+    ) -> Result<(Principal, Claims), Denial> {
         let result = self.principal_of(bearer);
         if let Err(d) = result {
             self.deny(action, None, target, d);
@@ -199,13 +211,13 @@ impl Control {
         result
     }
 
-    fn principal_of(&self, bearer: Option<&str>) -> Result<Principal, Denial> {
+    fn principal_of(&self, bearer: Option<&str>) -> Result<(Principal, Claims), Denial> {
         let token = bearer.ok_or(Denial::TokenMissing)?;
         let claims = self
             .key
             .verify(token, (self.clock)(), self.skew())
             .map_err(Denial::Token)?;
-        self.standing(&claims)
+        Ok((self.standing(&claims)?, claims))
     }
 
     /// The bearer of `claims` (already verified), against the registry as it is now: what
@@ -237,11 +249,6 @@ impl Control {
             .flatten()
             .ok_or(Denial::RoomScope)?;
         policy::may_join(&p, role, &room)
-    }
-
-    /// The claims of a token that verifies now, for a plane that holds its bearer to them later.
-    pub fn claims(&self, bearer: &str) -> Option<Claims> {
-        self.key.verify(bearer, (self.clock)(), self.skew()).ok()
     }
 
     fn lookup(

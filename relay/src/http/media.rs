@@ -21,7 +21,7 @@ use super::error::{ApiError, ApiResult, bearer, json_body};
 use super::sessions::{MediaRoutes, Owner, room_key};
 use super::state::AppState;
 use crate::control::model::shown;
-use crate::control::policy::{Denial, Principal, RoomRole};
+use crate::control::policy::{Principal, RoomRole};
 use crate::control::token::Claims;
 use crate::media::{Layout, SessionId, Source};
 
@@ -91,14 +91,12 @@ fn join(
     room: &str,
 ) -> ApiResult<(Principal, Claims)> {
     let target = format!("room:{room}");
-    let p = s.control.authenticate(bearer(headers), action, &target)?;
+    let (p, claims) = s
+        .control
+        .authenticate_claims(bearer(headers), action, &target)?;
     s.control
         .join(action, &p, role, room)?
         .ok_or_else(|| ApiError::not_found(format!("room {} is not registered", shown(room))))?;
-    // The token verified a moment ago; it is read again for the session to be held to.
-    let claims = bearer(headers)
-        .and_then(|t| s.control.claims(t))
-        .ok_or(Denial::TokenMissing)?;
     Ok((p, claims))
 }
 
