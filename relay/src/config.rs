@@ -42,7 +42,7 @@ impl Default for Audit {
     fn default() -> Self {
         Audit {
             syslog: String::new(),
-            head_interval: Duration::from_secs(60),
+            head_interval: crate::control::audit::DEFAULT_HEAD_INTERVAL,
         }
     }
 }

@@ -29,6 +29,8 @@ use super::sqlite::SqliteRegistry;
 use super::witness::{Message, WitnessCounters, Witnesses};
 
 const GENESIS: &str = "0000000000000000000000000000000000000000000000000000000000000000";
+/// How often the chain's head goes to the witnesses unless configured (`audit.head_interval`).
+pub const DEFAULT_HEAD_INTERVAL: Duration = Duration::from_secs(60);
 /// Longest line the tail reader accepts; fields are bounded far below this.
 const MAX_LINE: u64 = 64 * 1024;
 /// Longest value kept for a free-text field.
@@ -162,7 +164,7 @@ impl AuditLog {
     /// Opens (creating if missing) the log at `path`, anchoring its head in the database at `db`,
     /// with no witness outside the relay.
     pub fn open(path: &Path, db: &Path) -> Result<AuditLog, AuditError> {
-        AuditLog::witnessed(path, db, Witnesses::none(), Duration::from_secs(60))
+        AuditLog::witnessed(path, db, Witnesses::none(), DEFAULT_HEAD_INTERVAL)
     }
 
     /// Opens the log with `witnesses`, to which every line goes as it is written and the chain's
