@@ -51,7 +51,7 @@ fuzz_target!(|data: &[u8]| {
                     }
                     let ts = u32::from_be_bytes([rest[2], rest[3], rest[4], rest[5]]);
                     let publisher = &mut sim.clients[0];
-                    publisher.send_raw_video(
+                    publisher.peer.send_raw_video(
                         usize::from(rest[0]),
                         rest[1] as i8,
                         ts,
@@ -59,7 +59,7 @@ fuzz_target!(|data: &[u8]| {
                         &rest[7..],
                         now,
                     );
-                    publisher.drain(&mut sim.net);
+                    publisher.drain(&mut sim.net, now);
                 }
                 k => {
                     let from = sim.clients[usize::from(k)].addr;

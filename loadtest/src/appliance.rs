@@ -6,116 +6,25 @@
 //! 127.0.0.1 with ports chosen by the kernel, and is stopped (SIGTERM, then SIGKILL) when its
 //! handle drops.
 
-use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::process::{Command, Stdio};
+use std::time::Duration;
 
 use base64::Engine;
+use relay_kit::process::RelayProcess;
 use serde_json::json;
 
 use crate::sys;
 
 /// How long a relay may take to say it is up.
 const START_TIMEOUT: Duration = Duration::from_secs(30);
-
-/// Lines of a child's output kept; past them the log is cut (the markers looked for come first).
-const MAX_LOG_LINES: usize = 20_000;
-
-/// A server process this run started (ours or a peer's), with its output collected, stopped
-/// (SIGTERM, then SIGKILL after 10 s) when dropped.
-#[derive(Debug)]
-pub struct Daemon {
-    child: Option<Child>,
-    log: Arc<Mutex<Vec<String>>>,
-}
-
-impl Daemon {
-    /// Starts `cmd` with its stdout and stderr collected into the log; it gets SIGTERM if the
-    /// calling thread ends first (the load tester killed).
-    pub fn spawn(cmd: &mut Command) -> Result<Daemon, String> {
-        sys::terminate_with_parent(cmd);
-        let mut child = cmd
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .map_err(|e| format!("start {}: {e}", cmd.get_program().to_string_lossy()))?;
-        let log = Arc::new(Mutex::new(Vec::new()));
-        let sink = |out: Option<Box<dyn std::io::Read + Send>>| {
-            let Some(out) = out else { return };
-            let sink = log.clone();
-            std::thread::spawn(move || {
-                for line in BufReader::new(out).lines().map_while(Result::ok) {
-                    let mut log = sink.lock().unwrap_or_else(|p| p.into_inner());
-                    if log.len() < MAX_LOG_LINES {
-                        log.push(line);
-                    }
-                }
-            });
-        };
-        sink(child.stdout.take().map(|o| Box::new(o) as _));
-        sink(child.stderr.take().map(|o| Box::new(o) as _));
-        Ok(Daemon {
-            child: Some(child),
-            log,
-        })
-    }
-
-    pub fn pid(&self) -> Option<u32> {
-        self.child.as_ref().map(Child::id)
-    }
-
-    /// Whether the process has ended.
-    pub fn exited(&mut self) -> bool {
-        self.child
-            .as_mut()
-            .is_none_or(|c| c.try_wait().ok().flatten().is_some())
-    }
-
-    pub fn log(&self) -> String {
-        self.log
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .join("\n")
-    }
-
-    /// The value of `key=` on the relay's start-up line.
-    fn startup_field(&self, key: &str) -> Option<String> {
-        let log = self.log.lock().unwrap_or_else(|p| p.into_inner());
-        relay::serve::startup_field(log.iter().map(String::as_str), key).map(str::to_owned)
-    }
-
-    /// Stops the process: SIGTERM, then SIGKILL after 10 s. Returns whether it exited cleanly.
-    pub fn stop(&mut self) -> bool {
-        let Some(mut child) = self.child.take() else {
-            return true;
-        };
-        let _ = sys::terminate(child.id());
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while Instant::now() < deadline {
-            if let Ok(Some(status)) = child.try_wait() {
-                return status.success();
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        let _ = child.kill();
-        let _ = child.wait();
-        false
-    }
-}
-
-impl Drop for Daemon {
-    fn drop(&mut self) {
-        self.stop();
-    }
-}
+/// How long a server this run started gets between SIGTERM and SIGKILL.
+pub const STOP_GRACE: Duration = Duration::from_secs(10);
 
 /// A relay process this run started.
 #[derive(Debug)]
 pub struct OwnRelay {
-    process: Daemon,
+    process: RelayProcess,
     pub http: String,
     pub data: PathBuf,
     pub bin: PathBuf,
@@ -161,42 +70,23 @@ impl OwnRelay {
             max_sessions.max(1)
         );
         std::fs::write(&config, text).map_err(|e| format!("write relay config: {e}"))?;
-        let process = Daemon::spawn(
-            Command::new(bin)
-                .arg("serve")
-                .arg("--config")
-                .arg(&config)
-                .arg("--data")
-                .arg(&data)
-                .env_remove("RELAY_TOKEN"),
-        )?;
-        let mut relay = OwnRelay {
+        let process = RelayProcess::start(bin, &config, &data, &[], START_TIMEOUT)
+            .map_err(|log| format!("the relay did not come up:\n{log}"))?;
+        Ok(OwnRelay {
+            http: format!("http://{}", process.http),
             process,
-            http: String::new(),
             data,
             bin: bin.to_path_buf(),
             _tmp: tmp,
-        };
-        let deadline = Instant::now() + START_TIMEOUT;
-        loop {
-            if let Some(addr) = relay.process.startup_field("http") {
-                relay.http = format!("http://{addr}");
-                return Ok(relay);
-            }
-            if relay.process.exited() || Instant::now() > deadline {
-                std::thread::sleep(Duration::from_millis(100));
-                return Err(format!("the relay did not come up:\n{}", relay.log()));
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
+        })
     }
 
     pub fn pid(&self) -> Option<u32> {
-        self.process.pid()
+        self.process.daemon.pid()
     }
 
     pub fn log(&self) -> String {
-        self.process.log()
+        self.process.daemon.log()
     }
 
     /// An admin token of the demo organisation, minted on the data directory.
@@ -231,7 +121,10 @@ impl OwnRelay {
 
     /// Stops the relay: SIGTERM, then SIGKILL after 10 s. Returns whether it exited cleanly.
     pub fn stop(&mut self) -> bool {
-        self.process.stop()
+        self.process
+            .daemon
+            .stop_within(STOP_GRACE)
+            .is_some_and(|s| s.success())
     }
 }
 

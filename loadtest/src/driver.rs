@@ -1,4 +1,4 @@
-//! The threads that drive simulated peers: each owns a group of [`Peer`]s and one mio poll over
+//! The threads that drive simulated peers: each owns a group of [`Client`]s and one mio poll over
 //! their sockets, sends media when it is due, feeds str0m its timers, and counts.
 //!
 //! The main thread steers every group through the same phases with one atomic each (warm-up,
@@ -13,11 +13,8 @@ use std::sync::mpsc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
+use crate::client::{AUDIO_PACKET, Client, Ctx, Role, SHAPE, Totals};
 use mio::{Events, Interest, Poll, Token};
-use str0m::Input;
-use str0m::net::{Protocol, Receive};
-
-use crate::client::{AUDIO_PACKET, Ctx, FRAME, Peer, Role, Totals};
 
 pub const WARMUP: u8 = 0;
 pub const MEASURE: u8 = 1;
@@ -58,7 +55,7 @@ pub struct GroupResult {
 /// A running group.
 #[derive(Debug)]
 pub struct Group {
-    pub tx: mpsc::Sender<Peer>,
+    pub tx: mpsc::Sender<Client>,
     pub handle: JoinHandle<Result<GroupResult, String>>,
     pub shared: Arc<Shared>,
 }
@@ -75,14 +72,14 @@ pub fn spawn(index: usize, epoch: Instant, deadline: Instant) -> std::io::Result
 }
 
 fn run(
-    rx: mpsc::Receiver<Peer>,
+    rx: mpsc::Receiver<Client>,
     shared: &Shared,
     epoch: Instant,
     deadline: Instant,
 ) -> Result<GroupResult, String> {
     let mut poll = Poll::new().map_err(|e| format!("poll: {e}"))?;
     let mut events = Events::with_capacity(1024);
-    let mut peers: Vec<Peer> = Vec::new();
+    let mut peers: Vec<Client> = Vec::new();
     let mut ctx = Ctx::new(epoch);
     let mut phase = WARMUP;
     let mut base = Totals::default();
@@ -90,6 +87,7 @@ fn run(
     let mut buf = vec![0u8; 2048];
     // Peers whose socket may still hold datagrams (edge-triggered readiness).
     let mut unread: Vec<usize> = Vec::new();
+    let frame = SHAPE.frame_interval();
 
     while Instant::now() < deadline {
         let now = Instant::now();
@@ -128,7 +126,7 @@ fn run(
 
         for p in peers
             .iter_mut()
-            .filter(|p| p.role == Role::Publisher && p.joined && !p.dead)
+            .filter(|p| p.role == Role::Publisher && p.joined && !p.dead())
         {
             let mut sent = false;
             for _ in 0..MAX_CATCH_UP {
@@ -136,11 +134,11 @@ fn run(
                     break;
                 }
                 p.send_frame(&mut ctx, now);
-                p.next_frame += FRAME;
+                p.next_frame += frame;
                 sent = true;
             }
             if p.next_frame <= now {
-                p.next_frame = now + FRAME;
+                p.next_frame = now + frame;
             }
             for _ in 0..MAX_CATCH_UP {
                 if p.next_audio > now {
@@ -158,19 +156,13 @@ fn run(
             }
         }
 
-        for p in peers.iter_mut().filter(|p| !p.dead) {
-            if p.next_timeout <= now {
-                if p.rtc.handle_input(Input::Timeout(now)).is_err() {
-                    p.dead = true;
-                    continue;
-                }
-                p.drain(&mut ctx, now);
-            }
+        for p in peers.iter_mut().filter(|p| !p.dead()) {
+            p.tick(&mut ctx, now);
         }
 
         let mut next = now + MAX_WAIT;
-        for p in peers.iter().filter(|p| !p.dead) {
-            next = next.min(p.next_timeout);
+        for p in peers.iter().filter(|p| !p.dead()) {
+            next = next.min(p.peer.next_timeout);
             if p.role == Role::Publisher && p.joined {
                 next = next.min(p.next_frame).min(p.next_audio);
             }
@@ -203,7 +195,7 @@ fn run(
             .joined
             .store(ctx.joins.len() as u64, Ordering::Relaxed);
         shared.dead.store(
-            peers.iter().filter(|p| p.dead).count() as u64,
+            peers.iter().filter(|p| p.dead()).count() as u64,
             Ordering::Relaxed,
         );
     }
@@ -214,12 +206,12 @@ fn run(
     result.delays_us = std::mem::take(&mut ctx.delays_us);
     result.joins = std::mem::take(&mut ctx.joins);
     result.peers = peers.len();
-    result.dead = peers.iter().filter(|p| p.dead).count();
+    result.dead = peers.iter().filter(|p| p.dead()).count();
     Ok(result)
 }
 
-/// Reads up to a burst of datagrams into the peer; true if more may be waiting.
-fn read(p: &mut Peer, ctx: &mut Ctx, buf: &mut [u8]) -> bool {
+/// Reads up to a burst of datagrams into the client; true if more may be waiting.
+fn read(p: &mut Client, ctx: &mut Ctx, buf: &mut [u8]) -> bool {
     for _ in 0..READ_BURST {
         let (n, from) = match p.socket.recv_from(buf) {
             Ok(x) => x,
@@ -227,18 +219,9 @@ fn read(p: &mut Peer, ctx: &mut Ctx, buf: &mut [u8]) -> bool {
             Err(e) if e.kind() == ErrorKind::Interrupted => continue,
             Err(_) => return false,
         };
-        if p.dead {
-            continue;
+        if !p.dead() {
+            p.receive(ctx, Instant::now(), from, &buf[..n]);
         }
-        let now = Instant::now();
-        let Ok(input) = Receive::new(Protocol::Udp, from, p.local, &buf[..n]) else {
-            continue;
-        };
-        if p.rtc.handle_input(Input::Receive(now, input)).is_err() {
-            p.dead = true;
-            continue;
-        }
-        p.drain(ctx, now);
     }
     true
 }

@@ -292,32 +292,12 @@ fn finish(mut s: Step, clients: usize, a: &Metrics, b: &Metrics, cpu: f64) -> St
 /// The three files of one client, in [`KINDS`] order.
 type Files = [PathBuf; 3];
 
-/// A small deterministic generator (SplitMix64): fast, and the same seed gives the same bytes.
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-        z ^ (z >> 31)
-    }
-
-    fn fill(&mut self, buf: &mut [u8]) {
-        for c in buf.chunks_mut(8) {
-            let v = self.next().to_le_bytes();
-            c.copy_from_slice(&v[..c.len()]);
-        }
-    }
-}
-
 /// Writes a client's three files under `dir`. Each starts with a line of text, so its type is
 /// plain data to the relay's magic-byte check whatever the random bytes after it are.
 fn generate(dir: &Path, size: u64, seed: u64) -> io::Result<Files> {
     std::fs::create_dir_all(dir)?;
     let paths = KINDS.map(|k| dir.join(format!("{k}.bin")));
-    let mut rng = Rng(seed);
+    let mut rng = relay_kit::Noise::new(seed);
     let header = b"relay-loadtest data\n";
 
     let mut w = BufWriter::with_capacity(1 << 20, File::create(&paths[0])?);
@@ -338,7 +318,7 @@ fn generate(dir: &Path, size: u64, seed: u64) -> io::Result<Files> {
     let mut written = header.len() as u64;
     let mut line = 0u64;
     while written < size {
-        let r = rng.next();
+        let r = rng.next_u64();
         let text = format!(
             "{seed:016x} {line:010} level=info msg=\"chunk stored\" room=r{} bytes={} ok\n",
             r % 7,

@@ -20,10 +20,11 @@ use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
 
-use crate::appliance::{Cpu, Daemon, Metrics};
-use crate::client::Peer;
+use crate::appliance::{Cpu, Metrics, STOP_GRACE};
 use crate::sys;
 use crate::target::{Options, Sfu};
+use relay_kit::peer::Peer;
+use relay_kit::process::Daemon;
 
 /// How long Janus may take to answer its info request after starting.
 const START_TIMEOUT: Duration = Duration::from_secs(30);
@@ -179,7 +180,9 @@ impl OwnJanus {
     }
 
     pub fn stop(&mut self) -> bool {
-        self.process.stop()
+        self.process
+            .stop_within(STOP_GRACE)
+            .is_some_and(|s| s.success())
     }
 }
 

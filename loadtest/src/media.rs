@@ -15,13 +15,14 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use serde::Serialize;
 
 use crate::appliance::{self, Api, Cpu, Metrics};
-use crate::client::{Peer, Role};
+use crate::client::{Client, Role};
 use crate::driver::{self, Group, GroupResult};
 use crate::floor;
 use crate::janus;
 use crate::plot;
 use crate::sys;
 use crate::target::{Layout, Options, PeerKind, Sfu};
+use relay_kit::peer::Peer;
 
 /// How long everyone may take to join before the run goes on without them.
 const JOIN_TIMEOUT: Duration = Duration::from_secs(30);
@@ -320,7 +321,7 @@ impl Sfu for Relay<'_> {
             Some(i) => &pubs[i],
             None => &subs[index],
         };
-        let offer = peer.subscriber_offer(o.slots)?;
+        let offer = peer.subscriber_offer(o.slots, 1)?;
         let s = self.api.offer(
             &format!("/whep/{}?layout={}", p.room, o.layout.as_str()),
             &p.token,
@@ -464,7 +465,7 @@ fn drive(
         .map(|i| driver::spawn(i, epoch, deadline))
         .collect::<Result<_, _>>()
         .map_err(|e| format!("start client threads: {e}"))?;
-    let opened = open_sessions(o, sfu, &groups);
+    let opened = open_sessions(o, sfu, &groups, epoch);
     let report = match &opened {
         Ok(_) => measure(o, sfu, &groups, epoch, deadline),
         Err(e) => Err(e.clone()),
@@ -497,14 +498,19 @@ fn drive(
 }
 
 /// Opens every session (spread over `--ramp-up`); the seconds it took.
-fn open_sessions(o: &Options, sfu: &mut dyn Sfu, groups: &[Group]) -> Result<f64, String> {
+fn open_sessions(
+    o: &Options,
+    sfu: &mut dyn Sfu,
+    groups: &[Group],
+    epoch: Instant,
+) -> Result<f64, String> {
     let mut next_group = 0;
     let mut id = 0u32;
     // With --ramp-up, session k opens at start + k * gap.
     let start = Instant::now();
     let gap = o.ramp_up.div_f64(o.sessions().max(1) as f64);
     let mut opened = 0u32;
-    let mut hand = |p: Peer| -> Result<(), String> {
+    let mut hand = |p: Client| -> Result<(), String> {
         let g = &groups[next_group % groups.len()];
         next_group += 1;
         g.tx.send(p)
@@ -520,10 +526,11 @@ fn open_sessions(o: &Options, sfu: &mut dyn Sfu, groups: &[Group]) -> Result<f64
     for room in 0..o.rooms {
         for i in 0..o.publishers {
             id += 1;
-            let mut peer = Peer::new(client_socket()?, Role::Publisher, id, Instant::now())?;
-            peer.turn = (i as u32, o.publishers as u32);
-            sfu.publish(o, room, i, &mut peer)?;
-            hand(peer)?;
+            let mut client =
+                Client::new(client_socket()?, Role::Publisher, id, Instant::now(), epoch)?;
+            client.turn = (i as u32, o.publishers as u32);
+            sfu.publish(o, room, i, &mut client.peer)?;
+            hand(client)?;
         }
     }
     // Janus takes subscribers to a feed only once its publisher's connection is up.
@@ -538,9 +545,10 @@ fn open_sessions(o: &Options, sfu: &mut dyn Sfu, groups: &[Group]) -> Result<f64
             .chain(own)
             .enumerate()
         {
-            let mut peer = Peer::new(client_socket()?, Role::Subscriber, 0, Instant::now())?;
-            if sfu.subscribe(o, room, index, own, &mut peer)? {
-                hand(peer)?;
+            let mut client =
+                Client::new(client_socket()?, Role::Subscriber, 0, Instant::now(), epoch)?;
+            if sfu.subscribe(o, room, index, own, &mut client.peer)? {
+                hand(client)?;
             }
         }
     }
@@ -963,7 +971,7 @@ mod tests {
     fn short_run_against_own_relay_counts_are_consistent_and_it_stops() {
         let o = Options {
             relay: appliance::Target {
-                relay_bin: Some(relay_tests::relay_bin()),
+                relay_bin: Some(relay_kit::process::relay_bin()),
                 ..Default::default()
             },
             rooms: 1,

@@ -1,7 +1,6 @@
 //! The few syscalls the load tester needs that std does not offer: `sendmmsg` for batched
 //! sends, socket buffer sizes, the calling thread's CPU time, the clock-tick unit of `/proc`,
-//! SIGTERM for the server processes it started (also when it dies itself), and a network
-//! namespace of its own for runs beside Janus.
+//! and a network namespace of its own for runs beside Janus.
 //!
 //! Unsafe code is allowed here only; each call passes pointers to live, correctly sized buffers
 //! that outlive the call, which is all these syscalls require.
@@ -71,17 +70,6 @@ pub fn clock_ticks_per_second() -> f64 {
     if t > 0 { t as f64 } else { 100.0 }
 }
 
-/// Sends SIGTERM to a process this program started.
-pub fn terminate(pid: u32) -> io::Result<()> {
-    let pid = libc::pid_t::try_from(pid).map_err(|_| io::Error::other("pid out of range"))?;
-    // SAFETY: kill takes plain integers and touches no memory of ours.
-    if unsafe { libc::kill(pid, libc::SIGTERM) } < 0 {
-        Err(io::Error::last_os_error())
-    } else {
-        Ok(())
-    }
-}
-
 /// Moves the calling thread, and every thread and process it starts from now on, into a new
 /// network namespace of its own (needs CAP_SYS_ADMIN, as root has).
 pub fn unshare_network() -> io::Result<()> {
@@ -90,21 +78,5 @@ pub fn unshare_network() -> io::Result<()> {
         Err(io::Error::last_os_error())
     } else {
         Ok(())
-    }
-}
-
-/// Makes the process `cmd` starts get SIGTERM when the thread that started it ends, so a
-/// server under test does not outlive a load tester that was killed.
-pub fn terminate_with_parent(cmd: &mut std::process::Command) {
-    use std::os::unix::process::CommandExt;
-    // SAFETY: the hook runs in the child between fork and exec and calls only prctl, which is
-    // async-signal-safe and touches no memory of ours.
-    unsafe {
-        cmd.pre_exec(|| {
-            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM) < 0 {
-                return Err(io::Error::last_os_error());
-            }
-            Ok(())
-        });
     }
 }

@@ -7,7 +7,7 @@ use std::time::Duration;
 use serde::Serialize;
 
 use crate::appliance::{self, Cpu, Metrics};
-use crate::client::Peer;
+use relay_kit::peer::Peer;
 
 /// Longest measured window a run accepts.
 pub const MAX_DURATION: Duration = Duration::from_secs(600);

@@ -14,7 +14,7 @@ fn loadtest(args: &[&str]) -> (i32, String) {
     let mut child = Command::new(env!("CARGO_BIN_EXE_relay-loadtest"))
         .args(args)
         .arg("--relay-bin")
-        .arg(relay_tests::relay_bin())
+        .arg(relay_kit::process::relay_bin())
         .env_remove("RELAY_ADMIN_TOKEN")
         .stdin(Stdio::null())
         .stdout(Stdio::piped())

@@ -4,56 +4,17 @@
 //! Every relay started here binds 127.0.0.1 with port 0 and is stopped (SIGTERM, then SIGKILL)
 //! when its handle drops, so tests can run in parallel and leave nothing behind.
 
-use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Output, Stdio};
-use std::sync::{Arc, Mutex, OnceLock};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 pub mod browser;
 
-/// The `relay` binary of this build, built once per test process.
-pub fn relay_bin() -> PathBuf {
-    static BIN: OnceLock<PathBuf> = OnceLock::new();
-    BIN.get_or_init(|| {
-        let exe = std::env::current_exe().expect("test executable path");
-        // target/<profile>/deps/<test> -> target/<profile>/relay
-        let profile_dir = exe
-            .parent()
-            .and_then(Path::parent)
-            .expect("target profile directory");
-        let release = profile_dir.file_name().is_some_and(|n| n == "release");
-        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-        let mut cmd = Command::new(cargo);
-        cmd.args(["build", "--quiet", "-p", "relay", "--bin", "relay"]);
-        // `cargo test` gives this process the test package's CARGO_MANIFEST_DIR and friends;
-        // some build scripts watch them, so passing them on would rebuild half the tree.
-        for (key, _) in std::env::vars_os() {
-            let k = key.to_string_lossy();
-            if [
-                "CARGO_MANIFEST_",
-                "CARGO_PKG_",
-                "CARGO_CRATE_",
-                "CARGO_PRIMARY_",
-                "CARGO_BIN_",
-            ]
-            .iter()
-            .any(|p| k.starts_with(p))
-                || k == "CARGO_TARGET_TMPDIR"
-            {
-                cmd.env_remove(&key);
-            }
-        }
-        if release {
-            cmd.arg("--release");
-        }
-        let status = cmd.status().expect("run cargo build");
-        assert!(status.success(), "building the relay binary failed");
-        profile_dir.join("relay")
-    })
-    .clone()
-}
+pub use relay_kit::noise;
+use relay_kit::process::RelayProcess;
+
+pub use relay_kit::process::relay_bin;
 
 /// Runs the relay binary with `args` and waits for it.
 pub fn run(args: &[&str], env: &[(&str, &str)]) -> Output {
@@ -70,11 +31,10 @@ pub fn run(args: &[&str], env: &[(&str, &str)]) -> Output {
 /// A running appliance.
 #[derive(Debug)]
 pub struct Relay {
-    child: Option<Child>,
+    process: RelayProcess,
     pub http: SocketAddr,
     pub data: PathBuf,
     _tmp: Option<tempfile::TempDir>,
-    log: Arc<Mutex<Vec<String>>>,
 }
 
 /// What a relay answered over HTTP.
@@ -140,65 +100,24 @@ impl Relay {
             text.push_str("\n[files]\nlisten = \"127.0.0.1:0\"\n");
         }
         std::fs::write(&config, text).expect("write config");
-        let mut cmd = Command::new(relay_bin());
-        cmd.arg("serve")
-            .arg("--config")
-            .arg(&config)
-            .arg("--data")
-            .arg(data)
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped());
-        for (k, v) in env {
-            cmd.env(k, v);
-        }
-        let mut child = cmd.spawn().expect("spawn relay");
-        let log = Arc::new(Mutex::new(Vec::new()));
-        let stderr = child.stderr.take().expect("piped stderr");
-        let sink = log.clone();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                sink.lock().unwrap_or_else(|p| p.into_inner()).push(line);
-            }
-        });
-        let deadline = Instant::now() + Duration::from_secs(60);
-        let mut relay = Relay {
-            child: Some(child),
-            http: "127.0.0.1:0".parse().expect("addr"),
+        let process =
+            RelayProcess::start(&relay_bin(), &config, data, env, Duration::from_secs(60))?;
+        Ok(Relay {
+            http: process.http,
+            process,
             data: data.into(),
             _tmp: None,
-            log,
-        };
-        loop {
-            if let Some(addr) = relay.startup_field("http") {
-                relay.http = addr.parse().expect("http address in the start-up line");
-                break;
-            }
-            let exited = relay
-                .child
-                .as_mut()
-                .and_then(|c| c.try_wait().ok().flatten());
-            if exited.is_some() || Instant::now() > deadline {
-                std::thread::sleep(Duration::from_millis(100));
-                return Err(relay.log());
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        Ok(relay)
+        })
     }
 
     /// Everything the relay has logged so far.
     pub fn log(&self) -> String {
-        self.log
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .join("\n")
+        self.process.daemon.log()
     }
 
     /// The value of `key=` on the relay's start-up line.
     pub fn startup_field(&self, key: &str) -> Option<String> {
-        let log = self.log.lock().unwrap_or_else(|p| p.into_inner());
-        relay::serve::startup_field(log.iter().map(String::as_str), key).map(str::to_owned)
+        self.process.startup_field(key)
     }
 
     pub fn url(&self, path: &str) -> String {
@@ -355,31 +274,19 @@ impl Relay {
 
     /// Sends SIGTERM and waits for the exit.
     pub fn stop(&mut self) -> ExitStatus {
-        let mut child = self.child.take().expect("running relay");
-        signal(&child, "TERM");
-        let deadline = Instant::now() + Duration::from_secs(15);
-        loop {
-            if let Ok(Some(status)) = child.try_wait() {
-                return status;
-            }
-            if Instant::now() > deadline {
-                let _ = child.kill();
-                panic!("relay did not stop within 15 s of SIGTERM:\n{}", self.log());
-            }
-            std::thread::sleep(Duration::from_millis(20));
+        match self.process.daemon.stop_within(Duration::from_secs(15)) {
+            Some(status) => status,
+            None => panic!("relay did not stop within 15 s of SIGTERM:\n{}", self.log()),
         }
     }
 
     /// Kills the relay at once (SIGKILL), as a crash would.
     pub fn kill9(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
+        self.process.daemon.kill();
     }
 
     pub fn pid(&self) -> u32 {
-        self.child.as_ref().map_or(0, Child::id)
+        self.process.daemon.pid().unwrap_or(0)
     }
 
     /// The file plane's QUIC address, from the start-up line.
@@ -465,40 +372,6 @@ impl FilesRun {
             .unwrap_or_else(|| panic!("no {key} in {} ({})", self.json, self.stderr))
             .to_string()
     }
-}
-
-fn signal(child: &Child, sig: &str) {
-    let _ = Command::new("kill")
-        .arg(format!("-{sig}"))
-        .arg(child.id().to_string())
-        .status();
-}
-
-impl Drop for Relay {
-    fn drop(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            signal(&c, "TERM");
-            let deadline = Instant::now() + Duration::from_secs(5);
-            while Instant::now() < deadline {
-                if let Ok(Some(_)) = c.try_wait() {
-                    return;
-                }
-                std::thread::sleep(Duration::from_millis(20));
-            }
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-    }
-}
-
-/// `len` incompressible bytes, the same for the same `seed`, so tests need no data files.
-pub fn noise(seed: u64, len: usize) -> Vec<u8> {
-    let mut out = vec![0u8; len];
-    blake3::Hasher::new()
-        .update(&seed.to_le_bytes())
-        .finalize_xof()
-        .fill(&mut out);
-    out
 }
 
 /// Standard error of a command, as text.

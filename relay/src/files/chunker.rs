@@ -376,22 +376,9 @@ fn hash_unmoved(
 }
 
 #[cfg(test)]
-pub(crate) mod tests {
+mod tests {
     use super::*;
-
-    /// Deterministic incompressible bytes (xorshift64*), so tests need no data files.
-    pub(crate) fn noise(seed: u64, len: usize) -> Vec<u8> {
-        let mut x = seed | 1;
-        let mut out = Vec::with_capacity(len + 8);
-        while out.len() < len {
-            x ^= x >> 12;
-            x ^= x << 25;
-            x ^= x >> 27;
-            out.extend_from_slice(&x.wrapping_mul(0x2545_f491_4f6c_dd1d).to_le_bytes());
-        }
-        out.truncate(len);
-        out
-    }
+    use relay_kit::noise;
 
     fn cuts(data: &[u8]) -> Vec<(u64, usize)> {
         let mut c = Chunker::new(data);

@@ -770,7 +770,7 @@ mod tests {
     #[test]
     fn a_download_is_kept_only_when_every_chunk_was_verified() {
         let dir = tempfile::tempdir().unwrap();
-        let data = crate::files::chunker::tests::noise(30, 3 << 20);
+        let data = relay_kit::noise(30, 3 << 20);
         let m = Manifest::scan(&data[..]).unwrap();
         assert!(m.chunks().len() > 1);
         let all: Vec<Option<Hash>> = m.chunks().iter().map(|c| Some(c.hash)).collect();

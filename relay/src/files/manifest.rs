@@ -209,8 +209,8 @@ impl Manifest {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::files::chunker::tests::noise;
     use crate::files::chunker::{AVG_CHUNK, chunk_hash};
+    use relay_kit::noise;
 
     fn sample(n: usize) -> Manifest {
         let chunks = (0..n)

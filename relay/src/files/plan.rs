@@ -132,7 +132,7 @@ pub fn type_allowed(allowed: &[String], mime: &str) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::files::chunker::tests::noise;
+    use relay_kit::noise;
 
     fn c(b: u8) -> ChunkRef {
         ChunkRef {

@@ -326,7 +326,7 @@ fn cuts_of(m: &Manifest) -> Vec<Cut> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::files::chunker::tests::noise;
+    use relay_kit::noise;
 
     fn stamp(secs: i64) -> Stamp {
         Stamp { secs, nanos: 5 }

@@ -530,9 +530,9 @@ mod tests {
     use crate::control::registry::Registry;
     use crate::control::sqlite::SqliteRegistry;
     use crate::control::token::SigningKey;
-    use crate::files::chunker::tests::noise;
     use crate::files::manifest::Manifest;
     use crate::metrics::Metrics;
+    use relay_kit::noise;
 
     struct Fixture {
         _dir: tempfile::TempDir,

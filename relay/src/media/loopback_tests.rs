@@ -5,9 +5,6 @@
 use std::net::{SocketAddr, UdpSocket};
 use std::time::{Duration, Instant};
 
-use str0m::Input;
-use str0m::net::{Protocol, Receive};
-
 use super::sim::{Client, Net};
 use super::{Layout, MediaConfig, MediaPlane, Source};
 
@@ -22,7 +19,7 @@ impl Peer {
         socket.set_nonblocking(true).expect("non-blocking");
         let port = socket.local_addr().expect("addr").port();
         Peer {
-            client: Client::new(port, Instant::now()),
+            client: Client::new(port, Instant::now(), Instant::now()),
             socket,
         }
     }
@@ -34,18 +31,9 @@ impl Peer {
             let Ok((n, from)) = self.socket.recv_from(buf) else {
                 break;
             };
-            let Ok(recv) = Receive::new(Protocol::Udp, from, self.client.addr, &buf[..n]) else {
-                continue;
-            };
-            self.client.last = now;
-            let _ = self.client.rtc.handle_input(Input::Receive(now, recv));
-            self.client.drain(net);
+            self.client.receive(net, now, from, &buf[..n]);
         }
-        if self.client.next_timeout <= now {
-            self.client.last = now;
-            let _ = self.client.rtc.handle_input(Input::Timeout(now));
-            self.client.drain(net);
-        }
+        self.client.tick(net, now);
         self.flush(net);
     }
 
@@ -125,22 +113,20 @@ async fn publish_and_subscribe(cfg: MediaConfig) {
 
     // Run for at most 10 s of wall time until bob has seen 30 of alice's video packets.
     let start = Instant::now();
-    let mut frame = 0u32;
     let mut next_frame = start;
     let mut next_audio = start;
     while start.elapsed() < Duration::from_secs(10) {
         let now = Instant::now();
         if now >= next_frame {
-            frame += 1;
             next_frame += Duration::from_millis(33);
-            alice.client.send_frame(frame, now);
-            alice.client.drain(&mut net);
+            alice.client.peer.send_frame(now);
+            alice.client.drain(&mut net, now);
             alice.flush(&mut net);
         }
         if now >= next_audio {
             next_audio += Duration::from_millis(20);
-            alice.client.send_audio(frame, now);
-            alice.client.drain(&mut net);
+            alice.client.peer.send_audio(now);
+            alice.client.drain(&mut net, now);
             alice.flush(&mut net);
         }
         alice.step(&mut net, &mut buf);

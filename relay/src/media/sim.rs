@@ -1,12 +1,13 @@
-//! A simulated room for tests and benchmarks: the SFU core against str0m client peers on a
-//! simulated clock (feature `sim`, and always in tests).
+//! A simulated room for tests and benchmarks: the SFU core against str0m client peers
+//! ([`relay_kit::peer::Peer`], the load tester's peers) on a simulated clock (feature `sim`, and
+//! always in tests).
 //!
-//! Publishers send three VP8 simulcast layers (and Opus audio) through str0m's direct RTP API;
-//! every payload carries a label (publisher number, layer number) at a fixed offset, so the
-//! subscribers' side can tell which publisher and layer reached which slot. Nothing touches a
-//! socket: datagrams move through a queue, time moves in 1 ms steps. The core's own work (its
-//! datagram and timeout calls) is timed apart from the clients' ([`Sim::core_time`]) and runs in
-//! [`core_datagram`] and [`core_timeout`], which instruction counters can select by name.
+//! Publishers send three VP8 simulcast layers (and Opus audio) in [`Shape::SMALL`]; every
+//! payload carries the kit's stamp (publisher label, layer), so the subscribers' side can tell
+//! which publisher and layer reached which slot. Nothing touches a socket: datagrams move
+//! through a queue, time moves in 1 ms steps. The core's own work (its datagram and timeout
+//! calls) is timed apart from the clients' ([`Sim::core_time`]) and runs in [`core_datagram`]
+//! and [`core_timeout`], which instruction counters can select by name.
 //!
 //! A harness, not the product: it panics on anything unexpected, as a test should.
 #![allow(clippy::unwrap_used, missing_debug_implementations)]
@@ -16,24 +17,14 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use str0m::change::{SdpAnswer, SdpPendingOffer};
-use str0m::format::Codec;
-use str0m::media::{Direction, MediaKind, Mid, Pt, Rid, Simulcast, SimulcastLayer};
-use str0m::net::{Protocol, Receive};
-use str0m::rtp::{ExtensionValues, RtpWrite};
-use str0m::{Candidate, Event, Input, Output, Rtc};
+use relay_kit::peer::{Note, Peer, Shape};
+use str0m::media::Mid;
 
 use super::counters::{MediaCounters, WorkerCounters};
 use super::sfu::{Core, CoreConfig, Wire};
 use super::types::{Layout, MediaError, SessionAnswer, SessionId, Source};
 
-pub const RIDS: [&str; 3] = ["l", "m", "h"];
-pub const HEIGHTS: [u16; 3] = [180, 360, 720];
-/// Offsets of the label bytes in every test payload.
-pub const LABEL_PUB: usize = 11;
-pub const LABEL_LAYER: usize = 12;
-/// How long the test encoder takes to answer a keyframe request.
-pub const KEY_DELAY: Duration = Duration::from_millis(150);
+pub use relay_kit::peer::RIDS;
 
 /// Datagrams in flight: (from, to, bytes).
 #[derive(Default)]
@@ -52,7 +43,7 @@ impl Wire for CoreWire<'_> {
     }
 }
 
-/// A received packet on a subscriber: (mid, publisher label, layer label, keyframe, seq, ts).
+/// A video packet a subscriber received: its slot, the stamp's publisher label and layer.
 #[derive(Debug, Clone, Copy)]
 pub struct Got {
     pub mid: Mid,
@@ -64,29 +55,18 @@ pub struct Got {
     pub at: Instant,
 }
 
+/// A peer and the simulated link it sits behind.
 pub struct Client {
-    pub rtc: Rtc,
+    pub peer: Peer,
     pub addr: SocketAddr,
     pub session: Option<SessionId>,
-    pub pending: Option<SdpPendingOffer>,
-    /// Publisher: video mid, audio mid, label, per-layer seq, keyframe wanted per layer.
-    pub video_mid: Option<Mid>,
-    pub audio_mid: Option<Mid>,
-    pub label: u8,
-    pub seq: [u64; 3],
-    pub audio_seq: u64,
-    /// When each layer's next keyframe is due (an encoder answers a PLI some frames later).
-    pub key_at: [Option<Instant>; 3],
+    /// Publisher: sends media while set.
+    pub sending: bool,
     /// Keyframe requests that reached this publisher, per layer.
     pub key_requests: [u32; 3],
-    pub sending: bool,
-    pub audio_level: i8,
-    /// Subscriber: what arrived.
+    /// Subscriber: what arrived (video, and audio as (mid, publisher label)).
     pub got: Vec<Got>,
     pub got_audio: Vec<(Mid, u8)>,
-    pub next_timeout: Instant,
-    /// The simulated time of the last input.
-    pub last: Instant,
     /// Unplugged: the simulated network drops everything from and to this peer.
     pub cut: bool,
     /// Bottleneck on the link towards this peer, bits per second.
@@ -102,28 +82,17 @@ pub struct Client {
 }
 
 impl Client {
-    pub fn new(port: u16, now: Instant) -> Client {
+    /// A client on 127.0.0.1:`port`; `epoch` is the run's clock for stamps.
+    pub fn new(port: u16, now: Instant, epoch: Instant) -> Client {
         let addr: SocketAddr = ([127, 0, 0, 1], port).into();
-        let mut rtc = Rtc::builder().set_rtp_mode(true).build(now);
-        rtc.add_local_candidate(Candidate::host(addr, "udp").expect("candidate"));
         Client {
-            rtc,
+            peer: Peer::new(addr, 0, Shape::SMALL, now, epoch).expect("peer"),
             addr,
             session: None,
-            pending: None,
-            video_mid: None,
-            audio_mid: None,
-            label: 0,
-            seq: [100, 20_000, 40_000],
-            audio_seq: 500,
-            key_at: [Some(now); 3],
-            key_requests: [0; 3],
             sending: true,
-            audio_level: -30,
+            key_requests: [0; 3],
             got: Vec::new(),
             got_audio: Vec::new(),
-            next_timeout: now,
-            last: now,
             cut: false,
             link_bps: None,
             loss_permille: 0,
@@ -134,191 +103,89 @@ impl Client {
     }
 
     pub fn publisher_offer(&mut self, label: u8) -> String {
-        self.label = label;
-        let mut api = self.rtc.sdp_api();
-        let mut sc = Simulcast::new();
-        for r in RIDS {
-            sc.add_send_layer(SimulcastLayer::new(r));
-        }
-        self.video_mid =
-            Some(api.add_media(MediaKind::Video, Direction::SendOnly, None, None, Some(sc)));
-        self.audio_mid =
-            Some(api.add_media(MediaKind::Audio, Direction::SendOnly, None, None, None));
-        let (offer, pending) = api.apply().expect("offer");
-        self.pending = Some(pending);
-        offer.to_sdp_string()
+        self.peer.label = u32::from(label);
+        self.peer.publisher_offer().expect("offer")
     }
 
     pub fn subscriber_offer(&mut self, video_slots: usize, audio_lines: usize) -> String {
-        let mut api = self.rtc.sdp_api();
-        for _ in 0..video_slots {
-            api.add_media(MediaKind::Video, Direction::RecvOnly, None, None, None);
-        }
-        for _ in 0..audio_lines {
-            api.add_media(MediaKind::Audio, Direction::RecvOnly, None, None, None);
-        }
-        let (offer, pending) = api.apply().expect("offer");
-        self.pending = Some(pending);
-        offer.to_sdp_string()
+        self.peer
+            .subscriber_offer(video_slots, audio_lines)
+            .expect("offer")
     }
 
     pub fn accept(&mut self, answer: &str) {
-        let answer = SdpAnswer::from_sdp_string(answer).expect("answer parses");
-        let pending = self.pending.take().expect("pending offer");
-        self.rtc
-            .sdp_api()
-            .accept_answer(pending, answer)
-            .expect("answer accepted");
+        self.peer.accept(answer).expect("answer accepted");
     }
 
-    pub fn drain(&mut self, net: &mut Net) {
-        loop {
-            match self.rtc.poll_output().expect("client poll") {
-                Output::Timeout(t) => {
-                    self.next_timeout = t;
-                    return;
-                }
-                Output::Transmit(t) => {
-                    net.queue
-                        .push_back((self.addr, t.destination, t.contents.to_vec()))
-                }
-                Output::Event(e) => self.on_event(e),
-            }
-        }
-    }
-
-    fn on_event(&mut self, e: Event) {
-        match e {
-            Event::KeyframeRequest(k) => {
-                if let Some(rid) = k.rid
-                    && let Some(i) = RIDS.iter().position(|r| Rid::from(*r) == rid)
-                {
-                    self.key_requests[i] += 1;
-                    if self.key_at[i].is_none() {
-                        self.key_at[i] = Some(self.last + KEY_DELAY);
+    /// What the peer says, into the network queue and this client's records.
+    fn noter<'a>(
+        addr: SocketAddr,
+        net: &'a mut Net,
+        got: &'a mut Vec<Got>,
+        got_audio: &'a mut Vec<(Mid, u8)>,
+        key_requests: &'a mut [u32; 3],
+    ) -> impl FnMut(Note<'_>) + 'a {
+        move |note| match note {
+            Note::Transmit { to, data } => net.queue.push_back((addr, to, data.to_vec())),
+            Note::KeyframeRequest { layer } => {
+                for (i, n) in key_requests.iter_mut().enumerate() {
+                    if layer.is_none_or(|l| l == i) {
+                        *n += 1;
                     }
                 }
             }
-            Event::RtpPacket(p) => {
-                let mid = {
-                    let mut api = self.rtc.direct_api();
-                    api.stream_rx(&p.header.ssrc).map(|s| s.mid())
-                };
-                let Some(mid) = mid else { return };
-                let kind = self.rtc.media(mid).map(|m| m.kind());
-                if kind == Some(MediaKind::Audio) {
-                    if let Some(&label) = p.payload.first() {
-                        self.got_audio.push((mid, label));
-                    }
-                    return;
-                }
-                if p.payload.len() > LABEL_LAYER {
-                    self.got.push(Got {
-                        mid,
-                        publisher: p.payload[LABEL_PUB],
-                        layer: p.payload[LABEL_LAYER],
-                        keyframe: p.payload[1] & 0x01 == 0,
-                        seq: *p.seq_no,
-                        ts: p.header.timestamp,
-                        at: p.timestamp,
+            Note::Got(g) => {
+                let Some(stamp) = g.stamp else { return };
+                let publisher = stamp.publisher as u8;
+                if g.audio {
+                    got_audio.push((g.mid, publisher));
+                } else {
+                    got.push(Got {
+                        mid: g.mid,
+                        publisher,
+                        layer: stamp.layer,
+                        keyframe: g.keyframe,
+                        seq: g.seq,
+                        ts: g.ts,
+                        at: g.at,
                     });
                 }
             }
-            _ => {}
+            Note::Connected | Note::Disconnected => {}
         }
     }
 
-    fn pt(&self, codec: Codec) -> Pt {
-        self.rtc
-            .codec_config()
-            .params()
-            .iter()
-            .find(|p| p.spec().codec == codec)
-            .map(|p| p.pt())
-            .expect("codec negotiated")
-    }
-
-    /// One video frame on every layer (one packet each), keyframes where asked for.
-    pub fn send_frame(&mut self, frame: u32, now: Instant) {
-        let Some(mid) = self.video_mid else { return };
-        let pt = self.pt(Codec::Vp8);
-        for (i, rid) in RIDS.iter().enumerate() {
-            let key = self.key_at[i].is_some_and(|at| at <= now);
-            if key {
-                self.key_at[i] = None;
-            }
-            let mut payload = vec![0u8; 40];
-            payload[0] = 0x10; // S=1, partition 0
-            if key {
-                payload[1] = 0x00; // P=0: keyframe
-                payload[4..7].copy_from_slice(&[0x9d, 0x01, 0x2a]);
-                payload[7..9].copy_from_slice(&(HEIGHTS[i] * 16 / 9).to_le_bytes());
-                payload[9..11].copy_from_slice(&HEIGHTS[i].to_le_bytes());
-            } else {
-                payload[1] = 0x01;
-            }
-            payload[LABEL_PUB] = self.label;
-            payload[LABEL_LAYER] = i as u8;
-            // Bigger layers, bigger packets, so measured bitrates rank the layers too.
-            payload.resize(40 + 200 * (i + 1), 0xaa);
-            let seq = self.seq[i];
-            self.seq[i] += 1;
-            let mut api = self.rtc.direct_api();
-            let tx = api
-                .stream_tx_by_mid(mid, Some(Rid::from(*rid)))
-                .expect("layer stream");
-            tx.write_rtp(
-                RtpWrite::new(pt, seq.into(), frame.wrapping_mul(3000), now, payload)
-                    .marker(true)
-                    .nackable(true),
-            );
-        }
-    }
-
-    /// One RTP packet of any content on a video layer (`layer` 0..3), its sequence number moved
-    /// by `jump` from the layer's own (gaps, repeats and steps back, as a network delivers
-    /// them). For fuzzing what a publisher may send.
-    pub fn send_raw_video(
+    /// Runs the peer until it waits: `step` feeds it (an input, a frame), then it is drained.
+    fn with_notes(
         &mut self,
-        layer: usize,
-        jump: i8,
-        ts: u32,
-        marker: bool,
-        payload: &[u8],
-        now: Instant,
+        net: &mut Net,
+        step: impl FnOnce(&mut Peer, &mut dyn FnMut(Note<'_>)),
     ) {
-        let Some(mid) = self.video_mid else { return };
-        let layer = layer % RIDS.len();
-        let pt = self.pt(Codec::Vp8);
-        let seq = self.seq[layer].saturating_add_signed(i64::from(jump));
-        self.seq[layer] = self.seq[layer].max(seq) + 1;
-        let mut api = self.rtc.direct_api();
-        let Some(tx) = api.stream_tx_by_mid(mid, Some(Rid::from(RIDS[layer]))) else {
-            return;
-        };
-        tx.write_rtp(
-            RtpWrite::new(pt, seq.into(), ts, now, payload.to_vec())
-                .marker(marker)
-                .nackable(true),
-        );
+        let Client {
+            peer,
+            addr,
+            got,
+            got_audio,
+            key_requests,
+            ..
+        } = self;
+        let mut on = Client::noter(*addr, net, got, got_audio, key_requests);
+        step(peer, &mut on);
     }
 
-    pub fn send_audio(&mut self, n: u32, now: Instant) {
-        let Some(mid) = self.audio_mid else { return };
-        let pt = self.pt(Codec::Opus);
-        let seq = self.audio_seq;
-        self.audio_seq += 1;
-        let ext = ExtensionValues {
-            audio_level: Some(self.audio_level),
-            voice_activity: Some(true),
-            ..Default::default()
-        };
-        let label = self.label;
-        let mut api = self.rtc.direct_api();
-        let tx = api.stream_tx_by_mid(mid, None).expect("audio stream");
-        tx.write_rtp(
-            RtpWrite::new(pt, seq.into(), n.wrapping_mul(960), now, vec![label; 30]).ext_vals(ext),
-        );
+    /// Drains what the peer has to say after something was written to it.
+    pub fn drain(&mut self, net: &mut Net, now: Instant) {
+        self.with_notes(net, |peer, on| peer.drain(now, on));
+    }
+
+    /// A datagram from `from` arrives.
+    pub fn receive(&mut self, net: &mut Net, now: Instant, from: SocketAddr, data: &[u8]) {
+        self.with_notes(net, |peer, on| peer.receive(now, from, data, on));
+    }
+
+    /// The peer's timers, when due.
+    pub fn tick(&mut self, net: &mut Net, now: Instant) {
+        self.with_notes(net, |peer, on| peer.tick(now, on));
     }
 }
 
@@ -330,7 +197,6 @@ pub struct Sim {
     pub counters: Arc<WorkerCounters>,
     pub net: Net,
     pub clients: Vec<Client>,
-    pub frame: u32,
     /// Wall time spent inside the core's calls by [`Sim::run`].
     pub core_time: Duration,
     /// The network's loss generator (xorshift, fixed seed: the run is repeatable).
@@ -371,14 +237,13 @@ impl Sim {
             counters,
             net: Net::default(),
             clients: Vec::new(),
-            frame: 0,
             core_time: Duration::ZERO,
             rng: 0x2545_f491_4f6c_dd1d,
         }
     }
 
     pub fn add_publisher(&mut self, user: &str, label: u8, source: Source) -> usize {
-        let mut c = Client::new(5000 + self.clients.len() as u16, self.now);
+        let mut c = Client::new(5000 + self.clients.len() as u16, self.now, self.start);
         let offer = c.publisher_offer(label);
         self.connect(c, |core, now, wire| {
             core.publish("org/room", user, source, &offer, now, wire)
@@ -392,7 +257,7 @@ impl Sim {
         audio: usize,
         layout: Layout,
     ) -> usize {
-        let mut c = Client::new(5000 + self.clients.len() as u16, self.now);
+        let mut c = Client::new(5000 + self.clients.len() as u16, self.now, self.start);
         let offer = c.subscriber_offer(slots, audio);
         self.connect(c, |core, now, wire| {
             core.subscribe("org/room", user, layout, &offer, now, wire)
@@ -413,7 +278,7 @@ impl Sim {
         let ans = open(&mut self.core, self.now, &mut wire).expect("open session");
         c.accept(&ans.answer_sdp);
         c.session = Some(ans.session);
-        c.drain(&mut self.net);
+        c.drain(&mut self.net, self.now);
         self.clients.push(c);
         self.clients.len() - 1
     }
@@ -427,16 +292,15 @@ impl Sim {
             let now = self.now;
             let ms = (now - self.start).as_millis();
             if ms.is_multiple_of(33) {
-                self.frame += 1;
                 for c in self.clients.iter_mut().filter(|c| c.sending) {
-                    c.send_frame(self.frame, now);
-                    c.drain(&mut self.net);
+                    c.peer.send_frame(now);
+                    c.drain(&mut self.net, now);
                 }
             }
             if ms.is_multiple_of(20) {
                 for c in self.clients.iter_mut().filter(|c| c.sending) {
-                    c.send_audio((ms / 20) as u32, now);
-                    c.drain(&mut self.net);
+                    c.peer.send_audio(now);
+                    c.drain(&mut self.net, now);
                 }
             }
             // Deliver everything in flight (zero latency); deliveries may queue more.
@@ -489,13 +353,7 @@ impl Sim {
                         }
                         continue;
                     }
-                    let recv = Receive::new(Protocol::Udp, from, to, &data).expect("parse");
-                    let input = Input::Receive(now, recv);
-                    if c.rtc.accepts(&input) {
-                        c.last = now;
-                        c.rtc.handle_input(input).expect("client input");
-                        c.drain(&mut self.net);
-                    }
+                    c.receive(&mut self.net, now, from, &data);
                 }
             }
             for c in &mut self.clients {
@@ -503,13 +361,7 @@ impl Sim {
                     let Some((_, from, data)) = c.delayed.pop_front() else {
                         break;
                     };
-                    let recv = Receive::new(Protocol::Udp, from, c.addr, &data).expect("parse");
-                    let input = Input::Receive(now, recv);
-                    if c.rtc.accepts(&input) {
-                        c.last = now;
-                        c.rtc.handle_input(input).expect("client input");
-                        c.drain(&mut self.net);
-                    }
+                    c.receive(&mut self.net, now, from, &data);
                 }
             }
             if self.core.poll_timeout() <= now {
@@ -522,13 +374,7 @@ impl Sim {
                 self.core_time += t0.elapsed();
             }
             for c in &mut self.clients {
-                if c.next_timeout <= now {
-                    c.last = now;
-                    c.rtc
-                        .handle_input(Input::Timeout(now))
-                        .expect("client timeout");
-                    c.drain(&mut self.net);
-                }
+                c.tick(&mut self.net, now);
             }
         }
     }

@@ -245,9 +245,9 @@ fn screen_layout_and_loudest_speaker() {
     let b = sim.add_publisher("bob", 2, Source::Camera);
     // Dave shares his screen from a second WHIP session.
     let d = sim.add_publisher("dave", 3, Source::Screen);
-    sim.clients[a].audio_level = -60;
-    sim.clients[b].audio_level = -20;
-    sim.clients[d].audio_level = -127;
+    sim.clients[a].peer.audio_level = -60;
+    sim.clients[b].peer.audio_level = -20;
+    sim.clients[d].peer.audio_level = -127;
     let s = sim.add_subscriber("carol", 3, 1, Layout::Screen);
     let g = sim.add_subscriber("erin", 1, 1, Layout::Grid);
     sim.run(Duration::from_secs(3));
@@ -300,8 +300,8 @@ fn screen_layout_and_loudest_speaker() {
 
     // Alice starts talking loudly, bob falls silent: she takes the one-slot grid and the
     // audio line, switching on a keyframe.
-    sim.clients[a].audio_level = -10;
-    sim.clients[b].audio_level = -127;
+    sim.clients[a].peer.audio_level = -10;
+    sim.clients[b].peer.audio_level = -127;
     sim.run(Duration::from_secs(3));
     let recent = sim.now - Duration::from_millis(300);
     let got = last_by_mid(&sim.clients[g], recent);
@@ -427,14 +427,18 @@ fn a_subscribers_keyframe_request_reaches_the_feeding_layer_throttled() {
 
     let pli = |sim: &mut Sim| {
         let c = &mut sim.clients[s];
-        c.rtc
+        c.peer
+            .rtc
             .direct_api()
             .stream_rx_by_mid(mid, None)
             .expect("slot stream")
             .request_keyframe(KeyframeRequestKind::Pli);
         let now = sim.now;
-        c.rtc.handle_input(Input::Timeout(now)).expect("timeout");
-        c.drain(&mut sim.net);
+        c.peer
+            .rtc
+            .handle_input(Input::Timeout(now))
+            .expect("timeout");
+        c.drain(&mut sim.net, now);
     };
     pli(&mut sim);
     sim.run(Duration::from_millis(50));
@@ -498,9 +502,12 @@ fn a_forwarded_datagram_counts_once_its_last_copy_has_left() {
     let mut payload = vec![0xaa; 400];
     payload[..2].copy_from_slice(&[0x10, 0x01]);
     for i in 0..8 {
-        sim.clients[a].send_raw_video(layer, 0, 90_000 + i, i == 7, &payload, now);
+        sim.clients[a]
+            .peer
+            .send_raw_video(layer, 0, 90_000 + i, i == 7, &payload, now);
     }
-    sim.clients[a].drain(&mut sim.net);
+    let now = sim.now;
+    sim.clients[a].drain(&mut sim.net, now);
     let mut delays = Vec::new();
     for _ in 0..100 {
         sim.run(Duration::from_millis(1));

@@ -174,7 +174,7 @@ fn write_direct(path: &Path, data: &[u8]) -> io::Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::files::chunker::tests::noise;
+    use relay_kit::noise;
 
     #[test]
     fn durable_writes_keep_every_length() {

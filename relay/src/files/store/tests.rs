@@ -1,5 +1,5 @@
 use super::*;
-use crate::files::chunker::tests::noise;
+use relay_kit::noise;
 
 const LEASE: Duration = Duration::from_secs(3600);
 const NO_QUOTA: Quotas = Quotas {
