@@ -49,6 +49,7 @@ fn bench(c: &mut Criterion) {
         layout: Layout::Grid,
         max_height: None,
         bwe_bps: Some(2_500_000),
+        keep_slots: true,
     };
     let mut prev = vec![None; 9];
     allocate(&tracks, &req, &[], &mut prev);

@@ -6,13 +6,18 @@
 //! publisher and layer reached which slot and measure one-way delay without trusting anything a
 //! relay rewrites. How much an encoder sends is a [`Shape`].
 //!
+//! A receiving peer reports a bandwidth estimate by REMB, as a browser does when transport-cc is
+//! not negotiated ([`Remb`]).
+//!
 //! The peer does no I/O of its own: its caller hands it datagrams and timeouts, and it answers
 //! with [`Note`]s (datagrams to send, packets received, what happened), so the same peer runs on
 //! real sockets in the load tester and on a simulated network in the SFU's tests.
 
+use std::collections::VecDeque;
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
+use str0m::bwe::Bitrate;
 use str0m::change::{SdpAnswer, SdpOffer, SdpPendingOffer};
 use str0m::format::Codec;
 use str0m::media::{Direction, MediaKind, Mid, Pt, Rid, Simulcast, SimulcastLayer};
@@ -200,6 +205,88 @@ pub struct Peer {
     last_key: Instant,
     /// The time of the last input, from which a keyframe request's answer is timed.
     last: Instant,
+    remb: Remb,
+}
+
+/// How often a receiver reports its estimate.
+pub const REMB_INTERVAL: Duration = Duration::from_millis(250);
+/// Queueing delay above the lowest seen that counts as overuse.
+const OVERUSE_DELAY: Duration = Duration::from_millis(40);
+/// The window over which the incoming rate is measured.
+const RATE_WINDOW: Duration = Duration::from_secs(1);
+
+/// A receive-side estimate in the manner of a browser's (additive-increase, multiplicative-
+/// decrease on queueing delay): while the one-way delay of the stamped packets stays within
+/// [`OVERUSE_DELAY`] of the lowest seen, the estimate grows by 8% a second, but never past 1.5
+/// times the incoming rate plus 10 kbit/s; once the delay grows past it, the estimate falls to
+/// 0.85 times the incoming rate. Reported every [`REMB_INTERVAL`] on the first video stream.
+#[derive(Debug, Default)]
+pub struct Remb {
+    /// Arrivals in the rate window: (time, payload bytes, one-way delay).
+    arrivals: VecDeque<(Instant, usize, Duration)>,
+    bytes: usize,
+    base: Option<Duration>,
+    estimate: Option<f64>,
+    last_report: Option<Instant>,
+    mid: Option<Mid>,
+}
+
+impl Remb {
+    fn on_packet(&mut self, mid: Mid, video: bool, at: Instant, bytes: usize, delay: Duration) {
+        if video && self.mid.is_none() {
+            self.mid = Some(mid);
+        }
+        self.arrivals.push_back((at, bytes, delay));
+        self.bytes += bytes;
+        self.base = Some(self.base.map_or(delay, |b| b.min(delay)));
+        while let Some(&(t, b, _)) = self.arrivals.front() {
+            if at.saturating_duration_since(t) <= RATE_WINDOW {
+                break;
+            }
+            self.arrivals.pop_front();
+            self.bytes -= b;
+        }
+    }
+
+    /// The estimate to report at `now`, if a report is due.
+    fn due(&mut self, now: Instant) -> Option<(Mid, u64)> {
+        let mid = self.mid?;
+        let last = *self.last_report.get_or_insert(now);
+        let dt = now.saturating_duration_since(last);
+        if dt < REMB_INTERVAL {
+            return None;
+        }
+        self.last_report = Some(now);
+        // Over the window, or what of it has passed since the first arrival.
+        let span = self
+            .arrivals
+            .front()
+            .map_or(RATE_WINDOW, |a| now.saturating_duration_since(a.0))
+            .clamp(REMB_INTERVAL, RATE_WINDOW);
+        let incoming = self.bytes as f64 * 8.0 / span.as_secs_f64();
+        let recent = self
+            .arrivals
+            .iter()
+            .rev()
+            .take_while(|a| now.saturating_duration_since(a.0) <= REMB_INTERVAL)
+            .map(|a| a.2)
+            .min();
+        let overuse = match (recent, self.base) {
+            (Some(d), Some(base)) => d > base + OVERUSE_DELAY,
+            _ => false,
+        };
+        let cap = 1.5 * incoming + 10_000.0;
+        let e = if overuse {
+            0.85 * incoming
+        } else {
+            match self.estimate {
+                Some(e) => (e * 1.08f64.powf(dt.as_secs_f64())).min(cap),
+                None => cap,
+            }
+        };
+        self.estimate = Some(e);
+        Some((mid, e as u64))
+    }
 }
 
 /// Bounds one drain: str0m ends every drain with a timeout; this only guards a broken peer.
@@ -237,6 +324,7 @@ impl Peer {
             key_at: [Some(now); 3],
             last_key: now,
             last: now,
+            remb: Remb::default(),
         })
     }
 
@@ -323,6 +411,12 @@ impl Peer {
             return;
         }
         self.drain(now, on);
+        if let Some((mid, bps)) = self.remb.due(now) {
+            if let Some(rx) = self.rtc.direct_api().stream_rx_by_mid(mid, None) {
+                rx.request_remb(Bitrate::bps(bps));
+            }
+            self.drain(now, on);
+        }
     }
 
     /// Hands str0m the time if its timeout is due, then runs it until it waits again.
@@ -394,6 +488,13 @@ impl Peer {
                     let key = start && p.payload.get(1).is_some_and(|b| b & 0x01 == 0);
                     (key, VIDEO_STAMP_AT)
                 };
+                let stamp = p.payload.get(stamp_at..).and_then(Stamp::read);
+                if let Some(s) = stamp {
+                    let sent = self.epoch + Duration::from_nanos(s.sent);
+                    let delay = p.timestamp.saturating_duration_since(sent);
+                    self.remb
+                        .on_packet(mid, !audio, p.timestamp, p.payload.len(), delay);
+                }
                 on(Note::Got(Got {
                     mid,
                     audio,
@@ -402,7 +503,7 @@ impl Peer {
                     ts: p.header.timestamp,
                     at: p.timestamp,
                     payload_len: p.payload.len(),
-                    stamp: p.payload.get(stamp_at..).and_then(Stamp::read),
+                    stamp,
                 }));
             }
             _ => {}

@@ -287,7 +287,7 @@ pub async fn run(config: Config) -> Result<(), ServeError> {
 
 /// The media plane's counters, read at scrape time.
 fn media_metrics(media: MediaPlane) -> impl prometheus::core::Collector {
-    const NAMES: [(&str, &str); 11] = [
+    const NAMES: [(&str, &str); 12] = [
         ("relay_rooms", "Rooms with at least one session."),
         ("relay_publishers", "Publishing sessions."),
         ("relay_subscribers", "Subscribing sessions."),
@@ -320,6 +320,10 @@ fn media_metrics(media: MediaPlane) -> impl prometheus::core::Collector {
             "Time from receiving a packet to sending its copies.",
         ),
         ("relay_media_workers", "Media worker threads."),
+        (
+            "relay_media_bandwidth_reports_total",
+            "Receivers' bandwidth estimates (REMB) that reached subscribers' sessions.",
+        ),
     ];
     ScrapeCollector::new(&NAMES, move |f| {
         let c = media.counters();
@@ -341,7 +345,8 @@ fn media_metrics(media: MediaPlane) -> impl prometheus::core::Collector {
                 c.forward_delay.count,
                 c.forward_delay.sum_seconds,
             )
-            .gauge(NAMES[10].0, help(10), media.workers() as f64);
+            .gauge(NAMES[10].0, help(10), media.workers() as f64)
+            .counter(NAMES[11].0, help(11), c.bandwidth_reports);
     })
 }
 

@@ -269,6 +269,12 @@ fn browsers_publish_and_watch_with_layouts_that_pick_layers() {
         .metric("relay_media_packets_forwarded_total")
         .unwrap_or(0.0);
     assert!(forwarded > 0.0);
+    // The watcher's session offers no transport-cc, so Chromium reports its receive-side
+    // estimate by REMB, which the relay's budget follows.
+    let reports = relay
+        .metric("relay_media_bandwidth_reports_total")
+        .unwrap_or(0.0);
+    assert!(reports > 0.0, "Chromium sent no REMB");
     eprintln!(
         "freezes per slot across the run: {:?}",
         slots(&browser, &w)

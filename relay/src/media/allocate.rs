@@ -70,8 +70,11 @@ pub struct SlotRequest {
     pub participant: ParticipantId,
     pub layout: Layout,
     pub max_height: Option<u32>,
-    /// Send-side bandwidth estimate towards this subscriber, if known.
+    /// The bandwidth budget towards this subscriber, if there is one.
     pub bwe_bps: Option<u64>,
+    /// Keep every slot that was shown in `prev` (at its lowest layer if need be) even over the
+    /// budget: the caller empties slots only once the budget has been short for a while.
+    pub keep_slots: bool,
 }
 
 /// One slot's source: a track at one of its layers.
@@ -91,16 +94,17 @@ pub const RAISE_HEADROOM: f64 = 0.25;
 pub const HOLD_SLACK: f64 = 0.15;
 
 /// Decide the feeds of `out.len()` slots. `prev` is the previous decision (any length).
+/// Returns true if the decision exceeds the budget (only slots kept by `keep_slots` do).
 pub fn allocate(
     tracks: &[VideoTrack<'_>],
     req: &SlotRequest,
     prev: &[Option<Feed>],
     out: &mut [Option<Feed>],
-) {
+) -> bool {
     out.fill(None);
     let k = out.len();
     if k == 0 {
-        return;
+        return false;
     }
     let visible = |t: &&VideoTrack<'_>| t.participant != req.participant && !t.layers.is_empty();
     let mut cameras: Vec<&VideoTrack<'_>> = tracks
@@ -136,9 +140,10 @@ pub fn allocate(
         }
     }
 
-    if let Some(bwe) = req.bwe_bps {
-        fit_bandwidth(&mut chosen, prev, bwe);
-    }
+    let over = match req.bwe_bps {
+        Some(bwe) => !fit_bandwidth(&mut chosen, prev, bwe, req.keep_slots),
+        None => false,
+    };
 
     // Placement: the screen share owns slot 0; a track keeps the slot it had; the rest fill the
     // free slots in priority order.
@@ -170,6 +175,7 @@ pub fn allocate(
             out[slot] = Some(feed(c));
         }
     }
+    over
 }
 
 fn feed((t, idx): &(&VideoTrack<'_>, usize)) -> Feed {
@@ -198,8 +204,14 @@ fn tile_layer(layers: &[LayerInfo], tiles: usize, max_height: Option<u32>) -> us
 }
 
 /// Lower layers (least important slot first) until the total fits `bwe`, then drop slots from
-/// the end, keeping at least one at its lowest layer.
-fn fit_bandwidth(chosen: &mut Vec<(&VideoTrack<'_>, usize)>, prev: &[Option<Feed>], bwe: u64) {
+/// the end, keeping at least one at its lowest layer (and with `keep_shown`, every track shown
+/// in `prev`). True if the result fits.
+fn fit_bandwidth(
+    chosen: &mut Vec<(&VideoTrack<'_>, usize)>,
+    prev: &[Option<Feed>],
+    bwe: u64,
+    keep_shown: bool,
+) -> bool {
     let prev_rank = |t: &VideoTrack<'_>| -> Option<usize> {
         let p = prev.iter().flatten().find(|p| p.track == t.id)?;
         t.layers.iter().position(|l| l.layer == p.layer)
@@ -219,18 +231,24 @@ fn fit_bandwidth(chosen: &mut Vec<(&VideoTrack<'_>, usize)>, prev: &[Option<Feed
     loop {
         let total: f64 = chosen.iter().map(|(t, i)| cost(t, *i)).sum();
         if total <= budget {
-            return;
+            return true;
         }
         // The least important slot still above its lowest layer.
         if let Some(pos) = chosen.iter().rposition(|(_, i)| *i > 0) {
             chosen[pos].1 -= 1;
             continue;
         }
-        if chosen.len() > 1 {
-            chosen.pop();
-            continue;
+        // The least important slot that may go.
+        let shown = |t: &VideoTrack<'_>| prev.iter().flatten().any(|p| p.track == t.id);
+        match (1..chosen.len())
+            .rev()
+            .find(|&i| !(keep_shown && shown(chosen[i].0)))
+        {
+            Some(i) => {
+                chosen.remove(i);
+            }
+            None => return false,
         }
-        return;
     }
 }
 
@@ -277,6 +295,7 @@ mod tests {
             layout,
             max_height: None,
             bwe_bps: None,
+            keep_slots: false,
         }
     }
 
@@ -455,5 +474,29 @@ mod tests {
         assert_eq!(run(&tracks, &r, &both, 2), both);
         r.bwe_bps = Some(320_000);
         assert_eq!(run(&tracks, &r, &one, 2), both);
+    }
+
+    #[test]
+    fn shown_slots_are_kept_over_the_budget_while_asked_and_it_says_so() {
+        let t0 = Instant::now();
+        let tracks = [cam(1, 1, Some(2), t0), cam(2, 2, Some(1), t0)];
+        let both = vec![f(1, LOW), f(2, LOW)];
+        let mut r = req(9, Layout::Grid);
+        r.bwe_bps = Some(200_000);
+        let mut out = vec![None; 2];
+        // Short of both lowest layers: kept while asked, and over the budget.
+        r.keep_slots = true;
+        assert!(allocate(&tracks, &r, &both, &mut out));
+        assert_eq!(out, both);
+        // A slot not shown before is not kept.
+        assert!(!allocate(&tracks, &r, &[f(1, LOW)], &mut out));
+        assert_eq!(out, vec![f(1, LOW), None]);
+        // Once the caller stops asking, the least important goes.
+        r.keep_slots = false;
+        assert!(!allocate(&tracks, &r, &both, &mut out));
+        assert_eq!(out, vec![f(1, LOW), None]);
+        // Without a budget nothing is over.
+        r.bwe_bps = None;
+        assert!(!allocate(&tracks, &r, &both, &mut out));
     }
 }

@@ -66,6 +66,8 @@ pub struct WorkerCounters {
     pub dropped: [AtomicU64; DropReason::ALL.len()],
     pub layer_switches: AtomicU64,
     pub keyframe_requests: AtomicU64,
+    /// Receivers' bandwidth reports (REMB) that reached a subscriber's session.
+    pub bandwidth_reports: AtomicU64,
     /// Non-cumulative bucket counts; the last is above every bound.
     pub delay_buckets: [AtomicU64; BUCKETS],
     pub delay_sum_nanos: AtomicU64,
@@ -126,6 +128,7 @@ pub struct MediaCounters {
     pub dropped: Vec<(&'static str, u64)>,
     pub layer_switches: u64,
     pub keyframe_requests: u64,
+    pub bandwidth_reports: u64,
     pub forward_delay: DelayHistogram,
 }
 
@@ -144,6 +147,7 @@ impl MediaCounters {
             dropped: Vec::new(),
             layer_switches: 0,
             keyframe_requests: 0,
+            bandwidth_reports: 0,
             forward_delay: DelayHistogram {
                 bounds: &FORWARD_DELAY_BOUNDS,
                 cumulative: Vec::new(),
@@ -161,6 +165,7 @@ impl MediaCounters {
             m.bytes_forwarded += w.bytes_forwarded.load(Relaxed);
             m.layer_switches += w.layer_switches.load(Relaxed);
             m.keyframe_requests += w.keyframe_requests.load(Relaxed);
+            m.bandwidth_reports += w.bandwidth_reports.load(Relaxed);
             for (d, c) in dropped.iter_mut().zip(&w.dropped) {
                 *d += c.load(Relaxed);
             }

@@ -9,6 +9,8 @@
 //! - [`picture`]: per-slot VP8/VP9 PictureID and TL0PICIDX continuity across switches;
 //! - [`allocate`]: which publisher and layer feeds each video slot (grid/screen, tile size,
 //!   `max_height`, bandwidth estimate with hysteresis);
+//! - [`estimate`]: the bandwidth budget towards a subscriber, from its REMB reports, with
+//!   upward probing;
 //! - [`audio`]: which publishers fill the audio lines (RFC 6464 level), and who speaks;
 //! - [`switch`]: a slot switches only on a keyframe of its new feed;
 //! - [`stun`]: the USERNAME ufrag that routes a new address to its session.
@@ -48,7 +50,8 @@
 //!   `relay_subscribers` (gauges), `relay_media_packets_received_total`,
 //!   `relay_media_packets_forwarded_total`, `relay_media_bytes_forwarded_total`,
 //!   `relay_media_packets_dropped_total{reason}` (labels from [`DropReason::label`]),
-//!   `relay_layer_switches_total`, `relay_keyframe_requests_total`, and
+//!   `relay_layer_switches_total`, `relay_keyframe_requests_total`,
+//!   `relay_media_bandwidth_reports_total`, and
 //!   `relay_forward_delay_seconds` ([`DelayHistogram`]: cumulative bucket counts over
 //!   [`FORWARD_DELAY_BOUNDS`], sum, count). Reading them costs the workers nothing.
 //!
@@ -67,6 +70,7 @@ pub mod allocate;
 pub mod audio;
 pub mod counters;
 pub mod delay;
+pub mod estimate;
 pub mod keyframe;
 pub mod picture;
 pub mod plane;

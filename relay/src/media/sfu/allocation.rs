@@ -122,14 +122,47 @@ impl Core {
             let Role::Subscriber(sub) = &mut s.role else {
                 continue;
             };
+            let rate = |f: &Feed| -> u64 {
+                tracks
+                    .iter()
+                    .find(|t| t.id == f.track)
+                    .and_then(|t| t.layers.iter().find(|l| l.layer == f.layer))
+                    .map_or(0, |l| l.bitrate_bps)
+            };
             let req = SlotRequest {
                 participant,
                 layout: sub.layout,
                 max_height: sub.max_height,
-                bwe_bps: sub.bwe_bps,
+                bwe_bps: None,
+                keep_slots: false,
             };
+            // What the subscriber would get without a bandwidth limit: what a probe reaches for.
+            let mut ideal = vec![None; sub.video.len()];
+            allocate::allocate(&tracks, &req, &[], &mut ideal);
+            let ideal_bps: u64 = ideal.iter().flatten().map(rate).sum();
+            let sending: u64 = sub.prev.iter().flatten().map(rate).sum();
+            let budget = sub.estimate.budget(now, sending, ideal_bps);
+            // A slot shown before is emptied only once the budget has been short for a while,
+            // so a thumbnail does not flicker while the estimate ramps.
+            let keep_slots = sub
+                .over_since
+                .is_none_or(|t| now.saturating_duration_since(t) < EMPTY_AFTER);
             let mut out = vec![None; sub.video.len()];
-            allocate::allocate(&tracks, &req, &sub.prev, &mut out);
+            let over = allocate::allocate(
+                &tracks,
+                &SlotRequest {
+                    bwe_bps: budget,
+                    keep_slots,
+                    ..req
+                },
+                &sub.prev,
+                &mut out,
+            );
+            sub.over_since = if over {
+                sub.over_since.or(Some(now))
+            } else {
+                None
+            };
             for (slot, want) in sub.video.iter_mut().zip(&out) {
                 if let Some(f) = slot.gate.set_target(*want, now) {
                     requests.push(f);
@@ -138,38 +171,8 @@ impl Core {
                     requests.push(f);
                 }
             }
+            sub.sending_bps = out.iter().flatten().map(rate).sum();
             sub.prev = out;
-
-            // What the subscriber would get without a bandwidth limit: the rate BWE should
-            // probe for.
-            let mut ideal = vec![None; sub.video.len()];
-            allocate::allocate(
-                &tracks,
-                &SlotRequest {
-                    bwe_bps: None,
-                    ..req
-                },
-                &[],
-                &mut ideal,
-            );
-            let desired: u64 = ideal
-                .iter()
-                .flatten()
-                .filter_map(|f| {
-                    let t = tracks.iter().find(|t| t.id == f.track)?;
-                    t.layers
-                        .iter()
-                        .find(|l| l.layer == f.layer)
-                        .map(|l| l.bitrate_bps)
-                })
-                .sum();
-            if desired != sub.desired_bps && desired > 0 {
-                sub.desired_bps = desired;
-                s.rtc.bwe().set_bitrate(
-                    Bitrate::bps(desired / 2),
-                    Bitrate::bps(desired + desired / 4),
-                );
-            }
 
             let mut lines: Vec<Option<TrackId>> = sub.audio.iter().map(|l| l.track).collect();
             select_audio(&audio, participant, &mut lines);

@@ -17,9 +17,11 @@
 //! - after every input to an `Rtc` (datagram, timeout, keyframe request, SDP) its
 //!   `poll_output` is drained until `Timeout`; events are queued and handled afterwards, so
 //!   forwarding into other sessions never happens while one is half-drained;
-//! - a forwarded write is the exception: it only marks its session due, because str0m's pacer
-//!   learns of written packets on the session's next timeout and releases one packet per
-//!   timeout; [`Core::handle_timeout`] runs that timeout before the worker next waits;
+//! - a forwarded write is the exception: it only marks its session due, because str0m learns
+//!   of written packets on the session's next timeout; subscribers' sessions have no pacer
+//!   (their estimate is the receiver's, [`super::estimate`]), so that one timeout releases
+//!   every copy written since, and [`Core::handle_timeout`] runs it before the worker next
+//!   waits;
 //! - a datagram reaches its session by a map lookup (remote address, or the STUN USERNAME's
 //!   ufrag for a new address), never by scanning sessions;
 //! - forwarding allocates nothing of its own: the payload is str0m's shared buffer, the event
@@ -37,18 +39,21 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use str0m::bwe::{Bitrate, BweKind};
+use str0m::bwe::BweKind;
 use str0m::change::SdpOffer;
-use str0m::format::Codec;
+use str0m::format::{Codec, CodecConfig};
 use str0m::media::{Direction, KeyframeRequestKind, MediaKind, Mid, Pt, Rid, Rids};
 use str0m::net::{Protocol, Receive};
-use str0m::rtp::{ExtensionValues, RtpPacket, RtpWrite, Ssrc, Vp8Descriptor, Vp8Patch};
+use str0m::rtp::{
+    Extension, ExtensionMap, ExtensionValues, RtpPacket, RtpWrite, Ssrc, Vp8Descriptor, Vp8Patch,
+};
 use str0m::{Candidate, Event, IceConnectionState, Input, Output, Rtc, RtcConfig};
 
 use super::allocate::{self, Feed, LayerInfo, ParticipantId, SlotRequest, TrackId, VideoTrack};
 use super::audio::{AudioCandidate, Loudness, select_audio};
 use super::counters::{DropReason, WorkerCounters, bump, set};
 use super::delay::{Book, Pending, rtp_ssrc};
+use super::estimate::Estimate;
 use super::keyframe::{VideoCodec, is_keyframe, vp8_keyframe_height};
 use super::picture::{NewIds, PictureIds};
 use super::rewrite::Rewriter;
@@ -73,6 +78,10 @@ pub const STALE_AFTER: Duration = Duration::from_millis(800);
 /// Period of the allocation tick (speakers, bandwidth, staleness, keyframe retries).
 pub const TICK: Duration = Duration::from_millis(100);
 
+/// A slot already shown is emptied for lack of bandwidth only after the budget has been short
+/// of even its lowest layer for this long.
+pub const EMPTY_AFTER: Duration = Duration::from_secs(1);
+
 /// Weight of the latest tick in a layer's smoothed bitrate (a time constant of about 1 s).
 const RATE_SMOOTHING: f64 = 0.1;
 
@@ -91,9 +100,6 @@ const MAX_ADDRS: usize = 8;
 /// Video slots (and audio lines) fed per subscriber; further m-lines stay empty. Bounds the
 /// per-packet fan-out work one WHEP offer can ask for.
 pub const MAX_LINES: usize = 32;
-
-/// Initial send-side estimate towards a subscriber.
-const INITIAL_BWE_BPS: u64 = 1_000_000;
 
 /// Settings of one worker's core.
 #[derive(Debug, Clone)]
@@ -218,11 +224,30 @@ struct Layer {
 struct Subscriber {
     layout: Layout,
     max_height: Option<u32>,
-    bwe_bps: Option<u64>,
-    desired_bps: u64,
+    /// The budget from the receiver's reports.
+    estimate: Estimate,
+    /// What the current choice of feeds sends, bits per second.
+    sending_bps: u64,
+    /// Since when the choice has not fit the budget with every shown slot kept.
+    over_since: Option<Instant>,
     video: Vec<VideoSlot>,
     audio: Vec<AudioLine>,
     prev: Vec<Option<Feed>>,
+}
+
+impl Subscriber {
+    fn new() -> Subscriber {
+        Subscriber {
+            layout: Layout::Grid,
+            max_height: None,
+            estimate: Estimate::default(),
+            sending_bps: 0,
+            over_since: None,
+            video: Vec::new(),
+            audio: Vec::new(),
+            prev: Vec::new(),
+        }
+    }
 }
 
 struct VideoSlot {
@@ -483,13 +508,14 @@ impl Core {
                     self.request_keyframe(f, now, wire, false);
                 }
             }
-            Event::EgressBitrateEstimate(BweKind::Twcc { estimate, .. }) => {
+            Event::EgressBitrateEstimate(BweKind::Remb { estimate, .. }) => {
                 if let Some(Session {
                     role: Role::Subscriber(sub),
                     ..
                 }) = self.sessions[idx].as_mut()
                 {
-                    sub.bwe_bps = Some(estimate.as_u64());
+                    bump(&self.counters.bandwidth_reports, 1);
+                    sub.estimate.on_report(estimate.as_u64(), sub.sending_bps);
                 }
             }
             Event::IceConnectionStateChange(IceConnectionState::Disconnected) | Event::Closed => {

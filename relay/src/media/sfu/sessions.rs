@@ -104,15 +104,7 @@ impl Core {
             last_rx: None,
             next_timeout: now,
             dead: false,
-            role: Role::Subscriber(Subscriber {
-                layout: Layout::Grid,
-                max_height: None,
-                bwe_bps: None,
-                desired_bps: 0,
-                video: Vec::new(),
-                audio: Vec::new(),
-                prev: Vec::new(),
-            }),
+            role: Role::Subscriber(Subscriber::new()),
         };
 
         let r = self.rooms.entry(room.to_owned()).or_default();
@@ -164,15 +156,7 @@ impl Core {
                 })
             }
             None => {
-                let mut sub = Subscriber {
-                    layout: Layout::Grid,
-                    max_height: None,
-                    bwe_bps: None,
-                    desired_bps: 0,
-                    video: Vec::new(),
-                    audio: Vec::new(),
-                    prev: Vec::new(),
-                };
+                let mut sub = Subscriber::new();
                 for m in added.iter().filter(|m| m.direction.is_sending()) {
                     let full = match m.kind {
                         MediaKind::Video => sub.video.len() >= MAX_LINES,
@@ -466,9 +450,15 @@ pub(super) fn bad_sdp(e: impl std::fmt::Display) -> MediaError {
 }
 
 /// Build a session's `Rtc`: ICE-lite server in RTP mode, with only codecs whose keyframes we
-/// can recognise (a switch must wait for one), and no RED (audio is forwarded as is).
-pub(super) fn new_rtc(bwe: bool, now: Instant) -> Rtc {
-    let cfg = RtcConfig::new()
+/// can recognise (a switch must wait for one), and no RED (audio is forwarded as is), and no
+/// send-side bandwidth estimation, so no pacer holds a forwarded packet back.
+///
+/// A subscriber's session also offers no transport-cc (neither the header extension nor the
+/// feedback): a browser then estimates on its side from abs-send-time and reports by REMB,
+/// which [`super::super::estimate`] turns into the budget. A publisher's keeps transport-cc, so
+/// the browser's own send-side estimate gets our feedback.
+pub(super) fn new_rtc(subscriber: bool, now: Instant) -> Rtc {
+    let mut cfg = RtcConfig::new()
         .set_ice_lite(true)
         .set_rtp_mode(true)
         .clear_codecs()
@@ -476,11 +466,26 @@ pub(super) fn new_rtc(bwe: bool, now: Instant) -> Rtc {
         .enable_vp8(true)
         .enable_h264(true)
         .enable_vp9(true);
-    let cfg = if bwe {
-        cfg.enable_bwe(Some(Bitrate::bps(INITIAL_BWE_BPS)))
-    } else {
-        cfg
-    };
+    if subscriber {
+        let mut exts = ExtensionMap::empty();
+        for (id, ext) in ExtensionMap::standard().iter() {
+            if *ext != Extension::TransportSequenceNumber {
+                exts.set(id, ext.clone());
+            }
+        }
+        cfg = cfg.set_extension_map(exts);
+        let params = cfg
+            .codec_config()
+            .params()
+            .iter()
+            .cloned()
+            .map(|mut p| {
+                p.set_fb_transport_cc(false);
+                p
+            })
+            .collect();
+        *cfg.codec_config() = CodecConfig::new_from_payload_params(params);
+    }
     cfg.build(now)
 }
 
