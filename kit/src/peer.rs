@@ -208,8 +208,10 @@ pub struct Peer {
     remb: Remb,
 }
 
-/// How often a receiver reports its estimate.
-pub const REMB_INTERVAL: Duration = Duration::from_millis(250);
+/// How often a receiver updates its estimate; a fall of 3% or more is reported at once.
+pub const REMB_UPDATE: Duration = Duration::from_millis(200);
+/// How often it reports an estimate that did not fall, as a browser does.
+pub const REMB_INTERVAL: Duration = Duration::from_secs(1);
 /// Queueing delay above the lowest seen that counts as overuse.
 const OVERUSE_DELAY: Duration = Duration::from_millis(40);
 /// The window over which the incoming rate is measured.
@@ -219,7 +221,8 @@ const RATE_WINDOW: Duration = Duration::from_secs(1);
 /// decrease on queueing delay): while the one-way delay of the stamped packets stays within
 /// [`OVERUSE_DELAY`] of the lowest seen, the estimate grows by 8% a second, but never past 1.5
 /// times the incoming rate plus 10 kbit/s; once the delay grows past it, the estimate falls to
-/// 0.85 times the incoming rate. Reported every [`REMB_INTERVAL`] on the first video stream.
+/// 0.85 times the incoming rate. Updated every [`REMB_UPDATE`] and reported on the first video
+/// stream every [`REMB_INTERVAL`], or at once when it fell by 3% or more.
 #[derive(Debug, Default)]
 pub struct Remb {
     /// Arrivals in the rate window: (time, payload bytes, one-way delay).
@@ -227,7 +230,9 @@ pub struct Remb {
     bytes: usize,
     base: Option<Duration>,
     estimate: Option<f64>,
-    last_report: Option<Instant>,
+    last_update: Option<Instant>,
+    /// The last report: when, and what.
+    reported: Option<(Instant, f64)>,
     mid: Option<Mid>,
 }
 
@@ -251,24 +256,24 @@ impl Remb {
     /// The estimate to report at `now`, if a report is due.
     fn due(&mut self, now: Instant) -> Option<(Mid, u64)> {
         let mid = self.mid?;
-        let last = *self.last_report.get_or_insert(now);
+        let last = *self.last_update.get_or_insert(now);
         let dt = now.saturating_duration_since(last);
-        if dt < REMB_INTERVAL {
+        if dt < REMB_UPDATE {
             return None;
         }
-        self.last_report = Some(now);
+        self.last_update = Some(now);
         // Over the window, or what of it has passed since the first arrival.
         let span = self
             .arrivals
             .front()
             .map_or(RATE_WINDOW, |a| now.saturating_duration_since(a.0))
-            .clamp(REMB_INTERVAL, RATE_WINDOW);
+            .clamp(REMB_UPDATE, RATE_WINDOW);
         let incoming = self.bytes as f64 * 8.0 / span.as_secs_f64();
         let recent = self
             .arrivals
             .iter()
             .rev()
-            .take_while(|a| now.saturating_duration_since(a.0) <= REMB_INTERVAL)
+            .take_while(|a| now.saturating_duration_since(a.0) <= REMB_UPDATE)
             .map(|a| a.2)
             .min();
         let overuse = match (recent, self.base) {
@@ -285,6 +290,14 @@ impl Remb {
             }
         };
         self.estimate = Some(e);
+        let report = match self.reported {
+            None => true,
+            Some((at, r)) => e <= r * 0.97 || now.saturating_duration_since(at) >= REMB_INTERVAL,
+        };
+        if !report {
+            return None;
+        }
+        self.reported = Some((now, e));
         Some((mid, e as u64))
     }
 }

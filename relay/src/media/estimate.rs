@@ -34,8 +34,9 @@ pub const PROBE_HOLD: Duration = Duration::from_secs(3);
 pub const PROBE_WAIT: Duration = Duration::from_secs(2);
 /// The longest wait after falls (it doubles on each).
 pub const PROBE_WAIT_MAX: Duration = Duration::from_secs(6);
-/// A probe asks for up to this many times what is sent now ...
-const PROBE_GAIN: u64 = 3;
+/// A probe asks for up to this many times what is sent now (one simulcast step, about three
+/// times the rate, with the headroom a raise needs) ...
+const PROBE_GAIN: u64 = 4;
 /// ... and at least this much more.
 const PROBE_STEP_BPS: u64 = 500_000;
 /// A report below what is sent by this fraction, and not above the report before, is a fall.
@@ -190,8 +191,8 @@ mod tests {
         e.on_report(450_000, 300_000);
         // Not before the wait, twice the first after a fall.
         assert_eq!(e.budget(ms(t0, 3_900), 300_000, 1_000_000), Some(450_000));
-        // The probe reaches for the ideal (within three times what is sent).
-        assert_eq!(e.budget(ms(t0, 4_000), 300_000, 1_000_000), Some(900_000));
+        // The probe reaches for the ideal with headroom (within four times what is sent).
+        assert_eq!(e.budget(ms(t0, 4_000), 300_000, 1_000_000), Some(1_200_000));
         assert!(e.probing());
         // The receiver reports less than before and below what is sent: it failed.
         e.on_report(400_000, 900_000);
@@ -207,10 +208,10 @@ mod tests {
         e.on_report(300_000, 800_000);
         assert_eq!(e.budget(t0, 800_000, 1_000_000), Some(300_000));
         e.on_report(450_000, 300_000);
-        assert_eq!(e.budget(ms(t0, 4_000), 300_000, 1_000_000), Some(900_000));
+        assert_eq!(e.budget(ms(t0, 4_000), 300_000, 1_000_000), Some(1_200_000));
         // The receiver's estimate climbs behind the new rate: no fall.
         e.on_report(600_000, 900_000);
-        assert_eq!(e.budget(ms(t0, 5_000), 900_000, 1_000_000), Some(900_000));
+        assert_eq!(e.budget(ms(t0, 5_000), 900_000, 1_000_000), Some(1_200_000));
         assert!(e.probing());
         e.on_report(700_000, 900_000);
         // After the hold the rate is held.

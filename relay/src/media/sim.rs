@@ -17,14 +17,14 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use relay_kit::peer::{Note, Peer, Shape};
+use relay_kit::peer::{Note, Peer};
 use str0m::media::Mid;
 
 use super::counters::{MediaCounters, WorkerCounters};
 use super::sfu::{Core, CoreConfig, Wire};
 use super::types::{Layout, MediaError, SessionAnswer, SessionId, Source};
 
-pub use relay_kit::peer::RIDS;
+pub use relay_kit::peer::{RIDS, Shape};
 
 /// Datagrams in flight: (from, to, bytes).
 #[derive(Default)]
@@ -82,11 +82,16 @@ pub struct Client {
 }
 
 impl Client {
-    /// A client on 127.0.0.1:`port`; `epoch` is the run's clock for stamps.
+    /// A client on 127.0.0.1:`port` sending in [`Shape::SMALL`]; `epoch` is the run's clock
+    /// for stamps.
     pub fn new(port: u16, now: Instant, epoch: Instant) -> Client {
+        Client::with_shape(port, Shape::SMALL, now, epoch)
+    }
+
+    pub fn with_shape(port: u16, shape: Shape, now: Instant, epoch: Instant) -> Client {
         let addr: SocketAddr = ([127, 0, 0, 1], port).into();
         Client {
-            peer: Peer::new(addr, 0, Shape::SMALL, now, epoch).expect("peer"),
+            peer: Peer::new(addr, 0, shape, now, epoch).expect("peer"),
             addr,
             session: None,
             sending: true,
@@ -197,6 +202,8 @@ pub struct Sim {
     pub counters: Arc<WorkerCounters>,
     pub net: Net,
     pub clients: Vec<Client>,
+    /// What the publishers added from now on send.
+    pub shape: Shape,
     /// Wall time spent inside the core's calls by [`Sim::run`].
     pub core_time: Duration,
     /// The network's loss generator (xorshift, fixed seed: the run is repeatable).
@@ -237,13 +244,15 @@ impl Sim {
             counters,
             net: Net::default(),
             clients: Vec::new(),
+            shape: Shape::SMALL,
             core_time: Duration::ZERO,
             rng: 0x2545_f491_4f6c_dd1d,
         }
     }
 
     pub fn add_publisher(&mut self, user: &str, label: u8, source: Source) -> usize {
-        let mut c = Client::new(5000 + self.clients.len() as u16, self.now, self.start);
+        let port = 5000 + self.clients.len() as u16;
+        let mut c = Client::with_shape(port, self.shape, self.now, self.start);
         let offer = c.publisher_offer(label);
         self.connect(c, |core, now, wire| {
             core.publish("org/room", user, source, &offer, now, wire)

@@ -565,12 +565,12 @@ fn subscribers_are_answered_for_remb_and_publishers_keep_transport_cc() {
 }
 
 #[test]
-fn receivers_report_their_estimate_four_times_a_second() {
+fn receivers_report_their_estimate_about_once_a_second() {
     let mut sim = Sim::new();
     sim.add_publisher("alice", 1, Source::Camera);
     sim.add_subscriber("bob", 1, 1, Layout::Grid);
     sim.run(Duration::from_secs(3));
-    // Four reports a second from the subscriber's peer.
+    // About one report a second from the subscriber's peer (more while its estimate falls).
     let reports = sim.counters().bandwidth_reports;
-    assert!((8..=14).contains(&reports), "{reports} reports");
+    assert!((2..=6).contains(&reports), "{reports} reports");
 }
