@@ -45,6 +45,12 @@ use super::udp::{Inbox, Outbox};
 /// Datagrams read per loop iteration before timers and commands get a turn.
 pub const RECV_BUDGET: usize = 256;
 
+/// Copies written within one batch after which they are released at once, before the rest
+/// of the batch is handled: the delay a datagram's copies wait for the copies of the
+/// datagrams read with it stays within a few hundred microseconds, at the cost of more
+/// timeout passes when rooms are large.
+pub const RELEASE_AFTER: usize = 64;
+
 /// Datagrams per `recvmmsg`/`sendmmsg` unless configured (`media.io_batch`).
 pub const DEFAULT_IO_BATCH: usize = 32;
 
@@ -684,17 +690,22 @@ impl Worker {
                 return;
             }
             more_to_read = self.read();
-            let mut wire = SocketWire {
-                socket: &self.socket,
-                outbox: &mut self.outbox,
-                counters: &self.counters,
-            };
-            // str0m releases written packets on its next timeout (its pacer's turn), so the
-            // copies of what was just read leave here.
-            self.core.handle_timeout(Instant::now(), &mut wire);
-            self.flush();
+            // Timers due without any read (and the allocation tick).
+            self.release();
             self.settle_gone();
         }
+    }
+
+    /// Run the sessions that are due (str0m releases written copies on a session's next
+    /// timeout, every one of them since no pacer holds any back) and send what they produced.
+    fn release(&mut self) {
+        let mut wire = SocketWire {
+            socket: &self.socket,
+            outbox: &mut self.outbox,
+            counters: &self.counters,
+        };
+        self.core.handle_timeout(Instant::now(), &mut wire);
+        self.flush();
     }
 
     /// Send what the outbox holds, then record the forward delay of the datagrams whose last
@@ -709,22 +720,26 @@ impl Worker {
         }
     }
 
-    /// Read up to [`RECV_BUDGET`] datagrams; true if the budget ran out first.
+    /// Read up to [`RECV_BUDGET`] datagrams; true if the budget ran out first. Every
+    /// `recvmmsg` batch is written to the subscribers' streams, then one pass over the due
+    /// sessions releases every copy of it before the next read: a subscriber's session runs
+    /// at most once per batch (once per [`RELEASE_AFTER`] copies in a larger fan-out), and no
+    /// copy waits for later reads.
     fn read(&mut self) -> bool {
-        let Worker {
-            core,
-            socket,
-            counters,
-            inbox,
-            outbox,
-            ..
-        } = self;
         let mut budget = RECV_BUDGET;
         while budget > 0 {
-            match inbox.recv(socket) {
+            match self.inbox.recv(&self.socket) {
                 Ok(n) => {
                     let t0 = Instant::now();
                     for i in 0..n {
+                        let Worker {
+                            core,
+                            socket,
+                            counters,
+                            inbox,
+                            outbox,
+                            ..
+                        } = self;
                         let Some((src, data)) = inbox.get(i) else {
                             counters.dropped(DropReason::UnknownSource);
                             continue;
@@ -735,7 +750,12 @@ impl Worker {
                             counters,
                         };
                         core.handle_datagram(src, data, t0, &mut wire);
+                        // A large fan-out does not wait for the rest of the batch.
+                        if core.written() >= RELEASE_AFTER {
+                            self.release();
+                        }
                     }
+                    self.release();
                     budget = budget.saturating_sub(n.max(1));
                 }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return false,

@@ -14,6 +14,7 @@ impl Core {
             rooms,
             counters,
             book,
+            written,
             ..
         } = self;
         let Some(s) = sessions[idx].as_mut() else {
@@ -102,6 +103,7 @@ impl Core {
                     );
                     if copied {
                         book.wrote(ticket, &mut slot.pending);
+                        *written += 1;
                     }
                     wrote |= copied;
                 }
@@ -122,6 +124,7 @@ impl Core {
                     );
                     if copied {
                         book.wrote(ticket, &mut line.pending);
+                        *written += 1;
                     }
                     wrote |= copied;
                 }

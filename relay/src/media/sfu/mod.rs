@@ -20,8 +20,8 @@
 //! - a forwarded write is the exception: it only marks its session due, because str0m learns
 //!   of written packets on the session's next timeout; subscribers' sessions have no pacer
 //!   (their estimate is the receiver's, [`super::estimate`]), so that one timeout releases
-//!   every copy written since, and [`Core::handle_timeout`] runs it before the worker next
-//!   waits;
+//!   every copy written since; the worker calls [`Core::handle_timeout`] after each batch it
+//!   reads, before it reads the next;
 //! - a datagram reaches its session by a map lookup (remote address, or the STUN USERNAME's
 //!   ufrag for a new address), never by scanning sessions;
 //! - forwarding allocates nothing of its own: the payload is str0m's shared buffer, the event
@@ -131,6 +131,8 @@ pub struct Core {
     reap: bool,
     /// Which forwarded datagrams still have copies queued in str0m.
     book: Book,
+    /// Copies written since the last timeout pass released them.
+    written: usize,
 }
 
 impl std::fmt::Debug for Core {
@@ -332,6 +334,7 @@ impl Core {
             gone_rooms: Vec::new(),
             reap: false,
             book: Book::default(),
+            written: 0,
         }
     }
 
@@ -378,6 +381,11 @@ impl Core {
     /// Forwarded datagrams with copies still queued in str0m.
     pub fn forwarding(&self) -> usize {
         self.book.open_tickets()
+    }
+
+    /// Copies written since the last [`Core::handle_timeout`], which releases them all.
+    pub fn written(&self) -> usize {
+        self.written
     }
 
     /// When [`Core::handle_timeout`] must next run.
@@ -436,6 +444,7 @@ impl Core {
 
     /// Advance time: sessions' timers, and the allocation tick.
     pub fn handle_timeout(&mut self, now: Instant, wire: &mut dyn Wire) {
+        self.written = 0;
         for idx in 0..self.sessions.len() {
             let Some(s) = self.sessions[idx].as_mut() else {
                 continue;
