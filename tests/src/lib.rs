@@ -242,6 +242,22 @@ impl Relay {
         );
     }
 
+    /// Registers user `name` in `demo` (clearance 1) and mints a token for them on the demo
+    /// device that may publish and subscribe.
+    pub fn participant(&self, name: &str) -> String {
+        self.add_user("demo", name, 1);
+        self.token(&[
+            "--org",
+            "demo",
+            "--user",
+            name,
+            "--device",
+            "demo-browser",
+            "--grants",
+            "publish,subscribe",
+        ])
+    }
+
     /// Mints a token on the data directory; panics if refused.
     pub fn token(&self, args: &[&str]) -> String {
         let mut all = vec!["token"];

@@ -13,7 +13,8 @@
 //!   upward probing;
 //! - [`audio`]: which publishers fill the audio lines (RFC 6464 level), and who speaks;
 //! - [`switch`]: a slot switches only on a keyframe of its new feed;
-//! - [`stun`]: the USERNAME ufrag that routes a new address to its session.
+//! - [`stun`]: the USERNAME ufrag that routes a new address to its session;
+//! - [`answer`]: our candidates in every bundled section of an answer, for every peer to read.
 //!
 //! Then the SFU core, still sans-IO ([`sfu::Core`]: str0m sessions, rooms, forwarding), and the
 //! I/O shell ([`plane`]: worker threads, UDP sockets, mio loops, the async API; [`udp`]: batched
@@ -67,6 +68,7 @@
 //!   own; nothing panics on network input.
 
 pub mod allocate;
+pub mod answer;
 pub mod audio;
 pub mod counters;
 pub mod delay;

@@ -204,7 +204,7 @@ impl Core {
         self.update_gauges();
         Ok(SessionAnswer {
             session: id,
-            answer_sdp: answer.to_sdp_string(),
+            answer_sdp: crate::media::answer::candidates_in_every_section(&answer.to_sdp_string()),
         })
     }
 
