@@ -5,10 +5,12 @@
 //! - [`process::Daemon`] and [`process::RelayProcess`]: a server process with its output
 //!   collected, and a relay started on a data directory whose addresses are read from its
 //!   start-up line;
+//! - [`netns`]: a network namespace of the caller's own, with `ip` and `tc` inside it;
 //! - [`noise`] and [`Noise`]: repeatable incompressible test data.
 //!
 //! The shipped load tester depends on this crate, so nothing here assumes a test harness.
 
+pub mod netns;
 pub mod peer;
 pub mod process;
 

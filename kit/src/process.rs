@@ -2,7 +2,7 @@
 //! collected and stopped when its handle drops, and a [`RelayProcess`] that waits for the relay's
 //! start-up line and reads the addresses it bound from it.
 //!
-//! Unsafe code is allowed here only, for `kill` and `prctl`, which take plain integers.
+//! Unsafe code is allowed here only for `kill` and `prctl`, which take plain integers.
 #![allow(unsafe_code)]
 
 use std::io::{self, BufRead, BufReader};

@@ -21,8 +21,8 @@ use std::time::{Duration, Instant};
 use serde_json::{Value, json};
 
 use crate::appliance::{Cpu, Metrics, STOP_GRACE};
-use crate::sys;
 use crate::target::{Options, Sfu};
+use relay_kit::netns;
 use relay_kit::peer::Peer;
 use relay_kit::process::Daemon;
 
@@ -53,7 +53,7 @@ const ICE_ADDRESS: &str = "127.0.0.2";
 /// 127.0.0.0/8 is reachable there. Call it before starting any thread or process that should
 /// live in the namespace (the relay, the clients and Janus alike).
 pub fn enter_namespace() -> Result<(), String> {
-    sys::unshare_network().map_err(|e| {
+    netns::unshare_network().map_err(|e| {
         format!("runs beside Janus need a network namespace of their own, as root: unshare: {e}")
     })?;
     let peer = format!("{ICE_INTERFACE}p");
@@ -92,17 +92,7 @@ pub fn enter_namespace() -> Result<(), String> {
         ],
     ];
     for args in steps {
-        let out = Command::new("ip")
-            .args(args)
-            .output()
-            .map_err(|e| format!("run ip (apt-get install -y iproute2): {e}"))?;
-        if !out.status.success() {
-            return Err(format!(
-                "ip {}: {}",
-                args.join(" "),
-                String::from_utf8_lossy(&out.stderr).trim()
-            ));
-        }
+        netns::ip(args)?;
     }
     Ok(())
 }

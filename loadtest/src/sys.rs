@@ -69,14 +69,3 @@ pub fn clock_ticks_per_second() -> f64 {
     let t = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
     if t > 0 { t as f64 } else { 100.0 }
 }
-
-/// Moves the calling thread, and every thread and process it starts from now on, into a new
-/// network namespace of its own (needs CAP_SYS_ADMIN, as root has).
-pub fn unshare_network() -> io::Result<()> {
-    // SAFETY: unshare takes a flag word and touches no memory of ours.
-    if unsafe { libc::unshare(libc::CLONE_NEWNET) } < 0 {
-        Err(io::Error::last_os_error())
-    } else {
-        Ok(())
-    }
-}

@@ -190,3 +190,89 @@ fn free_port() -> u16 {
         .map(|a| a.port())
         .expect("free port")
 }
+
+/// How long a layout may take to show in the decoded frames: a keyframe request, the
+/// publisher's answer and the bandwidth estimate's ramp on a busy two-core machine.
+pub const SETTLE: Duration = Duration::from_secs(40);
+
+/// One video slot of the watching page, as `getStats()` reports it.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Slot {
+    pub mid: u32,
+    pub frames: u64,
+    pub height: u64,
+    pub freezes: u64,
+}
+
+pub fn slots(b: &Browser, w: &Window) -> Vec<Slot> {
+    let v = b.run(w, "return await relay.stats('sub');");
+    v.as_array()
+        .into_iter()
+        .flatten()
+        .map(|s| Slot {
+            mid: s["mid"].as_str().and_then(|m| m.parse().ok()).unwrap_or(0),
+            frames: s["framesDecoded"].as_u64().unwrap_or(0),
+            height: s["frameHeight"].as_u64().unwrap_or(0),
+            freezes: s["freezeCount"].as_u64().unwrap_or(0),
+        })
+        .collect()
+}
+
+/// The heights of the layers a publishing page encodes, lowest first, once all `n` run.
+pub fn layer_heights(b: &Browser, w: &Window, n: usize) -> Vec<u64> {
+    let deadline = Instant::now() + SETTLE;
+    loop {
+        let v = b.run(w, "return await relay.stats('pub');");
+        let heights: Vec<u64> = v
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter(|s| s["framesEncoded"].as_u64().unwrap_or(0) > 0)
+            .filter_map(|s| s["frameHeight"].as_u64())
+            .collect();
+        if heights.len() == n {
+            return heights;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the publisher encodes {heights:?}, not {n} layers"
+        );
+        std::thread::sleep(Duration::from_millis(500));
+    }
+}
+
+/// Waits until `want` holds for the watching page's slots and every slot it names as live
+/// (`want` returns their mids) decoded new frames since the previous look. Returns the slots.
+pub fn wait_for(
+    b: &Browser,
+    w: &Window,
+    what: &str,
+    want: impl Fn(&[Slot]) -> Option<Vec<u32>>,
+) -> Vec<Slot> {
+    let deadline = Instant::now() + SETTLE;
+    let mut prev = slots(b, w);
+    loop {
+        std::thread::sleep(Duration::from_millis(500));
+        let now = slots(b, w);
+        if let Some(live) = want(&now) {
+            let decoding = live.iter().all(|mid| {
+                let frames = |v: &[Slot]| v.iter().find(|s| s.mid == *mid).map(|s| s.frames);
+                frames(&now) > frames(&prev)
+            });
+            if decoding {
+                return now;
+            }
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{what}: not reached within {SETTLE:?}; slots now {now:?}"
+        );
+        prev = now;
+    }
+}
+
+pub fn slot(v: &[Slot], mid: u32) -> Slot {
+    *v.iter()
+        .find(|s| s.mid == mid)
+        .unwrap_or_else(|| panic!("no slot {mid} in {v:?}"))
+}

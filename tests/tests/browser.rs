@@ -8,108 +8,8 @@ use std::net::UdpSocket;
 use std::time::{Duration, Instant};
 
 use relay_tests::Relay;
-use relay_tests::browser::{Browser, Window};
+use relay_tests::browser::{Browser, SETTLE, layer_heights, slot, slots, wait_for};
 use serde_json::Value;
-
-/// How long a layout may take to show in the decoded frames: a keyframe request, the
-/// publisher's answer and the bandwidth estimate's ramp on a busy two-core machine.
-const SETTLE: Duration = Duration::from_secs(40);
-
-/// One video slot of the watching page, as `getStats()` reports it.
-#[derive(Debug, Clone, Copy, PartialEq)]
-struct Slot {
-    mid: u32,
-    frames: u64,
-    height: u64,
-    freezes: u64,
-}
-
-fn participant(relay: &Relay, name: &str) -> String {
-    relay.add_user("demo", name, 1);
-    relay.token(&[
-        "--org",
-        "demo",
-        "--user",
-        name,
-        "--device",
-        "demo-browser",
-        "--grants",
-        "publish,subscribe",
-    ])
-}
-
-fn slots(b: &Browser, w: &Window) -> Vec<Slot> {
-    let v = b.run(w, "return await relay.stats('sub');");
-    v.as_array()
-        .into_iter()
-        .flatten()
-        .map(|s| Slot {
-            mid: s["mid"].as_str().and_then(|m| m.parse().ok()).unwrap_or(0),
-            frames: s["framesDecoded"].as_u64().unwrap_or(0),
-            height: s["frameHeight"].as_u64().unwrap_or(0),
-            freezes: s["freezeCount"].as_u64().unwrap_or(0),
-        })
-        .collect()
-}
-
-/// The heights of the layers a publishing page encodes, lowest first, once all `n` run.
-fn layer_heights(b: &Browser, w: &Window, n: usize) -> Vec<u64> {
-    let deadline = Instant::now() + SETTLE;
-    loop {
-        let v = b.run(w, "return await relay.stats('pub');");
-        let heights: Vec<u64> = v
-            .as_array()
-            .into_iter()
-            .flatten()
-            .filter(|s| s["framesEncoded"].as_u64().unwrap_or(0) > 0)
-            .filter_map(|s| s["frameHeight"].as_u64())
-            .collect();
-        if heights.len() == n {
-            return heights;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "the publisher encodes {heights:?}, not {n} layers"
-        );
-        std::thread::sleep(Duration::from_millis(500));
-    }
-}
-
-/// Waits until `want` holds for the watching page's slots and every slot it names as live
-/// (`want` returns their mids) decoded new frames since the previous look. Returns the slots.
-fn wait_for(
-    b: &Browser,
-    w: &Window,
-    what: &str,
-    want: impl Fn(&[Slot]) -> Option<Vec<u32>>,
-) -> Vec<Slot> {
-    let deadline = Instant::now() + SETTLE;
-    let mut prev = slots(b, w);
-    loop {
-        std::thread::sleep(Duration::from_millis(500));
-        let now = slots(b, w);
-        if let Some(live) = want(&now) {
-            let decoding = live.iter().all(|mid| {
-                let frames = |v: &[Slot]| v.iter().find(|s| s.mid == *mid).map(|s| s.frames);
-                frames(&now) > frames(&prev)
-            });
-            if decoding {
-                return now;
-            }
-        }
-        assert!(
-            Instant::now() < deadline,
-            "{what}: not reached within {SETTLE:?}; slots now {now:?}"
-        );
-        prev = now;
-    }
-}
-
-fn slot(v: &[Slot], mid: u32) -> Slot {
-    *v.iter()
-        .find(|s| s.mid == mid)
-        .unwrap_or_else(|| panic!("no slot {mid} in {v:?}"))
-}
 
 /// The session id at the end of a WHIP/WHEP `Location`.
 fn session_of(location: &Value) -> String {
@@ -120,9 +20,9 @@ fn session_of(location: &Value) -> String {
 #[test]
 fn browsers_publish_and_watch_with_layouts_that_pick_layers() {
     let relay = Relay::start();
-    let alice = participant(&relay, "alice");
-    let bob = participant(&relay, "bob");
-    let carol = participant(&relay, "carol");
+    let alice = relay.participant("alice");
+    let bob = relay.participant("bob");
+    let carol = relay.participant("carol");
     let page = |t: &str| relay.url(&format!("/#token={t}&room=lobby"));
 
     let browser = Browser::start();
