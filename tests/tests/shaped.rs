@@ -1,8 +1,7 @@
 //! Congestion with a real browser: Chromium publishes three simulcast layers, another window
 //! watches one slot at the top layer, and then the link from the relay to that window is shaped
-//! with `tc`.
-//! The watcher gets lower layers while the link is limited and the top one back after the
-//! limit lifts, with at most one freeze counted by Chromium.
+//! with `tc`. The watcher gets lower layers while the link is limited and the top one back
+//! after the limit lifts. The test prints how long each took and the freezes Chromium counted.
 //!
 //! The test moves into a network namespace of its own (root needed), whose loopback device it
 //! shapes: the relay, chromedriver and Chromium all run there, on 127.0.0.1, and nothing else on

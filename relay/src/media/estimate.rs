@@ -9,9 +9,11 @@
 //! low and climbs by a few percent a second.
 //!
 //! So the budget is the larger of the estimate and a rate the link was seen to hold (at first
-//! [`INITIAL_BPS`]). The estimate *falls* short when a report is below what is sent and not
-//! above the one before: the receiver saw queues build (a browser lowers its estimate, or holds
-//! it, only then; while nothing queues it climbs, if slowly). A fall takes the held rate away:
+//! [`INITIAL_BPS`]). The estimate *falls* short when a report is below what is sent and below
+//! the one before: the receiver saw queues build (a browser lowers its estimate only then). A
+//! report equal to the one before is no fall: Chromium holds its estimate for seconds while what
+//! arrives does not grow and after a queue drains, which is exactly what it reports while a
+//! probe on a link that was just freed runs. A fall takes the held rate away:
 //! the budget is the estimate alone, and the next probe waits twice as long as the last wait
 //! (up to [`PROBE_WAIT_MAX`]). A probe lets the allocation reach for more (the ideal, with the
 //! headroom a raise needs, within a few times what is sent): if the estimate falls while it
@@ -39,8 +41,10 @@ pub const PROBE_WAIT_MAX: Duration = Duration::from_secs(6);
 const PROBE_GAIN: u64 = 4;
 /// ... and at least this much more.
 const PROBE_STEP_BPS: u64 = 500_000;
-/// A report below what is sent by this fraction, and not above the report before, is a fall.
+/// A report below what is sent by this fraction, and below the report before, is a fall.
 const BELOW_SENT: f64 = 0.95;
+/// Loss above this fraction is a fall.
+pub const LOSS_FALL: f32 = 0.10;
 
 #[derive(Debug, Clone)]
 pub struct Estimate {
@@ -48,6 +52,8 @@ pub struct Estimate {
     /// The receiver's latest report, and whether it had fallen below what was sent.
     report: Option<u64>,
     fell: bool,
+    /// Set by the budget that followed a fall, until [`Estimate::take_fall`].
+    fall_seen: bool,
     /// A rate the link was seen to hold, which the budget does not go below.
     held: Option<u64>,
     probe: Option<Probe>,
@@ -67,6 +73,7 @@ impl Default for Estimate {
             since: None,
             report: None,
             fell: false,
+            fall_seen: false,
             held: Some(INITIAL_BPS),
             probe: None,
             wait: PROBE_WAIT,
@@ -80,12 +87,21 @@ impl Estimate {
     pub fn on_report(&mut self, bps: u64, sending: u64) {
         let b = bps as f64;
         if let Some(last) = self.report
-            && bps <= last
+            && bps < last
             && b < sending as f64 * BELOW_SENT
         {
             self.fell = true;
         }
         self.report = Some(bps);
+    }
+
+    /// The receiver's loss (a fraction, from its receiver reports). Above [`LOSS_FALL`] the
+    /// link is overloaded whatever the estimate says: a link so full that the receiver's
+    /// estimate has nothing new to measure holds the estimate flat, which is no fall by itself.
+    pub fn on_loss(&mut self, loss: f32) {
+        if loss > LOSS_FALL {
+            self.fell = true;
+        }
     }
 
     /// The latest report, if any.
@@ -103,6 +119,7 @@ impl Estimate {
         self.next_probe.get_or_insert(now + self.wait);
         if std::mem::take(&mut self.fell) {
             // The link took less than was sent: trust the receiver alone.
+            self.fall_seen = true;
             self.held = None;
             self.probe = None;
             self.wait = (self.wait * 2).min(PROBE_WAIT_MAX);
@@ -133,6 +150,11 @@ impl Estimate {
             }
         }
         Some(floor)
+    }
+
+    /// Whether the last budget followed a fall (the link took less than was sent); clears it.
+    pub fn take_fall(&mut self) -> bool {
+        std::mem::take(&mut self.fall_seen)
     }
 
     /// Whether a probe runs now.
@@ -175,9 +197,13 @@ mod tests {
         e.on_report(850_000, 800_000);
         assert_eq!(e.budget(ms(t0, 1_000), 800_000, 800_000), Some(INITIAL_BPS));
         // Below what is sent and no longer climbing: the link is full.
+        assert!(!e.take_fall());
         e.on_report(500_000, 800_000);
         assert_eq!(e.budget(ms(t0, 1_250), 800_000, 800_000), Some(500_000));
+        assert!(e.take_fall(), "the allocation learns of the fall once");
+        assert!(!e.take_fall());
         assert_eq!(e.budget(ms(t0, 1_500), 500_000, 800_000), Some(500_000));
+        assert!(!e.take_fall());
     }
 
     #[test]
@@ -221,6 +247,46 @@ mod tests {
         e.on_report(400_000, 900_000);
         assert_eq!(e.budget(ms(t0, 7_100), 900_000, 1_000_000), Some(400_000));
         assert_eq!(e.budget(ms(t0, 7_200), 400_000, 1_000_000), Some(400_000));
+    }
+
+    #[test]
+    fn an_estimate_held_flat_during_a_probe_is_no_fall() {
+        // Reports as Chromium sent them behind a link limited to 250 kbit/s that was then freed:
+        // its estimate fell to 148k and stayed there, flat, while a probe at 350k ran on the
+        // freed link.
+        let t0 = Instant::now();
+        let mut e = Estimate::default();
+        e.on_report(174_778, 400_000);
+        e.on_report(148_398, 400_000);
+        assert_eq!(e.budget(t0, 400_000, 2_000_000), Some(148_398));
+        e.on_report(148_398, 150_000);
+        let probe = e.budget(ms(t0, 4_000), 150_000, 2_000_000);
+        assert!(probe > Some(600_000), "{probe:?}");
+        for i in 1..=3 {
+            e.on_report(148_398, 350_000);
+            assert_eq!(e.budget(ms(t0, 4_000 + i * 900), 350_000, 2_000_000), probe);
+        }
+        // Held: the rate it sent becomes the floor.
+        assert_eq!(e.budget(ms(t0, 7_100), 350_000, 2_000_000), Some(350_000));
+    }
+
+    #[test]
+    fn loss_fails_a_probe_that_the_estimate_does_not() {
+        let t0 = Instant::now();
+        let mut e = Estimate::default();
+        e.on_report(174_778, 400_000);
+        e.on_report(148_398, 400_000);
+        assert_eq!(e.budget(t0, 400_000, 2_000_000), Some(148_398));
+        let probe = e.budget(ms(t0, 4_000), 150_000, 2_000_000);
+        assert!(probe > Some(600_000), "{probe:?}");
+        // The link is jammed: the estimate stays flat, the receiver loses a third.
+        e.on_report(148_398, 350_000);
+        e.on_loss(0.05);
+        assert_eq!(e.budget(ms(t0, 4_900), 350_000, 2_000_000), probe);
+        e.on_loss(0.33);
+        assert_eq!(e.budget(ms(t0, 5_900), 350_000, 2_000_000), Some(148_398));
+        assert!(!e.probing());
+        assert!(e.take_fall());
     }
 
     #[test]

@@ -81,6 +81,15 @@ impl SlotGate {
         None
     }
 
+    /// Stops forwarding the current feed while a switch waits for its keyframe: on a link that
+    /// just proved too small, the old layer's packets would only fill the queue in front of the
+    /// new layer's keyframe. The slot is dark until that keyframe, as it would freeze anyway.
+    pub fn cut_over(&mut self) {
+        if self.pending.is_some() {
+            self.current = None;
+        }
+    }
+
     /// The track of this feed is gone: stop forwarding it now.
     pub fn forget_track(&mut self, track: u64) {
         if self.current.is_some_and(|f| f.track == track) {
@@ -138,6 +147,24 @@ mod tests {
         assert_eq!(g.on_packet(A_LO, false), Verdict::Drop);
         assert_eq!(g.on_packet(A_HI, false), Verdict::Forward);
         assert_eq!(g.current(), Some(A_HI));
+    }
+
+    #[test]
+    fn a_cut_over_stops_the_old_layer_before_the_new_keyframe() {
+        let t0 = Instant::now();
+        let mut g = SlotGate::default();
+        g.set_target(Some(A_HI), t0);
+        assert_eq!(g.on_packet(A_HI, true), Verdict::ForwardSwitched);
+        // Without a switch waiting, a cut-over changes nothing.
+        g.cut_over();
+        assert_eq!(g.on_packet(A_HI, false), Verdict::Forward);
+        g.set_target(Some(A_LO), t0);
+        g.cut_over();
+        assert_eq!(g.on_packet(A_HI, false), Verdict::Drop);
+        assert_eq!(g.on_packet(A_LO, false), Verdict::Drop);
+        assert_eq!(g.pending(), Some(A_LO));
+        assert_eq!(g.on_packet(A_LO, true), Verdict::ForwardSwitched);
+        assert_eq!(g.on_packet(A_LO, false), Verdict::Forward);
     }
 
     #[test]

@@ -163,15 +163,29 @@ impl Core {
             } else {
                 None
             };
+            let fell = sub.estimate.take_fall();
             for (slot, want) in sub.video.iter_mut().zip(&out) {
                 if let Some(f) = slot.gate.set_target(*want, now) {
                     requests.push(f);
+                    // The link proved too small: the layer it could not carry stops now.
+                    if fell {
+                        slot.gate.cut_over();
+                    }
                 }
                 if let Some(f) = slot.gate.retry(now) {
                     requests.push(f);
                 }
             }
             sub.sending_bps = out.iter().flatten().map(rate).sum();
+            if out != sub.prev {
+                tracing::debug!(
+                    ?budget,
+                    sending,
+                    now_sending = sub.sending_bps,
+                    probing = sub.estimate.probing(),
+                    "allocation changed"
+                );
+            }
             sub.prev = out;
 
             let mut lines: Vec<Option<TrackId>> = sub.audio.iter().map(|l| l.track).collect();

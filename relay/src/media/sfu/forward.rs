@@ -87,6 +87,7 @@ impl Core {
                     }
                     if verdict == Verdict::ForwardSwitched {
                         bump(&counters.layer_switches, 1);
+                        tracing::debug!(track = feed.track, layer = feed.layer, "slot switched");
                     }
                     let copied = write(
                         &mut sub_s.rtc,
@@ -180,6 +181,7 @@ impl Core {
             if let Some(rx) = api.stream_rx(&ssrc) {
                 rx.request_keyframe(KeyframeRequestKind::Pli);
                 bump(&self.counters.keyframe_requests, 1);
+                tracing::debug!(layer = feed.layer, force, "keyframe requested");
             }
         }
         drain(idx, s, wire, &mut self.events, &mut self.book);

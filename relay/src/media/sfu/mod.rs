@@ -524,7 +524,22 @@ impl Core {
                 }) = self.sessions[idx].as_mut()
                 {
                     bump(&self.counters.bandwidth_reports, 1);
+                    tracing::debug!(
+                        bps = estimate.as_u64(),
+                        sending = sub.sending_bps,
+                        "bandwidth report"
+                    );
                     sub.estimate.on_report(estimate.as_u64(), sub.sending_bps);
+                }
+            }
+            Event::MediaEgressStats(stats) => {
+                if let Some(Session {
+                    role: Role::Subscriber(sub),
+                    ..
+                }) = self.sessions[idx].as_mut()
+                    && let Some(loss) = stats.loss
+                {
+                    sub.estimate.on_loss(loss);
                 }
             }
             Event::IceConnectionStateChange(IceConnectionState::Disconnected) | Event::Closed => {

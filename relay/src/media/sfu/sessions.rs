@@ -457,6 +457,9 @@ pub(super) fn bad_sdp(e: impl std::fmt::Display) -> MediaError {
 /// feedback): a browser then estimates on its side from abs-send-time and reports by REMB,
 /// which [`super::super::estimate`] turns into the budget. A publisher's keeps transport-cc, so
 /// the browser's own send-side estimate gets our feedback.
+/// How often a subscriber's session reports its receiver's loss.
+const LOSS_STATS_INTERVAL: Duration = Duration::from_secs(1);
+
 pub(super) fn new_rtc(subscriber: bool, now: Instant) -> Rtc {
     let mut cfg = RtcConfig::new()
         .set_ice_lite(true)
@@ -485,6 +488,9 @@ pub(super) fn new_rtc(subscriber: bool, now: Instant) -> Rtc {
             })
             .collect();
         *cfg.codec_config() = CodecConfig::new_from_payload_params(params);
+        // The receiver's loss, from its receiver reports, once a second: a probe on a link so
+        // full that the receiver's estimate stops moving fails by its loss instead.
+        cfg = cfg.set_stats_interval(Some(LOSS_STATS_INTERVAL));
     }
     cfg.build(now)
 }
