@@ -49,14 +49,32 @@ pub fn relay_beside_me() -> Result<PathBuf, String> {
     }
 }
 
+/// The media workers' datagram path of a relay the load tester starts (`media.io`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum RelayIo {
+    Mmsg,
+    Uring,
+}
+
+impl RelayIo {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RelayIo::Mmsg => "mmsg",
+            RelayIo::Uring => "uring",
+        }
+    }
+}
+
 impl OwnRelay {
     /// Starts `bin serve` on a fresh data directory with `workers` media workers (0: one per
-    /// core), `io_batch` datagrams per system call, and room for `max_sessions` sessions in a
-    /// room.
+    /// core), `io_batch` datagrams per system call on the datagram path `io`, and room for
+    /// `max_sessions` sessions in a room.
     pub fn start(
         bin: &Path,
         workers: usize,
         io_batch: u16,
+        io: RelayIo,
         max_sessions: usize,
     ) -> Result<OwnRelay, String> {
         let tmp = tempfile::tempdir().map_err(|e| format!("temp dir: {e}"))?;
@@ -65,8 +83,9 @@ impl OwnRelay {
         let text = format!(
             "[http]\nlisten = \"127.0.0.1:0\"\ndrain_timeout = \"3s\"\n\
              [media]\nbind = \"127.0.0.1\"\nfirst_port = 0\nworkers = {workers}\n\
-             io_batch = {io_batch}\nmax_sessions_per_room = {}\n[files]\nlisten = \"127.0.0.1:0\"\n\
+             io_batch = {io_batch}\nio = \"{}\"\nmax_sessions_per_room = {}\n[files]\nlisten = \"127.0.0.1:0\"\n\
              [log]\nlevel = \"info\"\n",
+            io.as_str(),
             max_sessions.max(1)
         );
         std::fs::write(&config, text).map_err(|e| format!("write relay config: {e}"))?;
@@ -349,6 +368,7 @@ pub fn attach(
     t: &Target,
     workers: usize,
     io_batch: u16,
+    io: RelayIo,
     max_sessions: usize,
     say: impl Fn(&str),
 ) -> Result<(Option<OwnRelay>, Api, Cpu), String> {
@@ -360,7 +380,7 @@ pub fn attach(
         None => relay_beside_me()?,
     };
     say(&format!("starting {}", bin.display()));
-    let relay = OwnRelay::start(&bin, workers, io_batch, max_sessions)?;
+    let relay = OwnRelay::start(&bin, workers, io_batch, io, max_sessions)?;
     let admin = relay.admin_token()?;
     let api = Api::new(&relay.http, &admin)?;
     let pid = relay.pid().ok_or_else(|| "the relay exited".to_string())?;

@@ -21,7 +21,7 @@ use relay::files::client::{Client, Progress, PutOptions};
 use serde::Serialize;
 use tokio::sync::Barrier;
 
-use crate::appliance::{self, Api, Cpu, Metrics};
+use crate::appliance::{self, Api, Cpu, Metrics, RelayIo};
 use crate::output;
 use crate::plot;
 
@@ -165,7 +165,7 @@ pub fn run(o: &Options) -> Result<Report, String> {
     let started_unix = SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| d.as_secs());
-    let (own, api, cpu) = appliance::attach(&o.relay, 1, RELAY_IO_BATCH, 4, |m| {
+    let (own, api, cpu) = appliance::attach(&o.relay, 1, RELAY_IO_BATCH, RelayIo::Mmsg, 4, |m| {
         output::say(o.progress, m)
     })?;
     let result = drive(o, &api, cpu, own.as_ref(), started_unix, deadline);

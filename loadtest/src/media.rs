@@ -14,7 +14,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use serde::Serialize;
 
-use crate::appliance::{self, Api, Cpu, Metrics};
+use crate::appliance::{self, Api, Cpu, Metrics, RelayIo};
 use crate::client::{Client, Role};
 use crate::driver::{self, Group, GroupResult};
 use crate::floor;
@@ -46,6 +46,8 @@ pub struct Setup {
     pub relay_media_workers: usize,
     /// `media.io_batch` of the relay this started (not known for --target).
     pub relay_io_batch: u16,
+    /// `media.io` of the relay this started.
+    pub relay_io: RelayIo,
     pub client_threads: usize,
     pub sessions: usize,
 }
@@ -389,6 +391,7 @@ fn run_relay(
         &o.relay,
         o.workers,
         o.io_batch,
+        o.io,
         o.sessions_per_room() + 4,
         |m| progress(o, m),
     )?;
@@ -754,6 +757,7 @@ fn assemble(
             duration_seconds: o.duration.as_secs_f64(),
             relay_media_workers: o.workers,
             relay_io_batch: o.io_batch,
+            relay_io: o.io,
             client_threads: o.client_threads,
             sessions: o.sessions(),
         },
@@ -818,7 +822,11 @@ impl Report {
             s.layout.as_str(),
             s.sessions,
             if name == "relay" {
-                format!(", relay io batch {}", s.relay_io_batch)
+                format!(
+                    ", relay io {} batch {}",
+                    s.relay_io.as_str(),
+                    s.relay_io_batch
+                )
             } else {
                 String::new()
             },
@@ -986,6 +994,7 @@ mod tests {
             workers: 1,
             // The plain path, one datagram per system call (the default batch runs elsewhere).
             io_batch: 1,
+            io: RelayIo::Mmsg,
             client_threads: 1,
             floor_duration: Duration::from_millis(100),
             peer: PeerKind::Relay,

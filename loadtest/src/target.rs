@@ -69,6 +69,9 @@ pub struct Options {
     /// per system call, the plain path).
     #[arg(long, default_value_t = 32, value_parser = clap::value_parser!(u16).range(1..=64))]
     pub io_batch: u16,
+    /// The datagram path of the relay this starts (`media.io`).
+    #[arg(long, value_enum, default_value = "mmsg")]
+    pub io: appliance::RelayIo,
     /// Threads driving the simulated clients.
     #[arg(long, default_value_t = 2)]
     pub client_threads: usize,

@@ -71,6 +71,9 @@ pub struct Media {
     pub max_rooms_per_worker: usize,
     /// Datagrams per `recvmmsg`/`sendmmsg` call (1 = one per syscall).
     pub io_batch: usize,
+    /// The datagram path: "mmsg" (`recvmmsg`/`sendmmsg`) or "uring" (io_uring, falling back to
+    /// mmsg with a log line where the kernel refuses it).
+    pub io: String,
     /// Video m-lines (slots) one offer may carry; beyond it 400.
     pub max_slots: usize,
     /// Audio m-lines one offer may carry; beyond it 400.
@@ -188,6 +191,9 @@ impl Default for Media {
             max_sessions_per_room: 100,
             max_rooms_per_worker: 1_000,
             io_batch: crate::media::plane::DEFAULT_IO_BATCH,
+            io: crate::media::datagrams::IoKind::default()
+                .label()
+                .to_string(),
             max_slots: crate::media::plane::DEFAULT_MAX_SLOTS,
             max_audio_lines: crate::media::plane::DEFAULT_MAX_AUDIO_LINES,
         }
@@ -204,6 +210,7 @@ impl Media {
             max_sessions_per_room: self.max_sessions_per_room,
             max_rooms_per_worker: self.max_rooms_per_worker,
             io_batch: self.io_batch,
+            io: crate::media::datagrams::IoKind::parse(&self.io).unwrap_or_default(),
             max_slots: self.max_slots,
             max_audio_lines: self.max_audio_lines,
         }
@@ -328,6 +335,9 @@ impl Config {
                 format!("must be from 1 to {}", crate::media::udp::MAX_BATCH),
             ));
         }
+        if crate::media::datagrams::IoKind::parse(&self.media.io).is_none() {
+            return Err(err("media.io", "must be \"mmsg\" or \"uring\""));
+        }
         if !self.audit.syslog.is_empty()
             && let Err(m) = crate::control::witness::parse_url(&self.audit.syslog)
         {
@@ -439,6 +449,7 @@ mod tests {
             ("[media]\nmax_sessions_per_room = 0", "media.max_sessions_per_room"),
             ("[media]\nio_batch = 0", "media.io_batch"),
             ("[media]\nio_batch = 65", "media.io_batch"),
+            ("[media]\nio = \"epoll\"", "media.io"),
             ("[media]\nfirst_port = -1", "media.first_port"),
             ("[files]\nlisten = \"x\"", "files.listen"),
             ("[files]\nallowed_types = [\"video\"]", "files.allowed_types"),

@@ -56,6 +56,7 @@ fn config() -> MediaConfig {
         max_sessions_per_room: 8,
         max_rooms_per_worker: 4,
         io_batch: super::plane::DEFAULT_IO_BATCH,
+        io: super::datagrams::IoKind::Mmsg,
         max_slots: super::plane::DEFAULT_MAX_SLOTS,
         max_audio_lines: super::plane::DEFAULT_MAX_AUDIO_LINES,
     }
@@ -71,6 +72,16 @@ async fn publish_and_subscribe_over_loopback() {
 async fn publish_and_subscribe_one_datagram_per_call() {
     publish_and_subscribe(MediaConfig {
         io_batch: 1,
+        ..config()
+    })
+    .await;
+}
+
+/// The io_uring path carries the same session.
+#[tokio::test]
+async fn publish_and_subscribe_on_io_uring() {
+    publish_and_subscribe(MediaConfig {
+        io: super::datagrams::IoKind::Uring,
         ..config()
     })
     .await;

@@ -17,8 +17,9 @@
 //! - [`answer`]: our candidates in every bundled section of an answer, for every peer to read.
 //!
 //! Then the SFU core, still sans-IO ([`sfu::Core`]: str0m sessions, rooms, forwarding), and the
-//! I/O shell ([`plane`]: worker threads, UDP sockets, mio loops, the async API; [`udp`]: batched
-//! `recvmmsg`/`sendmmsg`).
+//! I/O shell ([`plane`]: worker threads, UDP sockets, mio loops, the async API; [`datagrams`]:
+//! the datagram path `media.io` picks, [`udp`]'s batched `recvmmsg`/`sendmmsg` or [`uring`]'s
+//! io_uring).
 //!
 //! # The boundary for the control plane
 //!
@@ -71,6 +72,7 @@ pub mod allocate;
 pub mod answer;
 pub mod audio;
 pub mod counters;
+pub mod datagrams;
 pub mod delay;
 pub mod estimate;
 pub mod keyframe;
@@ -84,6 +86,7 @@ pub mod stun;
 pub mod switch;
 pub mod types;
 pub mod udp;
+pub mod uring;
 
 pub use counters::{DelayHistogram, DropReason, FORWARD_DELAY_BOUNDS, MediaCounters};
 pub use plane::{MediaConfig, MediaPlane, SessionTag};

@@ -32,15 +32,16 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use mio::net::UdpSocket;
+use mio::unix::SourceFd;
 use mio::{Events, Interest, Poll, Token, Waker};
 use tokio::sync::oneshot;
 
 use super::counters::{DropReason, MediaCounters, WorkerCounters, set};
+use super::datagrams::{self, IoKind, Reader, Writer};
 use super::sfu::{Core, CoreConfig, Wire};
 use super::types::{
     Layout, MediaError, ParticipantKey, RoomInfo, RoomKey, SessionAnswer, SessionId, Source,
 };
-use super::udp::{Inbox, Outbox};
 
 /// Datagrams read per loop iteration before timers and commands get a turn.
 pub const RECV_BUDGET: usize = 256;
@@ -81,6 +82,8 @@ pub struct MediaConfig {
     pub max_rooms_per_worker: usize,
     /// Datagrams per `recvmmsg`/`sendmmsg` (1..=[`super::udp::MAX_BATCH`]; 1 = one per call).
     pub io_batch: usize,
+    /// The datagram path: `recvmmsg`/`sendmmsg` or io_uring (`media.io`).
+    pub io: IoKind,
     /// Video m-lines (slots, or a publisher's video tracks) one offer may carry; beyond it `BadSdp`.
     pub max_slots: usize,
     /// Audio m-lines one offer may carry; beyond it `BadSdp`.
@@ -96,6 +99,7 @@ impl Default for MediaConfig {
             max_sessions_per_room: 100,
             max_rooms_per_worker: 1_000,
             io_batch: DEFAULT_IO_BATCH,
+            io: IoKind::default(),
             max_slots: DEFAULT_MAX_SLOTS,
             max_audio_lines: DEFAULT_MAX_AUDIO_LINES,
         }
@@ -270,10 +274,23 @@ impl MediaPlane {
             let addr = std_socket
                 .local_addr()
                 .map_err(|e| MediaError::Io(format!("local address: {e}")))?;
-            let mut socket = UdpSocket::from_std(std_socket);
+            let socket = UdpSocket::from_std(std_socket);
+            let (inbox, outbox, refused) = datagrams::open(cfg.io, &socket, cfg.io_batch);
+            if let Some(e) = refused
+                && i == 0
+            {
+                tracing::warn!(
+                    "media.io = \"uring\" but io_uring is not available here ({e}); \
+                     the workers use recvmmsg/sendmmsg"
+                );
+            }
             let poll = Poll::new().map_err(|e| MediaError::Io(format!("poll: {e}")))?;
             poll.registry()
-                .register(&mut socket, SOCKET, Interest::READABLE)
+                .register(
+                    &mut SourceFd(&inbox.ready_fd(&socket)),
+                    SOCKET,
+                    Interest::READABLE,
+                )
                 .map_err(|e| MediaError::Io(format!("register socket: {e}")))?;
             let waker = Arc::new(
                 Waker::new(poll.registry(), WAKER)
@@ -301,8 +318,8 @@ impl MediaPlane {
                 heartbeat: heartbeat.clone(),
                 epoch,
                 placement: placement.clone(),
-                inbox: Inbox::new(cfg.io_batch),
-                outbox: Outbox::new(cfg.io_batch),
+                inbox,
+                outbox,
             };
             let thread = std::thread::Builder::new()
                 .name(format!("media-worker-{i}"))
@@ -624,14 +641,14 @@ struct Worker {
     heartbeat: Arc<AtomicU64>,
     epoch: Instant,
     placement: Arc<Mutex<Placement>>,
-    inbox: Inbox,
-    outbox: Outbox,
+    inbox: Reader,
+    outbox: Writer,
 }
 
 /// The worker's socket as the core sees it: datagrams queue in the outbox.
 struct SocketWire<'a> {
     socket: &'a UdpSocket,
-    outbox: &'a mut Outbox,
+    outbox: &'a mut Writer,
     counters: &'a WorkerCounters,
 }
 

@@ -243,7 +243,7 @@ impl Outbox {
     }
 }
 
-fn send_one(socket: &impl AsRawFd, to: &SockAddr, data: &[u8]) -> io::Result<()> {
+pub(super) fn send_one(socket: &impl AsRawFd, to: &SockAddr, data: &[u8]) -> io::Result<()> {
     // SAFETY: data and the address are valid for the lengths passed, for the whole call.
     let r = unsafe {
         libc::sendto(
