@@ -1,10 +1,11 @@
 //! The per-packet path of the media core in a simulated room, for instruction counting.
 //!
-//! `packet_path N SECONDS [small|camera]`: one publisher (three simulcast layers and audio) and
+//! `packet_path N SECONDS [small|camera|idle]`: one publisher (three simulcast layers and audio) and
 //! N subscribers with one video slot and one audio line each, settled for six simulated
 //! seconds, then run for SECONDS more. The publisher sends in the kit's small shape (one packet
 //! per layer and frame, the top layer at 154 kbit/s) or, with `camera`, as a camera encoder does
-//! (the top layer at 1.5 Mbit/s, six packets a frame). It prints the copies forwarded in each phase. Under
+//! (the top layer at 1.5 Mbit/s, six packets a frame); with `idle` there is no publisher, and the
+//! N subscribers stay connected with nothing to receive. It prints the copies forwarded in each phase. Under
 //! `valgrind --tool=callgrind --collect-atstart=no --toggle-collect='relay::media::sim::core_*'`
 //! only the core's own calls are counted; `bench/callgrind-packet-path.sh` runs it with and
 //! without the measured phase and divides the difference by the copies forwarded in it.
@@ -21,7 +22,7 @@ fn main() {
             .map(|a| match a.parse() {
                 Ok(v) => v,
                 Err(_) => {
-                    eprintln!("usage: packet_path SUBSCRIBERS SECONDS [small|camera]");
+                    eprintln!("usage: packet_path SUBSCRIBERS SECONDS [small|camera|idle]");
                     std::process::exit(2);
                 }
             })
@@ -30,15 +31,18 @@ fn main() {
     let n = parse(1, 10) as usize;
     let seconds = parse(2, 2);
     let mut sim = Sim::with_room_size(n + 1);
-    sim.shape = match args.get(3).map(String::as_str) {
-        None | Some("small") => Shape::SMALL,
-        Some("camera") => Shape::CAMERA,
-        Some(other) => {
-            eprintln!("unknown shape {other}: small or camera");
+    let shape = args.get(3).map(String::as_str).unwrap_or("small");
+    sim.shape = match shape {
+        "small" | "idle" => Shape::SMALL,
+        "camera" => Shape::CAMERA,
+        other => {
+            eprintln!("unknown shape {other}: small, camera or idle");
             std::process::exit(2);
         }
     };
-    sim.add_publisher("p", 1, Source::Camera);
+    if shape != "idle" {
+        sim.add_publisher("p", 1, Source::Camera);
+    }
     for i in 0..n {
         sim.add_subscriber(&format!("s{i}"), 1, 1, Layout::Grid);
     }

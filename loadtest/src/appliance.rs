@@ -83,9 +83,13 @@ impl OwnRelay {
         let text = format!(
             "[http]\nlisten = \"127.0.0.1:0\"\ndrain_timeout = \"3s\"\n\
              [media]\nbind = \"127.0.0.1\"\nfirst_port = 0\nworkers = {workers}\n\
-             io_batch = {io_batch}\nio = \"{}\"\nmax_sessions_per_room = {}\n[files]\nlisten = \"127.0.0.1:0\"\n\
+             io_batch = {io_batch}\n{}max_sessions_per_room = {}\n[files]\nlisten = \"127.0.0.1:0\"\n\
              [log]\nlevel = \"info\"\n",
-            io.as_str(),
+            // The default is left unsaid, so relays from before the key was known start too.
+            match io {
+                RelayIo::Mmsg => "",
+                RelayIo::Uring => "io = \"uring\"\n",
+            },
             max_sessions.max(1)
         );
         std::fs::write(&config, text).map_err(|e| format!("write relay config: {e}"))?;
