@@ -17,6 +17,7 @@ use crate::control::unix_now;
 use crate::control::witness::Witnesses;
 use crate::datadir::{self, DataDir};
 use crate::files::server::FilePlane;
+use crate::http::notices::NoticeHub;
 use crate::http::sessions::MediaRoutes;
 use crate::http::{self, AppState, Info, Readiness};
 use crate::media::MediaPlane;
@@ -180,6 +181,7 @@ pub async fn run(config: Config) -> Result<(), ServeError> {
         info,
         audit_path: dir.audit_log(),
         media: Some(MediaRoutes::new(media.clone())),
+        notices: NoticeHub::new(&control),
     });
     media_ready.store(true, Ordering::Release);
     files_ready.store(true, Ordering::Release);
@@ -213,7 +215,8 @@ pub async fn run(config: Config) -> Result<(), ServeError> {
     });
     // Live sessions are held to the registry: when it may have changed (here or through
     // `relay admin --data`), every session's token is checked again, so a removed user, a lowered
-    // clearance or a revoked device or token ends its sessions within a second.
+    // clearance or a revoked device or token ends its sessions within a second; and notices
+    // written since go out to the pages.
     let enforce_state = state.clone();
     tokio::spawn(async move {
         let mut tick = tokio::time::interval(Duration::from_millis(250));
@@ -223,10 +226,17 @@ pub async fn run(config: Config) -> Result<(), ServeError> {
             let version = enforce_state.control.registry_version();
             if seen != Some(version) {
                 seen = Some(version);
+                enforce_state.notices.catch_up(&enforce_state.control);
                 if let Some(m) = &enforce_state.media {
                     m.enforce(&enforce_state.control).await;
                 }
             }
+        }
+    });
+    let chat_state = state.clone();
+    tokio::spawn(async move {
+        if let Some(m) = &chat_state.media {
+            m.audit_chat(&chat_state.control).await;
         }
     });
     if let Some(period) = sd_notify::watchdog_enabled() {
@@ -257,6 +267,12 @@ pub async fn run(config: Config) -> Result<(), ServeError> {
         data = %dir.root.display(),
         "{UP_MESSAGE}"
     );
+    if let Some(token) = demo_token(&control) {
+        tracing::info!(
+            "open the meeting: http://{local}/#token={token}&room={}",
+            datadir::DEMO_ROOM
+        );
+    }
     tracing::info!(
         "get a token: relay token --data {} --org {} --user {} --device {} --room {}",
         dir.root.display(),
@@ -283,6 +299,34 @@ pub async fn run(config: Config) -> Result<(), ServeError> {
     drop(control);
     tracing::info!("stopped");
     Ok(())
+}
+
+/// How long the start-up link's demo token lasts.
+const DEMO_TOKEN_TTL: Duration = Duration::from_secs(3600);
+
+/// A short-lived token for the start-up link, while the `demo` organisation, its user and its
+/// device are registered.
+fn demo_token(control: &Control) -> Option<String> {
+    let req = crate::control::MintRequest {
+        org: datadir::DEMO_ORG.into(),
+        user: datadir::DEMO_USER.into(),
+        device: datadir::DEMO_DEVICE.into(),
+        clearance: None,
+        room: None,
+        grants: Some(vec![
+            crate::control::token::Grant::Publish,
+            crate::control::token::Grant::Subscribe,
+        ]),
+        ttl: Some(DEMO_TOKEN_TTL),
+    };
+    control.registry().org(datadir::DEMO_ORG).ok().flatten()?;
+    match control.mint(&req, None) {
+        Ok(m) => Some(m.token),
+        Err(e) => {
+            tracing::info!(error = %e, "no demo link");
+            None
+        }
+    }
 }
 
 /// The media plane's counters, read at scrape time.

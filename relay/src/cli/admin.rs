@@ -84,6 +84,24 @@ pub enum AdminCommand {
         #[command(subcommand)]
         command: AuditCommand,
     },
+    Notice {
+        #[command(subcommand)]
+        command: NoticeCommand,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum NoticeCommand {
+    /// Send an urgent notice to every open page of the organisation (or of one room), shown as
+    /// a banner until dismissed.
+    Send {
+        #[arg(long)]
+        org: String,
+        /// Only the pages in this room.
+        #[arg(long)]
+        room: Option<String>,
+        text: String,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -279,6 +297,17 @@ fn change_of(command: AdminCommand) -> Result<AdminChange, Option<PathBuf>> {
         AdminCommand::Token {
             command: TokenCommand::Revoke { org, id },
         } => AdminChange::new(org, Change::RevokeToken { id }),
+        AdminCommand::Notice {
+            command: NoticeCommand::Send { org, room, text },
+        } => AdminChange::new(
+            org,
+            Change::SendNotice {
+                room,
+                text,
+                // Over the API the relay names the admin; on the appliance, its operator.
+                from: "operator".into(),
+            },
+        ),
         AdminCommand::Audit {
             command: AuditCommand::Verify { witness },
         } => return Err(witness),
@@ -326,6 +355,11 @@ fn request_of(change: &AdminChange) -> (&'static str, String, Value) {
             json!({"name": name, "classification": classification, "secure_view": secure_view}),
         ),
         Change::RevokeToken { id } => ("POST", format!("/api/admin/tokens/{id}/revoke"), json!({})),
+        Change::SendNotice { room, text, .. } => (
+            "POST",
+            "/api/admin/notices".into(),
+            json!({"text": text, "room": room}),
+        ),
     }
 }
 

@@ -3,7 +3,7 @@
 //! Every surface that changes the registry (`relay admin` on the data directory, `relay admin
 //! --server` over HTTP, the HTTP admin routes) builds an [`AdminChange`] and hands it to
 //! [`crate::control::Control::apply`], which checks it against the admin, applies it and audits
-//! it. Nothing else writes users, devices, rooms or revocations.
+//! it. Nothing else writes users, devices, rooms, revocations or notices.
 
 use serde::Serialize;
 use serde_json::{Value, json};
@@ -56,6 +56,13 @@ pub enum Change {
     RevokeToken {
         id: String,
     },
+    /// An urgent notice to every open page of the organisation, or of one room.
+    SendNotice {
+        room: Option<String>,
+        text: String,
+        /// Who sends it, as the pages show it.
+        from: String,
+    },
 }
 
 impl Change {
@@ -70,6 +77,7 @@ impl Change {
             Change::RevokeDevice { .. } => "admin.device.revoke",
             Change::AddRoom { .. } => "admin.room.add",
             Change::RevokeToken { .. } => "admin.token.revoke",
+            Change::SendNotice { .. } => "admin.notice.send",
         }
     }
 
@@ -83,6 +91,8 @@ impl Change {
             Change::AddDevice { id, .. } | Change::RevokeDevice { id } => format!("device:{id}"),
             Change::AddRoom { name, .. } => format!("room:{name}"),
             Change::RevokeToken { id } => format!("token:{id}"),
+            Change::SendNotice { room: Some(r), .. } => format!("room:{r}"),
+            Change::SendNotice { room: None, .. } => format!("org:{org}"),
         }
     }
 }
@@ -137,6 +147,11 @@ impl AdminChange {
             Change::AddRoom { classification, .. } => *classification,
             // A token id says nothing of the token's level; revoking one only takes rights away.
             Change::RevokeToken { .. } => 0,
+            // A notice to a room speaks to those cleared for it.
+            Change::SendNotice { room: Some(r), .. } => {
+                reg.room(org, r)?.map_or(0, |r| r.classification)
+            }
+            Change::SendNotice { room: None, .. } => 0,
         };
         Ok(Reach {
             level,
@@ -182,6 +197,9 @@ impl AdminChange {
             Change::RevokeToken { id } => {
                 reg.revoke_token(org, id, now)?;
                 json!({"org": org, "id": id, "revoked": true})
+            }
+            Change::SendNotice { room, text, from } => {
+                json!(reg.add_notice(org, room.as_deref(), text, from, now)?)
             }
         })
     }

@@ -68,6 +68,9 @@ pub struct Event {
     /// The id of the token minted, so that it can be revoked by it.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub token: Option<String>,
+    /// How many bytes the action carried (a chat message's size; never its content).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub bytes: Option<u64>,
 }
 
 impl Event {
@@ -82,6 +85,7 @@ impl Event {
             target: None,
             subject: None,
             token: None,
+            bytes: None,
         }
     }
 
@@ -114,6 +118,11 @@ impl Event {
 
     pub fn token(mut self, id: &str) -> Event {
         self.token = Some(bounded(id));
+        self
+    }
+
+    pub fn bytes(mut self, n: u64) -> Event {
+        self.bytes = Some(n);
         self
     }
 }

@@ -64,6 +64,24 @@ pub struct Room {
     pub secure_view: bool,
 }
 
+/// An urgent notice to every open page of an organisation, or of one of its rooms.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Notice {
+    /// Rises with every notice of the appliance, whatever the organisation.
+    pub id: u64,
+    pub org: String,
+    /// The room it is for; `None`: the whole organisation.
+    pub room: Option<String>,
+    pub text: String,
+    /// Who sent it: the admin's user name, or `operator` on the appliance itself.
+    pub from: String,
+    /// Seconds since the Unix epoch.
+    pub sent_at: u64,
+}
+
+/// Longest notice text, in bytes.
+pub const MAX_NOTICE_BYTES: usize = 2000;
+
 /// A name as an error message shows it: at most 64 characters, so a huge name given by a client
 /// is not echoed back whole.
 pub fn shown(name: &str) -> String {

@@ -6,7 +6,9 @@
 
 use std::fmt;
 
-use super::model::{Device, DeviceKind, MAX_LEVEL, Org, Room, User, shown};
+use super::model::{
+    Device, DeviceKind, MAX_LEVEL, MAX_NOTICE_BYTES, Notice, Org, Room, User, shown,
+};
 
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
@@ -66,6 +68,29 @@ pub fn check_level(what: &str, level: u8) -> Result<()> {
     }
 }
 
+/// A notice's text: not blank, at most [`MAX_NOTICE_BYTES`], no control characters but line
+/// breaks and tabs.
+pub fn check_notice_text(text: &str) -> Result<()> {
+    if text.trim().is_empty() {
+        return Err(RegistryError::Invalid("a notice needs a text".into()));
+    }
+    if text.len() > MAX_NOTICE_BYTES {
+        return Err(RegistryError::Invalid(format!(
+            "a notice is at most {MAX_NOTICE_BYTES} bytes, not {}",
+            text.len()
+        )));
+    }
+    if text
+        .chars()
+        .any(|c| c.is_control() && c != '\n' && c != '\t')
+    {
+        return Err(RegistryError::Invalid(
+            "a notice holds no control characters but line breaks and tabs".into(),
+        ));
+    }
+    Ok(())
+}
+
 /// The registry as the control plane uses it.
 pub trait Registry: Send + fmt::Debug {
     fn add_org(&self, name: &str, quota_bytes: Option<u64>) -> Result<Org>;
@@ -111,6 +136,22 @@ pub trait Registry: Send + fmt::Debug {
     ) -> Result<Room>;
 
     fn room(&self, org: &str, name: &str) -> Result<Option<Room>>;
+
+    /// Stores a notice for `org` (or its room `room`, which must be registered).
+    fn add_notice(
+        &self,
+        org: &str,
+        room: Option<&str>,
+        text: &str,
+        from: &str,
+        now: u64,
+    ) -> Result<Notice>;
+
+    /// The latest `limit` notices of `org`, oldest first.
+    fn notices(&self, org: &str, limit: usize) -> Result<Vec<Notice>>;
+
+    /// Notices of every organisation with an id above `after`, oldest first, at most `limit`.
+    fn notices_after(&self, after: u64, limit: usize) -> Result<Vec<Notice>>;
 
     /// The registry's generation: it moves with every change of users, devices, rooms or
     /// revocations, from any process on the database.

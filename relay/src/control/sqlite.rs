@@ -6,8 +6,10 @@ use std::time::Duration;
 
 use rusqlite::{Connection, OptionalExtension, params};
 
-use super::model::{Device, DeviceKind, Org, Room, User, shown};
-use super::registry::{Registry, RegistryError, Result, check_level, check_name, user_named};
+use super::model::{Device, DeviceKind, Notice, Org, Room, User, shown};
+use super::registry::{
+    Registry, RegistryError, Result, check_level, check_name, check_notice_text, user_named,
+};
 
 /// Schema migrations, applied in order; `PRAGMA user_version` counts those applied.
 const MIGRATIONS: &[&str] = &[
@@ -62,7 +64,32 @@ CREATE TABLE user_removals (
     PRIMARY KEY (org, name)
 ) STRICT, WITHOUT ROWID;
 "#,
+    r#"
+CREATE TABLE notices (
+    id      INTEGER PRIMARY KEY AUTOINCREMENT,
+    org     TEXT NOT NULL REFERENCES orgs(name),
+    room    TEXT,
+    text    TEXT NOT NULL,
+    sender  TEXT NOT NULL,
+    sent_at INTEGER NOT NULL
+) STRICT;
+CREATE INDEX notices_by_org ON notices (org, id);
+"#,
 ];
+
+/// Notices kept per organisation; older ones are deleted as new ones come.
+const NOTICES_KEPT: i64 = 500;
+
+fn notice_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Notice> {
+    Ok(Notice {
+        id: r.get::<_, i64>(0)? as u64,
+        org: r.get(1)?,
+        room: r.get(2)?,
+        text: r.get(3)?,
+        from: r.get(4)?,
+        sent_at: r.get::<_, i64>(5)? as u64,
+    })
+}
 
 /// An open registry database.
 #[derive(Debug)]
@@ -395,6 +422,71 @@ impl Registry for SqliteRegistry {
             .optional()?)
     }
 
+    fn add_notice(
+        &self,
+        org: &str,
+        room: Option<&str>,
+        text: &str,
+        from: &str,
+        now: u64,
+    ) -> Result<Notice> {
+        check_notice_text(text)?;
+        self.require_org(org)?;
+        if let Some(r) = room
+            && self.room(org, r)?.is_none()
+        {
+            return Err(RegistryError::NotFound(format!(
+                "room {} in {}",
+                shown(r),
+                shown(org)
+            )));
+        }
+        let tx = self.conn.unchecked_transaction()?;
+        tx.execute(
+            "INSERT INTO notices (org, room, text, sender, sent_at) VALUES (?1, ?2, ?3, ?4, ?5)",
+            params![org, room, text, from, now as i64],
+        )?;
+        let id = tx.last_insert_rowid();
+        tx.execute(
+            "DELETE FROM notices WHERE org = ?1 \
+             AND id NOT IN (SELECT id FROM notices WHERE org = ?1 ORDER BY id DESC LIMIT ?2)",
+            params![org, NOTICES_KEPT],
+        )?;
+        tx.commit()?;
+        Ok(Notice {
+            id: id as u64,
+            org: org.into(),
+            room: room.map(Into::into),
+            text: text.into(),
+            from: from.into(),
+            sent_at: now,
+        })
+    }
+
+    fn notices(&self, org: &str, limit: usize) -> Result<Vec<Notice>> {
+        let mut rows: Vec<Notice> = self
+            .conn
+            .prepare_cached(
+                "SELECT id, org, room, text, sender, sent_at FROM notices WHERE org = ?1 \
+                 ORDER BY id DESC LIMIT ?2",
+            )?
+            .query_map(params![org, limit as i64], notice_row)?
+            .collect::<rusqlite::Result<_>>()?;
+        rows.reverse();
+        Ok(rows)
+    }
+
+    fn notices_after(&self, after: u64, limit: usize) -> Result<Vec<Notice>> {
+        Ok(self
+            .conn
+            .prepare_cached(
+                "SELECT id, org, room, text, sender, sent_at FROM notices WHERE id > ?1 \
+                 ORDER BY id LIMIT ?2",
+            )?
+            .query_map(params![after as i64, limit as i64], notice_row)?
+            .collect::<rusqlite::Result<_>>()?)
+    }
+
     /// The registry's generation: it moves with every change of users, devices, rooms or
     /// revocations, from any process on the database.
     fn generation(&self) -> Result<u64> {
@@ -439,6 +531,51 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let reg = SqliteRegistry::open_or_create(&dir.path().join("relay.db")).unwrap();
         (dir, reg)
+    }
+
+    #[test]
+    fn notices_are_kept_per_organisation_and_pruned() {
+        let (_d, reg) = temp_registry();
+        reg.add_org("acme", None).unwrap();
+        reg.add_org("other", None).unwrap();
+        reg.add_room("acme", "ops", 0, false).unwrap();
+        let first = reg
+            .add_notice("acme", None, "fire drill", "operator", 10)
+            .unwrap();
+        let second = reg
+            .add_notice("acme", Some("ops"), "ops only", "ann", 11)
+            .unwrap();
+        let theirs = reg
+            .add_notice("other", None, "elsewhere", "bob", 12)
+            .unwrap();
+        assert!(first.id < second.id && second.id < theirs.id);
+        let mine = reg.notices("acme", 10).unwrap();
+        assert_eq!(mine, vec![first.clone(), second.clone()]);
+        assert_eq!(reg.notices("acme", 1).unwrap(), vec![second.clone()]);
+        assert_eq!(
+            reg.notices_after(first.id, 10).unwrap(),
+            vec![second, theirs]
+        );
+        assert!(matches!(
+            reg.add_notice("acme", Some("nowhere"), "x", "ann", 13),
+            Err(RegistryError::NotFound(_))
+        ));
+        assert!(matches!(
+            reg.add_notice("acme", None, "  ", "ann", 13),
+            Err(RegistryError::Invalid(_))
+        ));
+        assert!(matches!(
+            reg.add_notice("acme", None, "bell\u{7}", "ann", 13),
+            Err(RegistryError::Invalid(_))
+        ));
+        for i in 0..NOTICES_KEPT + 5 {
+            reg.add_notice("acme", None, &format!("n{i}"), "ann", 20)
+                .unwrap();
+        }
+        let kept = reg.notices("acme", 10_000).unwrap();
+        assert_eq!(kept.len() as i64, NOTICES_KEPT);
+        assert_eq!(kept.last().unwrap().text, format!("n{}", NOTICES_KEPT + 4));
+        assert_eq!(reg.notices("other", 10).unwrap().len(), 1);
     }
 
     #[test]

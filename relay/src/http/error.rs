@@ -125,14 +125,16 @@ impl From<MediaError> for ApiError {
                 ApiError::new(StatusCode::BAD_REQUEST, "bad_sdp", e.to_string())
             }
             MediaError::NotFound => ApiError::not_found(e.to_string()),
-            MediaError::RoomFull | MediaError::WorkerBusy | MediaError::ShuttingDown => {
-                ApiError::new(
-                    StatusCode::SERVICE_UNAVAILABLE,
-                    "unavailable",
-                    e.to_string(),
-                )
-                .retry_after(2)
+            MediaError::RoomFull => {
+                ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "room_full", e.to_string())
+                    .retry_after(2)
             }
+            MediaError::WorkerBusy | MediaError::ShuttingDown => ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "unavailable",
+                e.to_string(),
+            )
+            .retry_after(2),
             _ => ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", e.to_string()),
         }
     }

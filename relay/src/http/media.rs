@@ -20,7 +20,7 @@ use serde_json::json;
 use super::error::{ApiError, ApiResult, bearer, json_body};
 use super::sessions::{MediaRoutes, Owner, room_key};
 use super::state::AppState;
-use crate::control::model::shown;
+use crate::control::model::{Room, shown};
 use crate::control::policy::{Principal, RoomRole};
 use crate::control::token::Claims;
 use crate::media::{Layout, SessionId, Source};
@@ -89,15 +89,16 @@ fn join(
     action: &'static str,
     role: RoomRole,
     room: &str,
-) -> ApiResult<(Principal, Claims)> {
+) -> ApiResult<(Principal, Claims, Room)> {
     let target = format!("room:{room}");
     let (p, claims) = s
         .control
         .authenticate_claims(bearer(headers), action, &target)?;
-    s.control
+    let r = s
+        .control
         .join(action, &p, role, room)?
         .ok_or_else(|| ApiError::not_found(format!("room {} is not registered", shown(room))))?;
-    Ok((p, claims))
+    Ok((p, claims, r))
 }
 
 #[derive(Deserialize)]
@@ -116,7 +117,7 @@ async fn whip(
     let Query(q) = query.map_err(|e| {
         ApiError::bad_request(format!("source must be camera, screen or audio: {e}"))
     })?;
-    let (p, claims) = join(&s, &headers, "whip", RoomRole::Publish, &room)?;
+    let (p, claims, _) = join(&s, &headers, "whip", RoomRole::Publish, &room)?;
     let offer = sdp_body(&headers, &body)?;
     let answer = m
         .plane
@@ -146,7 +147,7 @@ async fn whep(
     let m = media(&s)?;
     let Query(q) =
         query.map_err(|e| ApiError::bad_request(format!("layout must be grid or screen: {e}")))?;
-    let (p, claims) = join(&s, &headers, "whep", RoomRole::Subscribe, &room)?;
+    let (p, claims, registered) = join(&s, &headers, "whep", RoomRole::Subscribe, &room)?;
     let offer = sdp_body(&headers, &body)?;
     let answer = m
         .plane
@@ -154,6 +155,8 @@ async fn whep(
             room_key(&p.org, &room),
             p.user.clone(),
             q.layout.unwrap_or(Layout::Grid),
+            // Chat in a secure room is relayed live and kept nowhere.
+            !registered.secure_view,
             &offer,
             Owner::new(claims, &room, true).tag(),
         )
@@ -301,8 +304,8 @@ async fn room_info(
         Some(m) => m.plane.room_info(&room_key(&p.org, &room)).await,
         None => None,
     };
-    let (publishers, subscribers) = live
-        .map(|i| (i.publishers, i.subscribers))
+    let (publishers, subscribers, speaker) = live
+        .map(|i| (i.publishers, i.subscribers, i.speaker))
         .unwrap_or_default();
     Ok(Json(json!({
         "room": room,
@@ -310,5 +313,6 @@ async fn room_info(
         "secure_view": registered.secure_view,
         "publishers": publishers,
         "subscribers": subscribers,
+        "speaker": speaker,
     })))
 }

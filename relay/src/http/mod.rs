@@ -1,5 +1,6 @@
 //! The HTTP shell: the router, health, readiness, metrics and the web client; the admin routes
-//! ([`admin`]), WHIP and WHEP ([`media`]) and the sessions they own ([`sessions`]), the JSON errors
+//! ([`admin`]), WHIP and WHEP ([`media`]) and the sessions they own ([`sessions`]), urgent
+//! notices ([`notices`]), the JSON errors
 //! and the request parts every route reads alike ([`error`]).
 //!
 //! Handlers stay thin: parse, ask [`Control`], answer. Every error is the contract's JSON
@@ -8,6 +9,7 @@
 pub mod admin;
 pub mod error;
 pub mod media;
+pub mod notices;
 pub mod sessions;
 pub mod state;
 
@@ -30,6 +32,7 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/api/info", get(info))
         .merge(admin::routes())
         .merge(media::routes())
+        .merge(notices::routes())
         .route("/", get(web_client))
         .fallback(|| async { ApiError::not_found("no such resource") })
         .with_state(state)

@@ -96,6 +96,31 @@ impl MediaRoutes {
     }
 }
 
+impl MediaRoutes {
+    /// Audits each chat message the media plane relayed: who sent it, in which room, how many
+    /// bytes; never its text. Runs until the plane stops.
+    pub async fn audit_chat(&self, control: &Control) {
+        let Some(mut log) = self.plane.take_chat_log() else {
+            return;
+        };
+        while let Some(c) = log.recv().await {
+            let room = c.room.split_once('/').map_or(c.room.as_str(), |(_, r)| r);
+            let mut e = Event::new("chat.send", Decision::Allow)
+                .target(&format!("room:{room}"))
+                .bytes(c.bytes as u64);
+            match self.owner(&c.session) {
+                Some(o) => e = e.who(&o.claims.org, &o.claims.sub, &o.claims.device),
+                None => {
+                    if let Some((org, _)) = c.room.split_once('/') {
+                        e = e.org(org);
+                    }
+                }
+            }
+            control.record(e);
+        }
+    }
+}
+
 /// The media plane's name for a room: rooms are per organisation.
 pub fn room_key(org: &str, room: &str) -> String {
     format!("{org}/{room}")

@@ -5,6 +5,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 
 use serde::Serialize;
 
+use super::notices::NoticeHub;
 use super::sessions::MediaRoutes;
 use crate::control::Control;
 
@@ -55,4 +56,6 @@ pub struct AppState {
     pub audit_path: std::path::PathBuf,
     /// The media plane, when it runs.
     pub media: Option<MediaRoutes>,
+    /// Live notices for the pages' streams.
+    pub notices: NoticeHub,
 }

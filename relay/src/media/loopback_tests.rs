@@ -117,7 +117,14 @@ async fn publish_and_subscribe(cfg: MediaConfig) {
     let mut bob = Peer::new();
     let offer = bob.client.subscriber_offer(1, 1);
     let b = plane
-        .subscribe("org/r".into(), "bob".into(), Layout::Grid, &offer, tag())
+        .subscribe(
+            "org/r".into(),
+            "bob".into(),
+            Layout::Grid,
+            true,
+            &offer,
+            tag(),
+        )
         .await
         .expect("subscribe");
     bob.client.accept(&b.answer_sdp);
@@ -215,7 +222,14 @@ async fn bad_offers_and_limits() {
         .expect("first fits");
     let offer = Peer::new().client.subscriber_offer(1, 0);
     let r = plane
-        .subscribe("org/r".into(), "v".into(), Layout::Grid, &offer, tag())
+        .subscribe(
+            "org/r".into(),
+            "v".into(),
+            Layout::Grid,
+            true,
+            &offer,
+            tag(),
+        )
         .await;
     assert_eq!(r.err(), Some(super::MediaError::RoomFull));
     let bogus = super::SessionId::parse(&"0".repeat(32)).expect("id");
@@ -292,6 +306,7 @@ async fn a_session_keeps_its_openers_tag_until_it_ends() {
             "org/r".into(),
             "bob".into(),
             Layout::Grid,
+            true,
             &offer,
             std::sync::Arc::new("bob's token"),
         )

@@ -14,7 +14,9 @@
 //! - [`audio`]: which publishers fill the audio lines (RFC 6464 level), and who speaks;
 //! - [`switch`]: a slot switches only on a keyframe of its new feed;
 //! - [`stun`]: the USERNAME ufrag that routes a new address to its session;
-//! - [`answer`]: our candidates in every bundled section of an answer, for every peer to read.
+//! - [`answer`]: our candidates in every bundled section of an answer, for every peer to read;
+//! - [`chat`]: room chat on the WHEP session's data channel (what may be sent, stamps, rate,
+//!   the history a late joiner sees).
 //!
 //! Then the SFU core, still sans-IO ([`sfu::Core`]: str0m sessions, rooms, forwarding), and the
 //! I/O shell ([`plane`]: worker threads, UDP sockets, mio loops, the async API; [`datagrams`]:
@@ -71,6 +73,7 @@
 pub mod allocate;
 pub mod answer;
 pub mod audio;
+pub mod chat;
 pub mod counters;
 pub mod datagrams;
 pub mod delay;
@@ -88,6 +91,7 @@ pub mod types;
 pub mod udp;
 pub mod uring;
 
+pub use chat::ChatSent;
 pub use counters::{DelayHistogram, DropReason, FORWARD_DELAY_BOUNDS, MediaCounters};
 pub use plane::{MediaConfig, MediaPlane, SessionTag};
 pub use types::{

@@ -36,6 +36,7 @@ use mio::unix::SourceFd;
 use mio::{Events, Interest, Poll, Token, Waker};
 use tokio::sync::oneshot;
 
+use super::chat::ChatSent;
 use super::counters::{DropReason, MediaCounters, WorkerCounters, set};
 use super::datagrams::{self, IoKind, Reader, Writer};
 use super::sfu::{Core, CoreConfig, Wire};
@@ -156,7 +157,15 @@ struct Inner {
     placement: Arc<Mutex<Placement>>,
     epoch: Instant,
     stopped: AtomicBool,
+    /// Chat messages relayed, for the control plane's audit log ([`MediaPlane::take_chat_log`]).
+    chat_log: Mutex<Option<ChatLog>>,
 }
+
+/// Where the workers report each chat message they relayed.
+pub type ChatLog = tokio::sync::mpsc::Receiver<ChatSent>;
+
+/// Chat reports queued for the audit log before the workers drop them (and warn).
+const CHAT_LOG_QUEUE: usize = 4096;
 
 #[derive(Debug)]
 struct WorkerHandle {
@@ -219,6 +228,7 @@ enum Command {
         room: RoomKey,
         user: ParticipantKey,
         layout: Layout,
+        keep_chat: bool,
         offer: String,
         reply: oneshot::Sender<Opened>,
     },
@@ -258,6 +268,7 @@ impl MediaPlane {
         };
         let epoch = Instant::now();
         let placement = Arc::new(Mutex::new(Placement::default()));
+        let (chat_tx, chat_rx) = tokio::sync::mpsc::channel(CHAT_LOG_QUEUE);
         let mut workers = Vec::with_capacity(n);
         for i in 0..n {
             let port = match cfg.first_port {
@@ -320,6 +331,7 @@ impl MediaPlane {
                 placement: placement.clone(),
                 inbox,
                 outbox,
+                chat_log: chat_tx.clone(),
             };
             let thread = std::thread::Builder::new()
                 .name(format!("media-worker-{i}"))
@@ -342,8 +354,19 @@ impl MediaPlane {
                 placement,
                 epoch,
                 stopped: AtomicBool::new(false),
+                chat_log: Mutex::new(Some(chat_rx)),
             }),
         })
+    }
+
+    /// The reports of chat messages relayed (who, room, size; never the text), once: the
+    /// control plane audits them.
+    pub fn take_chat_log(&self) -> Option<ChatLog> {
+        self.inner
+            .chat_log
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take()
     }
 
     /// Number of workers (`media_workers` in `GET /api/info`).
@@ -380,11 +403,14 @@ impl MediaPlane {
 
     /// Accept a WHEP offer: its video m-lines are the slots, its audio m-lines the audio lines;
     /// `tag` stays with the session.
+    /// `keep_chat`: the room may keep its last chat messages for late joiners (not in a
+    /// `secure_view` room).
     pub async fn subscribe(
         &self,
         room: RoomKey,
         participant: ParticipantKey,
         layout: Layout,
+        keep_chat: bool,
         offer_sdp: &str,
         tag: SessionTag,
     ) -> Result<SessionAnswer, MediaError> {
@@ -394,6 +420,7 @@ impl MediaPlane {
             room,
             user: participant,
             layout,
+            keep_chat,
             offer,
             reply,
         })
@@ -643,6 +670,7 @@ struct Worker {
     placement: Arc<Mutex<Placement>>,
     inbox: Reader,
     outbox: Writer,
+    chat_log: tokio::sync::mpsc::Sender<ChatSent>,
 }
 
 /// The worker's socket as the core sees it: datagrams queue in the outbox.
@@ -710,6 +738,20 @@ impl Worker {
             // Timers due without any read (and the allocation tick).
             self.release();
             self.settle_gone();
+            self.report_chat();
+        }
+    }
+
+    /// Hand the chat messages relayed to the audit log's queue.
+    fn report_chat(&mut self) {
+        for c in self.core.take_chat_sent() {
+            if let Err(tokio::sync::mpsc::error::TrySendError::Full(_)) = self.chat_log.try_send(c)
+            {
+                tracing::warn!(
+                    worker = self.index,
+                    "chat audit queue full: a report was lost"
+                );
+            }
         }
     }
 
@@ -811,12 +853,13 @@ impl Worker {
                     room,
                     user,
                     layout,
+                    keep_chat,
                     offer,
                     reply,
                 } => {
                     let r = self
                         .core
-                        .subscribe(&room, &user, layout, &offer, now, &mut wire);
+                        .subscribe(&room, &user, layout, keep_chat, &offer, now, &mut wire);
                     self.opened(&room, &r);
                     let _ = reply.send((r, self.core.has_room(&room)));
                 }

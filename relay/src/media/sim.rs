@@ -269,7 +269,7 @@ impl Sim {
         let mut c = Client::new(5000 + self.clients.len() as u16, self.now, self.start);
         let offer = c.subscriber_offer(slots, audio);
         self.connect(c, |core, now, wire| {
-            core.subscribe("org/room", user, layout, &offer, now, wire)
+            core.subscribe("org/room", user, layout, true, &offer, now, wire)
         })
     }
 

@@ -546,7 +546,15 @@ fn subscribers_are_answered_for_remb_and_publishers_keep_transport_cc() {
     assert!(offer.contains("transport-wide-cc") && offer.contains("goog-remb"));
     let answer = sim
         .core
-        .subscribe("org/room", "bob", Layout::Grid, &offer, now, &mut wire)
+        .subscribe(
+            "org/room",
+            "bob",
+            Layout::Grid,
+            true,
+            &offer,
+            now,
+            &mut wire,
+        )
         .expect("subscribe")
         .answer_sdp;
     assert!(!answer.contains("transport-wide-cc"), "{answer}");

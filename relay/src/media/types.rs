@@ -67,6 +67,9 @@ pub struct RoomInfo {
     pub room: RoomKey,
     pub publishers: Vec<PublisherInfo>,
     pub subscribers: Vec<SubscriberInfo>,
+    /// The publishing session that spoke last (RFC 6464 level above the speech threshold), if
+    /// anyone has; a muted microphone never speaks.
+    pub speaker: Option<SessionId>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]

@@ -37,6 +37,7 @@ impl Core {
         let rooms: Vec<RoomKey> = self.rooms.keys().cloned().collect();
         for room in rooms {
             self.reallocate(&room, now, wire);
+            self.push_view(&room, wire);
         }
     }
 

@@ -11,7 +11,7 @@
 //!
 //! Here: the core's state, datagram and timeout input, and the drain of each session's output.
 //! [`sessions`]: opening, changing and removing sessions; [`forward`]: a packet's copies;
-//! [`allocation`]: the tick and the slot decisions.
+//! [`allocation`]: the tick and the slot decisions; [`chat_relay`]: the room's chat channel.
 //!
 //! Invariants:
 //! - after every input to an `Rtc` (datagram, timeout, keyframe request, SDP) its
@@ -31,6 +31,7 @@
 //! - nothing here panics on network input.
 
 mod allocation;
+mod chat_relay;
 mod forward;
 mod sessions;
 
@@ -41,6 +42,7 @@ use std::time::{Duration, Instant};
 
 use str0m::bwe::BweKind;
 use str0m::change::SdpOffer;
+use str0m::channel::{ChannelData, ChannelId};
 use str0m::format::{Codec, CodecConfig};
 use str0m::media::{Direction, KeyframeRequestKind, MediaKind, Mid, Pt, Rid, Rids};
 use str0m::net::{Protocol, Receive};
@@ -51,6 +53,7 @@ use str0m::{Candidate, Event, IceConnectionState, Input, Output, Rtc, RtcConfig}
 
 use super::allocate::{self, Feed, LayerInfo, ParticipantId, SlotRequest, TrackId, VideoTrack};
 use super::audio::{AudioCandidate, Loudness, select_audio};
+use super::chat::{ChatSent, History, Limiter};
 use super::counters::{DropReason, WorkerCounters, bump, set};
 use super::delay::{Book, Pending, rtp_ssrc};
 use super::estimate::Estimate;
@@ -133,6 +136,8 @@ pub struct Core {
     book: Book,
     /// Copies written since the last timeout pass released them.
     written: usize,
+    /// Chat messages relayed since the shell last asked ([`Core::take_chat_sent`]).
+    chat_sent: Vec<ChatSent>,
 }
 
 impl std::fmt::Debug for Core {
@@ -154,6 +159,8 @@ struct Room {
     members: Vec<usize>,
     /// Join order for tracks (ties in "most recent speaker first").
     next_order: u64,
+    /// The room's last chat messages, for late joiners.
+    chat: History,
 }
 
 /// A live video track while allocating: id, participant, is screen, last spoke, join order,
@@ -235,11 +242,22 @@ struct Subscriber {
     video: Vec<VideoSlot>,
     audio: Vec<AudioLine>,
     prev: Vec<Option<Feed>>,
+    /// The `chat` data channel, once the page opened it.
+    chat: Option<Box<ChatLine>>,
+}
+
+/// A subscriber's open `chat` data channel.
+struct ChatLine {
+    id: ChannelId,
+    /// The last view of the room sent on it.
+    view_sent: Vec<u8>,
+    limit: Limiter,
 }
 
 impl Subscriber {
     fn new() -> Subscriber {
         Subscriber {
+            chat: None,
             layout: Layout::Grid,
             max_height: None,
             estimate: Estimate::default(),
@@ -335,6 +353,7 @@ impl Core {
             reap: false,
             book: Book::default(),
             written: 0,
+            chat_sent: Vec::new(),
         }
     }
 
@@ -381,6 +400,11 @@ impl Core {
     /// Forwarded datagrams with copies still queued in str0m.
     pub fn forwarding(&self) -> usize {
         self.book.open_tickets()
+    }
+
+    /// Chat messages relayed since the last call, for the audit log.
+    pub fn take_chat_sent(&mut self) -> Vec<ChatSent> {
+        std::mem::take(&mut self.chat_sent)
     }
 
     /// Copies written since the last [`Core::handle_timeout`], which releases them all.
@@ -540,6 +564,18 @@ impl Core {
                     && let Some(loss) = stats.loss
                 {
                     sub.estimate.on_loss(loss);
+                }
+            }
+            Event::ChannelOpen(id, label) => self.on_chat_open(idx, id, &label, wire),
+            Event::ChannelData(d) => self.on_chat(idx, d, now, wire),
+            Event::ChannelClose(id) => {
+                if let Some(Session {
+                    role: Role::Subscriber(sub),
+                    ..
+                }) = self.sessions[idx].as_mut()
+                    && sub.chat.as_ref().is_some_and(|c| c.id == id)
+                {
+                    sub.chat = None;
                 }
             }
             Event::IceConnectionStateChange(IceConnectionState::Disconnected) | Event::Closed => {

@@ -17,17 +17,23 @@ impl Core {
         self.open(room, user, Some(source), offer_sdp, now, wire)
     }
 
-    /// Accept a WHEP offer.
+    /// Accept a WHEP offer. `keep_chat`: the room may keep its last chat messages for late
+    /// joiners (false in a `secure_view` room).
+    #[allow(clippy::too_many_arguments)]
     pub fn subscribe(
         &mut self,
         room: &str,
         user: &str,
         layout: Layout,
+        keep_chat: bool,
         offer_sdp: &str,
         now: Instant,
         wire: &mut dyn Wire,
     ) -> Result<SessionAnswer, MediaError> {
         let answer = self.open(room, user, None, offer_sdp, now, wire)?;
+        if let Some(r) = self.rooms.get_mut(room) {
+            r.chat.set_keep(keep_chat);
+        }
         if let Some(idx) = self.by_id.get(&answer.session).copied()
             && let Some(Session {
                 role: Role::Subscriber(sub),
@@ -282,24 +288,32 @@ impl Core {
             room: room.to_owned(),
             publishers: Vec::new(),
             subscribers: Vec::new(),
+            speaker: None,
         };
+        let mut latest = None;
         for &idx in &r.members {
             let Some(s) = self.sessions[idx].as_ref() else {
                 continue;
             };
             match &s.role {
-                Role::Publisher(p) => info.publishers.push(PublisherInfo {
-                    session: s.id.clone(),
-                    user: s.user.clone(),
-                    source: p.source,
-                    layers: p
-                        .tracks
-                        .iter()
-                        .filter(|t| t.kind == MediaKind::Video)
-                        .flat_map(|t| t.layers.iter())
-                        .map(|l| l.rid.map(|r| r.to_string()).unwrap_or_default())
-                        .collect(),
-                }),
+                Role::Publisher(p) => {
+                    if p.last_spoke.is_some() && p.last_spoke > latest {
+                        latest = p.last_spoke;
+                        info.speaker = Some(s.id.clone());
+                    }
+                    info.publishers.push(PublisherInfo {
+                        session: s.id.clone(),
+                        user: s.user.clone(),
+                        source: p.source,
+                        layers: p
+                            .tracks
+                            .iter()
+                            .filter(|t| t.kind == MediaKind::Video)
+                            .flat_map(|t| t.layers.iter())
+                            .map(|l| l.rid.map(|r| r.to_string()).unwrap_or_default())
+                            .collect(),
+                    })
+                }
                 Role::Subscriber(sub) => info.subscribers.push(SubscriberInfo {
                     session: s.id.clone(),
                     user: s.user.clone(),

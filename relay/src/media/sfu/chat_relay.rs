@@ -1,0 +1,233 @@
+//! The room's chat: a subscriber's `chat` data channel opens (and is shown the room's last
+//! messages), a message arrives, is checked and stamped, and goes to every open channel of the
+//! room, the sender's too. Nothing here is written anywhere but to the channels.
+//!
+//! The same channel tells the page what it is shown, when that changes (checked on the
+//! allocation tick): `{"type": "view", "speaker": USER|null, "publishers": [{"user",
+//! "source"}], "slots": [{"mid", "user"|null, "source"|null}]}`, so tiles carry names and the
+//! page follows a screen share without asking.
+
+use serde::Serialize;
+
+use super::super::chat::{self, ChatSent, Refusal};
+use super::*;
+
+#[derive(Serialize)]
+struct View<'a> {
+    #[serde(rename = "type")]
+    kind: &'static str,
+    speaker: Option<&'a str>,
+    publishers: Vec<Shown<'a>>,
+    slots: Vec<SlotView<'a>>,
+}
+
+#[derive(Serialize)]
+struct Shown<'a> {
+    user: &'a str,
+    source: Source,
+}
+
+#[derive(Serialize)]
+struct SlotView<'a> {
+    mid: String,
+    user: Option<&'a str>,
+    source: Option<Source>,
+}
+
+impl Core {
+    pub(super) fn on_chat_open(
+        &mut self,
+        idx: usize,
+        id: ChannelId,
+        label: &str,
+        wire: &mut dyn Wire,
+    ) {
+        let Some(s) = self.sessions[idx].as_mut() else {
+            return;
+        };
+        let Role::Subscriber(sub) = &mut s.role else {
+            return;
+        };
+        if label != chat::LABEL {
+            return;
+        }
+        sub.chat = Some(Box::new(ChatLine {
+            id,
+            view_sent: Vec::new(),
+            limit: Limiter::default(),
+        }));
+        if let Some(room) = self.rooms.get(&s.room)
+            && let Some(mut c) = s.rtc.channel(id)
+        {
+            for m in room.chat.iter() {
+                if let Err(e) = c.write(false, m) {
+                    tracing::debug!(session = %s.id, "chat history not written: {e}");
+                    break;
+                }
+            }
+        }
+        drain(idx, s, wire, &mut self.events, &mut self.book);
+    }
+
+    pub(super) fn on_chat(
+        &mut self,
+        idx: usize,
+        d: ChannelData,
+        now: Instant,
+        wire: &mut dyn Wire,
+    ) {
+        let Some(s) = self.sessions[idx].as_mut() else {
+            return;
+        };
+        let Role::Subscriber(sub) = &mut s.role else {
+            return;
+        };
+        let Some(line) = sub.chat.as_mut().filter(|c| c.id == d.id) else {
+            return;
+        };
+        let verdict = chat::parse(&d.data, d.binary).and_then(|text| {
+            if line.limit.allow(now) {
+                Ok(text)
+            } else {
+                Err(Refusal::Rate)
+            }
+        });
+        let text = match verdict {
+            Ok(t) => t,
+            Err(r) => {
+                tracing::debug!(session = %s.id, refusal = r.code(), "chat message refused");
+                if let Some(mut c) = s.rtc.channel(d.id) {
+                    let _ = c.write(false, &r.answer());
+                }
+                drain(idx, s, wire, &mut self.events, &mut self.book);
+                return;
+            }
+        };
+        let stamped = chat::stamp(&s.user, chat::wall_ms(), &text);
+        let room_key = s.room.clone();
+        self.chat_sent.push(ChatSent {
+            session: s.id.clone(),
+            room: room_key.clone(),
+            bytes: text.len(),
+        });
+        let Some(room) = self.rooms.get_mut(&room_key) else {
+            return;
+        };
+        room.chat.push(&stamped);
+        for &m in &room.members {
+            let Some(s) = self.sessions[m].as_mut() else {
+                continue;
+            };
+            let Role::Subscriber(Subscriber {
+                chat: Some(line), ..
+            }) = &s.role
+            else {
+                continue;
+            };
+            if let Some(mut c) = s.rtc.channel(line.id)
+                && let Err(e) = c.write(false, &stamped)
+            {
+                tracing::debug!(session = %s.id, "chat message not written: {e}");
+            }
+            drain(m, s, wire, &mut self.events, &mut self.book);
+        }
+    }
+
+    /// Tells every page of `room` with its chat channel open what it is shown, if that changed
+    /// since it was last told.
+    pub(super) fn push_view(&mut self, room: &str, wire: &mut dyn Wire) {
+        let Some(r) = self.rooms.get(room) else {
+            return;
+        };
+        let sessions = &self.sessions;
+        let publisher = |track: TrackId| -> Option<(&str, Source)> {
+            let (idx, generation, _) = track_parts(track);
+            let s = sessions.get(idx)?.as_ref()?;
+            match &s.role {
+                Role::Publisher(p) if s.generation == generation => {
+                    Some((s.user.as_str(), p.source))
+                }
+                _ => None,
+            }
+        };
+        let mut speaker: Option<(Instant, &str)> = None;
+        let mut publishers = Vec::new();
+        for &m in &r.members {
+            let Some(Session {
+                user,
+                role: Role::Publisher(p),
+                ..
+            }) = sessions[m].as_ref()
+            else {
+                continue;
+            };
+            if let Some(t) = p.last_spoke
+                && speaker.is_none_or(|(at, _)| t > at)
+            {
+                speaker = Some((t, user.as_str()));
+            }
+            publishers.push(Shown {
+                user,
+                source: p.source,
+            });
+        }
+        let mut updates: Vec<(usize, Vec<u8>)> = Vec::new();
+        for &m in &r.members {
+            let Some(Session {
+                role: Role::Subscriber(sub),
+                ..
+            }) = sessions[m].as_ref()
+            else {
+                continue;
+            };
+            let Some(line) = &sub.chat else {
+                continue;
+            };
+            let slots = sub
+                .video
+                .iter()
+                .map(|v| {
+                    let fed = v.gate.current().and_then(|f| publisher(f.track));
+                    SlotView {
+                        mid: v.mid.to_string(),
+                        user: fed.map(|(u, _)| u),
+                        source: fed.map(|(_, s)| s),
+                    }
+                })
+                .collect();
+            let view = View {
+                kind: "view",
+                speaker: speaker.map(|(_, u)| u),
+                publishers: publishers
+                    .iter()
+                    .map(|p| Shown {
+                        user: p.user,
+                        source: p.source,
+                    })
+                    .collect(),
+                slots,
+            };
+            let bytes = serde_json::to_vec(&view).unwrap_or_default();
+            if bytes != line.view_sent {
+                updates.push((m, bytes));
+            }
+        }
+        for (m, bytes) in updates {
+            let Some(s) = self.sessions[m].as_mut() else {
+                continue;
+            };
+            let Role::Subscriber(Subscriber {
+                chat: Some(line), ..
+            }) = &mut s.role
+            else {
+                continue;
+            };
+            if let Some(mut c) = s.rtc.channel(line.id)
+                && c.write(false, &bytes).is_ok()
+            {
+                line.view_sent = bytes;
+            }
+            drain(m, s, wire, &mut self.events, &mut self.book);
+        }
+    }
+}
