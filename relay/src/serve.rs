@@ -165,7 +165,7 @@ pub async fn run(config: Config) -> Result<(), ServeError> {
     );
     control
         .metrics()
-        .register(Box::new(files_metrics(files.clone())));
+        .register(Box::new(files_metrics(Arc::downgrade(&files))));
     control
         .metrics()
         .register(Box::new(audit_metrics(control.audit().counters().clone())));
@@ -427,7 +427,10 @@ fn audit_metrics(
 }
 
 /// The file plane's counters, read at scrape time.
-fn files_metrics(files: Arc<FilePlane>) -> impl prometheus::core::Collector {
+/// Holds the plane weakly: the plane holds the control plane, whose metrics hold this, and a
+/// strong handle here would keep both alive past the end (the registry's connection open, its
+/// write-ahead log left behind).
+fn files_metrics(files: std::sync::Weak<FilePlane>) -> impl prometheus::core::Collector {
     const NAMES: [(&str, &str); 6] = [
         (
             "relay_files_bytes_received_total",
@@ -455,6 +458,9 @@ fn files_metrics(files: Arc<FilePlane>) -> impl prometheus::core::Collector {
         ),
     ];
     ScrapeCollector::new(&NAMES, move |f| {
+        let Some(files) = files.upgrade() else {
+            return;
+        };
         let c = files.counters();
         let load = |a: &AtomicU64| a.load(Ordering::Relaxed);
         let help = |i: usize| NAMES[i].1;

@@ -60,6 +60,9 @@ impl Browser {
             "--disable-dev-shm-usage".into(),
             "--use-fake-ui-for-media-stream".into(),
             "--use-fake-device-for-media-stream".into(),
+            // A screen share picks the whole (fake) screen without asking.
+            "--auto-select-desktop-capture-source=Entire screen".into(),
+            "--auto-accept-this-tab-capture".into(),
             "--allow-loopback-in-peer-connection".into(),
             "--disable-background-networking".into(),
             "--disable-component-update".into(),
@@ -112,6 +115,61 @@ impl Browser {
         self.switch(&w);
         self.cmd("POST", "/url", json!({"url": url}));
         w
+    }
+
+    /// The element of `w` that `xpath` finds; panics if none.
+    fn element(&self, w: &Window, xpath: &str) -> String {
+        self.switch(w);
+        let e = self.cmd(
+            "POST",
+            "/element",
+            json!({"using": "xpath", "value": xpath}),
+        );
+        e.as_object()
+            .and_then(|o| o.values().next())
+            .and_then(Value::as_str)
+            .unwrap_or_else(|| panic!("no element {xpath}"))
+            .to_string()
+    }
+
+    /// Clicks the button of `w` whose accessible name is `name` (its text or `aria-label`),
+    /// as a person would.
+    pub fn click(&self, w: &Window, name: &str) {
+        let xpath = format!(
+            "//button[(normalize-space(.)='{name}' or @aria-label='{name}') and not(ancestor-or-self::*[@hidden])]"
+        );
+        let id = self.element(w, &xpath);
+        self.cmd("POST", &format!("/element/{id}/click"), json!({}));
+    }
+
+    /// Types `text` into the field of `w` labelled `label` (`aria-label`).
+    pub fn type_into(&self, w: &Window, label: &str, text: &str) {
+        let id = self.element(w, &format!("//input[@aria-label='{label}']"));
+        self.cmd(
+            "POST",
+            &format!("/element/{id}/value"),
+            json!({"text": text}),
+        );
+    }
+
+    /// A PNG of what `w` shows.
+    pub fn screenshot(&self, w: &Window) -> Vec<u8> {
+        use base64::Engine;
+        self.switch(w);
+        let v = self.cmd("GET", "/screenshot", Value::Null);
+        base64::engine::general_purpose::STANDARD
+            .decode(v.as_str().unwrap_or_default())
+            .expect("screenshot is base64")
+    }
+
+    /// Sets the size of `w`'s window.
+    pub fn resize(&self, w: &Window, width: u32, height: u32) {
+        self.switch(w);
+        self.cmd(
+            "POST",
+            "/window/rect",
+            json!({"width": width, "height": height}),
+        );
     }
 
     /// Whether the current window already shows a page of ours.
