@@ -145,23 +145,26 @@ fn three_people_meet_with_names_a_screen_share_chat_and_notices() {
         "{link}"
     );
     let bob = relay.participant("bob");
-    let carol = relay.participant("carol");
     let page = |t: &str| relay.url(&format!("/#token={t}&room=lobby"));
 
+    // Two windows of the printed link are two people: each joins as a guest of its own name.
     let browser = Browser::start();
     let d = browser.open(&link);
     browser.resize(&d, 1280, 720);
+    browser.type_into(&d, "Your name", "Dana");
+    let c = browser.open(&link);
+    browser.type_into(&c, "Your name", "carol");
     let b = browser.open(&page(&bob));
-    let c = browser.open(&page(&carol));
     for w in [&d, &b, &c] {
         join(&browser, w);
     }
+    assert_eq!(browser.run(&d, "return relay.state.me;"), "dana");
 
     // Each sees the other two, named, decoding, and hears them; nobody sees themselves.
     for (w, me, others) in [
-        (&d, "demo", ["bob", "carol"]),
-        (&b, "bob", ["carol", "demo"]),
-        (&c, "carol", ["bob", "demo"]),
+        (&d, "dana", ["bob", "carol"]),
+        (&b, "bob", ["carol", "dana"]),
+        (&c, "carol", ["bob", "dana"]),
     ] {
         decodes(
             &browser,
@@ -224,7 +227,7 @@ fn three_people_meet_with_names_a_screen_share_chat_and_notices() {
             .collect();
         (h.len() == 3).then(|| h[0])
     });
-    for (w, me, thumb) in [(&d, "demo", "bob"), (&b, "bob", "demo")] {
+    for (w, me, thumb) in [(&d, "dana", "bob"), (&b, "bob", "dana")] {
         eventually(&format!("{me} shows the screen share large"), || {
             let layout = browser.run(w, "return relay.state.shownLayout;");
             let first = strings(browser.run(w, "return relay.tiles();"));
@@ -247,7 +250,7 @@ fn three_people_meet_with_names_a_screen_share_chat_and_notices() {
     }
     artefact("meeting-screen.png", &browser.screenshot(&d));
     browser.click(&c, "Stop sharing");
-    for (w, me) in [(&d, "demo"), (&b, "bob")] {
+    for (w, me) in [(&d, "dana"), (&b, "bob")] {
         eventually(&format!("{me} returns to the grid"), || {
             let layout = browser.run(w, "return relay.state.shownLayout;");
             (layout == "grid" && tiles(&browser, w).iter().all(|t| !t.contains("screen")))
@@ -264,11 +267,11 @@ fn three_people_meet_with_names_a_screen_share_chat_and_notices() {
     // From the keyboard alone: Enter in the message box sends.
     browser.type_into(&b, "Message", "two\u{E007}");
     let said = vec![
-        ("demo".to_string(), "Hello from the lobby".to_string()),
+        ("dana".to_string(), "Hello from the lobby".to_string()),
         ("bob".to_string(), "one".to_string()),
         ("bob".to_string(), "two".to_string()),
     ];
-    for (w, me) in [(&d, "demo"), (&b, "bob"), (&c, "carol")] {
+    for (w, me) in [(&d, "dana"), (&b, "bob"), (&c, "carol")] {
         eventually(&format!("{me} reads the chat in order"), || {
             (chat(&browser, w) == said).then_some(())
         });
@@ -286,6 +289,26 @@ fn three_people_meet_with_names_a_screen_share_chat_and_notices() {
         (chat(&browser, &late) == said).then_some(())
     });
     assert!(chat(&browser, &d).iter().all(|(_, t)| t != "forged"));
+
+    // The camera pauses and resumes in the same session: nothing is renegotiated.
+    let before = browser.run(&c, "return relay.state.pub.location;");
+    browser.click(&c, "Camera");
+    assert_eq!(
+        browser.run(
+            &c,
+            "return relay.state.pub.stream.getVideoTracks()[0].enabled;"
+        ),
+        false
+    );
+    browser.click(&c, "Camera");
+    assert_eq!(
+        browser.run(
+            &c,
+            "return [relay.state.pub.stream.getVideoTracks()[0].enabled, relay.state.pub.location,
+                     relay.state.pub.pc.signalingState];"
+        ),
+        serde_json::json!([true, before, "stable"])
+    );
 
     // A muted microphone is never the speaker (the others' fake microphones beep on).
     browser.click(&b, "Microphone");
@@ -350,14 +373,12 @@ fn three_people_meet_with_names_a_screen_share_chat_and_notices() {
             .filter(|j| *j)
     });
     // Olga may not publish: the page says so and stays in the meeting.
-    let status = browser.run(&o, "return relay.status();");
-    assert!(
-        status
-            .as_str()
-            .unwrap_or_default()
-            .contains("Your token does not allow this."),
-        "{status}"
-    );
+    eventually("olga is told she watches only", || {
+        let s = browser.run(&o, "return relay.status();");
+        s.as_str()?
+            .contains("Your token does not allow this.")
+            .then_some(())
+    });
     let out = relay.cli(&[
         "admin",
         "notice",
@@ -367,7 +388,7 @@ fn three_people_meet_with_names_a_screen_share_chat_and_notices() {
         "Fire drill at three",
     ]);
     assert!(out.status.success(), "{}", relay_tests::stderr(&out));
-    for (w, me) in [(&d, "demo"), (&b, "bob"), (&c, "carol"), (&late, "dave")] {
+    for (w, me) in [(&d, "dana"), (&b, "bob"), (&c, "carol"), (&late, "dave")] {
         eventually(&format!("{me} shows the notice"), || {
             strings(browser.run(w, "return relay.notices();"))
                 .iter()
@@ -390,6 +411,11 @@ fn three_people_meet_with_names_a_screen_share_chat_and_notices() {
         n.iter().any(|n| n.contains("Only for other")).then_some(n)
     });
     std::thread::sleep(Duration::from_secs(1));
+    let listed = relay.get("/api/notices", Some(&bob)).json().to_string();
+    assert!(
+        listed.contains("Fire drill at three") && !listed.contains("Only for other"),
+        "{listed}"
+    );
     let hers = strings(browser.run(&o, "return relay.notices();"));
     assert!(hers.iter().all(|n| !n.contains("Fire drill")), "{hers:?}");
     let ours = strings(browser.run(&d, "return relay.notices();"));
@@ -401,9 +427,20 @@ fn three_people_meet_with_names_a_screen_share_chat_and_notices() {
     browser.click(&d, "Dismiss");
     assert!(strings(browser.run(&d, "return relay.notices();")).is_empty());
 
-    // A narrow window keeps every control in view.
+    // A narrow window keeps every control in view, and the page tells the relay its smaller
+    // tiles (a layout change with `max_height`, audited as `whep.layout`).
+    let layouts = |relay: &Relay| {
+        std::fs::read_to_string(relay.data.join("audit.log"))
+            .unwrap_or_default()
+            .lines()
+            .filter(|l| l.contains("\"whep.layout\"") && l.contains("\"user\":\"dana\""))
+            .count()
+    };
+    let told = layouts(&relay);
     browser.resize(&d, 420, 800);
-    std::thread::sleep(Duration::from_millis(500));
+    eventually("the page tells the relay its tile size", || {
+        (layouts(&relay) > told).then_some(())
+    });
     let fits = browser.run(
         &d,
         "return ['Send', 'Leave', 'Share screen', 'Camera', 'Microphone'].every((name) => {
@@ -417,14 +454,14 @@ fn three_people_meet_with_names_a_screen_share_chat_and_notices() {
 
     // Leaving ends every session of the page.
     browser.click(&d, "Leave");
-    eventually("demo's sessions end", || {
+    eventually("dana's sessions end", || {
         let info = relay.get("/api/rooms/lobby", Some(&bob)).json();
         let users: Vec<&str> = ["publishers", "subscribers"]
             .iter()
             .flat_map(|k| info[k].as_array().into_iter().flatten())
             .filter_map(|s| s["user"].as_str())
             .collect();
-        (!users.contains(&"demo")).then_some(())
+        (!users.contains(&"dana")).then_some(())
     });
     // The audit log holds that messages were sent, never what they said.
     let audit = std::fs::read_to_string(relay.data.join("audit.log")).expect("audit log");
@@ -433,8 +470,29 @@ fn three_people_meet_with_names_a_screen_share_chat_and_notices() {
         .filter(|l| l.contains("\"chat.send\""))
         .collect();
     assert_eq!(sends.len(), 3, "{sends:?}");
-    assert!(sends[0].contains("\"user\":\"demo\"") && sends[0].contains("\"bytes\":20"));
+    assert!(sends[0].contains("\"user\":\"dana\"") && sends[0].contains("\"bytes\":20"));
     assert!(!audit.contains("Hello from the lobby"));
+    assert!(audit.contains("\"admin.notice.send\""));
+}
+
+#[test]
+fn a_full_room_reads_plainly() {
+    let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|p| p.into_inner());
+    let tmp = tempfile::tempdir().expect("temp dir");
+    let relay = Relay::start_in(
+        &tmp.path().join("data"),
+        "[media]\nfirst_port = 0\nworkers = 1\nmax_sessions_per_room = 1\n",
+        &[],
+    );
+    let ann = relay.participant("ann");
+    let browser = Browser::start();
+    let w = browser.open(&relay.url(&format!("/#token={ann}&room=lobby")));
+    browser.click(&w, "Join");
+    // Watching takes the room's one place; the camera finds it full.
+    eventually("the room-full refusal", || {
+        let s = browser.run(&w, "return relay.status();");
+        (s == "You are watching only: The room is full.").then_some(())
+    });
 }
 
 #[test]
@@ -499,12 +557,11 @@ fn a_secure_room_keeps_no_chat_and_refusals_read_plainly() {
     }
 
     // Refusals, in words a person understands.
-    let low = browser.open(&page(&alice, "ops"));
-    browser.click(&low, "Join");
-    eventually("the clearance refusal", || {
-        let s = browser.run(&low, "return relay.status();");
-        (s == "Your clearance is too low for this room.").then_some(())
-    });
+    refused(
+        &browser,
+        &page(&alice, "ops"),
+        "Your clearance is too low for this room.",
+    );
     let rec = relay.token(&[
         "--org",
         "demo",
@@ -515,20 +572,40 @@ fn a_secure_room_keeps_no_chat_and_refusals_read_plainly() {
         "--grants",
         "subscribe",
     ]);
-    let r = browser.open(&page(&rec, "vault"));
-    browser.click(&r, "Join");
-    eventually("the secure-view refusal", || {
-        let s = browser.run(&r, "return relay.status();");
-        s.as_str()
-            .is_some_and(|s| s.starts_with("This room is secure"))
-            .then_some(())
-    });
-    let bad = browser.open(&page("v1.not-a-token", "lobby"));
-    browser.click(&bad, "Join");
-    eventually("the token refusal", || {
-        let s = browser.run(&bad, "return relay.status();");
-        s.as_str()
-            .is_some_and(|s| s.starts_with("Your token is missing, expired or not valid"))
-            .then_some(())
+    refused(&browser, &page(&rec, "vault"), "This room is secure");
+    refused(&browser, &page(&alice, "nowhere"), "There is no such room.");
+    let out = relay.cli(&["admin", "device", "add", "--org", "demo", "old-pc"]);
+    assert!(out.status.success(), "{}", relay_tests::stderr(&out));
+    let old = relay.token(&[
+        "--org",
+        "demo",
+        "--user",
+        "bob",
+        "--device",
+        "old-pc",
+        "--grants",
+        "subscribe",
+    ]);
+    let out = relay.cli(&["admin", "device", "revoke", "--org", "demo", "old-pc"]);
+    assert!(out.status.success(), "{}", relay_tests::stderr(&out));
+    refused(
+        &browser,
+        &page(&old, "lobby"),
+        "This device is not registered",
+    );
+    refused(
+        &browser,
+        &page("v1.not-a-token", "lobby"),
+        "Your token is missing, expired or not valid",
+    );
+}
+
+/// Opens `url`, presses Join, and waits for the page's refusal, which starts with `sentence`.
+fn refused(b: &Browser, url: &str, sentence: &str) {
+    let w = b.open(url);
+    b.click(&w, "Join");
+    eventually(&format!("the refusal {sentence:?}"), || {
+        let s = b.run(&w, "return relay.status();");
+        s.as_str()?.starts_with(sentence).then_some(())
     });
 }

@@ -1,12 +1,13 @@
 //! The HTTP shell: the router, health, readiness, metrics and the web client; the admin routes
 //! ([`admin`]), WHIP and WHEP ([`media`]) and the sessions they own ([`sessions`]), urgent
-//! notices ([`notices`]), the JSON errors
+//! notices ([`notices`]), guests of the demo organisation ([`demo`]), the JSON errors
 //! and the request parts every route reads alike ([`error`]).
 //!
 //! Handlers stay thin: parse, ask [`Control`], answer. Every error is the contract's JSON
 //! `{"error": code, "message": text}`.
 
 pub mod admin;
+pub mod demo;
 pub mod error;
 pub mod media;
 pub mod notices;
@@ -33,6 +34,7 @@ pub fn router(state: Arc<AppState>) -> Router {
         .merge(admin::routes())
         .merge(media::routes())
         .merge(notices::routes())
+        .merge(demo::routes())
         .route("/", get(web_client))
         .fallback(|| async { ApiError::not_found("no such resource") })
         .with_state(state)
