@@ -1,10 +1,13 @@
 //! The media plane's own parsers: the STUN USERNAME ufrag that routes a new address, keyframe
 //! detection on every codec, the VP8 frame height, the VP8/VP9 picture-id renumbering (which
 //! must keep the payload's length and never touch a byte outside its two fields), and the count
-//! of an offer's m-lines against the caps. None may panic on any input.
+//! of an offer's m-lines against the caps, and a chat message as a page sends it (whatever it
+//! is, a relayed stamp is JSON that names the sender given, never one from the input). None
+//! may panic on any input.
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
+use relay::media::chat;
 use relay::media::keyframe::{VideoCodec, is_keyframe, vp8_keyframe_height};
 use relay::media::picture::PictureIds;
 use relay::media::plane::check_offer_size;
@@ -27,6 +30,15 @@ fuzz_target!(|data: &[u8]| {
         }
     }
     let _ = vp8_keyframe_height(data);
+    for binary in [false, true] {
+        if let Ok(text) = chat::parse(data, binary) {
+            assert!(text.len() <= chat::MAX_TEXT_BYTES);
+            let stamped: serde_json::Value =
+                serde_json::from_slice(&chat::stamp("ann", 1, &text)).expect("a stamp is JSON");
+            assert_eq!(stamped["from"], "ann");
+            assert_eq!(stamped["text"], text.as_str());
+        }
+    }
     if let Ok(offer) = std::str::from_utf8(data) {
         let _ = check_offer_size(offer, 16, 8);
     }

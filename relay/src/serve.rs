@@ -226,7 +226,10 @@ pub async fn run(config: Config) -> Result<(), ServeError> {
             let version = enforce_state.control.registry_version();
             if seen != Some(version) {
                 seen = Some(version);
-                enforce_state.notices.catch_up(&enforce_state.control);
+                enforce_state.notices.catch_up(
+                    &enforce_state.control,
+                    enforce_state.media.as_ref().map(|m| &m.plane),
+                );
                 if let Some(m) = &enforce_state.media {
                     m.enforce(&enforce_state.control).await;
                 }

@@ -117,6 +117,19 @@ impl Browser {
         w
     }
 
+    /// Closes the window `w` (its page and every connection it holds); the browser goes on in
+    /// another window, which must exist.
+    pub fn close(&self, w: &Window) {
+        self.switch(w);
+        let left = self.cmd("DELETE", "/window", Value::Null);
+        let other = left
+            .as_array()
+            .and_then(|h| h.first())
+            .and_then(Value::as_str)
+            .expect("a window is left open");
+        self.cmd("POST", "/window", json!({"handle": other}));
+    }
+
     /// The element of `w` that `xpath` finds; panics if none.
     fn element(&self, w: &Window, xpath: &str) -> String {
         self.switch(w);

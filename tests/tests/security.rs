@@ -743,27 +743,36 @@ fn everything_the_relay_writes_is_private_whatever_the_umask() {
     let t = relay.demo_token("files");
     let f = write(tmp.path(), "doc.bin", &noise(8, 600_000));
     ok(&put(&relay, &t, &f, &[]));
-    // Let the audit writer catch up, then stop, so nothing is half-made.
+    // Let the audit writer catch up, so nothing is half-made; look while it runs (the
+    // databases' write-ahead logs exist) and after it stopped.
     assert!(audited(&relay, |l| l["action"] == "files.put"));
-    relay.stop();
-    let mut seen = 0;
-    let mut stack = vec![data.clone()];
-    while let Some(dir) = stack.pop() {
-        let mode = std::fs::metadata(&dir).unwrap().permissions().mode() & 0o777;
-        assert_eq!(mode, 0o700, "{}", dir.display());
-        for e in std::fs::read_dir(&dir).unwrap() {
-            let e = e.unwrap();
-            let meta = e.metadata().unwrap();
-            if meta.is_dir() {
-                stack.push(e.path());
-            } else {
-                let mode = meta.permissions().mode() & 0o777;
-                assert_eq!(mode, 0o600, "{}", e.path().display());
-                seen += 1;
+    let private = |data: &std::path::Path| {
+        let mut seen = 0;
+        let mut stack = vec![data.to_path_buf()];
+        while let Some(dir) = stack.pop() {
+            let mode = std::fs::metadata(&dir).unwrap().permissions().mode() & 0o777;
+            assert_eq!(mode, 0o700, "{}", dir.display());
+            for e in std::fs::read_dir(&dir).unwrap() {
+                let e = e.unwrap();
+                let meta = e.metadata().unwrap();
+                if meta.is_dir() {
+                    stack.push(e.path());
+                } else {
+                    let mode = meta.permissions().mode() & 0o777;
+                    assert_eq!(mode, 0o600, "{}", e.path().display());
+                    seen += 1;
+                }
             }
         }
-    }
-    assert!(seen >= 8, "only {seen} files were checked");
+        seen
+    };
+    let running = private(&data);
+    assert!(running >= 9, "only {running} files were checked");
+    relay.stop();
+    // A clean stop folds the write-ahead logs back into the databases.
+    let stopped = private(&data);
+    assert!(stopped >= 7, "only {stopped} files were checked");
+    assert!(!data.join("relay.db-wal").exists());
 }
 
 #[test]

@@ -5,7 +5,8 @@
 //! One path delivers them: whatever wrote a notice (this process or `relay admin --data` on the
 //! same database) moved the registry's generation, and the watcher that holds live sessions to
 //! the registry then calls [`NoticeHub::catch_up`], which reads the notices it has not seen and
-//! broadcasts them. A page's stream is held to its token: a notice is delivered only while the
+//! broadcasts them, and hands them to the media plane for the pages in a meeting, which hear
+//! them on their chat channel. A page's stream is held to its token: a notice is delivered only while the
 //! token would still be let in, and never across organisations.
 
 use std::convert::Infallible;
@@ -29,6 +30,7 @@ use crate::control::Control;
 use crate::control::admin::{AdminChange, Change};
 use crate::control::model::Notice;
 use crate::control::token::Claims;
+use crate::media::MediaPlane;
 
 /// Notices a page is shown when it opens, and `GET /api/notices` lists.
 pub const RECENT: usize = 20;
@@ -79,14 +81,18 @@ impl NoticeHub {
         Some(new)
     }
 
-    /// Broadcasts every notice written since the last call. Called when the registry's
-    /// generation moved.
-    pub fn catch_up(&self, control: &Control) {
+    /// Delivers every notice written since the last call: to the pages' streams, and through
+    /// the media plane to the pages in a meeting. Called when the registry's generation moved.
+    pub fn catch_up(&self, control: &Control, media: Option<&MediaPlane>) {
         while let Some(new) = self.read_new(control) {
             if new.is_empty() {
                 return;
             }
             for n in new {
+                if let Some(m) = media {
+                    let msg = serde_json::json!({"type": "notice", "notice": &n}).to_string();
+                    m.notice(&n.org, n.room.as_deref(), msg.into_bytes().into());
+                }
                 // No stream open is no error.
                 let _ = self.tx.send(Arc::new(n));
             }
@@ -134,7 +140,8 @@ async fn send(
     );
     let made = s.control.apply(&change, Some(&p))?;
     // Deliver at once rather than at the next look at the registry.
-    s.notices.catch_up(&s.control);
+    s.notices
+        .catch_up(&s.control, s.media.as_ref().map(|m| &m.plane));
     Ok((StatusCode::CREATED, axum::Json(made)).into_response())
 }
 

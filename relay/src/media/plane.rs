@@ -251,6 +251,11 @@ enum Command {
         room: RoomKey,
         reply: oneshot::Sender<Option<RoomInfo>>,
     },
+    Notice {
+        org: String,
+        room: Option<String>,
+        message: Arc<[u8]>,
+    },
     Shutdown,
 }
 
@@ -480,6 +485,21 @@ impl MediaPlane {
             },
         )?;
         wait(rx).await?
+    }
+
+    /// Writes `message` on the chat channel of every page in a room of `org` (or in its room
+    /// `room`): an urgent notice reaches the pages in a meeting without a request of theirs.
+    pub fn notice(&self, org: &str, room: Option<&str>, message: Arc<[u8]>) {
+        for w in 0..self.inner.workers.len() {
+            let cmd = Command::Notice {
+                org: org.to_owned(),
+                room: room.map(str::to_owned),
+                message: message.clone(),
+            };
+            if let Err(e) = self.send(w, cmd) {
+                tracing::debug!(worker = w, "notice not handed to the worker: {e}");
+            }
+        }
     }
 
     /// The room's publishers and subscribers; `None` if the room has no session.
@@ -886,6 +906,9 @@ impl Worker {
                 }
                 Command::RoomInfo { room, reply } => {
                     let _ = reply.send(self.core.room_info(&room));
+                }
+                Command::Notice { org, room, message } => {
+                    self.core.notice(&org, room.as_deref(), &message, &mut wire);
                 }
                 Command::Shutdown => {
                     self.core.close_all(now, &mut wire);

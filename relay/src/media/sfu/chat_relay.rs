@@ -5,7 +5,8 @@
 //! The same channel tells the page what it is shown, when that changes (checked on the
 //! allocation tick): `{"type": "view", "speaker": USER|null, "publishers": [{"user",
 //! "source"}], "slots": [{"mid", "user"|null, "source"|null}]}`, so tiles carry names and the
-//! page follows a screen share without asking.
+//! page follows a screen share without asking; and urgent notices reach the pages in a meeting
+//! on it, as `{"type": "notice", "notice": {...}}`.
 
 use serde::Serialize;
 
@@ -110,27 +111,18 @@ impl Core {
             room: room_key.clone(),
             bytes: text.len(),
         });
-        let Some(room) = self.rooms.get_mut(&room_key) else {
+        let Core {
+            rooms,
+            sessions,
+            events,
+            book,
+            ..
+        } = self;
+        let Some(room) = rooms.get_mut(&room_key) else {
             return;
         };
         room.chat.push(&stamped);
-        for &m in &room.members {
-            let Some(s) = self.sessions[m].as_mut() else {
-                continue;
-            };
-            let Role::Subscriber(Subscriber {
-                chat: Some(line), ..
-            }) = &s.role
-            else {
-                continue;
-            };
-            if let Some(mut c) = s.rtc.channel(line.id)
-                && let Err(e) = c.write(false, &stamped)
-            {
-                tracing::debug!(session = %s.id, "chat message not written: {e}");
-            }
-            drain(m, s, wire, &mut self.events, &mut self.book);
-        }
+        write_to(&room.members, sessions, events, book, wire, &stamped);
     }
 
     /// Tells every page of `room` with its chat channel open what it is shown, if that changed
@@ -229,5 +221,53 @@ impl Core {
             }
             drain(m, s, wire, &mut self.events, &mut self.book);
         }
+    }
+
+    /// Writes `message` on every open chat channel in the rooms of `org` (or in its room
+    /// `room`).
+    pub fn notice(&mut self, org: &str, room: Option<&str>, message: &[u8], wire: &mut dyn Wire) {
+        let Core {
+            rooms,
+            sessions,
+            events,
+            book,
+            ..
+        } = self;
+        for (key, r) in rooms.iter() {
+            let Some((o, name)) = key.split_once('/') else {
+                continue;
+            };
+            if o == org && room.is_none_or(|want| want == name) {
+                write_to(&r.members, sessions, events, book, wire, message);
+            }
+        }
+    }
+}
+
+/// Writes `message` on the open chat channel of each of `members`, and sends what that makes.
+fn write_to(
+    members: &[usize],
+    sessions: &mut [Option<Session>],
+    events: &mut VecDeque<(usize, u32, Event)>,
+    book: &mut Book,
+    wire: &mut dyn Wire,
+    message: &[u8],
+) {
+    for &m in members {
+        let Some(s) = sessions[m].as_mut() else {
+            continue;
+        };
+        let Role::Subscriber(Subscriber {
+            chat: Some(line), ..
+        }) = &s.role
+        else {
+            continue;
+        };
+        if let Some(mut c) = s.rtc.channel(line.id)
+            && let Err(e) = c.write(false, message)
+        {
+            tracing::debug!(session = %s.id, "chat channel write failed: {e}");
+        }
+        drain(m, s, wire, events, book);
     }
 }
