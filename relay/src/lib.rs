@@ -12,6 +12,7 @@ pub mod http;
 pub mod media;
 pub mod metrics;
 pub mod private;
+pub mod record;
 pub mod serve;
 
 /// `N` bytes from the operating system's secure random source.

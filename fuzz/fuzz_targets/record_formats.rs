@@ -1,0 +1,41 @@
+//! What a recording's recovery reads back from disk after a crash: a WebM or Ogg file cut
+//! anywhere, or damaged. The scans never panic, never claim more than they were given, and a
+//! prefix they call whole scans whole again; Opus packet durations stay within 120 ms.
+#![no_main]
+
+use libfuzzer_sys::fuzz_target;
+use relay::record::{ogg, webm};
+
+fuzz_target!(|data: &[u8]| {
+    let w = webm::scan(data);
+    assert!(w.len <= data.len() && w.header_len <= data.len());
+    assert_eq!(webm::scan(&data[..w.len]).len, w.len);
+    let o = ogg::playable_len(data);
+    assert!(o <= data.len());
+    assert_eq!(ogg::playable_len(&data[..o]), o);
+    if let Some(n) = ogg::opus_samples(data) {
+        assert!(n <= 5760);
+    }
+    // Fed to the writers, the same bytes make streams that scan whole.
+    let mut ow = ogg::OggOpusWriter::new(1, 2, 312);
+    let mut stream = ow.take();
+    for chunk in data.chunks(97) {
+        ow.packet(chunk);
+        stream.extend(ow.take());
+    }
+    ow.finish();
+    stream.extend(ow.take());
+    assert_eq!(ogg::playable_len(&stream), stream.len());
+    let tracks = webm::Tracks { width: 64, height: 48, channels: 2, pre_skip: 312 };
+    let mut ww = webm::WebmWriter::new(tracks);
+    for (i, chunk) in data.chunks(61).enumerate() {
+        let ms = u64::from(chunk.first().copied().unwrap_or(0)) * 40;
+        if i % 2 == 0 {
+            ww.video(ms, chunk.len() % 3 == 0, chunk);
+        } else {
+            ww.audio(ms, chunk);
+        }
+    }
+    let file = ww.take();
+    assert_eq!(webm::scan(&file).len, file.len());
+});

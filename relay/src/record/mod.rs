@@ -1,0 +1,8 @@
+//! Recording: the file formats a recording is written in, sans-IO and streaming, so that bytes
+//! go to the file store as the meeting runs and a file cut short still plays.
+//!
+//! - [`webm`]: WebM with one VP8 and one Opus track (meetings);
+//! - [`ogg`]: Ogg Opus, RFC 7845 (voice calls).
+
+pub mod ogg;
+pub mod webm;
