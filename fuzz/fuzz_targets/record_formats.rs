@@ -1,10 +1,11 @@
 //! What a recording's recovery reads back from disk after a crash: a WebM or Ogg file cut
 //! anywhere, or damaged. The scans never panic, never claim more than they were given, and a
-//! prefix they call whole scans whole again; Opus packet durations stay within 120 ms.
+//! prefix they call whole scans whole again; Opus packet durations stay within 120 ms. And
+//! RTP packets of any content make VP8 frames without a panic, none before a keyframe.
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use relay::record::{ogg, webm};
+use relay::record::{ogg, vp8, webm};
 
 fuzz_target!(|data: &[u8]| {
     let w = webm::scan(data);
@@ -38,4 +39,17 @@ fuzz_target!(|data: &[u8]| {
     }
     let file = ww.take();
     assert_eq!(webm::scan(&file).len, file.len());
+    let mut frames = vp8::Vp8Frames::default();
+    let mut keyed = false;
+    for chunk in data.chunks(23) {
+        let [a, b, c, rest @ ..] = chunk else {
+            continue;
+        };
+        let seq = u16::from_be_bytes([*a, *b]);
+        let ts = u32::from(*c) * 3000;
+        for f in frames.push(seq, ts, c & 1 == 1, rest) {
+            keyed |= f.keyframe;
+            assert!(keyed, "a frame before any keyframe");
+        }
+    }
 });

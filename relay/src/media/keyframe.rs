@@ -41,15 +41,12 @@ pub fn vp8_keyframe_height(payload: &[u8]) -> Option<u32> {
     (h > 0).then_some(u32::from(h))
 }
 
-/// If `payload` starts a VP8 keyframe, the VP8 frame bytes after the payload descriptor.
-fn vp8_keyframe(payload: &[u8]) -> Option<&[u8]> {
+/// The VP8 payload descriptor (RFC 7741, 4.2) at the start of an RTP payload: its length, and
+/// whether the packet starts a frame (S set, partition 0). `None` if it is cut short.
+pub fn vp8_descriptor(payload: &[u8]) -> Option<(usize, bool)> {
     let b0 = *payload.first()?;
     let extended = b0 & 0x80 != 0;
-    let start = b0 & 0x10 != 0;
-    let partition = b0 & 0x07;
-    if !start || partition != 0 {
-        return None;
-    }
+    let starts = b0 & 0x10 != 0 && b0 & 0x07 == 0;
     let mut i = 1;
     if extended {
         let x = *payload.get(i)?;
@@ -65,6 +62,15 @@ fn vp8_keyframe(payload: &[u8]) -> Option<&[u8]> {
         if x & 0x30 != 0 {
             i += 1; // TID/Y/KEYIDX
         }
+    }
+    (i <= payload.len()).then_some((i, starts))
+}
+
+/// If `payload` starts a VP8 keyframe, the VP8 frame bytes after the payload descriptor.
+fn vp8_keyframe(payload: &[u8]) -> Option<&[u8]> {
+    let (i, starts) = vp8_descriptor(payload)?;
+    if !starts {
+        return None;
     }
     let frame = payload.get(i..)?;
     // Inverse keyframe flag: P = 0 means keyframe.

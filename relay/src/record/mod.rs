@@ -2,7 +2,10 @@
 //! go to the file store as the meeting runs and a file cut short still plays.
 //!
 //! - [`webm`]: WebM with one VP8 and one Opus track (meetings);
-//! - [`ogg`]: Ogg Opus, RFC 7845 (voice calls).
+//! - [`ogg`]: Ogg Opus, RFC 7845 (voice calls);
+//! - [`vp8`]: whole VP8 frames from a stream's RTP packets, held back after a loss until the
+//!   next keyframe.
 
 pub mod ogg;
+pub mod vp8;
 pub mod webm;
