@@ -582,3 +582,137 @@ fn receivers_report_their_estimate_about_once_a_second() {
     let reports = sim.counters().bandwidth_reports;
     assert!((2..=6).contains(&reports), "{reports} reports");
 }
+
+/// The publisher label and layer each recorded frame came from (the stamp in its first packet).
+fn recorded_from(frames: &[super::sfu::RecordedFrame]) -> Vec<(u8, u8, bool)> {
+    use relay_kit::peer::{Stamp, VIDEO_STAMP_AT};
+    frames
+        .iter()
+        .filter_map(|f| {
+            // The recorded frame is the payloads without their one-byte descriptors.
+            let s = Stamp::read(f.data.get(VIDEO_STAMP_AT - 1..)?)?;
+            Some((s.publisher as u8, s.layer, f.keyframe))
+        })
+        .collect()
+}
+
+#[test]
+fn the_recording_follows_the_speaker_and_the_screen_share_on_keyframes() {
+    let mut sim = Sim::new();
+    let a = sim.add_publisher("alice", 1, Source::Camera);
+    let b = sim.add_publisher("bob", 2, Source::Camera);
+    sim.clients[a].peer.audio_level = -127;
+    sim.clients[b].peer.audio_level = -20;
+    sim.run(Duration::from_secs(1));
+    let now = sim.now;
+    let mut wire = CoreWire {
+        from: sim.core_addr,
+        net: &mut sim.net,
+    };
+    sim.core
+        .start_recording("org/room", now, &mut wire)
+        .expect("the room exists");
+    assert!(
+        sim.core
+            .start_recording("org/nowhere", now, &mut wire)
+            .is_err(),
+        "no room, no recording"
+    );
+    sim.run(Duration::from_secs(3));
+    let mut all = sim.core.take_recorded("org/room").expect("recording");
+    let from = recorded_from(&all);
+    assert!(from.len() > 60, "{} frames in 3 s", from.len());
+    assert!(from[0].2, "the recording starts on a keyframe");
+    assert!(
+        from[from.len() - 30..].iter().all(|f| (f.0, f.1) == (2, 2)),
+        "bob, the speaker, at his highest layer: {:?}",
+        &from[from.len() - 30..]
+    );
+
+    // Alice speaks, bob falls silent: the recording follows her from a keyframe of hers.
+    sim.clients[a].peer.audio_level = -10;
+    sim.clients[b].peer.audio_level = -127;
+    sim.run(Duration::from_secs(3));
+    let part = sim.core.take_recorded("org/room").expect("recording");
+    let from = recorded_from(&part);
+    let first_alice = from.iter().position(|f| f.0 == 1).expect("alice recorded");
+    assert!(from[first_alice].2, "the switch lands on a keyframe");
+    assert!(from[first_alice..].iter().all(|f| (f.0, f.1) == (1, 2)));
+    all.extend(part);
+
+    // Dave shares his screen: it takes the recording; when the share ends, the speaker again.
+    let d = sim.add_publisher("dave", 3, Source::Screen);
+    sim.clients[d].peer.audio_level = -127;
+    sim.run(Duration::from_secs(3));
+    let part = sim.core.take_recorded("org/room").expect("recording");
+    let from = recorded_from(&part);
+    let first_share = from
+        .iter()
+        .position(|f| f.0 == 3)
+        .expect("the share recorded");
+    assert!(from[first_share].2);
+    assert!(from[first_share..].iter().all(|f| f.0 == 3 && f.1 == 2));
+    all.extend(part);
+    let did = sim.clients[d].session.clone().expect("session");
+    sim.clients[d].sending = false;
+    let now = sim.now;
+    let mut wire = CoreWire {
+        from: sim.core_addr,
+        net: &mut sim.net,
+    };
+    sim.core.end(&did, now, &mut wire).expect("end");
+    sim.run(Duration::from_secs(2));
+    let part = sim.core.take_recorded("org/room").expect("recording");
+    let from = recorded_from(&part);
+    assert!(from.last().is_some_and(|f| f.0 == 1), "back to alice");
+    all.extend(part);
+
+    // One timeline across every switch: never back, never a jump.
+    for w in all.windows(2) {
+        let step = w[1].ms as i64 - w[0].ms as i64;
+        assert!(
+            (0..200).contains(&step),
+            "a step of {step} ms in the recording"
+        );
+    }
+    assert!(all.last().expect("frames").ms > 9_000);
+
+    // Stopped, the room records nothing more.
+    assert!(sim.core.stop_recording("org/room").is_some());
+    sim.run(Duration::from_millis(500));
+    assert!(sim.core.take_recorded("org/room").is_none());
+}
+
+#[test]
+fn a_gap_in_the_recorded_video_resumes_on_a_keyframe_later_on_the_timeline() {
+    let mut sim = Sim::new();
+    let a = sim.add_publisher("alice", 1, Source::Camera);
+    sim.run(Duration::from_millis(500));
+    let now = sim.now;
+    let mut wire = CoreWire {
+        from: sim.core_addr,
+        net: &mut sim.net,
+    };
+    sim.core
+        .start_recording("org/room", now, &mut wire)
+        .expect("room");
+    sim.run(Duration::from_secs(2));
+    let before = sim.core.take_recorded("org/room").expect("recording");
+    // Alice's camera stops for two seconds, then sends again.
+    sim.clients[a].sending = false;
+    sim.run(Duration::from_secs(2));
+    sim.clients[a].sending = true;
+    sim.run(Duration::from_secs(2));
+    let after = sim.core.take_recorded("org/room").expect("recording");
+    assert!(!before.is_empty() && !after.is_empty());
+    assert!(after[0].keyframe, "video resumes on a keyframe");
+    let last = before.last().expect("frames").ms;
+    assert!(
+        after[0].ms >= last + 1_500,
+        "the pause is on the timeline: {last} then {}",
+        after[0].ms
+    );
+    for w in before.iter().chain(&after).collect::<Vec<_>>().windows(2) {
+        assert!(w[1].ms >= w[0].ms, "time never runs back");
+    }
+}

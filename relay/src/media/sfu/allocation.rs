@@ -196,8 +196,12 @@ impl Core {
             }
             drain(idx, s, wire, &mut self.events, &mut self.book);
         }
+        let lost = self.allocate_recorder(room, &tracks, now, &mut requests);
         for f in requests {
             self.request_keyframe(f, now, wire, true);
+        }
+        if let Some(f) = lost {
+            self.request_keyframe(f, now, wire, false);
         }
     }
 

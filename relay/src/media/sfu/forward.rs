@@ -61,7 +61,7 @@ impl Core {
         };
         let kind = track.kind;
         let participant = s.participant;
-        let Some(room) = rooms.get(&s.room) else {
+        let Some(room) = rooms.get_mut(&s.room) else {
             return;
         };
         let ticket = book.open(now);
@@ -138,6 +138,11 @@ impl Core {
             }
         }
         book.sealed(ticket);
+        if kind == MediaKind::Video
+            && let Some(rec) = room.recorder.as_mut()
+        {
+            rec.on_packet(feed, keyframe, codec, clock, &pkt, now);
+        }
     }
 
     /// Ask the publisher of `feed` for a keyframe on that layer, at most once per

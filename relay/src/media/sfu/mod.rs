@@ -11,7 +11,8 @@
 //!
 //! Here: the core's state, datagram and timeout input, and the drain of each session's output.
 //! [`sessions`]: opening, changing and removing sessions; [`forward`]: a packet's copies;
-//! [`allocation`]: the tick and the slot decisions; [`chat_relay`]: the room's chat channel.
+//! [`allocation`]: the tick and the slot decisions; [`chat_relay`]: the room's chat channel;
+//! [`recorder`]: the room's recording, a slot of the relay's own.
 //!
 //! Invariants:
 //! - after every input to an `Rtc` (datagram, timeout, keyframe request, SDP) its
@@ -33,7 +34,11 @@
 mod allocation;
 mod chat_relay;
 mod forward;
+mod recorder;
 mod sessions;
+
+pub use recorder::RecordedFrame;
+use recorder::Recorder;
 
 use std::collections::{HashMap, VecDeque};
 use std::net::SocketAddr;
@@ -161,6 +166,8 @@ struct Room {
     next_order: u64,
     /// The room's last chat messages, for late joiners.
     chat: History,
+    /// The room's recording, while one runs.
+    recorder: Option<Box<Recorder>>,
 }
 
 /// A live video track while allocating: id, participant, is screen, last spoke, join order,

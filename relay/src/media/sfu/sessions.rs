@@ -412,6 +412,11 @@ impl Core {
             }
             empty = r.members.is_empty();
         }
+        if let Role::Publisher(p) = &s.role {
+            for t in &p.tracks {
+                self.recorder_forgets(&s.room, t.id);
+            }
+        }
         self.gone_sessions.push(s.id.clone());
         if empty {
             self.rooms.remove(&s.room);
