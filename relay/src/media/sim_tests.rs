@@ -583,6 +583,16 @@ fn receivers_report_their_estimate_about_once_a_second() {
     assert!((2..=6).contains(&reports), "{reports} reports");
 }
 
+/// Starts recording `room` in the simulated core.
+fn record(sim: &mut Sim, room: &str) -> Result<(), super::types::MediaError> {
+    let now = sim.now;
+    let mut wire = CoreWire {
+        from: sim.core_addr,
+        net: &mut sim.net,
+    };
+    sim.core.start_recording(room, now, &mut wire)
+}
+
 /// The publisher label and layer each recorded frame came from (the stamp in its first packet).
 fn recorded_from(frames: &[super::sfu::RecordedFrame]) -> Vec<(u8, u8, bool)> {
     use relay_kit::peer::{Stamp, VIDEO_STAMP_AT};
@@ -604,18 +614,9 @@ fn the_recording_follows_the_speaker_and_the_screen_share_on_keyframes() {
     sim.clients[a].peer.audio_level = -127;
     sim.clients[b].peer.audio_level = -20;
     sim.run(Duration::from_secs(1));
-    let now = sim.now;
-    let mut wire = CoreWire {
-        from: sim.core_addr,
-        net: &mut sim.net,
-    };
-    sim.core
-        .start_recording("org/room", now, &mut wire)
-        .expect("the room exists");
+    record(&mut sim, "org/room").expect("the room exists");
     assert!(
-        sim.core
-            .start_recording("org/nowhere", now, &mut wire)
-            .is_err(),
+        record(&mut sim, "org/nowhere").is_err(),
         "no room, no recording"
     );
     sim.run(Duration::from_secs(3));
@@ -688,14 +689,7 @@ fn a_gap_in_the_recorded_video_resumes_on_a_keyframe_later_on_the_timeline() {
     let mut sim = Sim::new();
     let a = sim.add_publisher("alice", 1, Source::Camera);
     sim.run(Duration::from_millis(500));
-    let now = sim.now;
-    let mut wire = CoreWire {
-        from: sim.core_addr,
-        net: &mut sim.net,
-    };
-    sim.core
-        .start_recording("org/room", now, &mut wire)
-        .expect("room");
+    record(&mut sim, "org/room").expect("room");
     sim.run(Duration::from_secs(2));
     let before = sim.core.take_recorded("org/room").expect("recording");
     // Alice's camera stops for two seconds, then sends again.
