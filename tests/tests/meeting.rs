@@ -276,10 +276,14 @@ fn three_people_meet_with_names_a_screen_share_chat_and_notices() {
             (chat(&browser, w) == said).then_some(())
         });
     }
-    // A page cannot write as someone else: the relay stamps the token's subject.
+    // A page cannot write as someone else: the relay stamps the token's subject. Nor can it
+    // open a second chat channel (a fresh allowance of messages): the relay ignores it.
     browser.run(
         &c,
-        "relay.state.chat.send(JSON.stringify({text: 'forged', from: 'bob'}));",
+        "relay.state.chat.send(JSON.stringify({text: 'forged', from: 'bob'}));
+         const extra = relay.state.sub.pc.createDataChannel('chat', {ordered: true});
+         await new Promise((ok) => extra.addEventListener('open', ok));
+         extra.send(JSON.stringify({text: 'second channel'}));",
     );
     // A late joiner is shown what was said.
     let dave = relay.participant("dave");
@@ -288,7 +292,11 @@ fn three_people_meet_with_names_a_screen_share_chat_and_notices() {
     eventually("the late joiner reads the earlier messages", || {
         (chat(&browser, &late) == said).then_some(())
     });
-    assert!(chat(&browser, &d).iter().all(|(_, t)| t != "forged"));
+    assert!(
+        chat(&browser, &d)
+            .iter()
+            .all(|(_, t)| t != "forged" && t != "second channel")
+    );
 
     // The camera pauses and resumes in the same session: nothing is renegotiated.
     let before = browser.run(&c, "return relay.state.pub.location;");
@@ -382,7 +390,12 @@ fn three_people_meet_with_names_a_screen_share_chat_and_notices() {
     // A page open at the join form, in no meeting, hears notices too.
     let erin = relay.participant("erin");
     let idle = browser.open(&page(&erin));
-    std::thread::sleep(Duration::from_secs(1));
+    eventually("the idle page listens for notices", || {
+        browser
+            .run(&idle, "return relay.state.listening;")
+            .as_bool()
+            .filter(|l| *l)
+    });
     let out = relay.cli(&[
         "admin",
         "notice",
@@ -566,6 +579,16 @@ fn a_secure_room_keeps_no_chat_and_refusals_read_plainly() {
     // server, and a page outside a meeting holds one open for notices.)
     for w in [&b, &c] {
         browser.close(w);
+    }
+
+    // A room's notices are for those cleared for the room.
+    for path in ["/api/notices?room=ops", "/api/notices/live?room=ops"] {
+        let a = relay.get(path, Some(&alice));
+        assert_eq!(
+            (a.status, a.error_code().as_str()),
+            (403, "clearance"),
+            "{path}"
+        );
     }
 
     // Refusals, in words a person understands.

@@ -1,9 +1,11 @@
 //! Guests of the demo organisation: the start-up link carries a token of the `demo` user, and
 //! everyone who opens it would be that one participant. `POST /api/demo/guest` turns it into a
 //! person of their own: it registers a user in `demo` (clearance 1, the name asked for when
-//! free, else with a suffix) and mints them an hour's token on the demo device, with the
-//! grants to publish and watch. Only the `demo` user's token may ask, and only while the
-//! organisation exists; the registration and the token are audited like any other.
+//! free, else with a suffix) and mints them a token on the demo device that reaches no further
+//! than the one that asked: its clearance, its room limit, its publish and subscribe grants, and
+//! no later expiry (an hour at most). Only the `demo` user's token may ask, and only while the
+//! organisation exists; at most [`MAX_GUESTS`] guests are made per run; the registration and
+//! the token are audited like any other.
 
 use std::sync::Arc;
 
@@ -30,6 +32,11 @@ const GUEST_TTL: std::time::Duration = std::time::Duration::from_secs(3600);
 /// Names tried with a suffix before giving up.
 const TRIES: usize = 8;
 
+/// Guests one run of the relay registers at most (each is a user of the demo organisation).
+pub const MAX_GUESTS: u64 = 1000;
+
+static GUESTS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
 pub fn routes() -> Router<Arc<AppState>> {
     Router::new().route("/api/demo/guest", post(guest))
 }
@@ -51,9 +58,9 @@ async fn guest(
     } else {
         json_body(&body)?
     };
-    let p = s
+    let (p, claims) = s
         .control
-        .authenticate(bearer(&headers), "demo.guest", "org:demo")?;
+        .authenticate_claims(bearer(&headers), "demo.guest", "org:demo")?;
     if p.org != DEMO_ORG || p.user != DEMO_USER {
         let d = crate::control::policy::Denial::Grant;
         s.control.deny("demo.guest", Some(&p), "org:demo", d);
@@ -72,6 +79,25 @@ async fn guest(
         .filter(|n| !n.is_empty());
     if let Some(n) = &asked {
         check_name("name", n)?;
+    }
+    let grants: Vec<Grant> = [Grant::Publish, Grant::Subscribe]
+        .into_iter()
+        .filter(|g| p.has(*g))
+        .collect();
+    let left = claims.exp.saturating_sub(crate::control::unix_now());
+    let ttl = GUEST_TTL.min(std::time::Duration::from_secs(left));
+    if grants.is_empty() || ttl.is_zero() {
+        let d = crate::control::policy::Denial::Grant;
+        s.control.deny("demo.guest", Some(&p), "org:demo", d);
+        return Err(d.into());
+    }
+    if GUESTS.fetch_add(1, std::sync::atomic::Ordering::Relaxed) >= MAX_GUESTS {
+        return Err(ApiError::new(
+            StatusCode::TOO_MANY_REQUESTS,
+            "too_many_guests",
+            format!("this relay has made {MAX_GUESTS} guests since it started"),
+        )
+        .retry_after(3600));
     }
     let base = asked.unwrap_or_else(|| "guest".into());
     for i in 0..TRIES {
@@ -99,10 +125,10 @@ async fn guest(
                 org: DEMO_ORG.into(),
                 user: name.clone(),
                 device: DEMO_DEVICE.into(),
-                clearance: None,
+                clearance: Some(p.clearance),
                 room: p.room.clone(),
-                grants: Some(vec![Grant::Publish, Grant::Subscribe]),
-                ttl: Some(GUEST_TTL),
+                grants: Some(grants.clone()),
+                ttl: Some(ttl),
             },
             None,
         )?;

@@ -6,7 +6,8 @@
 //! same database) moved the registry's generation, and the watcher that holds live sessions to
 //! the registry then calls [`NoticeHub::catch_up`], which reads the notices it has not seen and
 //! broadcasts them, and hands them to the media plane for the pages in a meeting, which hear
-//! them on their chat channel. A page's stream is held to its token: a notice is delivered only while the
+//! them on their chat channel. Asking for a room's notices takes what watching the room takes
+//! (clearance, room limit). A page's stream is held to its token: a notice is delivered only while the
 //! token would still be let in, and never across organisations.
 
 use std::convert::Infallible;
@@ -29,6 +30,7 @@ use super::state::AppState;
 use crate::control::Control;
 use crate::control::admin::{AdminChange, Change};
 use crate::control::model::Notice;
+use crate::control::policy::{Denial, RoomRole};
 use crate::control::token::Claims;
 use crate::media::MediaPlane;
 
@@ -51,6 +53,8 @@ pub struct NoticeHub {
     tx: broadcast::Sender<Arc<Notice>>,
     /// The highest notice id broadcast (or present at start-up).
     seen: AtomicU64,
+    /// One catch-up at a time, so no notice goes out twice.
+    delivering: std::sync::Mutex<()>,
 }
 
 impl NoticeHub {
@@ -60,6 +64,7 @@ impl NoticeHub {
         let hub = NoticeHub {
             tx,
             seen: AtomicU64::new(0),
+            delivering: std::sync::Mutex::new(()),
         };
         // Skip what was sent before this start: pages list those through `GET /api/notices`.
         while hub.read_new(control).is_some_and(|n| !n.is_empty()) {}
@@ -84,6 +89,7 @@ impl NoticeHub {
     /// Delivers every notice written since the last call: to the pages' streams, and through
     /// the media plane to the pages in a meeting. Called when the registry's generation moved.
     pub fn catch_up(&self, control: &Control, media: Option<&MediaPlane>) {
+        let _one = self.delivering.lock().unwrap_or_else(|p| p.into_inner());
         while let Some(new) = self.read_new(control) {
             if new.is_empty() {
                 return;
@@ -157,15 +163,28 @@ fn room_of(limit: Option<String>, asked: Option<String>) -> Option<String> {
     limit.or(asked)
 }
 
+/// May the bearer of `claims` hear the notices of `room` (or of none): may it watch that room
+/// now, by the registry as it is? A room notice speaks to those cleared for the room.
+fn may_hear(control: &Control, claims: &Claims, room: Option<&str>) -> Result<(), Denial> {
+    match room {
+        Some(r) => control.recheck(claims, RoomRole::Subscribe, r),
+        None => control.standing(claims).map(|_| ()),
+    }
+}
+
 async fn list(
     State(s): State<Arc<AppState>>,
     headers: HeaderMap,
     Query(q): Query<RoomQuery>,
 ) -> ApiResult<Response> {
-    let p = s
+    let (p, claims) = s
         .control
-        .authenticate(bearer(&headers), "notices.list", "notices")?;
+        .authenticate_claims(bearer(&headers), "notices.list", "notices")?;
     let room = room_of(p.room.clone(), q.room);
+    if let Err(d) = may_hear(&s.control, &claims, room.as_deref()) {
+        s.control.deny("notices.list", Some(&p), "notices", d);
+        return Err(d.into());
+    }
     let all = s
         .control
         .registry()
@@ -188,6 +207,10 @@ async fn live(
         .control
         .authenticate_claims(bearer(&headers), "notices.live", "notices")?;
     let room = room_of(p.room.clone(), q.room);
+    if let Err(d) = may_hear(&s.control, &claims, room.as_deref()) {
+        s.control.deny("notices.live", Some(&p), "notices", d);
+        return Err(d.into());
+    }
     let org = p.org.clone();
     let rx = s.notices.subscribe();
     let state = s.clone();
@@ -210,8 +233,8 @@ async fn live(
                     if !reaches(&n, &org, room.as_deref()) {
                         continue;
                     }
-                    // The stream lasts while its token would still be let in.
-                    if state.control.standing(&claims).is_err() {
+                    // The stream lasts while its token would still be let in (to its room).
+                    if may_hear(&state.control, &claims, room.as_deref()).is_err() {
                         return None;
                     }
                     let data = serde_json::to_string(n.as_ref()).unwrap_or_default();

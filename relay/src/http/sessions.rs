@@ -110,10 +110,10 @@ impl MediaRoutes {
                 .bytes(c.bytes as u64);
             match self.owner(&c.session) {
                 Some(o) => e = e.who(&o.claims.org, &o.claims.sub, &o.claims.device),
+                // The session ended before its message was audited: its room and user say who.
                 None => {
-                    if let Some((org, _)) = c.room.split_once('/') {
-                        e = e.org(org);
-                    }
+                    let org = c.room.split_once('/').map_or("", |(o, _)| o);
+                    e = e.org(org).subject(&c.user);
                 }
             }
             control.record(e);

@@ -195,6 +195,8 @@ impl History {
 pub struct ChatSent {
     pub session: super::SessionId,
     pub room: super::RoomKey,
+    /// The sender (the token's subject).
+    pub user: super::ParticipantKey,
     pub bytes: usize,
 }
 

@@ -130,7 +130,13 @@ impl OggOpusWriter {
         self.granule += self.pending_samples;
         self.pending_samples = 0;
         let packets = std::mem::take(&mut self.pending);
-        self.page(flags, self.granule, &packets);
+        // A page on which no packet ends carries the granule -1 (RFC 3533).
+        let granule = if packets.is_empty() {
+            u64::MAX
+        } else {
+            self.granule
+        };
+        self.page(flags, granule, &packets);
     }
 
     /// Ends the stream: what is pending goes out on a last page marked end of stream.

@@ -113,8 +113,9 @@ impl Vp8Frames {
             }
         };
         let p = &mut self.pending[at];
-        if p.packets.len() < MAX_PACKETS && !p.packets.iter().any(|x| x.0 == ext) {
-            let i = p.packets.partition_point(|x| x.0 < ext);
+        let i = p.packets.partition_point(|x| x.0 < ext);
+        let twice = p.packets.get(i).is_some_and(|x| x.0 == ext);
+        if p.packets.len() < MAX_PACKETS && !twice {
             p.packets
                 .insert(i, (ext, starts, marker, payload[head..].to_vec()));
         }

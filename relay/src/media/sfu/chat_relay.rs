@@ -49,7 +49,8 @@ impl Core {
         let Role::Subscriber(sub) = &mut s.role else {
             return;
         };
-        if label != chat::LABEL {
+        // One chat channel per session: a second would start with a fresh allowance.
+        if label != chat::LABEL || sub.chat.is_some() {
             return;
         }
         sub.chat = Some(Box::new(ChatLine {
@@ -61,8 +62,10 @@ impl Core {
             && let Some(mut c) = s.rtc.channel(id)
         {
             for m in room.chat.iter() {
-                if let Err(e) = c.write(false, m) {
-                    tracing::debug!(session = %s.id, "chat history not written: {e}");
+                // A full send buffer takes no more: the rest of the history would come out of
+                // order, so it stops there.
+                if !matches!(c.write(false, m), Ok(true)) {
+                    tracing::debug!(session = %s.id, "chat history cut short");
                     break;
                 }
             }
@@ -109,6 +112,7 @@ impl Core {
         self.chat_sent.push(ChatSent {
             session: s.id.clone(),
             room: room_key.clone(),
+            user: s.user.clone(),
             bytes: text.len(),
         });
         let Core {
@@ -214,8 +218,9 @@ impl Core {
             else {
                 continue;
             };
+            // Remembered only once written: a refused view goes again at the next tick.
             if let Some(mut c) = s.rtc.channel(line.id)
-                && c.write(false, &bytes).is_ok()
+                && matches!(c.write(false, &bytes), Ok(true))
             {
                 line.view_sent = bytes;
             }
@@ -263,10 +268,11 @@ fn write_to(
         else {
             continue;
         };
-        if let Some(mut c) = s.rtc.channel(line.id)
-            && let Err(e) = c.write(false, message)
-        {
-            tracing::debug!(session = %s.id, "chat channel write failed: {e}");
+        match s.rtc.channel(line.id).map(|mut c| c.write(false, message)) {
+            Some(Ok(true)) => {}
+            Some(Ok(false)) => tracing::debug!(session = %s.id, "chat channel full: dropped"),
+            Some(Err(e)) => tracing::debug!(session = %s.id, "chat channel write failed: {e}"),
+            None => {}
         }
         drain(m, s, wire, events, book);
     }

@@ -253,11 +253,12 @@ struct Subscriber {
     chat: Option<Box<ChatLine>>,
 }
 
-/// A subscriber's open `chat` data channel.
+/// A subscriber's open `chat` data channel (one per session).
 struct ChatLine {
     id: ChannelId,
     /// The last view of the room sent on it.
     view_sent: Vec<u8>,
+    /// Messages the session may send (kept for the session's life).
     limit: Limiter,
 }
 

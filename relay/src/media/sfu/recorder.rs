@@ -20,9 +20,9 @@ pub struct RecordedFrame {
     pub data: Vec<u8>,
 }
 
-/// Frames held for the shell at most: about a minute at 30 frames a second. Past it the
-/// oldest go (a shell that stopped taking them lost the recording anyway).
-const MAX_HELD: usize = 2000;
+/// Bytes of frames held for the shell at most; past it the oldest go (a shell that stopped
+/// taking them has lost the recording anyway).
+const MAX_HELD_BYTES: usize = 64 << 20;
 
 #[derive(Debug)]
 pub(super) struct Recorder {
@@ -34,7 +34,10 @@ pub(super) struct Recorder {
     frames: Vp8Frames,
     /// The last frame's RTP timestamp and the 90 kHz ticks since the first.
     clock: Option<(u32, u64)>,
-    out: Vec<RecordedFrame>,
+    out: std::collections::VecDeque<RecordedFrame>,
+    held_bytes: usize,
+    /// The current feed's packets are VP8 (only then is a keyframe worth asking for).
+    vp8: bool,
 }
 
 impl Recorder {
@@ -46,7 +49,9 @@ impl Recorder {
             prev: vec![None],
             frames: Vp8Frames::default(),
             clock: None,
-            out: Vec::new(),
+            out: std::collections::VecDeque::new(),
+            held_bytes: 0,
+            vp8: false,
         }
     }
 
@@ -60,7 +65,11 @@ impl Recorder {
         pkt: &RtpPacket,
         now: Instant,
     ) {
-        if codec != Codec::Vp8 || self.gate.on_packet(feed, keyframe) == Verdict::Drop {
+        if self.gate.on_packet(feed, keyframe) == Verdict::Drop {
+            return;
+        }
+        self.vp8 = codec == Codec::Vp8;
+        if !self.vp8 {
             return;
         }
         let Some(out) = self.rw.rewrite(
@@ -81,10 +90,14 @@ impl Recorder {
                 Some((last, ticks)) => ticks + u64::from(f.ts.wrapping_sub(last)),
             };
             self.clock = Some((f.ts, ticks));
-            if self.out.len() == MAX_HELD {
-                self.out.remove(0);
+            self.held_bytes += f.data.len();
+            while self.held_bytes > MAX_HELD_BYTES {
+                let Some(old) = self.out.pop_front() else {
+                    break;
+                };
+                self.held_bytes -= old.data.len();
             }
-            self.out.push(RecordedFrame {
+            self.out.push_back(RecordedFrame {
                 ms: ticks / 90,
                 keyframe: f.keyframe,
                 data: f.data,
@@ -115,13 +128,14 @@ impl Core {
     /// (or is gone).
     pub fn take_recorded(&mut self, room: &str) -> Option<Vec<RecordedFrame>> {
         let rec = self.rooms.get_mut(room)?.recorder.as_mut()?;
-        Some(std::mem::take(&mut rec.out))
+        rec.held_bytes = 0;
+        Some(std::mem::take(&mut rec.out).into())
     }
 
     /// Stops recording `room`: the frames not taken yet.
     pub fn stop_recording(&mut self, room: &str) -> Option<Vec<RecordedFrame>> {
         let rec = self.rooms.get_mut(room)?.recorder.take()?;
-        Some(rec.out)
+        Some(rec.out.into())
     }
 
     /// The recorder's slot, allocated as a one-slot `screen` subscriber without a bandwidth
@@ -151,7 +165,9 @@ impl Core {
             requests.push(f);
         }
         rec.prev = out;
-        rec.gate.current().filter(|_| rec.frames.wants_keyframe())
+        rec.gate
+            .current()
+            .filter(|_| rec.vp8 && rec.frames.wants_keyframe())
     }
 
     /// The recorder's slot forgets a departed publisher's track.
