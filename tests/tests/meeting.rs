@@ -496,6 +496,41 @@ fn three_people_meet_with_names_a_screen_share_chat_and_notices() {
     assert!(sends[0].contains("\"user\":\"dana\"") && sends[0].contains("\"bytes\":20"));
     assert!(!audit.contains("Hello from the lobby"));
     assert!(audit.contains("\"admin.notice.send\""));
+
+    // Too long, and too fast: the relay answers the sender alone, in words.
+    browser.run(
+        &c,
+        "relay.state.chat.send(JSON.stringify({text: 'x'.repeat(5000)}));",
+    );
+    eventually("carol is told the message is too long", || {
+        (browser.run(&c, "return relay.status();") == "That message is too long.").then_some(())
+    });
+    browser.run(
+        &c,
+        "for (let i = 0; i < 14; i++) relay.state.chat.send(JSON.stringify({text: 'burst ' + i}));",
+    );
+    eventually("carol is told to slow down", || {
+        let s = browser.run(&c, "return relay.status();");
+        s.as_str()?
+            .starts_with("You are sending messages too fast")
+            .then_some(())
+    });
+    let bursts = || {
+        chat(&browser, &b)
+            .iter()
+            .filter(|(from, t)| from == "carol" && t.starts_with("burst "))
+            .count()
+    };
+    eventually("bob reads the burst the relay let through", || {
+        (bursts() >= 10).then_some(())
+    });
+    std::thread::sleep(Duration::from_millis(500));
+    let through = bursts();
+    assert!(through <= 11, "{through} of 14 got through at once");
+    assert!(
+        chat(&browser, &b).iter().all(|(_, t)| t.len() < 5000),
+        "the long message was relayed"
+    );
 }
 
 #[test]
