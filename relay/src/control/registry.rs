@@ -153,6 +153,9 @@ pub trait Registry: Send + fmt::Debug {
     /// Notices of every organisation with an id above `after`, oldest first, at most `limit`.
     fn notices_after(&self, after: u64, limit: usize) -> Result<Vec<Notice>>;
 
+    /// The highest notice id of the appliance (0 before the first notice).
+    fn last_notice_id(&self) -> Result<u64>;
+
     /// The registry's generation: it moves with every change of users, devices, rooms or
     /// revocations, from any process on the database.
     fn generation(&self) -> Result<u64>;

@@ -487,6 +487,13 @@ impl Registry for SqliteRegistry {
             .collect::<rusqlite::Result<_>>()?)
     }
 
+    fn last_notice_id(&self) -> Result<u64> {
+        Ok(self
+            .conn
+            .prepare_cached("SELECT COALESCE(MAX(id), 0) FROM notices")?
+            .query_row([], |r| r.get::<_, i64>(0))? as u64)
+    }
+
     /// The registry's generation: it moves with every change of users, devices, rooms or
     /// revocations, from any process on the database.
     fn generation(&self) -> Result<u64> {
@@ -552,6 +559,7 @@ mod tests {
         let mine = reg.notices("acme", 10).unwrap();
         assert_eq!(mine, vec![first.clone(), second.clone()]);
         assert_eq!(reg.notices("acme", 1).unwrap(), vec![second.clone()]);
+        assert_eq!(reg.last_notice_id().unwrap(), theirs.id);
         assert_eq!(
             reg.notices_after(first.id, 10).unwrap(),
             vec![second, theirs]

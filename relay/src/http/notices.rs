@@ -30,7 +30,7 @@ use super::state::AppState;
 use crate::control::Control;
 use crate::control::admin::{AdminChange, Change};
 use crate::control::model::Notice;
-use crate::control::policy::{Denial, RoomRole};
+use crate::control::policy::{Denial, Principal, RoomRole};
 use crate::control::token::Claims;
 use crate::media::MediaPlane;
 
@@ -61,14 +61,14 @@ impl NoticeHub {
     /// A hub that broadcasts notices written from now on.
     pub fn new(control: &Control) -> NoticeHub {
         let (tx, _) = broadcast::channel(256);
-        let hub = NoticeHub {
+        // What was sent before this start is not broadcast: pages list it through
+        // `GET /api/notices`. (A registry that cannot say starts from the first notice.)
+        let last = control.registry().last_notice_id().unwrap_or(0);
+        NoticeHub {
             tx,
-            seen: AtomicU64::new(0),
+            seen: AtomicU64::new(last),
             delivering: std::sync::Mutex::new(()),
-        };
-        // Skip what was sent before this start: pages list those through `GET /api/notices`.
-        while hub.read_new(control).is_some_and(|n| !n.is_empty()) {}
-        hub
+        }
     }
 
     fn read_new(&self, control: &Control) -> Option<Vec<Notice>> {
@@ -172,23 +172,35 @@ fn may_hear(control: &Control, claims: &Claims, room: Option<&str>) -> Result<()
     }
 }
 
+/// The bearer of a notice request, its claims and the room it hears: authenticated, and
+/// allowed that room's notices (denials audited under `action`).
+fn listener(
+    s: &AppState,
+    headers: &HeaderMap,
+    q: RoomQuery,
+    action: &'static str,
+) -> ApiResult<(Principal, Claims, Option<String>)> {
+    let (p, claims) = s
+        .control
+        .authenticate_claims(bearer(headers), action, "notices")?;
+    let room = room_of(p.room.clone(), q.room);
+    // The token's standing was just checked; a room asks for more.
+    if room.is_some()
+        && let Err(d) = may_hear(&s.control, &claims, room.as_deref())
+    {
+        s.control.deny(action, Some(&p), "notices", d);
+        return Err(d.into());
+    }
+    Ok((p, claims, room))
+}
+
 async fn list(
     State(s): State<Arc<AppState>>,
     headers: HeaderMap,
     Query(q): Query<RoomQuery>,
 ) -> ApiResult<Response> {
-    let (p, claims) = s
-        .control
-        .authenticate_claims(bearer(&headers), "notices.list", "notices")?;
-    let room = room_of(p.room.clone(), q.room);
-    if let Err(d) = may_hear(&s.control, &claims, room.as_deref()) {
-        s.control.deny("notices.list", Some(&p), "notices", d);
-        return Err(d.into());
-    }
-    let all = s
-        .control
-        .registry()
-        .notices(&p.org, super::notices::BATCH)?;
+    let (p, _, room) = listener(&s, &headers, q, "notices.list")?;
+    let all = s.control.registry().notices(&p.org, BATCH)?;
     let mut shown: Vec<Notice> = all
         .into_iter()
         .filter(|n| reaches(n, &p.org, room.as_deref()))
@@ -203,14 +215,7 @@ async fn live(
     headers: HeaderMap,
     Query(q): Query<RoomQuery>,
 ) -> ApiResult<Response> {
-    let (p, claims) = s
-        .control
-        .authenticate_claims(bearer(&headers), "notices.live", "notices")?;
-    let room = room_of(p.room.clone(), q.room);
-    if let Err(d) = may_hear(&s.control, &claims, room.as_deref()) {
-        s.control.deny("notices.live", Some(&p), "notices", d);
-        return Err(d.into());
-    }
+    let (p, claims, room) = listener(&s, &headers, q, "notices.live")?;
     let org = p.org.clone();
     let rx = s.notices.subscribe();
     let state = s.clone();

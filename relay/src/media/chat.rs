@@ -13,7 +13,7 @@
 //! page when its channel opens, unless the room is `secure_view`, where nothing is kept.
 
 use std::collections::VecDeque;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 use serde::{Deserialize, Serialize};
 
@@ -33,6 +33,10 @@ pub const LABEL: &str = "chat";
 const BURST: f64 = 10.0;
 /// ...and this many per second after that.
 const PER_SECOND: f64 = 3.0;
+
+/// How long [`Limiter`] takes to give one message back.
+#[cfg(test)]
+const REFILL: std::time::Duration = std::time::Duration::from_millis((1000.0 / PER_SECOND) as u64);
 
 /// Why a message was not relayed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -199,9 +203,6 @@ pub struct ChatSent {
     pub user: super::ParticipantKey,
     pub bytes: usize,
 }
-
-/// How long [`Limiter`] takes to give one message back.
-pub const REFILL: Duration = Duration::from_millis((1000.0 / PER_SECOND) as u64);
 
 #[cfg(test)]
 mod tests {

@@ -8,7 +8,7 @@
 //! delta frame refers to it, nothing more comes out until the next keyframe:
 //! [`Vp8Frames::wants_keyframe`] says when to ask the publisher for one.
 
-use crate::media::keyframe::{VideoCodec, is_keyframe, vp8_descriptor};
+use crate::media::keyframe::vp8_descriptor;
 
 /// Frames that wait for their missing packets at most.
 const PENDING: usize = 3;
@@ -178,11 +178,6 @@ impl Vp8Frames {
     }
 }
 
-/// Whether an RTP payload starts a VP8 keyframe (what a recorder waits for).
-pub fn starts_keyframe(payload: &[u8]) -> bool {
-    is_keyframe(VideoCodec::Vp8, payload)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -280,6 +275,5 @@ mod tests {
             f.push(3, 0, true, &pkt(false, &[KEY])).is_empty(),
             "no start"
         );
-        assert!(starts_keyframe(&pkt(true, &[KEY, 0, 0, 0x9d, 0x01, 0x2a])));
     }
 }

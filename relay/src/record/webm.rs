@@ -129,7 +129,6 @@ pub fn opus_head(channels: u8, pre_skip: u16) -> Vec<u8> {
 /// Writes a WebM file piece by piece.
 #[derive(Debug)]
 pub struct WebmWriter {
-    tracks: Tracks,
     out: Vec<u8>,
     cluster_ms: Option<u64>,
     last_ms: [u64; 2],
@@ -141,7 +140,6 @@ impl WebmWriter {
     pub fn new(tracks: Tracks) -> WebmWriter {
         WebmWriter {
             out: Self::header(tracks, None),
-            tracks,
             cluster_ms: None,
             last_ms: [0; 2],
             blocks: 0,
@@ -201,11 +199,6 @@ impl WebmWriter {
             }));
         }));
         out
-    }
-
-    /// What the file holds.
-    pub fn tracks(&self) -> Tracks {
-        self.tracks
     }
 
     /// A VP8 frame at `ms`.

@@ -18,7 +18,7 @@ struct View<'a> {
     #[serde(rename = "type")]
     kind: &'static str,
     speaker: Option<&'a str>,
-    publishers: Vec<Shown<'a>>,
+    publishers: &'a [Shown<'a>],
     slots: Vec<SlotView<'a>>,
 }
 
@@ -146,27 +146,22 @@ impl Core {
                 _ => None,
             }
         };
-        let mut speaker: Option<(Instant, &str)> = None;
-        let mut publishers = Vec::new();
-        for &m in &r.members {
-            let Some(Session {
-                user,
-                role: Role::Publisher(p),
-                ..
-            }) = sessions[m].as_ref()
-            else {
-                continue;
-            };
-            if let Some(t) = p.last_spoke
-                && speaker.is_none_or(|(at, _)| t > at)
-            {
-                speaker = Some((t, user.as_str()));
-            }
-            publishers.push(Shown {
-                user,
-                source: p.source,
-            });
-        }
+        let speaker = last_speaker(sessions, &r.members).map(|s| s.user.as_str());
+        let publishers: Vec<Shown<'_>> = r
+            .members
+            .iter()
+            .filter_map(|&m| match sessions[m].as_ref() {
+                Some(Session {
+                    user,
+                    role: Role::Publisher(p),
+                    ..
+                }) => Some(Shown {
+                    user,
+                    source: p.source,
+                }),
+                _ => None,
+            })
+            .collect();
         let mut updates: Vec<(usize, Vec<u8>)> = Vec::new();
         for &m in &r.members {
             let Some(Session {
@@ -193,14 +188,8 @@ impl Core {
                 .collect();
             let view = View {
                 kind: "view",
-                speaker: speaker.map(|(_, u)| u),
-                publishers: publishers
-                    .iter()
-                    .map(|p| Shown {
-                        user: p.user,
-                        source: p.source,
-                    })
-                    .collect(),
+                speaker,
+                publishers: &publishers,
                 slots,
             };
             let bytes = serde_json::to_vec(&view).unwrap_or_default();

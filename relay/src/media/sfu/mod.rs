@@ -310,6 +310,22 @@ fn track_parts(id: TrackId) -> (usize, u32, usize) {
     )
 }
 
+/// The publishing session among `members` that spoke last, if any has.
+fn last_speaker<'a>(sessions: &'a [Option<Session>], members: &[usize]) -> Option<&'a Session> {
+    members
+        .iter()
+        .rev()
+        .filter_map(|&m| sessions.get(m)?.as_ref())
+        .filter_map(|s| match &s.role {
+            Role::Publisher(p) => Some((p.last_spoke?, s)),
+            Role::Subscriber(_) => None,
+        })
+        // On a tie the first member: `max_by_key` keeps the last of equals, so members go
+        // in reverse.
+        .max_by_key(|(t, _)| *t)
+        .map(|(_, s)| s)
+}
+
 /// Drain one session's output until `Timeout`. Free function so the caller can hold other
 /// parts of the core borrowed.
 fn drain(

@@ -288,32 +288,25 @@ impl Core {
             room: room.to_owned(),
             publishers: Vec::new(),
             subscribers: Vec::new(),
-            speaker: None,
+            speaker: last_speaker(&self.sessions, &r.members).map(|s| s.id.clone()),
         };
-        let mut latest = None;
         for &idx in &r.members {
             let Some(s) = self.sessions[idx].as_ref() else {
                 continue;
             };
             match &s.role {
-                Role::Publisher(p) => {
-                    if p.last_spoke.is_some() && p.last_spoke > latest {
-                        latest = p.last_spoke;
-                        info.speaker = Some(s.id.clone());
-                    }
-                    info.publishers.push(PublisherInfo {
-                        session: s.id.clone(),
-                        user: s.user.clone(),
-                        source: p.source,
-                        layers: p
-                            .tracks
-                            .iter()
-                            .filter(|t| t.kind == MediaKind::Video)
-                            .flat_map(|t| t.layers.iter())
-                            .map(|l| l.rid.map(|r| r.to_string()).unwrap_or_default())
-                            .collect(),
-                    })
-                }
+                Role::Publisher(p) => info.publishers.push(PublisherInfo {
+                    session: s.id.clone(),
+                    user: s.user.clone(),
+                    source: p.source,
+                    layers: p
+                        .tracks
+                        .iter()
+                        .filter(|t| t.kind == MediaKind::Video)
+                        .flat_map(|t| t.layers.iter())
+                        .map(|l| l.rid.map(|r| r.to_string()).unwrap_or_default())
+                        .collect(),
+                }),
                 Role::Subscriber(sub) => info.subscribers.push(SubscriberInfo {
                     session: s.id.clone(),
                     user: s.user.clone(),
