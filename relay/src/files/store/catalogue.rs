@@ -63,6 +63,11 @@ CREATE TABLE IF NOT EXISTS upload_chunks (
     PRIMARY KEY (upload, idx)
 ) STRICT, WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS upload_chunks_hash ON upload_chunks (hash, received);
+CREATE TABLE IF NOT EXISTS recordings (
+    upload  BLOB PRIMARY KEY NOT NULL REFERENCES uploads (id) ON DELETE CASCADE,
+    kind    TEXT NOT NULL,
+    started INTEGER NOT NULL
+) STRICT, WITHOUT ROWID;
 "#;
 
 impl ChunkStore {

@@ -1,7 +1,8 @@
 //! The chunk store: content-addressed chunks (their bytes behind the [`Blobs`] seam, on the file
 //! system by default), and the files, uploads and references that use them in SQLite (`files.db`
 //! in the data directory): [`catalogue`] (schema and shared queries), [`uploads`], [`files`],
-//! [`maintenance`] (collection and checks).
+//! [`maintenance`] (collection and checks), [`recordings`] (uploads that grow while a meeting
+//! runs).
 //!
 //! Invariants:
 //! - A chunk's bytes are kept by [`Blobs`] (on the file system, [`FsBlobs`]: `chunks/ab/cdef...`)
@@ -22,6 +23,7 @@ mod blobs;
 mod catalogue;
 mod files;
 mod maintenance;
+mod recordings;
 mod uploads;
 
 #[cfg(test)]
@@ -41,6 +43,7 @@ use super::manifest::{ChunkRef, Manifest};
 use super::plan::{self, QuotaExceeded, Usage};
 use super::wire::{FileEntry, UploadId};
 pub use blobs::{Blobs, FsBlobs};
+pub use recordings::{NewRecording, OpenRecording};
 
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]

@@ -357,3 +357,105 @@ fn tampered_chunks_are_never_served_and_check_finds_them() {
         VerifiedChunk::check(&victim.hash, bytes::Bytes::from_static(b"other bytes")).is_none()
     );
 }
+
+fn piece(bytes: &[u8]) -> VerifiedChunk {
+    VerifiedChunk::check(&chunk_hash(bytes), bytes.to_vec().into()).unwrap()
+}
+
+fn recording<'a>(org: &'a str, owner: &'a str) -> NewRecording<'a> {
+    NewRecording {
+        org,
+        owner,
+        name: "room-20261204-040000.webm",
+        room: "room",
+        classification: 2,
+        kind: "meeting",
+    }
+}
+
+#[test]
+fn a_recording_grows_survives_reopening_and_becomes_a_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = ChunkStore::open(dir.path()).unwrap();
+    let id = store
+        .begin_recording(&recording("acme", "ann"), NO_QUOTA, 100)
+        .unwrap();
+    store
+        .append_recording(&id, &piece(b"header"), NO_QUOTA, 100)
+        .unwrap();
+    store
+        .append_recording(&id, &piece(b"one"), NO_QUOTA, 101)
+        .unwrap();
+    store
+        .append_recording(&id, &piece(b"two"), NO_QUOTA, 102)
+        .unwrap();
+    // Its bytes are charged while it runs.
+    assert_eq!(store.usage_of("acme", Some("ann"), 102).unwrap(), 12);
+    // A crash: the store opened again lists it with its chunks in order.
+    drop(store);
+    let store = ChunkStore::open(dir.path()).unwrap();
+    let open = store.open_recordings().unwrap();
+    assert_eq!(open.len(), 1);
+    assert_eq!(
+        (open[0].room.as_str(), open[0].kind.as_str()),
+        ("room", "meeting")
+    );
+    assert_eq!(open[0].chunks.len(), 3);
+    assert_eq!(open[0].chunks[1].hash, chunk_hash(b"one"));
+    // Collection leaves an open recording's chunks alone, however old.
+    store.gc(10_000_000, Duration::ZERO).unwrap();
+    store
+        .replace_recording_chunk(&id, 0, &piece(b"HEADER+"), 103)
+        .unwrap();
+    let file = store.finish_recording(&id, 104).unwrap();
+    assert!(store.open_recordings().unwrap().is_empty());
+    assert_eq!(read_all(&store, &file.id).unwrap(), b"HEADER+onetwo");
+    assert_eq!((file.size, file.chunks, file.classification), (13, 3, 2));
+    assert_eq!(file.room.as_deref(), Some("room"));
+    assert_eq!(store.usage_of("acme", Some("ann"), 104).unwrap(), 13);
+    // The replaced header goes with the next collection after its grace; the file stays whole.
+    let gone = store.gc(200_000, Duration::from_secs(60)).unwrap();
+    assert_eq!(gone.chunks, 1);
+    assert_eq!(read_all(&store, &file.id).unwrap(), b"HEADER+onetwo");
+    assert!(store.check().unwrap().is_clean());
+}
+
+#[test]
+fn a_recording_stops_at_the_quota_without_listing_the_chunk() {
+    let f = fixture();
+    let quotas = Quotas {
+        org: None,
+        user: Some(10),
+    };
+    let id = f
+        .store
+        .begin_recording(&recording("acme", "ann"), quotas, 100)
+        .unwrap();
+    f.store
+        .append_recording(&id, &piece(b"12345678"), quotas, 100)
+        .unwrap();
+    assert!(matches!(
+        f.store.append_recording(&id, &piece(b"abc"), quotas, 101),
+        Err(StoreError::Quota(_))
+    ));
+    let file = f.store.finish_recording(&id, 102).unwrap();
+    assert_eq!(read_all(&f.store, &file.id).unwrap(), b"12345678");
+    // With nothing left, no recording starts.
+    let full = Quotas {
+        org: None,
+        user: Some(8),
+    };
+    assert!(matches!(
+        f.store
+            .begin_recording(&recording("acme", "ann"), full, 103),
+        Err(StoreError::Quota(_))
+    ));
+    // One without bytes is not a file.
+    let empty = f
+        .store
+        .begin_recording(&recording("acme", "bob"), NO_QUOTA, 103)
+        .unwrap();
+    assert!(f.store.finish_recording(&empty, 104).is_err());
+    f.store.discard_recording(&empty, 104).unwrap();
+    assert!(f.store.open_recordings().unwrap().is_empty());
+}

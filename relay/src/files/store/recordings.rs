@@ -1,0 +1,288 @@
+//! Recordings: files written while a meeting runs. A recording is an upload whose chunk list
+//! grows as the media comes (each chunk durable before its row), with no lease to run out;
+//! it becomes a file through the same commit as any upload. Its first chunk is the container's
+//! header, which may be written again (the video's size, the duration) before the end. A
+//! recording still open when the relay starts was cut short by a crash: the shell closes it
+//! into a playable file from [`ChunkStore::open_recordings`].
+//!
+//! Its bytes count against the quotas as they arrive (an open upload's size is charged), and a
+//! chunk that would pass a quota is refused with [`StoreError::Quota`] before it is recorded.
+
+use rusqlite::{OptionalExtension, params};
+
+use super::*;
+use crate::files::manifest::root_of;
+
+/// What a recording declares at its start.
+#[derive(Debug, Clone, Copy)]
+pub struct NewRecording<'a> {
+    pub org: &'a str,
+    pub owner: &'a str,
+    pub name: &'a str,
+    pub room: &'a str,
+    pub classification: u8,
+    /// What the shell needs to close it after a crash (`meeting`, `audio`).
+    pub kind: &'a str,
+}
+
+/// A recording not yet closed into a file.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OpenRecording {
+    pub id: UploadId,
+    pub org: String,
+    pub owner: String,
+    pub name: String,
+    pub room: String,
+    pub kind: String,
+    /// Seconds since the epoch at its start.
+    pub started: u64,
+    /// Its chunks in order.
+    pub chunks: Vec<ChunkRef>,
+}
+
+/// An open recording never expires; a crash leaves it for the next start to close.
+const NO_EXPIRY: i64 = i64::MAX;
+
+impl ChunkStore {
+    /// Opens a recording: an empty upload charged nothing yet. Refused with
+    /// [`StoreError::Quota`] when the organisation or the user has no room left at all.
+    pub fn begin_recording(
+        &self,
+        new: &NewRecording<'_>,
+        quotas: Quotas,
+        now: u64,
+    ) -> Result<UploadId> {
+        let mut db = self.db();
+        let tx = db.transaction()?;
+        Self::check_quota(&tx, new.org, new.owner, 1, quotas, now)?;
+        let id: UploadId = crate::random_bytes();
+        // The root is a placeholder until the end, when the chunks are known.
+        let placeholder: Hash = crate::random_bytes();
+        tx.execute(
+            "INSERT INTO uploads (id, org, owner, name, room, root, size, classification,
+             view_only, lease_expires, created)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, 0, ?7, 0, ?8, ?9)",
+            params![
+                &id[..],
+                new.org,
+                new.owner,
+                new.name,
+                new.room,
+                &placeholder[..],
+                new.classification,
+                NO_EXPIRY,
+                now as i64
+            ],
+        )?;
+        tx.execute(
+            "INSERT INTO recordings (upload, kind, started) VALUES (?1, ?2, ?3)",
+            params![&id[..], new.kind, now as i64],
+        )?;
+        tx.commit()?;
+        Ok(id)
+    }
+
+    fn check_quota(
+        tx: &Connection,
+        org: &str,
+        owner: &str,
+        more: u64,
+        quotas: Quotas,
+        now: u64,
+    ) -> Result<()> {
+        let org_usage = Usage {
+            used: Self::usage(tx, org, None, now)?,
+            limit: quotas.org,
+        };
+        let user = Usage {
+            used: Self::usage(tx, org, Some(owner), now)?,
+            limit: quotas.user,
+        };
+        plan::reserve(more, org_usage, user).map_err(StoreError::Quota)
+    }
+
+    /// Adds a chunk at the end of recording `id`: on disk first, then listed and charged. A
+    /// chunk that would pass a quota is refused and not listed.
+    pub fn append_recording(
+        &self,
+        id: &UploadId,
+        chunk: &VerifiedChunk,
+        quotas: Quotas,
+        now: u64,
+    ) -> Result<()> {
+        let len = chunk.data().len() as u64;
+        {
+            let db = self.db();
+            let (org, owner) = Self::recording_owner(&db, id)?;
+            Self::check_quota(&db, &org, &owner, len, quotas, now)?;
+        }
+        self.write_chunk(chunk)?;
+        let mut db = self.db();
+        let tx = db.transaction()?;
+        let next: i64 = tx.query_row(
+            "SELECT COUNT(*) FROM upload_chunks WHERE upload = ?1",
+            [&id[..]],
+            |r| r.get(0),
+        )?;
+        let new = Self::list_chunk(&tx, id, next, chunk, now)?;
+        tx.execute(
+            "UPDATE uploads SET size = size + ?2 WHERE id = ?1",
+            params![&id[..], len as i64],
+        )?;
+        tx.commit()?;
+        self.stored(new);
+        Ok(())
+    }
+
+    /// Writes chunk `index` of recording `id` again (a header that now knows more); the old
+    /// bytes are left to collection.
+    pub fn replace_recording_chunk(
+        &self,
+        id: &UploadId,
+        index: u32,
+        chunk: &VerifiedChunk,
+        now: u64,
+    ) -> Result<()> {
+        self.write_chunk(chunk)?;
+        let mut db = self.db();
+        let tx = db.transaction()?;
+        let old: i64 = tx
+            .query_row(
+                "SELECT len FROM upload_chunks WHERE upload = ?1 AND idx = ?2",
+                params![&id[..], index],
+                |r| r.get(0),
+            )
+            .optional()?
+            .ok_or(StoreError::NotFound("recording chunk"))?;
+        Self::release_chunks(
+            &tx,
+            "upload = ?1 AND idx = ?2",
+            params![&id[..], index],
+            now,
+        )?;
+        tx.execute(
+            "DELETE FROM upload_chunks WHERE upload = ?1 AND idx = ?2",
+            params![&id[..], index],
+        )?;
+        let new = Self::list_chunk(&tx, id, i64::from(index), chunk, now)?;
+        tx.execute(
+            "UPDATE uploads SET size = size - ?2 + ?3 WHERE id = ?1",
+            params![&id[..], old, chunk.data().len() as i64],
+        )?;
+        tx.commit()?;
+        self.stored(new);
+        Ok(())
+    }
+
+    fn list_chunk(
+        tx: &Connection,
+        id: &UploadId,
+        index: i64,
+        chunk: &VerifiedChunk,
+        now: u64,
+    ) -> Result<u64> {
+        let len = chunk.data().len() as i64;
+        let inserted = tx.execute(
+            "INSERT OR IGNORE INTO chunks (hash, len, refs, unreferenced_since) VALUES (?1, ?2, 0, ?3)",
+            params![&chunk.hash()[..], len, now as i64],
+        )?;
+        tx.execute(
+            "INSERT INTO upload_chunks (upload, idx, hash, len, received) VALUES (?1, ?2, ?3, ?4, 1)",
+            params![&id[..], index, &chunk.hash()[..], len],
+        )?;
+        Ok(if inserted > 0 { len as u64 } else { 0 })
+    }
+
+    /// Counts bytes newly on disk once their rows are committed.
+    fn stored(&self, new: u64) {
+        self.stored_bytes.fetch_add(new, Ordering::Relaxed);
+    }
+
+    fn recording_owner(db: &Connection, id: &UploadId) -> Result<(String, String)> {
+        db.query_row(
+            "SELECT u.org, u.owner FROM uploads u JOIN recordings r ON r.upload = u.id
+             WHERE u.id = ?1",
+            [&id[..]],
+            |r| Ok((r.get(0)?, r.get(1)?)),
+        )
+        .optional()?
+        .ok_or(StoreError::NotFound("recording"))
+    }
+
+    /// Closes recording `id` into a file of its chunks as listed now.
+    pub fn finish_recording(&self, id: &UploadId, now: u64) -> Result<FileRecord> {
+        {
+            let db = self.db();
+            Self::recording_owner(&db, id)?;
+            let chunks = Self::listed_chunks(&db, id)?;
+            if chunks.is_empty() {
+                return Err(StoreError::Invalid("a recording without bytes".into()));
+            }
+            db.execute(
+                "UPDATE uploads SET root = ?2 WHERE id = ?1",
+                params![&id[..], &root_of(&chunks)[..]],
+            )?;
+        }
+        // Commit deletes the upload, and with it (cascade) the recording's row.
+        self.commit(id, now, false)
+    }
+
+    /// Drops a recording that holds nothing worth keeping; its chunks are left to collection.
+    pub fn discard_recording(&self, id: &UploadId, now: u64) -> Result<()> {
+        self.abort(id, now)
+    }
+
+    fn listed_chunks(db: &Connection, id: &UploadId) -> Result<Vec<ChunkRef>> {
+        let rows: Vec<(Vec<u8>, u32)> = db
+            .prepare_cached("SELECT hash, len FROM upload_chunks WHERE upload = ?1 ORDER BY idx")?
+            .query_map([&id[..]], |r| Ok((r.get(0)?, r.get(1)?)))?
+            .collect::<rusqlite::Result<_>>()?;
+        rows.into_iter()
+            .map(|(h, len)| {
+                Ok(ChunkRef {
+                    hash: hash_of(h)?,
+                    len,
+                })
+            })
+            .collect()
+    }
+
+    /// Recordings not closed yet (after a crash, every one that was running).
+    pub fn open_recordings(&self) -> Result<Vec<OpenRecording>> {
+        let db = self.db();
+        let rows: Vec<(Vec<u8>, String, String, String, Option<String>, String, i64)> = db
+            .prepare(
+                "SELECT u.id, u.org, u.owner, u.name, u.room, r.kind, r.started
+                 FROM recordings r JOIN uploads u ON u.id = r.upload ORDER BY r.started",
+            )?
+            .query_map([], |r| {
+                Ok((
+                    r.get(0)?,
+                    r.get(1)?,
+                    r.get(2)?,
+                    r.get(3)?,
+                    r.get(4)?,
+                    r.get(5)?,
+                    r.get(6)?,
+                ))
+            })?
+            .collect::<rusqlite::Result<_>>()?;
+        rows.into_iter()
+            .map(|(id, org, owner, name, room, kind, started)| {
+                let id: UploadId = id
+                    .try_into()
+                    .map_err(|_| StoreError::Invalid("upload id".into()))?;
+                Ok(OpenRecording {
+                    chunks: Self::listed_chunks(&db, &id)?,
+                    id,
+                    org,
+                    owner,
+                    name,
+                    room: room.unwrap_or_default(),
+                    kind,
+                    started: started as u64,
+                })
+            })
+            .collect()
+    }
+}
