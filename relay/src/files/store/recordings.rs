@@ -250,7 +250,7 @@ impl ChunkStore {
     /// Recordings not closed yet (after a crash, every one that was running).
     pub fn open_recordings(&self) -> Result<Vec<OpenRecording>> {
         let db = self.db();
-        let rows: Vec<(Vec<u8>, String, String, String, Option<String>, String, i64)> = db
+        let rows: Vec<(Vec<u8>, OpenRecording)> = db
             .prepare(
                 "SELECT u.id, u.org, u.owner, u.name, u.room, r.kind, r.started
                  FROM recordings r JOIN uploads u ON u.id = r.upload ORDER BY r.started",
@@ -258,30 +258,26 @@ impl ChunkStore {
             .query_map([], |r| {
                 Ok((
                     r.get(0)?,
-                    r.get(1)?,
-                    r.get(2)?,
-                    r.get(3)?,
-                    r.get(4)?,
-                    r.get(5)?,
-                    r.get(6)?,
+                    OpenRecording {
+                        id: [0; 16],
+                        org: r.get(1)?,
+                        owner: r.get(2)?,
+                        name: r.get(3)?,
+                        room: r.get::<_, Option<String>>(4)?.unwrap_or_default(),
+                        kind: r.get(5)?,
+                        started: r.get::<_, i64>(6)? as u64,
+                        chunks: Vec::new(),
+                    },
                 ))
             })?
             .collect::<rusqlite::Result<_>>()?;
         rows.into_iter()
-            .map(|(id, org, owner, name, room, kind, started)| {
-                let id: UploadId = id
+            .map(|(id, mut open)| {
+                open.id = id
                     .try_into()
                     .map_err(|_| StoreError::Invalid("upload id".into()))?;
-                Ok(OpenRecording {
-                    chunks: Self::listed_chunks(&db, &id)?,
-                    id,
-                    org,
-                    owner,
-                    name,
-                    room: room.unwrap_or_default(),
-                    kind,
-                    started: started as u64,
-                })
+                open.chunks = Self::listed_chunks(&db, &open.id)?;
+                Ok(open)
             })
             .collect()
     }
