@@ -1,6 +1,7 @@
 //! In-memory tests of the SFU core against str0m client peers on a simulated clock
 //! ([`super::sim`]).
 
+use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
 use str0m::Input;
@@ -620,7 +621,21 @@ fn the_recording_follows_the_speaker_and_the_screen_share_on_keyframes() {
         "no room, no recording"
     );
     sim.run(Duration::from_secs(3));
-    let mut all = sim.core.take_recorded("org/room").expect("recording");
+    let first = sim.core.take_recorded("org/room").expect("recording");
+    // Both voices are handed out, every 20 ms each, in arrival order.
+    let mut voices: HashMap<u64, Vec<&super::sfu::RecordedAudio>> = HashMap::new();
+    for a in &first.audio {
+        voices.entry(a.voice).or_default().push(a);
+    }
+    assert_eq!(voices.len(), 2, "alice's and bob's voices");
+    for v in voices.values() {
+        assert!((130..=160).contains(&v.len()), "{} packets in 3 s", v.len());
+        assert!(
+            v.windows(2)
+                .all(|w| w[1].ms >= w[0].ms && w[1].ts.wrapping_sub(w[0].ts) == 960)
+        );
+    }
+    let mut all = first.video;
     let from = recorded_from(&all);
     assert!(from.len() > 60, "{} frames in 3 s", from.len());
     assert!(from[0].2, "the recording starts on a keyframe");
@@ -634,7 +649,7 @@ fn the_recording_follows_the_speaker_and_the_screen_share_on_keyframes() {
     sim.clients[a].peer.audio_level = -10;
     sim.clients[b].peer.audio_level = -127;
     sim.run(Duration::from_secs(3));
-    let part = sim.core.take_recorded("org/room").expect("recording");
+    let part = sim.core.take_recorded("org/room").expect("recording").video;
     let from = recorded_from(&part);
     let first_alice = from.iter().position(|f| f.0 == 1).expect("alice recorded");
     assert!(from[first_alice].2, "the switch lands on a keyframe");
@@ -645,7 +660,7 @@ fn the_recording_follows_the_speaker_and_the_screen_share_on_keyframes() {
     let d = sim.add_publisher("dave", 3, Source::Screen);
     sim.clients[d].peer.audio_level = -127;
     sim.run(Duration::from_secs(3));
-    let part = sim.core.take_recorded("org/room").expect("recording");
+    let part = sim.core.take_recorded("org/room").expect("recording").video;
     let from = recorded_from(&part);
     let first_share = from
         .iter()
@@ -663,7 +678,7 @@ fn the_recording_follows_the_speaker_and_the_screen_share_on_keyframes() {
     };
     sim.core.end(&did, now, &mut wire).expect("end");
     sim.run(Duration::from_secs(2));
-    let part = sim.core.take_recorded("org/room").expect("recording");
+    let part = sim.core.take_recorded("org/room").expect("recording").video;
     let from = recorded_from(&part);
     assert!(from.last().is_some_and(|f| f.0 == 1), "back to alice");
     all.extend(part);
@@ -691,13 +706,13 @@ fn a_gap_in_the_recorded_video_resumes_on_a_keyframe_later_on_the_timeline() {
     sim.run(Duration::from_millis(500));
     record(&mut sim, "org/room").expect("room");
     sim.run(Duration::from_secs(2));
-    let before = sim.core.take_recorded("org/room").expect("recording");
+    let before = sim.core.take_recorded("org/room").expect("recording").video;
     // Alice's camera stops for two seconds, then sends again.
     sim.clients[a].sending = false;
     sim.run(Duration::from_secs(2));
     sim.clients[a].sending = true;
     sim.run(Duration::from_secs(2));
-    let after = sim.core.take_recorded("org/room").expect("recording");
+    let after = sim.core.take_recorded("org/room").expect("recording").video;
     assert!(!before.is_empty() && !after.is_empty());
     assert!(after[0].keyframe, "video resumes on a keyframe");
     let last = before.last().expect("frames").ms;

@@ -138,10 +138,12 @@ impl Core {
             }
         }
         book.sealed(ticket);
-        if kind == MediaKind::Video
-            && let Some(rec) = room.recorder.as_mut()
-        {
-            rec.on_packet(feed, keyframe, codec, clock, &pkt, now);
+        if let Some(rec) = room.recorder.as_mut() {
+            if kind == MediaKind::Video {
+                rec.on_packet(feed, keyframe, codec, clock, &pkt, now);
+            } else if codec == Codec::Opus {
+                rec.on_audio(feed.track, &pkt, now);
+            }
         }
     }
 

@@ -37,8 +37,8 @@ mod forward;
 mod recorder;
 mod sessions;
 
-pub use recorder::RecordedFrame;
 use recorder::Recorder;
+pub use recorder::{Recorded, RecordedAudio, RecordedFrame};
 
 use std::collections::{HashMap, VecDeque};
 use std::net::SocketAddr;

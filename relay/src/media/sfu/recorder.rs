@@ -3,7 +3,12 @@
 //! highest layer that arrives, with no ICE, DTLS or SRTP. Its slot is fed by the same
 //! allocation, switch gate and rewriter as any slot, so it switches only on keyframes and its
 //! timestamps run on across switches; the rewritten packets are assembled into whole VP8
-//! frames ([`crate::record::vp8`]) and handed out with their time in the recording.
+//! frames ([`crate::record::vp8`]) and handed out with their time in the recording. Every
+//! publisher's Opus packets are handed out as they arrive, for the shell to mix.
+//!
+//! Time in the recording is milliseconds since it started: the first video frame is placed
+//! at its arrival, later ones by their (rewritten, continuous) RTP timestamps; audio packets
+//! carry their arrival, and the mixer places them by their own timestamps.
 //!
 //! Only VP8 feeds are recorded (WebM carries VP8 here); another codec's packets are skipped. A
 //! lost packet holds frames back until a keyframe, which the next tick asks for.
@@ -12,12 +17,29 @@ use crate::record::vp8::Vp8Frames;
 
 use super::*;
 
-/// A frame of the recording: milliseconds since its first frame, and the VP8 bytes.
+/// A video frame of the recording: its time in the recording (ms), and the VP8 bytes.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RecordedFrame {
     pub ms: u64,
     pub keyframe: bool,
     pub data: Vec<u8>,
+}
+
+/// A publisher's Opus packet: which track, when it arrived (ms into the recording), its RTP
+/// timestamp and payload.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RecordedAudio {
+    pub voice: TrackId,
+    pub ms: u64,
+    pub ts: u32,
+    pub data: Vec<u8>,
+}
+
+/// What a recording gathered since it was last asked.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Recorded {
+    pub video: Vec<RecordedFrame>,
+    pub audio: Vec<RecordedAudio>,
 }
 
 /// Bytes of frames held for the shell at most; past it the oldest go (a shell that stopped
@@ -28,28 +50,32 @@ const MAX_HELD_BYTES: usize = 64 << 20;
 pub(super) struct Recorder {
     /// A participant of its own: it receives everyone.
     pub(super) participant: ParticipantId,
+    start: Instant,
     gate: SlotGate,
     rw: Rewriter,
     prev: Vec<Option<Feed>>,
     frames: Vp8Frames,
-    /// The last frame's RTP timestamp and the 90 kHz ticks since the first.
+    /// The last frame's RTP timestamp and its time in the recording in 90 kHz ticks.
     clock: Option<(u32, u64)>,
     out: std::collections::VecDeque<RecordedFrame>,
+    audio: std::collections::VecDeque<RecordedAudio>,
     held_bytes: usize,
     /// The current feed's packets are VP8 (only then is a keyframe worth asking for).
     vp8: bool,
 }
 
 impl Recorder {
-    pub(super) fn new(participant: ParticipantId) -> Recorder {
+    pub(super) fn new(participant: ParticipantId, start: Instant) -> Recorder {
         Recorder {
             participant,
+            start,
             gate: SlotGate::default(),
             rw: Rewriter::new(0, 0),
             prev: vec![None],
             frames: Vp8Frames::default(),
             clock: None,
             out: std::collections::VecDeque::new(),
+            audio: std::collections::VecDeque::new(),
             held_bytes: 0,
             vp8: false,
         }
@@ -86,22 +112,53 @@ impl Recorder {
             .push(out.seq as u16, out.ts, pkt.header.marker, &pkt.payload);
         for f in made {
             let ticks = match self.clock {
-                None => 0,
+                None => self.ms(now) * 90,
                 Some((last, ticks)) => ticks + u64::from(f.ts.wrapping_sub(last)),
             };
             self.clock = Some((f.ts, ticks));
-            self.held_bytes += f.data.len();
-            while self.held_bytes > MAX_HELD_BYTES {
-                let Some(old) = self.out.pop_front() else {
-                    break;
-                };
-                self.held_bytes -= old.data.len();
-            }
+            self.hold(f.data.len());
             self.out.push_back(RecordedFrame {
                 ms: ticks / 90,
                 keyframe: f.keyframe,
                 data: f.data,
             });
+        }
+    }
+
+    /// A publisher's Opus packet on `track`.
+    pub(super) fn on_audio(&mut self, track: TrackId, pkt: &RtpPacket, now: Instant) {
+        self.hold(pkt.payload.len());
+        self.audio.push_back(RecordedAudio {
+            voice: track,
+            ms: self.ms(now),
+            ts: pkt.header.timestamp,
+            data: pkt.payload.to_vec(),
+        });
+    }
+
+    fn ms(&self, now: Instant) -> u64 {
+        now.saturating_duration_since(self.start).as_millis() as u64
+    }
+
+    /// Counts `len` more bytes held; past the limit the oldest video frames and audio go.
+    fn hold(&mut self, len: usize) {
+        self.held_bytes += len;
+        while self.held_bytes > MAX_HELD_BYTES {
+            let old = match (self.out.front(), self.audio.front()) {
+                (Some(_), _) => self.out.pop_front().map(|f| f.data.len()),
+                (None, Some(_)) => self.audio.pop_front().map(|a| a.data.len()),
+                (None, None) => None,
+            };
+            let Some(n) = old else { break };
+            self.held_bytes -= n;
+        }
+    }
+
+    fn take(&mut self) -> Recorded {
+        self.held_bytes = 0;
+        Recorded {
+            video: std::mem::take(&mut self.out).into(),
+            audio: std::mem::take(&mut self.audio).into(),
         }
     }
 }
@@ -118,24 +175,21 @@ impl Core {
         if r.recorder.is_none() {
             let p = r.next_participant;
             r.next_participant += 1;
-            r.recorder = Some(Box::new(Recorder::new(p)));
+            r.recorder = Some(Box::new(Recorder::new(p, now)));
         }
         self.reallocate(room, now, wire);
         Ok(())
     }
 
-    /// The frames recorded in `room` since the last call; `None` if it is not being recorded
-    /// (or is gone).
-    pub fn take_recorded(&mut self, room: &str) -> Option<Vec<RecordedFrame>> {
-        let rec = self.rooms.get_mut(room)?.recorder.as_mut()?;
-        rec.held_bytes = 0;
-        Some(std::mem::take(&mut rec.out).into())
+    /// What `room` recorded since the last call; `None` if it is not being recorded (or is
+    /// gone).
+    pub fn take_recorded(&mut self, room: &str) -> Option<Recorded> {
+        Some(self.rooms.get_mut(room)?.recorder.as_mut()?.take())
     }
 
-    /// Stops recording `room`: the frames not taken yet.
-    pub fn stop_recording(&mut self, room: &str) -> Option<Vec<RecordedFrame>> {
-        let rec = self.rooms.get_mut(room)?.recorder.take()?;
-        Some(rec.out.into())
+    /// Stops recording `room`: what was not taken yet.
+    pub fn stop_recording(&mut self, room: &str) -> Option<Recorded> {
+        Some(self.rooms.get_mut(room)?.recorder.take()?.take())
     }
 
     /// The recorder's slot, allocated as a one-slot `screen` subscriber without a bandwidth
