@@ -13,6 +13,7 @@ pub mod media;
 pub mod metrics;
 pub mod private;
 pub mod record;
+pub mod recordings;
 pub mod serve;
 
 /// `N` bytes from the operating system's secure random source.

@@ -166,6 +166,15 @@ pub async fn run(config: Config) -> Result<(), ServeError> {
     control
         .metrics()
         .register(Box::new(files_metrics(Arc::downgrade(&files))));
+    // Recordings a crash cut short become files before anything else is recorded.
+    for f in crate::recordings::recover(files.store(), &control) {
+        tracing::info!(file = %f.id, name = %f.name, size = f.size, "recording closed after a restart");
+    }
+    let recordings =
+        crate::recordings::Recordings::new(files.service().clone(), control.clone(), media.clone());
+    control
+        .metrics()
+        .register(Box::new(recording_metrics(Arc::downgrade(&recordings))));
     control
         .metrics()
         .register(Box::new(audit_metrics(control.audit().counters().clone())));
@@ -182,6 +191,7 @@ pub async fn run(config: Config) -> Result<(), ServeError> {
         audit_path: dir.audit_log(),
         media: Some(MediaRoutes::new(media.clone())),
         notices: NoticeHub::new(&control),
+        recordings: Some(recordings.clone()),
     });
     media_ready.store(true, Ordering::Release);
     files_ready.store(true, Ordering::Release);
@@ -295,6 +305,8 @@ pub async fn run(config: Config) -> Result<(), ServeError> {
         Ok(Err(e)) => tracing::warn!(error = %e, "http server task failed"),
         Err(_) => tracing::warn!("drain timeout passed; dropping open requests"),
     }
+    recordings.stop_all().await;
+    drop(recordings);
     media.shutdown();
     files.shutdown().await;
     // Dropping the last handle of the control plane writes out the audit log.
@@ -473,6 +485,29 @@ fn files_metrics(files: std::sync::Weak<FilePlane>) -> impl prometheus::core::Co
             .gauge(NAMES[3].0, help(3), load(&c.transfers_active) as f64)
             .counter(NAMES[4].0, help(4), load(&c.chunks_rejected))
             .counter(NAMES[5].0, help(5), files.store().corrupt_reads());
+    })
+}
+
+/// The recordings' gauge and byte counter, read at scrape time (held weakly, as the files').
+fn recording_metrics(
+    r: std::sync::Weak<crate::recordings::Recordings>,
+) -> impl prometheus::core::Collector {
+    const NAMES: [(&str, &str); 2] = [
+        ("relay_recordings_active", "Recordings running now."),
+        (
+            "relay_recording_bytes_total",
+            "Bytes recordings have written into the file store.",
+        ),
+    ];
+    ScrapeCollector::new(&NAMES, move |f| {
+        let Some(r) = r.upgrade() else {
+            return;
+        };
+        f.gauge(NAMES[0].0, NAMES[0].1, r.active() as f64).counter(
+            NAMES[1].0,
+            NAMES[1].1,
+            r.bytes_total(),
+        );
     })
 }
 

@@ -173,6 +173,8 @@ pub enum RoomRole {
     Subscribe,
     /// Read the room's state (who is in it).
     Inspect,
+    /// Start or stop the room's recording. Never in a `secure_view` room.
+    Record,
 }
 
 /// May `p` take `role` in `room`?
@@ -188,6 +190,7 @@ pub fn may_join(p: &Principal, role: RoomRole, room: &Room) -> Result<(), Denial
     let needed = match role {
         RoomRole::Publish => Grant::Publish,
         RoomRole::Subscribe => Grant::Subscribe,
+        RoomRole::Record => Grant::Record,
         RoomRole::Inspect => {
             if !(p.has(Grant::Subscribe) || p.has(Grant::Publish) || p.has(Grant::Admin)) {
                 return Err(Denial::Grant);
@@ -201,9 +204,10 @@ pub fn may_join(p: &Principal, role: RoomRole, room: &Room) -> Result<(), Denial
     if p.clearance < room.classification {
         return Err(Denial::Clearance);
     }
-    if role == RoomRole::Subscribe
-        && room.secure_view
-        && (p.has(Grant::Record) || p.device_kind == DeviceKind::Recorder)
+    if room.secure_view
+        && (role == RoomRole::Record
+            || role == RoomRole::Subscribe
+                && (p.has(Grant::Record) || p.device_kind == DeviceKind::Recorder))
     {
         return Err(Denial::SecureView);
     }
@@ -476,7 +480,7 @@ mod tests {
     fn join_rules() {
         use DeviceKind::*;
         use Grant::*;
-        use RoomRole::{Inspect, Publish as Pub, Subscribe as Sub};
+        use RoomRole::{Inspect, Publish as Pub, Record as Rec, Subscribe as Sub};
         #[rustfmt::skip]
         let table: Vec<(Principal, RoomRole, Room, Result<(), Denial>)> = vec![
             (p(1, Browser, &[Publish], None),            Pub,   room(1, false), Ok(())),
@@ -492,6 +496,11 @@ mod tests {
             (p(2, Browser, &[Subscribe, Record], None),  Sub, room(2, true),  Err(Denial::SecureView)),
             (p(2, Recorder, &[Subscribe], None),         Sub, room(2, true),  Err(Denial::SecureView)),
             (p(2, Recorder, &[Subscribe], None),         Sub, room(2, false), Ok(())),
+            (p(2, Browser, &[Subscribe, Record], None),  Rec, room(2, false), Ok(())),
+            (p(2, Browser, &[Subscribe], None),          Rec, room(2, false), Err(Denial::Grant)),
+            (p(1, Browser, &[Record], None),             Rec, room(2, false), Err(Denial::Clearance)),
+            (p(3, Browser, &[Record], None),             Rec, room(2, true),  Err(Denial::SecureView)),
+            (p(3, Browser, &[Record], Some("other")),    Rec, room(2, false), Err(Denial::RoomScope)),
             (p(2, Recorder, &[Publish], None),           Pub,   room(2, true),  Ok(())),
             (p(2, Terminal, &[Subscribe, Record], None), Sub, room(2, false), Ok(())),
             (p(2, Browser, &[Subscribe], None),          Inspect,   room(2, true),  Ok(())),

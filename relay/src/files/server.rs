@@ -131,6 +131,12 @@ impl FilePlane {
         self.service.store()
     }
 
+    /// The file service: its store and quotas, for what stores files without a client
+    /// (recordings).
+    pub fn service(&self) -> &Arc<Service> {
+        &self.service
+    }
+
     /// Stops accepting, closes connections and waits briefly for them to go.
     pub async fn shutdown(&self) {
         self.endpoint

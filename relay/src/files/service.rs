@@ -87,6 +87,18 @@ impl Service {
         &self.store
     }
 
+    /// The limits on what `org` and each of its users may store.
+    pub fn quotas(&self, org: &str) -> Result<Quotas, crate::control::registry::RegistryError> {
+        Ok(Quotas {
+            org: self
+                .control
+                .registry()
+                .org(org)?
+                .and_then(|o| o.quota_bytes),
+            user: (self.settings.user_quota_bytes > 0).then_some(self.settings.user_quota_bytes),
+        })
+    }
+
     pub fn settings(&self) -> &config::Files {
         &self.settings
     }
@@ -193,16 +205,12 @@ impl Service {
             return r;
         }
         let name = clean_name(&req.name);
-        let org_quota = match self.control.registry().org(&p.org) {
-            Ok(o) => o.and_then(|o| o.quota_bytes),
+        let quotas = match self.quotas(&p.org) {
+            Ok(q) => q,
             Err(e) => {
                 tracing::error!(error = %e, "registry failure");
                 return Response::failed("internal", "the registry failed");
             }
-        };
-        let quotas = Quotas {
-            org: org_quota,
-            user: (self.settings.user_quota_bytes > 0).then_some(self.settings.user_quota_bytes),
         };
         let new = NewUpload {
             org: &p.org,

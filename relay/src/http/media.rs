@@ -307,6 +307,10 @@ async fn room_info(
     let (publishers, subscribers, speaker) = live
         .map(|i| (i.publishers, i.subscribers, i.speaker))
         .unwrap_or_default();
+    let recording = s
+        .recordings
+        .as_ref()
+        .and_then(|r| r.running(&room_key(&p.org, &room)));
     Ok(Json(json!({
         "room": room,
         "classification": registered.classification,
@@ -314,5 +318,6 @@ async fn room_info(
         "publishers": publishers,
         "subscribers": subscribers,
         "speaker": speaker,
+        "recording": recording,
     })))
 }

@@ -11,6 +11,7 @@ pub mod demo;
 pub mod error;
 pub mod media;
 pub mod notices;
+pub mod recordings;
 pub mod sessions;
 pub mod state;
 
@@ -34,6 +35,7 @@ pub fn router(state: Arc<AppState>) -> Router {
         .merge(admin::routes())
         .merge(media::routes())
         .merge(notices::routes())
+        .merge(recordings::routes())
         .merge(demo::routes())
         .route("/", get(web_client))
         .fallback(|| async { ApiError::not_found("no such resource") })

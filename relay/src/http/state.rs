@@ -58,4 +58,6 @@ pub struct AppState {
     pub media: Option<MediaRoutes>,
     /// Live notices for the pages' streams.
     pub notices: NoticeHub,
+    /// Rooms' recordings, when the media and file planes run.
+    pub recordings: Option<Arc<crate::recordings::Recordings>>,
 }

@@ -39,7 +39,7 @@ use tokio::sync::oneshot;
 use super::chat::ChatSent;
 use super::counters::{DropReason, MediaCounters, WorkerCounters, set};
 use super::datagrams::{self, IoKind, Reader, Writer};
-use super::sfu::{Core, CoreConfig, Wire};
+use super::sfu::{Core, CoreConfig, Recorded, Wire};
 use super::types::{
     Layout, MediaError, ParticipantKey, RoomInfo, RoomKey, SessionAnswer, SessionId, Source,
 };
@@ -256,6 +256,15 @@ enum Command {
         room: Option<String>,
         message: Arc<[u8]>,
     },
+    StartRecording {
+        room: RoomKey,
+        sink: mpsc::SyncSender<Recorded>,
+        reply: oneshot::Sender<Result<(), MediaError>>,
+    },
+    StopRecording {
+        room: RoomKey,
+        reply: oneshot::Sender<()>,
+    },
     Shutdown,
 }
 
@@ -337,6 +346,8 @@ impl MediaPlane {
                 inbox,
                 outbox,
                 chat_log: chat_tx.clone(),
+                recordings: HashMap::new(),
+                last_handoff: epoch,
             };
             let thread = std::thread::Builder::new()
                 .name(format!("media-worker-{i}"))
@@ -499,6 +510,51 @@ impl MediaPlane {
             if let Err(e) = self.send(w, cmd) {
                 tracing::debug!(worker = w, "notice not handed to the worker: {e}");
             }
+        }
+    }
+
+    /// Starts recording `room`: what it gathers goes to `sink` about every
+    /// [`RECORDING_HANDOFF`]. The sink is dropped (its receiver sees the end) when the
+    /// recording stops, the room empties, or the receiver is gone. `NotFound` if nobody is in
+    /// the room.
+    pub async fn start_recording(
+        &self,
+        room: &RoomKey,
+        sink: mpsc::SyncSender<Recorded>,
+    ) -> Result<(), MediaError> {
+        let w = *lock(&self.inner.placement)
+            .rooms
+            .get(room)
+            .ok_or(MediaError::NotFound)?;
+        let (reply, rx) = oneshot::channel();
+        self.send(
+            w,
+            Command::StartRecording {
+                room: room.clone(),
+                sink,
+                reply,
+            },
+        )?;
+        wait(rx).await?
+    }
+
+    /// Stops recording `room`: what it gathered last goes to the sink, which is then dropped.
+    pub async fn stop_recording(&self, room: &RoomKey) {
+        let Some(w) = lock(&self.inner.placement).rooms.get(room).copied() else {
+            return;
+        };
+        let (reply, rx) = oneshot::channel();
+        if self
+            .send(
+                w,
+                Command::StopRecording {
+                    room: room.clone(),
+                    reply,
+                },
+            )
+            .is_ok()
+        {
+            let _ = wait(rx).await;
         }
     }
 
@@ -691,7 +747,13 @@ struct Worker {
     inbox: Reader,
     outbox: Writer,
     chat_log: tokio::sync::mpsc::Sender<ChatSent>,
+    /// Rooms being recorded here, with where their recordings go.
+    recordings: HashMap<RoomKey, mpsc::SyncSender<Recorded>>,
+    last_handoff: Instant,
 }
+
+/// How often a worker hands what its recordings gathered to their writers.
+pub const RECORDING_HANDOFF: Duration = Duration::from_millis(100);
 
 /// The worker's socket as the core sees it: datagrams queue in the outbox.
 struct SocketWire<'a> {
@@ -759,7 +821,35 @@ impl Worker {
             self.release();
             self.settle_gone();
             self.report_chat();
+            self.hand_off_recordings(false);
         }
+    }
+
+    /// Hands each recording what it gathered, every [`RECORDING_HANDOFF`] (`now`: at once).
+    /// A recording whose room is gone, or whose writer is gone or stuck, ends here.
+    fn hand_off_recordings(&mut self, now: bool) {
+        if self.recordings.is_empty() || !now && self.last_handoff.elapsed() < RECORDING_HANDOFF {
+            return;
+        }
+        self.last_handoff = Instant::now();
+        let core = &mut self.core;
+        self.recordings.retain(|room, sink| {
+            let Some(r) = core.take_recorded(room) else {
+                return false;
+            };
+            match sink.try_send(r) {
+                Ok(()) => true,
+                Err(mpsc::TrySendError::Full(_)) => {
+                    tracing::warn!(%room, "the recording's writer fell behind; the recording ends");
+                    core.stop_recording(room);
+                    false
+                }
+                Err(mpsc::TrySendError::Disconnected(_)) => {
+                    core.stop_recording(room);
+                    false
+                }
+            }
+        });
     }
 
     /// Hand the chat messages relayed to the audit log's queue.
@@ -909,6 +999,21 @@ impl Worker {
                 }
                 Command::Notice { org, room, message } => {
                     self.core.notice(&org, room.as_deref(), &message, &mut wire);
+                }
+                Command::StartRecording { room, sink, reply } => {
+                    let r = self.core.start_recording(&room, now, &mut wire);
+                    if r.is_ok() {
+                        self.recordings.insert(room, sink);
+                    }
+                    let _ = reply.send(r);
+                }
+                Command::StopRecording { room, reply } => {
+                    if let Some(sink) = self.recordings.remove(&room)
+                        && let Some(last) = self.core.stop_recording(&room)
+                    {
+                        let _ = sink.try_send(last);
+                    }
+                    let _ = reply.send(());
                 }
                 Command::Shutdown => {
                     self.core.close_all(now, &mut wire);

@@ -16,6 +16,17 @@ const PENDING: usize = 3;
 /// Packets one frame may have (a 4K keyframe is a few hundred).
 const MAX_PACKETS: usize = 2048;
 
+/// The size a VP8 keyframe (the frame's bytes, RFC 6386 9.1) announces; `None` for an
+/// interframe or a frame cut short.
+pub fn keyframe_size(frame: &[u8]) -> Option<(u32, u32)> {
+    if frame.first()? & 1 != 0 || frame.get(3..6)? != [0x9d, 0x01, 0x2a] {
+        return None;
+    }
+    let w = u16::from_le_bytes([*frame.get(6)?, *frame.get(7)?]) & 0x3fff;
+    let h = u16::from_le_bytes([*frame.get(8)?, *frame.get(9)?]) & 0x3fff;
+    (w > 0 && h > 0).then_some((u32::from(w), u32::from(h)))
+}
+
 /// A whole VP8 frame.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Frame {

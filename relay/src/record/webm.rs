@@ -162,11 +162,11 @@ impl WebmWriter {
         put_unknown_size(&mut out);
         out.extend(master(id::INFO, |b| {
             put_uint(b, id::TIMESTAMP_SCALE, 1_000_000);
+            put_bytes(b, id::MUXING_APP, b"relay");
+            put_bytes(b, id::WRITING_APP, b"relay");
             if let Some(d) = duration_ms {
                 put_float(b, id::DURATION, d);
             }
-            put_bytes(b, id::MUXING_APP, b"relay");
-            put_bytes(b, id::WRITING_APP, b"relay");
         }));
         let pre_skip_ns = u64::from(tracks.pre_skip) * 1_000_000_000 / 48_000;
         out.extend(master(id::TRACKS, |b| {
@@ -246,6 +246,53 @@ impl WebmWriter {
     pub fn blocks(&self) -> u64 {
         self.blocks
     }
+}
+
+/// `header` (as [`WebmWriter::header`] made it, or a copy read back from the store) with the
+/// duration set to `ms`: what closes a recording cut short, whose tracks are known only from
+/// its header. `None` if `header` is not such a header.
+pub fn with_duration(header: &[u8], ms: f64) -> Option<Vec<u8>> {
+    let (id::EBML, il) = read_id(header, 0)? else {
+        return None;
+    };
+    let (Some(n), sl) = read_size(header, il)? else {
+        return None;
+    };
+    let mut at = il + sl + usize::try_from(n).ok()?;
+    let (id::SEGMENT, l) = read_id(header, at)? else {
+        return None;
+    };
+    let (None, sl) = read_size(header, at + l)? else {
+        return None;
+    };
+    at += l + sl;
+    let (id::INFO, il) = read_id(header, at)? else {
+        return None;
+    };
+    let (Some(n), sl) = read_size(header, at + il)? else {
+        return None;
+    };
+    let body_at = at + il + sl;
+    let end = body_at.checked_add(usize::try_from(n).ok()?)?;
+    let body = header.get(body_at..end)?;
+    let mut kept = Vec::with_capacity(body.len() + 11);
+    let mut c = 0;
+    while c < body.len() {
+        let (cid, cl) = read_id(body, c)?;
+        let (Some(cn), csl) = read_size(body, c + cl)? else {
+            return None;
+        };
+        let cend = (c + cl + csl).checked_add(usize::try_from(cn).ok()?)?;
+        if cid != id::DURATION {
+            kept.extend_from_slice(body.get(c..cend)?);
+        }
+        c = cend;
+    }
+    put_float(&mut kept, id::DURATION, ms);
+    let mut out = header[..at].to_vec();
+    put_bytes(&mut out, id::INFO, &kept);
+    out.extend_from_slice(&header[end..]);
+    Some(out)
 }
 
 /// Reads an EBML id at `at`: (id, its length).
@@ -364,6 +411,20 @@ mod tests {
         channels: 2,
         pre_skip: 312,
     };
+
+    #[test]
+    fn a_duration_is_set_in_a_header_read_back() {
+        let plain = WebmWriter::header(T, None);
+        let timed = WebmWriter::header(T, Some(1234.0));
+        assert_eq!(with_duration(&plain, 1234.0), Some(timed.clone()));
+        assert_eq!(
+            with_duration(&timed, 99.0),
+            Some(WebmWriter::header(T, Some(99.0)))
+        );
+        // Cut inside Info.
+        assert_eq!(with_duration(&plain[..56], 1.0), None);
+        assert_eq!(with_duration(b"not a header", 1.0), None);
+    }
 
     #[test]
     fn sizes_take_the_fewest_bytes_and_avoid_all_ones() {

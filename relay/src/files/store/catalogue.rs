@@ -65,8 +65,9 @@ CREATE TABLE IF NOT EXISTS upload_chunks (
 CREATE INDEX IF NOT EXISTS upload_chunks_hash ON upload_chunks (hash, received);
 CREATE TABLE IF NOT EXISTS recordings (
     upload  BLOB PRIMARY KEY NOT NULL REFERENCES uploads (id) ON DELETE CASCADE,
-    kind    TEXT NOT NULL,
-    started INTEGER NOT NULL
+    kind        TEXT NOT NULL,
+    started     INTEGER NOT NULL,
+    duration_ms INTEGER NOT NULL DEFAULT 0
 ) STRICT, WITHOUT ROWID;
 "#;
 

@@ -36,6 +36,8 @@ pub struct OpenRecording {
     pub kind: String,
     /// Seconds since the epoch at its start.
     pub started: u64,
+    /// The time its stored chunks reach, in ms.
+    pub duration_ms: u64,
     /// Its chunks in order.
     pub chunks: Vec<ChunkRef>,
 }
@@ -101,12 +103,14 @@ impl ChunkStore {
         plan::reserve(more, org_usage, user).map_err(StoreError::Quota)
     }
 
-    /// Adds a chunk at the end of recording `id`: on disk first, then listed and charged. A
-    /// chunk that would pass a quota is refused and not listed.
+    /// Adds a chunk at the end of recording `id`, which then reaches `duration_ms`: on disk
+    /// first, then listed and charged. A chunk that would pass a quota is refused and not
+    /// listed.
     pub fn append_recording(
         &self,
         id: &UploadId,
         chunk: &VerifiedChunk,
+        duration_ms: u64,
         quotas: Quotas,
         now: u64,
     ) -> Result<()> {
@@ -128,6 +132,10 @@ impl ChunkStore {
         tx.execute(
             "UPDATE uploads SET size = size + ?2 WHERE id = ?1",
             params![&id[..], len as i64],
+        )?;
+        tx.execute(
+            "UPDATE recordings SET duration_ms = ?2 WHERE upload = ?1",
+            params![&id[..], duration_ms as i64],
         )?;
         tx.commit()?;
         self.stored(new);
@@ -252,7 +260,7 @@ impl ChunkStore {
         let db = self.db();
         let rows: Vec<(Vec<u8>, OpenRecording)> = db
             .prepare(
-                "SELECT u.id, u.org, u.owner, u.name, u.room, r.kind, r.started
+                "SELECT u.id, u.org, u.owner, u.name, u.room, r.kind, r.started, r.duration_ms
                  FROM recordings r JOIN uploads u ON u.id = r.upload ORDER BY r.started",
             )?
             .query_map([], |r| {
@@ -266,6 +274,7 @@ impl ChunkStore {
                         room: r.get::<_, Option<String>>(4)?.unwrap_or_default(),
                         kind: r.get(5)?,
                         started: r.get::<_, i64>(6)? as u64,
+                        duration_ms: r.get::<_, i64>(7)? as u64,
                         chunks: Vec::new(),
                     },
                 ))

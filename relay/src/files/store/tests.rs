@@ -381,13 +381,13 @@ fn a_recording_grows_survives_reopening_and_becomes_a_file() {
         .begin_recording(&recording("acme", "ann"), NO_QUOTA, 100)
         .unwrap();
     store
-        .append_recording(&id, &piece(b"header"), NO_QUOTA, 100)
+        .append_recording(&id, &piece(b"header"), 0, NO_QUOTA, 100)
         .unwrap();
     store
-        .append_recording(&id, &piece(b"one"), NO_QUOTA, 101)
+        .append_recording(&id, &piece(b"one"), 1, NO_QUOTA, 101)
         .unwrap();
     store
-        .append_recording(&id, &piece(b"two"), NO_QUOTA, 102)
+        .append_recording(&id, &piece(b"two"), 2, NO_QUOTA, 102)
         .unwrap();
     // Its bytes are charged while it runs.
     assert_eq!(store.usage_of("acme", Some("ann"), 102).unwrap(), 12);
@@ -401,6 +401,7 @@ fn a_recording_grows_survives_reopening_and_becomes_a_file() {
         ("room", "meeting")
     );
     assert_eq!(open[0].chunks.len(), 3);
+    assert_eq!(open[0].duration_ms, 2, "the time the last chunk reached");
     assert_eq!(open[0].chunks[1].hash, chunk_hash(b"one"));
     // Collection leaves an open recording's chunks alone, however old.
     store.gc(10_000_000, Duration::ZERO).unwrap();
@@ -432,10 +433,11 @@ fn a_recording_stops_at_the_quota_without_listing_the_chunk() {
         .begin_recording(&recording("acme", "ann"), quotas, 100)
         .unwrap();
     f.store
-        .append_recording(&id, &piece(b"12345678"), quotas, 100)
+        .append_recording(&id, &piece(b"12345678"), 2_000, quotas, 100)
         .unwrap();
     assert!(matches!(
-        f.store.append_recording(&id, &piece(b"abc"), quotas, 101),
+        f.store
+            .append_recording(&id, &piece(b"abc"), 4_000, quotas, 101),
         Err(StoreError::Quota(_))
     ));
     let file = f.store.finish_recording(&id, 102).unwrap();

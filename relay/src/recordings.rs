@@ -1,0 +1,495 @@
+//! Recordings as a service: start and stop a room's recording, the writer that turns what the
+//! media worker gathers into a file in the store as the meeting runs, and the closing, at the
+//! next start, of recordings a crash cut short.
+//!
+//! Job: [`Recordings::start`] opens a growing upload in the store (the room's organisation, the
+//! starter as owner, the room's classification, named `ROOM-YYYYMMDD-HHMMSS.webm|.ogg`), asks
+//! the room's worker to record, and runs a writer thread. The writer mixes and muxes
+//! ([`crate::record::muxer`]) and stores a chunk every [`CHUNK_EVERY`] or [`CHUNK_BYTES`],
+//! whichever comes first, so a kill loses at most that much. It ends when the recording is
+//! stopped, the room empties (the worker drops its end of the channel), or a quota would be
+//! passed (with a notice in the room); then the header is written again with the duration and
+//! the upload becomes a file.
+//!
+//! Invariants:
+//! - a room has at most one recording; the map of running ones is the truth the API answers from;
+//! - every chunk stored ends on a whole block or page, so the chunks stored so far, behind a header
+//!   with the duration, are a playable file ([`recover`]);
+//! - the store's row for a chunk is written after its bytes are durable (the store's rule).
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, mpsc};
+use std::time::{Duration, Instant};
+
+use tokio::sync::oneshot;
+
+use crate::control::Control;
+use crate::control::audit::{Decision, Event};
+use crate::files::chunker::{VerifiedChunk, chunk_hash};
+use crate::files::service::Service;
+use crate::files::store::{ChunkStore, FileRecord, NewRecording, StoreError};
+use crate::media::sfu::Recorded;
+use crate::media::{MediaError, MediaPlane};
+use crate::record::muxer::{Kind, Muxer};
+use crate::record::webm;
+
+/// A chunk is stored at least this often while a recording runs.
+pub const CHUNK_EVERY: Duration = Duration::from_secs(2);
+/// ... or once this many bytes wait.
+pub const CHUNK_BYTES: usize = 1 << 20;
+/// Hand-offs from the worker (every 100 ms) that may wait for the writer.
+const QUEUE: usize = 64;
+
+#[derive(Debug, thiserror::Error)]
+pub enum RecordingError {
+    #[error("the room is already being recorded")]
+    Running,
+    #[error("nobody is in the room")]
+    Empty,
+    #[error("no recording {0} runs in this room")]
+    NotFound(String),
+    #[error("{0}")]
+    Quota(String),
+    #[error("{0}")]
+    Failed(String),
+}
+
+/// What a recording left.
+#[derive(Debug, Clone)]
+pub struct Outcome {
+    pub file: FileRecord,
+    pub duration_ms: u64,
+    /// Why it ended: `stopped`, `room_empty`, `quota`.
+    pub ended: &'static str,
+}
+
+/// A running recording, as the room's state shows it.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct Running {
+    pub id: String,
+    pub kind: &'static str,
+    /// Seconds since the epoch.
+    pub since: u64,
+}
+
+#[derive(Debug)]
+struct Active {
+    shown: Running,
+    org: String,
+    room: String,
+    owner: String,
+    /// Who waits for the end (a stop), and the answer it gets.
+    waiter: Option<oneshot::Sender<Result<Outcome, RecordingError>>>,
+    stopping: bool,
+}
+
+/// Who starts a recording of what.
+#[derive(Debug, Clone, Copy)]
+pub struct Start<'a> {
+    pub org: &'a str,
+    pub room: &'a str,
+    /// The media plane's name of the room.
+    pub room_key: &'a str,
+    pub owner: &'a str,
+    pub device: &'a str,
+    pub classification: u8,
+    pub kind: Kind,
+}
+
+/// The recordings of the appliance.
+#[derive(Debug)]
+pub struct Recordings {
+    files: Arc<Service>,
+    control: Arc<Control>,
+    plane: MediaPlane,
+    active: Mutex<HashMap<String, Active>>,
+    bytes: AtomicU64,
+}
+
+impl Recordings {
+    pub fn new(files: Arc<Service>, control: Arc<Control>, plane: MediaPlane) -> Arc<Recordings> {
+        Arc::new(Recordings {
+            files,
+            control,
+            plane,
+            active: Mutex::new(HashMap::new()),
+            bytes: AtomicU64::new(0),
+        })
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, Active>> {
+        self.active.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Recordings running now.
+    pub fn active(&self) -> usize {
+        self.lock().len()
+    }
+
+    /// Bytes recordings have stored.
+    pub fn bytes_total(&self) -> u64 {
+        self.bytes.load(Ordering::Relaxed)
+    }
+
+    /// The recording running in the room (by its media key), if any.
+    pub fn running(&self, room_key: &str) -> Option<Running> {
+        self.lock().get(room_key).map(|a| a.shown.clone())
+    }
+
+    /// Starts recording; answers the recording's id.
+    pub async fn start(self: &Arc<Self>, s: Start<'_>) -> Result<String, RecordingError> {
+        let now = crate::control::unix_now();
+        let id = {
+            let mut active = self.lock();
+            if active.contains_key(s.room_key) {
+                return Err(RecordingError::Running);
+            }
+            let id = hex::encode(crate::random_bytes::<8>());
+            active.insert(
+                s.room_key.to_owned(),
+                Active {
+                    shown: Running {
+                        id: id.clone(),
+                        kind: s.kind.as_str(),
+                        since: now,
+                    },
+                    org: s.org.to_owned(),
+                    room: s.room.to_owned(),
+                    owner: s.owner.to_owned(),
+                    waiter: None,
+                    stopping: false,
+                },
+            );
+            id
+        };
+        match self.open(&s, now).await {
+            Ok(()) => Ok(id),
+            Err(e) => {
+                self.lock().remove(s.room_key);
+                Err(e)
+            }
+        }
+    }
+
+    async fn open(self: &Arc<Self>, s: &Start<'_>, now: u64) -> Result<(), RecordingError> {
+        let mut muxer = Muxer::new(s.kind).map_err(|e| RecordingError::Failed(e.to_string()))?;
+        let quotas = self
+            .files
+            .quotas(s.org)
+            .map_err(|e| RecordingError::Failed(e.to_string()))?;
+        let store = self.files.store().clone();
+        let name = file_name(s.room, now, s.kind);
+        let upload = store
+            .begin_recording(
+                &NewRecording {
+                    org: s.org,
+                    owner: s.owner,
+                    name: &name,
+                    room: s.room,
+                    classification: s.classification,
+                    kind: s.kind.as_str(),
+                },
+                quotas,
+                now,
+            )
+            .map_err(store_error)?;
+        let header = piece(muxer.header());
+        if let Err(e) = store.append_recording(&upload, &header, 0, quotas, now) {
+            let _ = store.discard_recording(&upload, now);
+            return Err(store_error(e));
+        }
+        let (tx, rx) = mpsc::sync_channel(QUEUE);
+        match self.plane.start_recording(&s.room_key.to_owned(), tx).await {
+            Ok(()) => {}
+            Err(e) => {
+                let _ = store.discard_recording(&upload, now);
+                return Err(match e {
+                    MediaError::NotFound => RecordingError::Empty,
+                    e => RecordingError::Failed(e.to_string()),
+                });
+            }
+        }
+        self.bytes
+            .fetch_add(header.data().len() as u64, Ordering::Relaxed);
+        let me = self.clone();
+        let key = s.room_key.to_owned();
+        let org = s.org.to_owned();
+        let spawned = std::thread::Builder::new()
+            .name("recording".into())
+            .spawn(move || {
+                let started = Instant::now();
+                let r = me.write(&rx, &mut muxer, &store, &upload, &org, started);
+                drop(rx);
+                me.ended(&key, r);
+            });
+        spawned.map_err(|e| RecordingError::Failed(format!("writer thread: {e}")))?;
+        Ok(())
+    }
+
+    /// The writer: until the worker's end of the channel goes, or a quota is reached.
+    fn write(
+        &self,
+        rx: &mpsc::Receiver<Recorded>,
+        muxer: &mut Muxer,
+        store: &ChunkStore,
+        upload: &[u8; 16],
+        org: &str,
+        started: Instant,
+    ) -> Result<(FileRecord, u64, bool), StoreError> {
+        let quotas = self
+            .files
+            .quotas(org)
+            .map_err(|e| StoreError::Invalid(e.to_string()))?;
+        let mut pending = Vec::new();
+        let mut last_chunk = Instant::now();
+        let mut quota_hit = false;
+        let append = |bytes: &mut Vec<u8>, ms: u64| -> Result<(), StoreError> {
+            if bytes.is_empty() {
+                return Ok(());
+            }
+            let chunk = piece(bytes);
+            store.append_recording(upload, &chunk, ms, quotas, crate::control::unix_now())?;
+            self.bytes.fetch_add(bytes.len() as u64, Ordering::Relaxed);
+            bytes.clear();
+            Ok(())
+        };
+        loop {
+            let more = match rx.recv_timeout(Duration::from_millis(100)) {
+                Ok(r) => {
+                    muxer.push(r);
+                    true
+                }
+                Err(mpsc::RecvTimeoutError::Timeout) => true,
+                Err(mpsc::RecvTimeoutError::Disconnected) => false,
+            };
+            if let Some(h) = muxer.take_header_change() {
+                store.replace_recording_chunk(upload, 0, &piece(&h), crate::control::unix_now())?;
+            }
+            let now_ms = started.elapsed().as_millis() as u64;
+            if !more {
+                pending.extend(muxer.finish(now_ms));
+            } else {
+                pending.extend(muxer.advance(now_ms));
+            }
+            if !more || pending.len() >= CHUNK_BYTES || last_chunk.elapsed() >= CHUNK_EVERY {
+                match append(&mut pending, muxer.duration_ms()) {
+                    Ok(()) => {}
+                    Err(StoreError::Quota(q)) => {
+                        tracing::warn!("a recording reached a quota and stops: {q}");
+                        quota_hit = true;
+                        break;
+                    }
+                    Err(e) => return Err(e),
+                }
+                last_chunk = Instant::now();
+            }
+            if !more {
+                break;
+            }
+        }
+        let now = crate::control::unix_now();
+        store.replace_recording_chunk(upload, 0, &piece(&muxer.final_header()), now)?;
+        let file = store.finish_recording(upload, now)?;
+        Ok((file, muxer.duration_ms(), quota_hit))
+    }
+
+    /// The writer is done: the file is listed, the end audited, whoever stopped it answered.
+    fn ended(&self, key: &str, r: Result<(FileRecord, u64, bool), StoreError>) {
+        let Some(a) = self.lock().remove(key) else {
+            return;
+        };
+        let target = format!("room:{}", a.room);
+        let answer = match r {
+            Ok((file, duration_ms, quota)) => {
+                let ended = if quota {
+                    "quota"
+                } else if a.stopping {
+                    "stopped"
+                } else {
+                    "room_empty"
+                };
+                self.control.record(
+                    Event::new("recording.stop", Decision::Allow)
+                        .org(&a.org)
+                        .subject(&a.owner)
+                        .target(&target)
+                        .reason(ended)
+                        .bytes(file.size),
+                );
+                if quota {
+                    let text = format!(
+                        "The recording of {} stopped: the storage quota is reached. What was recorded is kept as {}.",
+                        a.room, file.name
+                    );
+                    let r = self.control.registry().add_notice(
+                        &a.org,
+                        Some(&a.room),
+                        &text,
+                        "relay",
+                        crate::control::unix_now(),
+                    );
+                    if let Err(e) = r {
+                        tracing::error!(error = %e, "the quota notice could not be written");
+                    }
+                }
+                Ok(Outcome {
+                    file,
+                    duration_ms,
+                    ended,
+                })
+            }
+            Err(e) => {
+                tracing::error!(room = %a.room, error = %e, "a recording failed");
+                self.control.record(
+                    Event::new("recording.stop", Decision::Deny)
+                        .org(&a.org)
+                        .subject(&a.owner)
+                        .target(&target)
+                        .reason("failed"),
+                );
+                Err(RecordingError::Failed(e.to_string()))
+            }
+        };
+        if let Some(w) = a.waiter {
+            let _ = w.send(answer);
+        }
+    }
+
+    /// Stops the recording `id` of the room and waits for its file.
+    pub async fn stop(&self, room_key: &str, id: &str) -> Result<Outcome, RecordingError> {
+        let (tx, rx) = oneshot::channel();
+        {
+            let mut active = self.lock();
+            let a = active
+                .get_mut(room_key)
+                .filter(|a| a.shown.id == id && !a.stopping)
+                .ok_or_else(|| RecordingError::NotFound(id.to_owned()))?;
+            a.stopping = true;
+            a.waiter = Some(tx);
+        }
+        self.plane.stop_recording(&room_key.to_owned()).await;
+        rx.await
+            .map_err(|_| RecordingError::Failed("the recording's writer is gone".into()))?
+    }
+
+    /// Stops every recording and waits (a bounded time) for their files: the relay is stopping.
+    pub async fn stop_all(&self) {
+        let running: Vec<(String, String)> = self
+            .lock()
+            .iter()
+            .map(|(k, a)| (k.clone(), a.shown.id.clone()))
+            .collect();
+        for (key, id) in running {
+            let r = tokio::time::timeout(Duration::from_secs(10), self.stop(&key, &id)).await;
+            if !matches!(r, Ok(Ok(_))) {
+                tracing::warn!(room = %key, "a recording did not close before the stop; the next start closes it");
+            }
+        }
+    }
+}
+
+fn store_error(e: StoreError) -> RecordingError {
+    match e {
+        StoreError::Quota(q) => RecordingError::Quota(q.to_string()),
+        e => RecordingError::Failed(e.to_string()),
+    }
+}
+
+fn piece(bytes: &[u8]) -> VerifiedChunk {
+    let hash = chunk_hash(bytes);
+    VerifiedChunk::check(&hash, bytes.to_vec().into()).expect("hashed here")
+}
+
+/// `ROOM-YYYYMMDD-HHMMSS.webm|.ogg`, in UTC.
+pub fn file_name(room: &str, unix: u64, kind: Kind) -> String {
+    let days = unix / 86_400;
+    let secs = unix % 86_400;
+    // Civil date from days since 1970-01-01 (H. Hinnant's algorithm).
+    let z = days as i64 + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1_460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = yoe + era * 400 + i64::from(m <= 2);
+    format!(
+        "{room}-{y:04}{m:02}{d:02}-{:02}{:02}{:02}.{}",
+        secs / 3_600,
+        secs / 60 % 60,
+        secs % 60,
+        kind.extension()
+    )
+}
+
+/// Closes every recording a crash left open into a file of what it stored: its chunks behind a
+/// header with the duration. One that stored nothing past its header is dropped.
+pub fn recover(store: &ChunkStore, control: &Control) -> Vec<FileRecord> {
+    let open = match store.open_recordings() {
+        Ok(o) => o,
+        Err(e) => {
+            tracing::error!(error = %e, "open recordings could not be listed");
+            return Vec::new();
+        }
+    };
+    let now = crate::control::unix_now();
+    let mut closed = Vec::new();
+    for r in open {
+        let result = (|| -> Result<Option<FileRecord>, StoreError> {
+            if r.chunks.len() < 2 {
+                store.discard_recording(&r.id, now)?;
+                return Ok(None);
+            }
+            if r.kind == Kind::Meeting.as_str() {
+                let first = r.chunks[0];
+                let header = store.read_chunk(&first.hash, first.len)?;
+                let fixed = webm::with_duration(&header, r.duration_ms as f64)
+                    .ok_or_else(|| StoreError::Invalid("a recording's header".into()))?;
+                store.replace_recording_chunk(&r.id, 0, &piece(&fixed), now)?;
+            }
+            store.finish_recording(&r.id, now).map(Some)
+        })();
+        match result {
+            Ok(Some(file)) => {
+                tracing::info!(file = %file.id, name = %file.name, "a recording cut short was closed");
+                control.record(
+                    Event::new("recording.stop", Decision::Allow)
+                        .org(&r.org)
+                        .subject(&r.owner)
+                        .target(&format!("room:{}", r.room))
+                        .reason("recovered")
+                        .bytes(file.size),
+                );
+                closed.push(file);
+            }
+            Ok(None) => {}
+            Err(e) => tracing::error!(error = %e, "a recording cut short could not be closed"),
+        }
+    }
+    closed
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn file_names_carry_the_room_and_the_utc_time() {
+        assert_eq!(
+            file_name("lobby", 0, Kind::Meeting),
+            "lobby-19700101-000000.webm"
+        );
+        // 2026-12-04 05:06:07 UTC.
+        assert_eq!(
+            file_name("ops", 1_796_360_767, Kind::Audio),
+            "ops-20261204-050607.ogg"
+        );
+        // 2024-02-29 23:59:59 UTC, a leap day.
+        assert_eq!(
+            file_name("r", 1_709_251_199, Kind::Meeting),
+            "r-20240229-235959.webm"
+        );
+    }
+}
