@@ -10,6 +10,7 @@ use std::process::{Child, Command, ExitStatus, Output, Stdio};
 use std::time::Duration;
 
 pub mod browser;
+pub mod judge;
 
 pub use relay_kit::noise;
 use relay_kit::process::RelayProcess;

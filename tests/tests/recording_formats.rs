@@ -4,67 +4,13 @@
 //! single error; a file cut short is trimmed to what plays.
 #![allow(clippy::unwrap_used)] // Tests stop at the first unexpected failure.
 
-use std::path::{Path, PathBuf};
-use std::process::Command;
+use std::path::PathBuf;
 
 use relay::record::ogg::{self, OggOpusWriter};
 use relay::record::webm::{self, Tracks, WebmWriter};
-use serde_json::Value;
+use relay_tests::judge::{decode_errors, ffmpeg, mean_volume, probe};
 
 const SECONDS: f64 = 3.0;
-
-fn ffmpeg(args: &[&str]) -> (bool, String) {
-    let out = Command::new("ffmpeg")
-        .args(["-hide_banner", "-nostdin", "-y"])
-        .args(args)
-        .output()
-        .expect("ffmpeg is missing: apt-get install -y ffmpeg");
-    (
-        out.status.success(),
-        String::from_utf8_lossy(&out.stderr).to_string(),
-    )
-}
-
-/// What ffprobe says of a file: codec names and the duration in seconds.
-fn probe(path: &Path) -> (Vec<String>, f64) {
-    let out = Command::new("ffprobe")
-        .args([
-            "-v",
-            "error",
-            "-show_entries",
-            "stream=codec_name:format=duration",
-        ])
-        .args(["-of", "json"])
-        .arg(path)
-        .output()
-        .expect("ffprobe");
-    assert!(
-        out.status.success(),
-        "ffprobe {}: {}",
-        path.display(),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let v: Value = serde_json::from_slice(&out.stdout).expect("ffprobe json");
-    let codecs = v["streams"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .filter_map(|s| s["codec_name"].as_str().map(str::to_string))
-        .collect();
-    let duration = v["format"]["duration"]
-        .as_str()
-        .and_then(|d| d.parse().ok())
-        .unwrap_or(0.0);
-    (codecs, duration)
-}
-
-/// Decodes the whole file; ffmpeg's errors, if any.
-fn decode_errors(path: &Path) -> String {
-    let p = path.to_string_lossy();
-    let (ok, err) = ffmpeg(&["-v", "error", "-i", &p, "-f", "null", "-"]);
-    assert!(ok, "{err}");
-    err
-}
 
 /// VP8 frames of an IVF file: (frame index, keyframe, data).
 fn ivf_frames(b: &[u8]) -> Vec<(u64, bool, Vec<u8>)> {
@@ -266,22 +212,7 @@ fn an_ogg_opus_stream_plays_whole_and_is_not_silent() {
     assert_eq!(codecs, ["opus"]);
     assert!((duration - SECONDS).abs() < 0.5, "{duration} s");
     assert_eq!(decode_errors(&path), "");
-    let (ok, err) = ffmpeg(&[
-        "-i",
-        &path.to_string_lossy(),
-        "-af",
-        "volumedetect",
-        "-f",
-        "null",
-        "-",
-    ]);
-    assert!(ok, "{err}");
-    let mean: f64 = err
-        .split("mean_volume:")
-        .nth(1)
-        .and_then(|s| s.split_whitespace().next())
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(-99.0);
+    let mean = mean_volume(&path);
     assert!(mean > -40.0, "mean volume {mean} dB");
     // A stream cut mid-page plays up to the page before.
     let cut = &file[..file.len() - 10];

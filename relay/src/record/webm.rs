@@ -8,7 +8,7 @@
 //! can be written again with the duration once the recording ends, in front of the same
 //! clusters.
 //!
-//! Timestamps are milliseconds (TimestampScale 1,000,000 ns). A cluster starts at the first
+//! Timestamps are milliseconds (TimestampScale 1,000,000 ns), strictly rising within a track. A cluster starts at the first
 //! block, at every video keyframe, and before a block's offset from the cluster would leave the
 //! 16-bit range; blocks never go back in time, within a track or before their cluster (a late
 //! one is clamped).
@@ -35,6 +35,7 @@ mod id {
     pub const TRACK_UID: u32 = 0x73C5;
     pub const TRACK_TYPE: u32 = 0x83;
     pub const CODEC_ID: u32 = 0x86;
+    pub const DEFAULT_DURATION: u32 = 0x23_E383;
     pub const CODEC_PRIVATE: u32 = 0x63A2;
     pub const CODEC_DELAY: u32 = 0x56AA;
     pub const SEEK_PRE_ROLL: u32 = 0x56BB;
@@ -52,6 +53,9 @@ mod id {
 /// The track numbers.
 pub const VIDEO_TRACK: u8 = 1;
 pub const AUDIO_TRACK: u8 = 2;
+
+/// A video frame's default duration: one millisecond, the timestamps' resolution.
+const VIDEO_DEFAULT_DURATION_NS: u64 = 1_000_000;
 
 /// Opus's seek pre-roll, 80 ms (RFC 7845's recommendation, in ns).
 const SEEK_PRE_ROLL_NS: u64 = 80_000_000;
@@ -131,7 +135,7 @@ pub fn opus_head(channels: u8, pre_skip: u16) -> Vec<u8> {
 pub struct WebmWriter {
     out: Vec<u8>,
     cluster_ms: Option<u64>,
-    last_ms: [u64; 2],
+    last_ms: [Option<u64>; 2],
     blocks: u64,
 }
 
@@ -141,7 +145,7 @@ impl WebmWriter {
         WebmWriter {
             out: Self::header(tracks, None),
             cluster_ms: None,
-            last_ms: [0; 2],
+            last_ms: [None; 2],
             blocks: 0,
         }
     }
@@ -175,6 +179,10 @@ impl WebmWriter {
                 put_uint(t, id::TRACK_UID, u64::from(VIDEO_TRACK));
                 put_uint(t, id::TRACK_TYPE, 1);
                 put_bytes(t, id::CODEC_ID, b"V_VP8");
+                // The video's frame rate varies (it follows speakers and screen shares); the
+                // default duration is the timestamps' resolution, so that a reader laying
+                // frames on a grid of it (ffmpeg does) never puts two frames on one point.
+                put_uint(t, id::DEFAULT_DURATION, VIDEO_DEFAULT_DURATION_NS);
                 t.extend(master(id::VIDEO, |v| {
                     put_uint(v, id::PIXEL_WIDTH, u64::from(tracks.width));
                     put_uint(v, id::PIXEL_HEIGHT, u64::from(tracks.height));
@@ -213,10 +221,15 @@ impl WebmWriter {
 
     fn block(&mut self, track: u8, ms: u64, keyframe: bool, data: &[u8]) {
         let slot = usize::from(track == AUDIO_TRACK);
-        // Never back in time: not within the track, and not before the cluster (a block of
-        // one track that arrives after the other track started a cluster is clamped to it).
-        let ms = ms.max(self.last_ms[slot]).max(self.cluster_ms.unwrap_or(0));
-        self.last_ms[slot] = ms;
+        // Always forward within the track (a player refuses two blocks of one time), and
+        // never before the cluster (a block of one track that arrives after the other track
+        // started a cluster is clamped to it).
+        let ms = match self.last_ms[slot] {
+            Some(last) => ms.max(last + 1),
+            None => ms,
+        }
+        .max(self.cluster_ms.unwrap_or(0));
+        self.last_ms[slot] = Some(ms);
         let start_new = match self.cluster_ms {
             None => true,
             Some(c) => (track == VIDEO_TRACK && keyframe && ms > c) || ms - c > MAX_OFFSET_MS,
@@ -479,7 +492,8 @@ mod tests {
         w.audio(100, b"a");
         w.audio(90, b"b");
         let body = w.take();
-        // Both blocks at offset 0 of the one cluster.
+        // Both blocks in the one cluster, the late one a millisecond after the first: a track
+        // never has two blocks of one time.
         let blocks: Vec<usize> = body
             .windows(2)
             .enumerate()
@@ -487,9 +501,8 @@ mod tests {
             .map(|(i, _)| i)
             .collect();
         assert_eq!(blocks.len(), 2);
-        for i in blocks {
-            assert_eq!(&body[i + 3..i + 5], &[0, 0]);
-        }
+        assert_eq!(&body[blocks[0] + 3..blocks[0] + 5], &[0, 0]);
+        assert_eq!(&body[blocks[1] + 3..blocks[1] + 5], &[0, 1]);
     }
 
     #[test]
