@@ -140,27 +140,74 @@ fn a_two_person_meeting_and_a_call_are_recorded_into_the_store_and_play() {
     let recorder = token(&relay, "bob", "publish,subscribe,record,files");
     let browser = Browser::start();
     let page = |t: &str| relay.url(&format!("/#token={t}&room=lobby"));
-    let b = browser.open(&page(&bob));
+    // Bob's page holds the record grant, carol's does not.
+    let b = browser.open(&page(&recorder));
     let c = browser.open(&page(&carol));
     join(&browser, &b);
     join(&browser, &c);
-    // Both publish before the recording starts.
     eventually("both publish", || {
         let room = relay.get("/api/rooms/lobby", Some(&bob)).json();
         (room["publishers"].as_array()?.len() >= 2).then_some(())
     });
+    let shown = |w: &Window, id: &str| {
+        browser
+            .run(
+                w,
+                &format!("return !document.getElementById('{id}').hidden;"),
+            )
+            .as_bool()
+            == Some(true)
+    };
+    eventually("bob's page offers Record", || {
+        shown(&b, "record").then_some(())
+    });
+    assert!(!shown(&c, "record"), "carol may not record");
+    assert!(!shown(&b, "recording") && !shown(&c, "recording"));
     let dir = tempfile::tempdir().unwrap();
 
-    let (meeting, measured) = record_for(&relay, &recorder, "meeting");
-    let duration = meeting["duration_s"].as_f64().unwrap();
-    assert!(
-        (duration - measured).abs() < 0.5,
-        "the relay says {duration} s for {measured} s"
+    // Bob presses Record: everyone sees the indicator; 20 s later he presses Stop.
+    browser.click(&b, "Record");
+    let started = Instant::now();
+    for w in [&b, &c] {
+        eventually("the page shows the recording", || {
+            (browser.run(w, "return relay.recording();").as_bool() == Some(true)).then_some(())
+        });
+    }
+    let room = relay.get("/api/rooms/lobby", Some(&bob)).json();
+    assert_eq!(room["recording"]["kind"], "meeting", "{room}");
+    assert_eq!(relay.metric("relay_recordings_active"), Some(1.0));
+    let again = record(&relay, "lobby", &recorder, "audio");
+    assert_eq!(
+        (again.status, again.error_code()),
+        (409, "recording".into())
     );
+    std::thread::sleep(RECORDED.saturating_sub(started.elapsed()));
+    let measured = started.elapsed().as_secs_f64();
+    browser.click(&b, "Stop recording");
+    let said = eventually("the page says where the recording went", || {
+        let s = browser.run(&b, "return relay.status();");
+        s.as_str()
+            .filter(|t| t.contains("saved as"))
+            .map(str::to_string)
+    });
+    for w in [&b, &c] {
+        eventually("the indicator goes", || {
+            (browser.run(w, "return relay.recording();").as_bool() == Some(false)).then_some(())
+        });
+    }
+    let ls = relay.files(&recorder, &["ls"]);
+    let meeting = ls.json["files"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|f| f["name"].as_str().is_some_and(|n| n.ends_with(".webm")))
+        .unwrap_or_else(|| panic!("no meeting file: {}", ls.json))
+        .clone();
+    assert!(said.contains(meeting["name"].as_str().unwrap()), "{said}");
     let file = fetch(
         &relay,
         &recorder,
-        meeting["file"].as_str().unwrap(),
+        meeting["id"].as_str().unwrap(),
         dir.path(),
         "m.webm",
     );
@@ -171,6 +218,11 @@ fn a_two_person_meeting_and_a_call_are_recorded_into_the_store_and_play() {
     plays(&file, &["vp8", "opus"], measured);
 
     let (call, measured) = record_for(&relay, &recorder, "audio");
+    let told = call["duration_s"].as_f64().unwrap();
+    assert!(
+        (told - measured).abs() < 0.5,
+        "the relay says {told} s for {measured} s"
+    );
     let file = fetch(
         &relay,
         &recorder,
