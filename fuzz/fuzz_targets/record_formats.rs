@@ -1,11 +1,13 @@
 //! What a recording's recovery reads back from disk after a crash: a WebM or Ogg file cut
 //! anywhere, or damaged. The scans never panic, never claim more than they were given, and a
 //! prefix they call whole scans whole again; Opus packet durations stay within 120 ms. And
-//! RTP packets of any content make VP8 frames without a panic, none before a keyframe.
+//! RTP packets of any content make VP8 frames without a panic, none before a keyframe. A header
+//! read back takes a duration or is refused; any bytes as Opus packets, at any timestamps, mix
+//! into one 20 ms frame after another.
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use relay::record::{ogg, vp8, webm};
+use relay::record::{mix, ogg, vp8, webm};
 
 fuzz_target!(|data: &[u8]| {
     let w = webm::scan(data);
@@ -39,6 +41,27 @@ fuzz_target!(|data: &[u8]| {
     }
     let file = ww.take();
     assert_eq!(webm::scan(&file).len, file.len());
+    if let Some(h) = webm::with_duration(data, 1234.0) {
+        assert_eq!(webm::with_duration(&h, 1234.0).as_deref(), Some(&h[..]));
+    }
+    if let Some((w, h)) = vp8::keyframe_size(data) {
+        assert!(w > 0 && w < 16_384 && h > 0 && h < 16_384);
+    }
+    let mut m = mix::Mixer::new().expect("libopus");
+    let mut last = None;
+    for chunk in data.chunks(41) {
+        let [v, a, b, c, rest @ ..] = chunk else {
+            continue;
+        };
+        // Up to five seconds in: the mix encodes every frame up to it.
+        let arrival = u64::from(*a) * 20 + u64::from(*b % 20);
+        m.push(u64::from(*v % 4), arrival, u32::from(*c) * 960, rest);
+        for (ms, p) in m.mix_until(arrival) {
+            assert!(last.is_none_or(|l| ms == l + 20), "{last:?} then {ms}");
+            assert!(!p.is_empty());
+            last = Some(ms);
+        }
+    }
     let mut frames = vp8::Vp8Frames::default();
     let mut keyed = false;
     for chunk in data.chunks(23) {

@@ -347,7 +347,7 @@ fn refusals_a_secure_room_no_grant_too_low_a_clearance_an_empty_room() {
 }
 
 #[test]
-fn a_relay_killed_mid_recording_keeps_a_playable_file_of_what_was_recorded() {
+fn a_stopped_relay_closes_its_recording_and_a_killed_one_keeps_a_playable_file() {
     let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|p| p.into_inner());
     let tmp = tempfile::tempdir().unwrap();
     let data = tmp.path().join("data");
@@ -355,24 +355,57 @@ fn a_relay_killed_mid_recording_keeps_a_playable_file_of_what_was_recorded() {
     let bob = relay.participant("bob");
     let recorder = token(&relay, "bob", "publish,subscribe,record,files");
     let browser = Browser::start();
-    let b = browser.open(&relay.url(&format!("/#token={bob}&room=lobby")));
-    join(&browser, &b);
-    eventually("bob publishes", || {
-        let room = relay.get("/api/rooms/lobby", Some(&bob)).json();
-        (!room["publishers"].as_array()?.is_empty()).then_some(())
-    });
+    // Bob's page in the lobby of `relay`, publishing.
+    let publishing = |relay: &Relay| {
+        let w = browser.open(&relay.url(&format!("/#token={bob}&room=lobby")));
+        join(&browser, &w);
+        eventually("bob publishes", || {
+            let room = relay.get("/api/rooms/lobby", Some(&bob)).json();
+            (!room["publishers"].as_array()?.is_empty()).then_some(())
+        });
+        w
+    };
+    let recordings = |relay: &Relay| -> Vec<Value> {
+        let ls = relay.files(&recorder, &["ls"]);
+        ls.json["files"].as_array().cloned().unwrap_or_default()
+    };
+
+    // SIGTERM in the middle of a recording: the relay closes it before it exits.
+    let _first = publishing(&relay);
+    let start = record(&relay, "lobby", &recorder, "meeting");
+    assert_eq!(start.status, 201, "{}", start.body);
+    std::thread::sleep(Duration::from_secs(4));
+    assert!(relay.stop().success(), "{}", relay.log());
+    let mut relay = Relay::start_in(&data, "", &[]);
+    let first = recordings(&relay);
+    assert_eq!(first.len(), 1, "the stopped recording is listed: {first:?}");
+    let audit = std::fs::read_to_string(data.join("audit.log")).unwrap();
+    assert!(
+        audit
+            .lines()
+            .any(|l| l.contains("\"recording.stop\"") && l.contains("\"stopped\"")),
+        "a stop at shutdown is audited as stopped:\n{audit}"
+    );
+    assert!(!audit.contains("recovered"), "nothing was left to recover");
+
+    // kill -9 in the middle of the next one: the restarted relay closes what was stored.
+    let _second = publishing(&relay);
     let start = record(&relay, "lobby", &recorder, "meeting");
     assert_eq!(start.status, 201, "{}", start.body);
     std::thread::sleep(Duration::from_secs(9));
     relay.kill9();
     drop(browser);
-
     let relay = Relay::start_in(&data, "", &[]);
-    let ls = relay.files(&recorder, &["ls"]);
-    let files = ls.json["files"].as_array().unwrap();
-    assert_eq!(files.len(), 1, "the cut recording is listed: {}", ls.json);
-    let id = files[0]["id"].as_str().unwrap();
-    let file = fetch(&relay, &recorder, id, tmp.path(), "cut.webm");
+    let files = recordings(&relay);
+    assert_eq!(files.len(), 2, "the cut recording is listed: {files:?}");
+    let cut = files.iter().find(|f| f["id"] != first[0]["id"]).unwrap();
+    let file = fetch(
+        &relay,
+        &recorder,
+        cut["id"].as_str().unwrap(),
+        tmp.path(),
+        "cut.webm",
+    );
     let (codecs, probed) = probe(&file);
     assert_eq!(codecs, ["vp8", "opus"]);
     // All but the last chunk's worth (2 s) and the mix's latency survived.
