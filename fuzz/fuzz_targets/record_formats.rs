@@ -53,8 +53,8 @@ fuzz_target!(|data: &[u8]| {
         let [v, a, b, c, rest @ ..] = chunk else {
             continue;
         };
-        // Up to five seconds in: the mix encodes every frame up to it.
-        let arrival = u64::from(*a) * 20 + u64::from(*b % 20);
+        // Up to a second in: the mix encodes every frame up to it.
+        let arrival = u64::from(*a) * 4 + u64::from(*b % 4);
         m.push(u64::from(*v % 4), arrival, u32::from(*c) * 960, rest);
         for (ms, p) in m.mix_until(arrival) {
             assert!(last.is_none_or(|l| ms == l + 20), "{last:?} then {ms}");
