@@ -25,6 +25,7 @@ use std::time::{Duration, Instant};
 use tokio::sync::oneshot;
 
 use crate::control::Control;
+use crate::control::admin::{AdminChange, Change};
 use crate::control::audit::{Decision, Event};
 use crate::files::chunker::{VerifiedChunk, chunk_hash};
 use crate::files::service::Service;
@@ -322,15 +323,17 @@ impl Recordings {
                         "The recording of {} stopped: the storage quota is reached. What was recorded is kept as {}.",
                         a.room, file.name
                     );
-                    let r = self.control.registry().add_notice(
-                        &a.org,
-                        Some(&a.room),
-                        &text,
-                        "relay",
-                        crate::control::unix_now(),
+                    let notice = AdminChange::new(
+                        a.org.clone(),
+                        Change::SendNotice {
+                            room: Some(a.room.clone()),
+                            text,
+                            from: "relay".into(),
+                        },
                     );
-                    if let Err(e) = r {
-                        tracing::error!(error = %e, "the quota notice could not be written");
+                    // Sent as the appliance: stored, audited, and out to the room's pages.
+                    if let Err(e) = self.control.apply(&notice, None) {
+                        tracing::error!(error = %e, "the quota notice could not be sent");
                     }
                 }
                 Ok(Outcome {

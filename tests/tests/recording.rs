@@ -419,3 +419,72 @@ fn a_stopped_relay_closes_its_recording_and_a_killed_one_keeps_a_playable_file()
         "the closing is audited"
     );
 }
+
+#[test]
+fn a_recording_that_reaches_the_quota_stops_keeps_what_fits_and_tells_the_room() {
+    let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|p| p.into_inner());
+    const QUOTA: u64 = 400_000;
+    let tmp = tempfile::tempdir().unwrap();
+    let relay = Relay::start_in(
+        &tmp.path().join("data"),
+        &format!("[files]\nlisten = \"127.0.0.1:0\"\nuser_quota_bytes = {QUOTA}\n"),
+        &[],
+    );
+    let bob = relay.participant("bob");
+    let recorder = token(&relay, "bob", "publish,subscribe,record,files");
+    let browser = Browser::start();
+    let b = browser.open(&relay.url(&format!("/#token={bob}&room=lobby")));
+    join(&browser, &b);
+    eventually("bob publishes", || {
+        let room = relay.get("/api/rooms/lobby", Some(&bob)).json();
+        (!room["publishers"].as_array()?.is_empty()).then_some(())
+    });
+    let start = record(&relay, "lobby", &recorder, "meeting");
+    assert_eq!(start.status, 201, "{}", start.body);
+    // A camera's top layer fills 400 kB within seconds: the recording stops by itself.
+    eventually("the recording stops at the quota", || {
+        (relay.metric("relay_recordings_active") == Some(0.0)).then_some(())
+    });
+    let room = relay.get("/api/rooms/lobby", Some(&bob)).json();
+    assert!(room["recording"].is_null(), "{room}");
+    let ls = relay.files(&recorder, &["ls"]);
+    let files = ls.json["files"].as_array().unwrap();
+    assert_eq!(files.len(), 1, "{}", ls.json);
+    let size = files[0]["size"].as_u64().unwrap();
+    assert!(
+        size <= QUOTA && size > 1_000,
+        "{size} bytes under a quota of {QUOTA}"
+    );
+    let file = fetch(
+        &relay,
+        &recorder,
+        files[0]["id"].as_str().unwrap(),
+        tmp.path(),
+        "quota.webm",
+    );
+    let (codecs, _) = probe(&file);
+    assert_eq!(codecs, ["vp8", "opus"]);
+    assert_eq!(decode_errors(&file), "");
+    // The room is told, in the page and in its notices.
+    let notices = relay.get("/api/notices?room=lobby", Some(&bob)).json();
+    let told =
+        notices["notices"].as_array().unwrap().iter().any(|n| {
+            n["from"] == "relay" && n["text"].as_str().is_some_and(|t| t.contains("quota"))
+        });
+    assert!(told, "{notices}");
+    eventually("bob's page shows the notice", || {
+        let shown = browser.run(&b, "return relay.notices();");
+        shown
+            .as_array()?
+            .iter()
+            .any(|n| n.as_str().is_some_and(|t| t.contains("quota")))
+            .then_some(())
+    });
+    let audit = std::fs::read_to_string(relay.data.join("audit.log")).unwrap();
+    assert!(
+        audit
+            .lines()
+            .any(|l| l.contains("\"recording.stop\"") && l.contains("\"quota\"")),
+        "the end is audited with its reason"
+    );
+}
