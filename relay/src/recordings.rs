@@ -201,7 +201,12 @@ impl Recordings {
             return Err(store_error(e));
         }
         let (tx, rx) = mpsc::sync_channel(QUEUE);
-        match self.plane.start_recording(&s.room_key.to_owned(), tx).await {
+        let video = s.kind == Kind::Meeting;
+        match self
+            .plane
+            .start_recording(&s.room_key.to_owned(), video, tx)
+            .await
+        {
             Ok(()) => {}
             Err(e) => {
                 let _ = store.discard_recording(&upload, now);

@@ -258,6 +258,7 @@ enum Command {
     },
     StartRecording {
         room: RoomKey,
+        video: bool,
         sink: mpsc::SyncSender<Recorded>,
         reply: oneshot::Sender<Result<(), MediaError>>,
     },
@@ -513,13 +514,14 @@ impl MediaPlane {
         }
     }
 
-    /// Starts recording `room`: what it gathers goes to `sink` about every
+    /// Starts recording `room` (its video too when `video`): what it gathers goes to `sink` about every
     /// [`RECORDING_HANDOFF`]. The sink is dropped (its receiver sees the end) when the
     /// recording stops, the room empties, or the receiver is gone. `NotFound` if nobody is in
     /// the room.
     pub async fn start_recording(
         &self,
         room: &RoomKey,
+        video: bool,
         sink: mpsc::SyncSender<Recorded>,
     ) -> Result<(), MediaError> {
         let w = *lock(&self.inner.placement)
@@ -531,6 +533,7 @@ impl MediaPlane {
             w,
             Command::StartRecording {
                 room: room.clone(),
+                video,
                 sink,
                 reply,
             },
@@ -1000,8 +1003,13 @@ impl Worker {
                 Command::Notice { org, room, message } => {
                     self.core.notice(&org, room.as_deref(), &message, &mut wire);
                 }
-                Command::StartRecording { room, sink, reply } => {
-                    let r = self.core.start_recording(&room, now, &mut wire);
+                Command::StartRecording {
+                    room,
+                    video,
+                    sink,
+                    reply,
+                } => {
+                    let r = self.core.start_recording(&room, video, now, &mut wire);
                     if r.is_ok() {
                         self.recordings.insert(room, sink);
                     }

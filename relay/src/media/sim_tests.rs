@@ -591,7 +591,7 @@ fn record(sim: &mut Sim, room: &str) -> Result<(), super::types::MediaError> {
         from: sim.core_addr,
         net: &mut sim.net,
     };
-    sim.core.start_recording(room, now, &mut wire)
+    sim.core.start_recording(room, true, now, &mut wire)
 }
 
 /// The publisher label and layer each recorded frame came from (the stamp in its first packet).
@@ -697,6 +697,25 @@ fn the_recording_follows_the_speaker_and_the_screen_share_on_keyframes() {
     assert!(sim.core.stop_recording("org/room").is_some());
     sim.run(Duration::from_millis(500));
     assert!(sim.core.take_recorded("org/room").is_none());
+}
+
+#[test]
+fn a_call_is_recorded_without_its_video() {
+    let mut sim = Sim::new();
+    sim.add_publisher("alice", 1, Source::Camera);
+    sim.run(Duration::from_millis(500));
+    let now = sim.now;
+    let mut wire = CoreWire {
+        from: sim.core_addr,
+        net: &mut sim.net,
+    };
+    sim.core
+        .start_recording("org/room", false, now, &mut wire)
+        .expect("room");
+    sim.run(Duration::from_secs(2));
+    let got = sim.core.take_recorded("org/room").expect("recording");
+    assert!(got.video.is_empty(), "{} video frames", got.video.len());
+    assert!(got.audio.len() > 80, "{} audio packets in 2 s", got.audio.len());
 }
 
 #[test]

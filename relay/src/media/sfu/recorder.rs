@@ -62,10 +62,12 @@ pub(super) struct Recorder {
     held_bytes: usize,
     /// The current feed's packets are VP8 (only then is a keyframe worth asking for).
     vp8: bool,
+    /// Video is recorded (a meeting); without it (a call) the slot is never fed.
+    video: bool,
 }
 
 impl Recorder {
-    pub(super) fn new(participant: ParticipantId, start: Instant) -> Recorder {
+    pub(super) fn new(participant: ParticipantId, start: Instant, video: bool) -> Recorder {
         Recorder {
             participant,
             start,
@@ -78,6 +80,7 @@ impl Recorder {
             audio: std::collections::VecDeque::new(),
             held_bytes: 0,
             vp8: false,
+            video,
         }
     }
 
@@ -91,7 +94,7 @@ impl Recorder {
         pkt: &RtpPacket,
         now: Instant,
     ) {
-        if self.gate.on_packet(feed, keyframe) == Verdict::Drop {
+        if !self.video || self.gate.on_packet(feed, keyframe) == Verdict::Drop {
             return;
         }
         self.vp8 = codec == Codec::Vp8;
@@ -164,10 +167,12 @@ impl Recorder {
 }
 
 impl Core {
-    /// Starts recording `room`'s video. `NotFound` if the room has no session here.
+    /// Starts recording `room`: its voices, and its video when `video`. `NotFound` if the
+    /// room has no session here.
     pub fn start_recording(
         &mut self,
         room: &str,
+        video: bool,
         now: Instant,
         wire: &mut dyn Wire,
     ) -> Result<(), MediaError> {
@@ -175,7 +180,7 @@ impl Core {
         if r.recorder.is_none() {
             let p = r.next_participant;
             r.next_participant += 1;
-            r.recorder = Some(Box::new(Recorder::new(p, now)));
+            r.recorder = Some(Box::new(Recorder::new(p, now, video)));
         }
         self.reallocate(room, now, wire);
         Ok(())
@@ -202,7 +207,12 @@ impl Core {
         now: Instant,
         requests: &mut Vec<Feed>,
     ) -> Option<Feed> {
-        let rec = self.rooms.get_mut(room)?.recorder.as_mut()?;
+        let rec = self
+            .rooms
+            .get_mut(room)?
+            .recorder
+            .as_mut()
+            .filter(|r| r.video)?;
         let req = SlotRequest {
             participant: rec.participant,
             layout: Layout::Screen,
