@@ -80,6 +80,7 @@ struct Active {
     org: String,
     room: String,
     owner: String,
+    device: String,
     /// Who waits for the end (a stop), and the answer it gets.
     waiter: Option<oneshot::Sender<Result<Outcome, RecordingError>>>,
     stopping: bool,
@@ -158,6 +159,7 @@ impl Recordings {
                     org: s.org.to_owned(),
                     room: s.room.to_owned(),
                     owner: s.owner.to_owned(),
+                    device: s.device.to_owned(),
                     waiter: None,
                     stopping: false,
                 },
@@ -317,8 +319,7 @@ impl Recordings {
                 };
                 self.control.record(
                     Event::new("recording.stop", Decision::Allow)
-                        .org(&a.org)
-                        .subject(&a.owner)
+                        .who(&a.org, &a.owner, &a.device)
                         .target(&target)
                         .reason(ended)
                         .bytes(file.size),
@@ -351,8 +352,7 @@ impl Recordings {
                 tracing::error!(room = %a.room, error = %e, "a recording failed");
                 self.control.record(
                     Event::new("recording.stop", Decision::Deny)
-                        .org(&a.org)
-                        .subject(&a.owner)
+                        .who(&a.org, &a.owner, &a.device)
                         .target(&target)
                         .reason("failed"),
                 );

@@ -62,6 +62,15 @@ fn allowed(
 
 impl From<RecordingError> for ApiError {
     fn from(e: RecordingError) -> ApiError {
+        if let RecordingError::Failed(detail) = &e {
+            // The detail (paths, the database's words) stays in the log.
+            tracing::error!(error = %detail, "a recording failed");
+            return ApiError::new(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "internal",
+                "the recording could not be made; the relay's log says why",
+            );
+        }
         let (status, code) = match &e {
             RecordingError::Running => (StatusCode::CONFLICT, "recording"),
             RecordingError::Empty => (StatusCode::CONFLICT, "room_empty"),
