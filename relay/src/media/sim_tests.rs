@@ -715,7 +715,11 @@ fn a_call_is_recorded_without_its_video() {
     sim.run(Duration::from_secs(2));
     let got = sim.core.take_recorded("org/room").expect("recording");
     assert!(got.video.is_empty(), "{} video frames", got.video.len());
-    assert!(got.audio.len() > 80, "{} audio packets in 2 s", got.audio.len());
+    assert!(
+        got.audio.len() > 80,
+        "{} audio packets in 2 s",
+        got.audio.len()
+    );
 }
 
 #[test]

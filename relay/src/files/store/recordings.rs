@@ -103,9 +103,11 @@ impl ChunkStore {
         plan::reserve(more, org_usage, user).map_err(StoreError::Quota)
     }
 
-    /// Adds a chunk at the end of recording `id`, which then reaches `duration_ms`: on disk
-    /// first, then listed and charged. A chunk that would pass a quota is refused and not
-    /// listed.
+    /// Adds a chunk at the end of recording `id`, which then reaches `duration_ms`. It is
+    /// checked against the quotas and charged as it is listed (not received yet), so that no
+    /// collection takes a stored copy of the same bytes while they are written; then the bytes
+    /// go to disk, and only then are they recorded as received. A chunk that would pass a quota
+    /// is refused and not listed; one whose write fails is listed no more.
     pub fn append_recording(
         &self,
         id: &UploadId,
@@ -114,36 +116,59 @@ impl ChunkStore {
         quotas: Quotas,
         now: u64,
     ) -> Result<()> {
-        let len = chunk.data().len() as u64;
-        {
-            let db = self.db();
-            let (org, owner) = Self::recording_owner(&db, id)?;
-            Self::check_quota(&db, &org, &owner, len, quotas, now)?;
+        let len = chunk.data().len() as i64;
+        let index = {
+            let mut db = self.db();
+            let tx = db.transaction()?;
+            let (org, owner) = Self::recording_owner(&tx, id)?;
+            Self::check_quota(&tx, &org, &owner, len as u64, quotas, now)?;
+            let index: i64 = tx.query_row(
+                "SELECT COALESCE(MAX(idx) + 1, 0) FROM upload_chunks WHERE upload = ?1 AND idx >= 0",
+                [&id[..]],
+                |r| r.get(0),
+            )?;
+            Self::claim(&tx, id, index, chunk)?;
+            tx.execute(
+                "UPDATE uploads SET size = size + ?2 WHERE id = ?1",
+                params![&id[..], len],
+            )?;
+            tx.commit()?;
+            index
+        };
+        let written = self.write_chunk(chunk).and_then(|()| {
+            let mut db = self.db();
+            let tx = db.transaction()?;
+            let new = Self::received(&tx, id, index, index, chunk, now)?;
+            tx.execute(
+                "UPDATE recordings SET duration_ms = ?2 WHERE upload = ?1",
+                params![&id[..], duration_ms as i64],
+            )?;
+            tx.commit()?;
+            Ok(new)
+        });
+        match written {
+            Ok(new) => {
+                self.stored(new);
+                Ok(())
+            }
+            Err(e) => {
+                let db = self.db();
+                db.execute(
+                    "DELETE FROM upload_chunks WHERE upload = ?1 AND idx = ?2 AND received = 0",
+                    params![&id[..], index],
+                )?;
+                db.execute(
+                    "UPDATE uploads SET size = size - ?2 WHERE id = ?1",
+                    params![&id[..], len],
+                )?;
+                Err(e)
+            }
         }
-        self.write_chunk(chunk)?;
-        let mut db = self.db();
-        let tx = db.transaction()?;
-        let next: i64 = tx.query_row(
-            "SELECT COUNT(*) FROM upload_chunks WHERE upload = ?1",
-            [&id[..]],
-            |r| r.get(0),
-        )?;
-        let new = Self::list_chunk(&tx, id, next, chunk, now)?;
-        tx.execute(
-            "UPDATE uploads SET size = size + ?2 WHERE id = ?1",
-            params![&id[..], len as i64],
-        )?;
-        tx.execute(
-            "UPDATE recordings SET duration_ms = ?2 WHERE upload = ?1",
-            params![&id[..], duration_ms as i64],
-        )?;
-        tx.commit()?;
-        self.stored(new);
-        Ok(())
     }
 
-    /// Writes chunk `index` of recording `id` again (a header that now knows more); the old
-    /// bytes are left to collection.
+    /// Writes chunk `index` of recording `id` again (a header that now knows more), listed
+    /// under a placeholder index while its bytes are written, as a new chunk is; the old bytes
+    /// are left to collection.
     pub fn replace_recording_chunk(
         &self,
         id: &UploadId,
@@ -151,40 +176,74 @@ impl ChunkStore {
         chunk: &VerifiedChunk,
         now: u64,
     ) -> Result<()> {
-        self.write_chunk(chunk)?;
-        let mut db = self.db();
-        let tx = db.transaction()?;
-        let old: i64 = tx
-            .query_row(
-                "SELECT len FROM upload_chunks WHERE upload = ?1 AND idx = ?2",
+        let placeholder = -1 - i64::from(index);
+        {
+            let db = self.db();
+            db.execute(
+                "DELETE FROM upload_chunks WHERE upload = ?1 AND idx = ?2",
+                params![&id[..], placeholder],
+            )?;
+            Self::claim(&db, id, placeholder, chunk)?;
+        }
+        let written = self.write_chunk(chunk).and_then(|()| {
+            let mut db = self.db();
+            let tx = db.transaction()?;
+            let old: i64 = tx
+                .query_row(
+                    "SELECT len FROM upload_chunks WHERE upload = ?1 AND idx = ?2",
+                    params![&id[..], index],
+                    |r| r.get(0),
+                )
+                .optional()?
+                .ok_or(StoreError::NotFound("recording chunk"))?;
+            Self::release_chunks(
+                &tx,
+                "upload = ?1 AND idx = ?2",
                 params![&id[..], index],
-                |r| r.get(0),
-            )
-            .optional()?
-            .ok_or(StoreError::NotFound("recording chunk"))?;
-        Self::release_chunks(
-            &tx,
-            "upload = ?1 AND idx = ?2",
-            params![&id[..], index],
-            now,
-        )?;
+                now,
+            )?;
+            tx.execute(
+                "DELETE FROM upload_chunks WHERE upload = ?1 AND idx = ?2",
+                params![&id[..], index],
+            )?;
+            let new = Self::received(&tx, id, placeholder, i64::from(index), chunk, now)?;
+            tx.execute(
+                "UPDATE uploads SET size = size - ?2 + ?3 WHERE id = ?1",
+                params![&id[..], old, chunk.data().len() as i64],
+            )?;
+            tx.commit()?;
+            Ok(new)
+        });
+        match written {
+            Ok(new) => {
+                self.stored(new);
+                Ok(())
+            }
+            Err(e) => {
+                self.db().execute(
+                    "DELETE FROM upload_chunks WHERE upload = ?1 AND idx = ?2",
+                    params![&id[..], placeholder],
+                )?;
+                Err(e)
+            }
+        }
+    }
+
+    /// Lists `chunk` as coming at `index` of the recording, not received yet.
+    fn claim(tx: &Connection, id: &UploadId, index: i64, chunk: &VerifiedChunk) -> Result<()> {
         tx.execute(
-            "DELETE FROM upload_chunks WHERE upload = ?1 AND idx = ?2",
-            params![&id[..], index],
+            "INSERT INTO upload_chunks (upload, idx, hash, len, received) VALUES (?1, ?2, ?3, ?4, 0)",
+            params![&id[..], index, &chunk.hash()[..], chunk.data().len() as i64],
         )?;
-        let new = Self::list_chunk(&tx, id, i64::from(index), chunk, now)?;
-        tx.execute(
-            "UPDATE uploads SET size = size - ?2 + ?3 WHERE id = ?1",
-            params![&id[..], old, chunk.data().len() as i64],
-        )?;
-        tx.commit()?;
-        self.stored(new);
         Ok(())
     }
 
-    fn list_chunk(
+    /// The claimed chunk at `claimed` reached the disk: it is recorded, and listed as received
+    /// at `index`. Answers the bytes newly stored.
+    fn received(
         tx: &Connection,
         id: &UploadId,
+        claimed: i64,
         index: i64,
         chunk: &VerifiedChunk,
         now: u64,
@@ -195,8 +254,8 @@ impl ChunkStore {
             params![&chunk.hash()[..], len, now as i64],
         )?;
         tx.execute(
-            "INSERT INTO upload_chunks (upload, idx, hash, len, received) VALUES (?1, ?2, ?3, ?4, 1)",
-            params![&id[..], index, &chunk.hash()[..], len],
+            "UPDATE upload_chunks SET idx = ?3, received = 1 WHERE upload = ?1 AND idx = ?2",
+            params![&id[..], claimed, index],
         )?;
         Ok(if inserted > 0 { len as u64 } else { 0 })
     }
@@ -222,6 +281,17 @@ impl ChunkStore {
         {
             let db = self.db();
             Self::recording_owner(&db, id)?;
+            // Claims whose bytes never arrived (a crash while they were written) go, and the
+            // appended ones are no longer charged.
+            db.execute(
+                "UPDATE uploads SET size = size - (SELECT COALESCE(SUM(len), 0) FROM upload_chunks
+                     WHERE upload = ?1 AND received = 0 AND idx >= 0) WHERE id = ?1",
+                [&id[..]],
+            )?;
+            db.execute(
+                "DELETE FROM upload_chunks WHERE upload = ?1 AND received = 0",
+                [&id[..]],
+            )?;
             let chunks = Self::listed_chunks(&db, id)?;
             if chunks.is_empty() {
                 return Err(StoreError::Invalid("a recording without bytes".into()));
@@ -242,7 +312,10 @@ impl ChunkStore {
 
     fn listed_chunks(db: &Connection, id: &UploadId) -> Result<Vec<ChunkRef>> {
         let rows: Vec<(Vec<u8>, u32)> = db
-            .prepare_cached("SELECT hash, len FROM upload_chunks WHERE upload = ?1 ORDER BY idx")?
+            .prepare_cached(
+                "SELECT hash, len FROM upload_chunks WHERE upload = ?1 AND received = 1 AND idx >= 0
+                 ORDER BY idx",
+            )?
             .query_map([&id[..]], |r| Ok((r.get(0)?, r.get(1)?)))?
             .collect::<rusqlite::Result<_>>()?;
         rows.into_iter()

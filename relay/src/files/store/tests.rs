@@ -461,3 +461,40 @@ fn a_recording_stops_at_the_quota_without_listing_the_chunk() {
     f.store.discard_recording(&empty, 104).unwrap();
     assert!(f.store.open_recordings().unwrap().is_empty());
 }
+
+#[test]
+fn a_chunk_cut_off_while_written_is_left_out_when_the_recording_closes() {
+    let f = fixture();
+    let id = f
+        .store
+        .begin_recording(&recording("acme", "ann"), NO_QUOTA, 100)
+        .unwrap();
+    f.store
+        .append_recording(&id, &piece(b"header"), 0, NO_QUOTA, 100)
+        .unwrap();
+    f.store
+        .append_recording(&id, &piece(b"one"), 1, NO_QUOTA, 101)
+        .unwrap();
+    // A crash after a chunk was listed and charged, before its bytes reached the disk.
+    let lost = chunk_hash(b"never written");
+    f.store
+        .db()
+        .execute(
+            "INSERT INTO upload_chunks (upload, idx, hash, len, received) VALUES (?1, 2, ?2, 13, 0)",
+            rusqlite::params![&id[..], &lost[..]],
+        )
+        .unwrap();
+    f.store
+        .db()
+        .execute(
+            "UPDATE uploads SET size = size + 13 WHERE id = ?1",
+            [&id[..]],
+        )
+        .unwrap();
+    // Listed chunks are what was received; collection meanwhile spares the claimed hash.
+    assert_eq!(f.store.open_recordings().unwrap()[0].chunks.len(), 2);
+    let file = f.store.finish_recording(&id, 102).unwrap();
+    assert_eq!(read_all(&f.store, &file.id).unwrap(), b"headerone");
+    assert_eq!(f.store.usage_of("acme", Some("ann"), 102).unwrap(), 9);
+    assert!(f.store.check().unwrap().is_clean());
+}
