@@ -27,7 +27,7 @@ use tokio::sync::oneshot;
 use crate::control::Control;
 use crate::control::admin::{AdminChange, Change};
 use crate::control::audit::{Decision, Event};
-use crate::files::chunker::{VerifiedChunk, chunk_hash};
+use crate::files::chunker::{MAX_CHUNK, VerifiedChunk, chunk_hash};
 use crate::files::service::Service;
 use crate::files::store::{ChunkStore, FileRecord, NewRecording, StoreError};
 use crate::media::sfu::Recorded;
@@ -81,9 +81,24 @@ struct Active {
     room: String,
     owner: String,
     device: String,
+    /// The room's classification when it started, which the file carries.
+    classification: u8,
+    /// The media worker records (the start went through).
+    started: bool,
     /// Who waits for the end (a stop), and the answer it gets.
     waiter: Option<oneshot::Sender<Result<Outcome, RecordingError>>>,
     stopping: bool,
+}
+
+/// How a writer ended, as far as it knows.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Ended {
+    /// Its channel closed: stopped, or the room emptied.
+    Stopped,
+    /// The next chunk would have passed a quota.
+    Quota,
+    /// The store failed; what it held was closed into a file.
+    Failed,
 }
 
 /// Who starts a recording of what.
@@ -160,6 +175,8 @@ impl Recordings {
                     room: s.room.to_owned(),
                     owner: s.owner.to_owned(),
                     device: s.device.to_owned(),
+                    classification: s.classification,
+                    started: false,
                     waiter: None,
                     stopping: false,
                 },
@@ -176,66 +193,108 @@ impl Recordings {
     }
 
     async fn open(self: &Arc<Self>, s: &Start<'_>, now: u64) -> Result<(), RecordingError> {
-        let mut muxer = Muxer::new(s.kind).map_err(|e| RecordingError::Failed(e.to_string()))?;
+        let muxer = Muxer::new(s.kind).map_err(|e| RecordingError::Failed(e.to_string()))?;
         let quotas = self
             .files
             .quotas(s.org)
             .map_err(|e| RecordingError::Failed(e.to_string()))?;
         let store = self.files.store().clone();
-        let name = file_name(s.room, now, s.kind);
-        let upload = store
-            .begin_recording(
-                &NewRecording {
-                    org: s.org,
-                    owner: s.owner,
-                    name: &name,
-                    room: s.room,
-                    classification: s.classification,
-                    kind: s.kind.as_str(),
-                },
-                quotas,
-                now,
-            )
-            .map_err(store_error)?;
+        let new = (
+            s.org.to_owned(),
+            s.owner.to_owned(),
+            file_name(s.room, now, s.kind),
+            s.room.to_owned(),
+            s.classification,
+            s.kind.as_str(),
+        );
         let header = piece(muxer.header());
-        if let Err(e) = store.append_recording(&upload, &header, 0, quotas, now) {
-            let _ = store.discard_recording(&upload, now);
-            return Err(store_error(e));
-        }
+        let header_len = header.data().len() as u64;
+        // The upload and its header, made durable off the async runtime.
+        let upload = {
+            let store = store.clone();
+            tokio::task::spawn_blocking(move || {
+                let (org, owner, name, room, classification, kind) = new;
+                let upload = store.begin_recording(
+                    &NewRecording {
+                        org: &org,
+                        owner: &owner,
+                        name: &name,
+                        room: &room,
+                        classification,
+                        kind,
+                    },
+                    quotas,
+                    now,
+                )?;
+                if let Err(e) = store.append_recording(&upload, &header, 0, quotas, now) {
+                    let _ = store.discard_recording(&upload, now);
+                    return Err(e);
+                }
+                Ok(upload)
+            })
+            .await
+            .map_err(|e| RecordingError::Failed(e.to_string()))?
+            .map_err(store_error)?
+        };
         let (tx, rx) = mpsc::sync_channel(QUEUE);
         let video = s.kind == Kind::Meeting;
-        match self
-            .plane
-            .start_recording(&s.room_key.to_owned(), video, tx)
-            .await
-        {
-            Ok(()) => {}
-            Err(e) => {
-                let _ = store.discard_recording(&upload, now);
-                return Err(match e {
-                    MediaError::NotFound => RecordingError::Empty,
-                    e => RecordingError::Failed(e.to_string()),
-                });
-            }
-        }
-        self.bytes
-            .fetch_add(header.data().len() as u64, Ordering::Relaxed);
-        let me = self.clone();
         let key = s.room_key.to_owned();
+        if let Err(e) = self.plane.start_recording(&key, video, tx).await {
+            let _ = store.discard_recording(&upload, now);
+            return Err(match e {
+                MediaError::NotFound => RecordingError::Empty,
+                e => RecordingError::Failed(e.to_string()),
+            });
+        }
+        self.bytes.fetch_add(header_len, Ordering::Relaxed);
+        let me = self.clone();
         let org = s.org.to_owned();
+        let thread_key = key.clone();
         let spawned = std::thread::Builder::new()
             .name("recording".into())
             .spawn(move || {
                 let started = Instant::now();
-                let r = me.write(&rx, &mut muxer, &store, &upload, &org, started);
+                let mut muxer = muxer;
+                // A panic in the writer must not leave the room marked as recording.
+                let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                    me.write(&rx, &mut muxer, &store, &upload, &org, started)
+                }))
+                .unwrap_or_else(|_| Err(StoreError::Invalid("the writer panicked".into())));
                 drop(rx);
-                me.ended(&key, r);
+                let r = r.or_else(|e| {
+                    // What was stored stays a file, if it can be made one.
+                    tracing::error!(error = %e, "a recording failed; closing what it stored");
+                    match store.finish_recording(&upload, crate::control::unix_now()) {
+                        Ok(file) => Ok((file, 0, Ended::Failed)),
+                        Err(_) => {
+                            let _ = store.discard_recording(&upload, crate::control::unix_now());
+                            Err(e)
+                        }
+                    }
+                });
+                me.ended(&thread_key, r);
             });
-        spawned.map_err(|e| RecordingError::Failed(format!("writer thread: {e}")))?;
+        if let Err(e) = spawned {
+            self.plane.stop_recording(&key).await;
+            let _ = self.files.store().discard_recording(&upload, now);
+            return Err(RecordingError::Failed(format!("writer thread: {e}")));
+        }
+        // A stop asked while this start was under way is carried out now.
+        let stop_now = {
+            let mut active = self.lock();
+            active.get_mut(&key).is_some_and(|a| {
+                a.started = true;
+                a.stopping
+            })
+        };
+        if stop_now {
+            self.plane.stop_recording(&key).await;
+        }
         Ok(())
     }
 
-    /// The writer: until the worker's end of the channel goes, or a quota is reached.
+    /// The writer: until the worker's end of the channel goes, or a quota is reached. Answers
+    /// the file, the time it holds (ms) and why it ended.
     fn write(
         &self,
         rx: &mpsc::Receiver<Recorded>,
@@ -244,24 +303,16 @@ impl Recordings {
         upload: &[u8; 16],
         org: &str,
         started: Instant,
-    ) -> Result<(FileRecord, u64, bool), StoreError> {
+    ) -> Result<(FileRecord, u64, Ended), StoreError> {
         let quotas = self
             .files
             .quotas(org)
             .map_err(|e| StoreError::Invalid(e.to_string()))?;
         let mut pending = Vec::new();
         let mut last_chunk = Instant::now();
-        let mut quota_hit = false;
-        let append = |bytes: &mut Vec<u8>, ms: u64| -> Result<(), StoreError> {
-            if bytes.is_empty() {
-                return Ok(());
-            }
-            let chunk = piece(bytes);
-            store.append_recording(upload, &chunk, ms, quotas, crate::control::unix_now())?;
-            self.bytes.fetch_add(bytes.len() as u64, Ordering::Relaxed);
-            bytes.clear();
-            Ok(())
-        };
+        // The time the stored chunks reach.
+        let mut stored_ms = 0;
+        let mut ended = Ended::Stopped;
         loop {
             let more = match rx.recv_timeout(Duration::from_millis(100)) {
                 Ok(r) => {
@@ -275,21 +326,33 @@ impl Recordings {
                 store.replace_recording_chunk(upload, 0, &piece(&h), crate::control::unix_now())?;
             }
             let now_ms = started.elapsed().as_millis() as u64;
-            if !more {
-                pending.extend(muxer.finish(now_ms));
-            } else {
+            if more {
                 pending.extend(muxer.advance(now_ms));
+            } else {
+                pending.extend(muxer.finish(now_ms));
             }
             if !more || pending.len() >= CHUNK_BYTES || last_chunk.elapsed() >= CHUNK_EVERY {
-                match append(&mut pending, muxer.duration_ms()) {
-                    Ok(()) => {}
-                    Err(StoreError::Quota(q)) => {
-                        tracing::warn!("a recording reached a quota and stops: {q}");
-                        quota_hit = true;
-                        break;
+                let reached = muxer.duration_ms();
+                // A chunk is at most the store's largest.
+                for part in pending.chunks(MAX_CHUNK) {
+                    let now = crate::control::unix_now();
+                    match store.append_recording(upload, &piece(part), reached, quotas, now) {
+                        Ok(()) => {
+                            self.bytes.fetch_add(part.len() as u64, Ordering::Relaxed);
+                        }
+                        Err(StoreError::Quota(q)) => {
+                            tracing::warn!("a recording reached a quota and stops: {q}");
+                            ended = Ended::Quota;
+                            break;
+                        }
+                        Err(e) => return Err(e),
                     }
-                    Err(e) => return Err(e),
                 }
+                if ended == Ended::Quota {
+                    break;
+                }
+                stored_ms = reached;
+                pending.clear();
                 last_chunk = Instant::now();
             }
             if !more {
@@ -297,25 +360,26 @@ impl Recordings {
             }
         }
         let now = crate::control::unix_now();
-        store.replace_recording_chunk(upload, 0, &piece(&muxer.final_header()), now)?;
+        store.replace_recording_chunk(upload, 0, &piece(&muxer.final_header(stored_ms)), now)?;
         let file = store.finish_recording(upload, now)?;
-        Ok((file, muxer.duration_ms(), quota_hit))
+        Ok((file, stored_ms, ended))
     }
 
     /// The writer is done: the file is listed, the end audited, whoever stopped it answered.
-    fn ended(&self, key: &str, r: Result<(FileRecord, u64, bool), StoreError>) {
+    fn ended(&self, key: &str, r: Result<(FileRecord, u64, Ended), StoreError>) {
         let Some(a) = self.lock().remove(key) else {
             return;
         };
         let target = format!("room:{}", a.room);
         let answer = match r {
-            Ok((file, duration_ms, quota)) => {
-                let ended = if quota {
-                    "quota"
-                } else if a.stopping {
-                    "stopped"
-                } else {
-                    "room_empty"
+            Ok((file, duration_ms, how)) => {
+                let quota = how == Ended::Quota;
+                let ended = match how {
+                    Ended::Quota => "quota",
+                    Ended::Failed => "failed",
+                    Ended::Stopped if a.stopping => "stopped",
+                    // The worker let go: the room emptied (or the media plane stopped).
+                    Ended::Stopped => "room_empty",
                 };
                 self.control.record(
                     Event::new("recording.stop", Decision::Allow)
@@ -381,17 +445,67 @@ impl Recordings {
             .map_err(|_| RecordingError::Failed("the recording's writer is gone".into()))?
     }
 
-    /// Stops every recording and waits (a bounded time) for their files: the relay is stopping.
-    pub async fn stop_all(&self) {
+    /// Stops every recording, all at once, and waits (at most ten seconds) for their files:
+    /// the relay is stopping.
+    pub async fn stop_all(self: &Arc<Self>) {
         let running: Vec<(String, String)> = self
             .lock()
             .iter()
             .map(|(k, a)| (k.clone(), a.shown.id.clone()))
             .collect();
+        let mut stops = tokio::task::JoinSet::new();
         for (key, id) in running {
-            let r = tokio::time::timeout(Duration::from_secs(10), self.stop(&key, &id)).await;
-            if !matches!(r, Ok(Ok(_))) {
-                tracing::warn!(room = %key, "a recording did not close before the stop; the next start closes it");
+            let me = self.clone();
+            stops.spawn(async move {
+                let r = tokio::time::timeout(Duration::from_secs(10), me.stop(&key, &id)).await;
+                if !matches!(r, Ok(Ok(_))) {
+                    tracing::warn!(room = %key, "a recording did not close before the stop; the next start closes it");
+                }
+            });
+        }
+        while stops.join_next().await.is_some() {}
+    }
+
+    /// Holds running recordings to the registry as it is now: a recording whose room is gone,
+    /// became `secure_view` or changed classification, or whose starter is no longer registered
+    /// with the clearance for it, is stopped.
+    pub fn enforce(self: &Arc<Self>) {
+        let running: Vec<(String, String, String, String, String, u8)> = self
+            .lock()
+            .iter()
+            .filter(|(_, a)| !a.stopping)
+            .map(|(k, a)| {
+                (
+                    k.clone(),
+                    a.shown.id.clone(),
+                    a.org.clone(),
+                    a.room.clone(),
+                    a.owner.clone(),
+                    a.classification,
+                )
+            })
+            .collect();
+        for (key, id, org, room, owner, classification) in running {
+            let allowed = {
+                let reg = self.control.registry();
+                let room_ok = reg
+                    .room(&org, &room)
+                    .ok()
+                    .flatten()
+                    .is_some_and(|r| !r.secure_view && r.classification == classification);
+                let user_ok = reg
+                    .user(&org, &owner)
+                    .ok()
+                    .flatten()
+                    .is_some_and(|u| u.clearance >= classification);
+                room_ok && user_ok
+            };
+            if !allowed {
+                tracing::warn!(%room, "the registry no longer allows this recording; it stops");
+                let me = self.clone();
+                tokio::spawn(async move {
+                    let _ = me.stop(&key, &id).await;
+                });
             }
         }
     }
@@ -452,10 +566,18 @@ pub fn recover(store: &ChunkStore, control: &Control) -> Vec<FileRecord> {
             }
             if r.kind == Kind::Meeting.as_str() {
                 let first = r.chunks[0];
-                let header = store.read_chunk(&first.hash, first.len)?;
-                let fixed = webm::with_duration(&header, r.duration_ms as f64)
-                    .ok_or_else(|| StoreError::Invalid("a recording's header".into()))?;
-                store.replace_recording_chunk(&r.id, 0, &piece(&fixed), now)?;
+                // Without its duration (a header that cannot be read back) the file still
+                // plays; a player then reads the length from the blocks.
+                let fixed = store
+                    .read_chunk(&first.hash, first.len)
+                    .ok()
+                    .and_then(|h| webm::with_duration(&h, r.duration_ms as f64));
+                match fixed {
+                    Some(h) => store.replace_recording_chunk(&r.id, 0, &piece(&h), now)?,
+                    None => {
+                        tracing::warn!(name = %r.name, "a cut recording's header could not be read; closed without its duration")
+                    }
+                }
             }
             store.finish_recording(&r.id, now).map(Some)
         })();
@@ -473,7 +595,11 @@ pub fn recover(store: &ChunkStore, control: &Control) -> Vec<FileRecord> {
                 closed.push(file);
             }
             Ok(None) => {}
-            Err(e) => tracing::error!(error = %e, "a recording cut short could not be closed"),
+            Err(e) => {
+                // Never left open (charged, its chunks held) for the next start to fail again.
+                tracing::error!(error = %e, name = %r.name, "a recording cut short could not be closed; it is dropped");
+                let _ = store.discard_recording(&r.id, now);
+            }
         }
     }
     closed

@@ -243,6 +243,9 @@ pub async fn run(config: Config) -> Result<(), ServeError> {
                 if let Some(m) = &enforce_state.media {
                     m.enforce(&enforce_state.control).await;
                 }
+                if let Some(r) = &enforce_state.recordings {
+                    r.enforce();
+                }
             }
         }
     });

@@ -43,6 +43,17 @@ fn join(b: &Browser, w: &Window) {
     });
 }
 
+/// A page of `token` in `room`, joined and publishing.
+fn publishing(browser: &Browser, relay: &Relay, token: &str, room: &str) -> Window {
+    let w = browser.open(&relay.url(&format!("/#token={token}&room={room}")));
+    join(browser, &w);
+    eventually("the page publishes", || {
+        let state = relay.get(&format!("/api/rooms/{room}"), Some(token)).json();
+        (!state["publishers"].as_array()?.is_empty()).then_some(())
+    });
+    w
+}
+
 /// A token of `user` in `demo` with `grants`.
 fn token(relay: &Relay, user: &str, grants: &str) -> String {
     relay.token(&[
@@ -356,15 +367,7 @@ fn a_stopped_relay_closes_its_recording_and_a_killed_one_keeps_a_playable_file()
     let recorder = token(&relay, "bob", "publish,subscribe,record,files");
     let browser = Browser::start();
     // Bob's page in the lobby of `relay`, publishing.
-    let publishing = |relay: &Relay| {
-        let w = browser.open(&relay.url(&format!("/#token={bob}&room=lobby")));
-        join(&browser, &w);
-        eventually("bob publishes", || {
-            let room = relay.get("/api/rooms/lobby", Some(&bob)).json();
-            (!room["publishers"].as_array()?.is_empty()).then_some(())
-        });
-        w
-    };
+    let publishing = |relay: &Relay| publishing(&browser, relay, &bob, "lobby");
     let recordings = |relay: &Relay| -> Vec<Value> {
         let ls = relay.files(&recorder, &["ls"]);
         ls.json["files"].as_array().cloned().unwrap_or_default()
@@ -433,12 +436,7 @@ fn a_recording_that_reaches_the_quota_stops_keeps_what_fits_and_tells_the_room()
     let bob = relay.participant("bob");
     let recorder = token(&relay, "bob", "publish,subscribe,record,files");
     let browser = Browser::start();
-    let b = browser.open(&relay.url(&format!("/#token={bob}&room=lobby")));
-    join(&browser, &b);
-    eventually("bob publishes", || {
-        let room = relay.get("/api/rooms/lobby", Some(&bob)).json();
-        (!room["publishers"].as_array()?.is_empty()).then_some(())
-    });
+    let b = publishing(&browser, &relay, &bob, "lobby");
     let start = record(&relay, "lobby", &recorder, "meeting");
     assert_eq!(start.status, 201, "{}", start.body);
     // A camera's top layer fills 400 kB within seconds: the recording stops by itself.
@@ -486,5 +484,64 @@ fn a_recording_that_reaches_the_quota_stops_keeps_what_fits_and_tells_the_room()
             .lines()
             .any(|l| l.contains("\"recording.stop\"") && l.contains("\"quota\"")),
         "the end is audited with its reason"
+    );
+}
+
+#[test]
+fn a_recording_stops_when_its_starter_loses_the_clearance_for_the_room() {
+    let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|p| p.into_inner());
+    let relay = Relay::start();
+    let out = relay.cli(&[
+        "admin",
+        "room",
+        "add",
+        "--org",
+        "demo",
+        "ops",
+        "--classification",
+        "1",
+    ]);
+    assert!(out.status.success(), "{}", relay_tests::stderr(&out));
+    let carol = relay.participant("carol");
+    relay.add_user("demo", "rita", 1);
+    let rita = token(&relay, "rita", "record");
+    let browser = Browser::start();
+    let _c = publishing(&browser, &relay, &carol, "ops");
+    let start = record(&relay, "ops", &rita, "audio");
+    assert_eq!(start.status, 201, "{}", start.body);
+    std::thread::sleep(Duration::from_secs(3));
+    let out = relay.cli(&[
+        "admin",
+        "user",
+        "set",
+        "--org",
+        "demo",
+        "rita",
+        "--clearance",
+        "0",
+    ]);
+    assert!(out.status.success(), "{}", relay_tests::stderr(&out));
+    eventually("the recording stops", || {
+        (relay.metric("relay_recordings_active") == Some(0.0)).then_some(())
+    });
+    // Carol is still in the room; what was recorded is a file of the room's level.
+    let room = relay.get("/api/rooms/ops", Some(&carol)).json();
+    assert_eq!(
+        room["publishers"].as_array().map(Vec::len),
+        Some(1),
+        "{room}"
+    );
+    assert!(room["recording"].is_null());
+    let files = token(&relay, "carol", "files");
+    let ls = relay.files(&files, &["ls"]);
+    let listed = ls.json["files"].as_array().unwrap();
+    assert_eq!(listed.len(), 1, "{}", ls.json);
+    assert_eq!(listed[0]["classification"], 1);
+    let audit = std::fs::read_to_string(relay.data.join("audit.log")).unwrap();
+    assert!(
+        audit
+            .lines()
+            .any(|l| l.contains("\"recording.stop\"") && l.contains("\"stopped\"")),
+        "{audit}"
     );
 }

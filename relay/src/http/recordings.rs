@@ -75,7 +75,7 @@ impl From<RecordingError> for ApiError {
             RecordingError::Running => (StatusCode::CONFLICT, "recording"),
             RecordingError::Empty => (StatusCode::CONFLICT, "room_empty"),
             RecordingError::NotFound(_) => (StatusCode::NOT_FOUND, "not_found"),
-            RecordingError::Quota(_) => (StatusCode::INSUFFICIENT_STORAGE, "quota"),
+            RecordingError::Quota(_) => (StatusCode::FORBIDDEN, "quota"),
             RecordingError::Failed(_) => (StatusCode::INTERNAL_SERVER_ERROR, "internal"),
         };
         ApiError::new(status, code, e.to_string())

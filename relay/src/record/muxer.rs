@@ -52,6 +52,9 @@ impl Kind {
     }
 }
 
+/// Video frames held for their time at most (about ten seconds at 30 frames a second).
+const MAX_WAITING_FRAMES: usize = 300;
+
 /// The video size a meeting's header names until a keyframe tells.
 const DEFAULT_SIZE: (u32, u32) = (640, 480);
 
@@ -155,10 +158,13 @@ impl Muxer {
             Container::Webm(w, _) => {
                 let mut audio = audio.into_iter().peekable();
                 loop {
+                    // A frame is due at its time, or at once when too many wait (a clock
+                    // that ran ahead must not hold the rest back without bound).
+                    let crowded = self.video.len() > MAX_WAITING_FRAMES;
                     let next_video = self
                         .video
                         .front()
-                        .filter(|f| f.ms <= until_ms)
+                        .filter(|f| f.ms <= until_ms || crowded)
                         .map(|f| f.ms);
                     let next_audio = audio.peek().map(|a| a.0);
                     match (next_video, next_audio) {
@@ -208,12 +214,10 @@ impl Muxer {
         self.mixer.mixed_ms()
     }
 
-    /// The header to close the file with: for WebM with its duration.
-    pub fn final_header(&self) -> Vec<u8> {
+    /// The header to close the file with: for WebM with its duration, `ms` (what was stored).
+    pub fn final_header(&self, ms: u64) -> Vec<u8> {
         match &self.container {
-            Container::Webm(_, tracks) => {
-                WebmWriter::header(*tracks, Some(self.duration_ms() as f64))
-            }
+            Container::Webm(_, tracks) => WebmWriter::header(*tracks, Some(ms as f64)),
             Container::Ogg(_) => self.header.clone(),
         }
     }

@@ -42,6 +42,9 @@ pub struct Recorded {
     pub audio: Vec<RecordedAudio>,
 }
 
+/// How far (90 kHz ticks) the video's timestamps may part from the frames' arrival: one second.
+const MAX_DRIFT_TICKS: u64 = 90_000;
+
 /// Bytes of frames held for the shell at most; past it the oldest go (a shell that stopped
 /// taking them has lost the recording anyway).
 const MAX_HELD_BYTES: usize = 64 << 20;
@@ -113,10 +116,21 @@ impl Recorder {
         let made = self
             .frames
             .push(out.seq as u16, out.ts, pkt.header.marker, &pkt.payload);
+        let arrival = self.ms(now) * 90;
         for f in made {
             let ticks = match self.clock {
-                None => self.ms(now) * 90,
-                Some((last, ticks)) => ticks + u64::from(f.ts.wrapping_sub(last)),
+                None => arrival,
+                Some((last, ticks)) => {
+                    let next = ticks + u64::from(f.ts.wrapping_sub(last));
+                    // A publisher's timestamps that part from the clock by more than a second
+                    // (a jump, a restart) are not followed: the frame is placed by its
+                    // arrival, never back in time.
+                    if next.abs_diff(arrival) > MAX_DRIFT_TICKS {
+                        arrival.max(ticks + 90)
+                    } else {
+                        next
+                    }
+                }
             };
             self.clock = Some((f.ts, ticks));
             self.hold(f.data.len());
@@ -177,11 +191,16 @@ impl Core {
         wire: &mut dyn Wire,
     ) -> Result<(), MediaError> {
         let r = self.rooms.get_mut(room).ok_or(MediaError::NotFound)?;
-        if r.recorder.is_none() {
-            let p = r.next_participant;
-            r.next_participant += 1;
-            r.recorder = Some(Box::new(Recorder::new(p, now, video)));
-        }
+        // Always a recorder of its own: one left from an earlier recording (whose writer
+        // ended before the worker noticed) has that recording's clock.
+        let p = match &r.recorder {
+            Some(old) => old.participant,
+            None => {
+                r.next_participant += 1;
+                r.next_participant - 1
+            }
+        };
+        r.recorder = Some(Box::new(Recorder::new(p, now, video)));
         self.reallocate(room, now, wire);
         Ok(())
     }
