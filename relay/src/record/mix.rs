@@ -28,6 +28,8 @@ pub const CONCEAL_MS: u64 = 120;
 const MAX_PACKET_SAMPLES: usize = 5_760;
 /// How far ahead of the last mixed frame a voice may write: ten seconds.
 const MAX_AHEAD: usize = 10 * RATE as usize;
+/// A voice silent this long (its publisher left) gives up its decoder.
+const FORGET_AFTER: u64 = 10 * RATE;
 /// The mix's bitrate.
 const BITRATE: i32 = 48_000;
 
@@ -89,6 +91,11 @@ impl Mixer {
     /// Packets dropped so far (late, reordered, undecodable).
     pub fn dropped(&self) -> u64 {
         self.dropped
+    }
+
+    /// Voices with a decoder now.
+    pub fn voices(&self) -> usize {
+        self.voices.len()
     }
 
     /// The stretch mixed and encoded so far, in ms.
@@ -160,6 +167,9 @@ impl Mixer {
         let mut out = Vec::new();
         let mut frame = [0f32; FRAME];
         let mut packet = [0u8; 1_500];
+        let base = self.base;
+        self.voices
+            .retain(|_, v| v.next.saturating_add(FORGET_AFTER) > base);
         while self.base + FRAME as u64 <= until {
             for (i, s) in frame.iter_mut().enumerate() {
                 *s = self.pending.get(i).copied().unwrap_or(0.0).clamp(-1.0, 1.0);
@@ -285,6 +295,11 @@ mod tests {
         assert!(lv[5..100].iter().all(|l| *l < 0.01), "{lv:?}");
         assert!(lv[102..118].iter().all(|l| *l > 0.1), "{lv:?}");
         assert!(m.dropped() >= 3);
+        // Ten seconds after its last packet, a voice's decoder goes.
+        assert_eq!(m.voices(), 1);
+        m.mix_until(14_000);
+        m.mix_until(14_100);
+        assert_eq!(m.voices(), 0);
     }
 
     #[test]
