@@ -7,7 +7,8 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use relay::record::{mix, ogg, vp8, webm};
+use relay::media::vp8_frames as vp8;
+use relay::record::{mix, ogg, webm};
 
 fuzz_target!(|data: &[u8]| {
     let w = webm::scan(data);

@@ -17,7 +17,7 @@ use crate::control::unix_now;
 use crate::control::witness::Witnesses;
 use crate::datadir::{self, DataDir};
 use crate::files::server::FilePlane;
-use crate::http::notices::NoticeHub;
+use crate::http::notice_hub::NoticeHub;
 use crate::http::sessions::MediaRoutes;
 use crate::http::{self, AppState, Info, Readiness};
 use crate::media::MediaPlane;

@@ -10,6 +10,7 @@ pub mod admin;
 pub mod demo;
 pub mod error;
 pub mod media;
+pub mod notice_hub;
 pub mod notices;
 pub mod recordings;
 pub mod sessions;

@@ -4,7 +4,7 @@
 //!
 //! One path delivers them: whatever wrote a notice (this process or `relay admin --data` on the
 //! same database) moved the registry's generation, and the watcher that holds live sessions to
-//! the registry then calls [`NoticeHub::catch_up`], which reads the notices it has not seen and
+//! the registry then calls [`super::notice_hub::NoticeHub::catch_up`], which reads the notices it has not seen and
 //! broadcasts them, and hands them to the media plane for the pages in a meeting, which hear
 //! them on their chat channel. Asking for a room's notices takes what watching the room takes
 //! (clearance, room limit). A page's stream is held to its token: a notice is delivered only while the
@@ -12,7 +12,6 @@
 
 use std::convert::Infallible;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use axum::Router;
@@ -26,88 +25,22 @@ use serde::Deserialize;
 use tokio::sync::broadcast;
 
 use super::error::{ApiResult, bearer, json_body};
+use super::notice_hub::BATCH;
 use super::state::AppState;
 use crate::control::Control;
 use crate::control::admin::{AdminChange, Change};
 use crate::control::model::Notice;
 use crate::control::policy::{Denial, Principal, RoomRole};
 use crate::control::token::Claims;
-use crate::media::MediaPlane;
 
 /// Notices a page is shown when it opens, and `GET /api/notices` lists.
 pub const RECENT: usize = 20;
-
-/// Notices read from the registry per look.
-const BATCH: usize = 200;
 
 pub fn routes() -> Router<Arc<AppState>> {
     Router::new()
         .route("/api/admin/notices", post(send))
         .route("/api/notices", get(list))
         .route("/api/notices/live", get(live))
-}
-
-/// Hands notices written to the registry to every live stream.
-#[derive(Debug)]
-pub struct NoticeHub {
-    tx: broadcast::Sender<Arc<Notice>>,
-    /// The highest notice id broadcast (or present at start-up).
-    seen: AtomicU64,
-    /// One catch-up at a time, so no notice goes out twice.
-    delivering: std::sync::Mutex<()>,
-}
-
-impl NoticeHub {
-    /// A hub that broadcasts notices written from now on.
-    pub fn new(control: &Control) -> NoticeHub {
-        let (tx, _) = broadcast::channel(256);
-        // What was sent before this start is not broadcast: pages list it through
-        // `GET /api/notices`. (A registry that cannot say starts from the first notice.)
-        let last = control.registry().last_notice_id().unwrap_or(0);
-        NoticeHub {
-            tx,
-            seen: AtomicU64::new(last),
-            delivering: std::sync::Mutex::new(()),
-        }
-    }
-
-    fn read_new(&self, control: &Control) -> Option<Vec<Notice>> {
-        let after = self.seen.load(Ordering::Acquire);
-        let new = match control.registry().notices_after(after, BATCH) {
-            Ok(n) => n,
-            Err(e) => {
-                tracing::warn!(error = %e, "cannot read notices");
-                return None;
-            }
-        };
-        if let Some(last) = new.last() {
-            self.seen.store(last.id, Ordering::Release);
-        }
-        Some(new)
-    }
-
-    /// Delivers every notice written since the last call: to the pages' streams, and through
-    /// the media plane to the pages in a meeting. Called when the registry's generation moved.
-    pub fn catch_up(&self, control: &Control, media: Option<&MediaPlane>) {
-        let _one = self.delivering.lock().unwrap_or_else(|p| p.into_inner());
-        while let Some(new) = self.read_new(control) {
-            if new.is_empty() {
-                return;
-            }
-            for n in new {
-                if let Some(m) = media {
-                    let msg = serde_json::json!({"type": "notice", "notice": &n}).to_string();
-                    m.notice(&n.org, n.room.as_deref(), msg.into_bytes().into());
-                }
-                // No stream open is no error.
-                let _ = self.tx.send(Arc::new(n));
-            }
-        }
-    }
-
-    fn subscribe(&self) -> broadcast::Receiver<Arc<Notice>> {
-        self.tx.subscribe()
-    }
 }
 
 /// Is `n` for a page of `org` that is in `room` (or in none)?

@@ -5,7 +5,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 
 use serde::Serialize;
 
-use super::notices::NoticeHub;
+use super::notice_hub::NoticeHub;
 use super::sessions::MediaRoutes;
 use crate::control::Control;
 

@@ -16,7 +16,8 @@
 //! - [`stun`]: the USERNAME ufrag that routes a new address to its session;
 //! - [`answer`]: our candidates in every bundled section of an answer, for every peer to read;
 //! - [`chat`]: room chat on the WHEP session's data channel (what may be sent, stamps, rate,
-//!   the history a late joiner sees).
+//!   the history a late joiner sees);
+//! - [`vp8_frames`]: whole VP8 frames from a stream's RTP packets, for the recorder slot.
 //!
 //! Then the SFU core, still sans-IO ([`sfu::Core`]: str0m sessions, rooms, forwarding), and the
 //! I/O shell ([`plane`]: worker threads, UDP sockets, mio loops, the async API; [`datagrams`]:
@@ -38,6 +39,7 @@
 //! | [`MediaPlane::end`]`(session)` | `DELETE` | `NotFound` 404 |
 //! | [`MediaPlane::set_layout`]`(session, layout, max_height)` | `POST /whep/{room}/{session}/layout` | `NotFound` 404 |
 //! | [`MediaPlane::room_info`]`(room)` | `GET /api/rooms/{room}` (media part) | `None` = no session in the room |
+//! | [`MediaPlane::start_recording`]`(room, video, sink)`, [`MediaPlane::stop_recording`]`(room)` | `POST`/`DELETE /api/rooms/{room}/recordings` (through [`crate::recordings`]) | `NotFound` = nobody in the room |
 //! | [`MediaPlane::counters`]`()` | `/metrics` scrape | — |
 //! | [`MediaPlane::heartbeat`]`()` / [`MediaPlane::healthy`]`(max_age)` | systemd watchdog | — |
 //! | [`MediaPlane::workers`]`()`, [`MediaPlane::local_addrs`]`()` | `GET /api/info` | — |
@@ -90,6 +92,7 @@ pub mod switch;
 pub mod types;
 pub mod udp;
 pub mod uring;
+pub mod vp8_frames;
 
 pub use chat::ChatSent;
 pub use counters::{DelayHistogram, DropReason, FORWARD_DELAY_BOUNDS, MediaCounters};

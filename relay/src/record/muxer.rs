@@ -11,9 +11,9 @@ use std::collections::VecDeque;
 
 use super::mix::{MixError, Mixer};
 use super::ogg::OggOpusWriter;
-use super::vp8::keyframe_size;
 use super::webm::{Tracks, WebmWriter};
 use crate::media::sfu::{Recorded, RecordedFrame};
+use crate::media::vp8_frames::keyframe_size;
 
 /// How far behind the clock the file is written.
 pub const LATENCY_MS: u64 = 300;

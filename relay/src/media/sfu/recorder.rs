@@ -3,7 +3,7 @@
 //! highest layer that arrives, with no ICE, DTLS or SRTP. Its slot is fed by the same
 //! allocation, switch gate and rewriter as any slot, so it switches only on keyframes and its
 //! timestamps run on across switches; the rewritten packets are assembled into whole VP8
-//! frames ([`crate::record::vp8`]) and handed out with their time in the recording. Every
+//! frames ([`crate::media::vp8_frames`]) and handed out with their time in the recording. Every
 //! publisher's Opus packets are handed out as they arrive, for the shell to mix.
 //!
 //! Time in the recording is milliseconds since it started: the first video frame is placed
@@ -13,7 +13,7 @@
 //! Only VP8 feeds are recorded (WebM carries VP8 here); another codec's packets are skipped. A
 //! lost packet holds frames back until a keyframe, which the next tick asks for.
 
-use crate::record::vp8::Vp8Frames;
+use crate::media::vp8_frames::Vp8Frames;
 
 use super::*;
 
