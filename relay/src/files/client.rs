@@ -589,9 +589,11 @@ impl GetJob {
                 )));
             }
             for s in &slots {
+                let at = this.offsets[*s as usize];
                 this.part
-                    .write_all_at(&plain, this.offsets[*s as usize])
+                    .write_all_at(&plain, at)
                     .map_err(io_err(&this.part_path))?;
+                super::writeback::start_writeback(&this.part, at, plain.len() as u64);
                 if let Some(v) = this
                     .verified
                     .lock()
@@ -655,6 +657,7 @@ fn prepare_download(out: &Path, id: &str, m: &Manifest) -> Result<LocalState, Cl
         .map_err(io_err(&part))?;
     if !resuming {
         file.set_len(m.size()).map_err(io_err(&part))?;
+        super::writeback::preallocate(&file, m.size());
         fs::write(&state, expected).map_err(io_err(&state))?;
     }
     let offsets = m.offsets();

@@ -21,6 +21,7 @@ pub mod service;
 pub mod store;
 pub mod transport;
 pub mod wire;
+pub mod writeback;
 
 /// A BLAKE3 hash: a chunk's name, or a manifest's root.
 pub type Hash = [u8; 32];
