@@ -6,6 +6,7 @@
 //!   collected, and a relay started on a data directory whose addresses are read from its
 //!   start-up line;
 //! - [`netns`]: a network namespace of the caller's own, with `ip` and `tc` inside it;
+//! - [`redis::Redis`]: a throwaway Redis on a loopback port, for a cluster's room directory;
 //! - [`noise`] and [`Noise`]: repeatable incompressible test data.
 //!
 //! The shipped load tester depends on this crate, so nothing here assumes a test harness.
@@ -13,6 +14,7 @@
 pub mod netns;
 pub mod peer;
 pub mod process;
+pub mod redis;
 
 /// `len` incompressible bytes, the same for the same `seed`, so tests need no data files.
 pub fn noise(seed: u64, len: usize) -> Vec<u8> {

@@ -160,6 +160,19 @@ pub struct Api {
     agent: ureq::Agent,
 }
 
+/// `location` (absolute, or a path) resolved against the absolute `url` it was answered to.
+fn absolute(url: &str, location: &str) -> String {
+    if location.contains("://") {
+        return location.to_string();
+    }
+    // scheme://authority, without the path
+    let authority_end = url
+        .find("://")
+        .and_then(|i| url[i + 3..].find('/').map(|j| i + 3 + j))
+        .unwrap_or(url.len());
+    format!("{}{location}", &url[..authority_end])
+}
+
 /// A WHIP or WHEP session the relay opened.
 #[derive(Debug, Clone)]
 pub struct Session {
@@ -173,6 +186,8 @@ impl Api {
     pub fn new(base: &str, admin: &str) -> Result<Api, String> {
         let config = ureq::Agent::config_builder()
             .http_status_as_error(false)
+            // A cluster's redirects are followed by hand: the token must go along (see `offer`).
+            .max_redirects(0)
             .timeout_global(Some(Duration::from_secs(20)))
             .build();
         Ok(Api {
@@ -261,24 +276,35 @@ impl Api {
     }
 
     /// POSTs an SDP offer to `path` (`/whip/...` or `/whep/...`); expects 201 with a Location.
+    /// A cluster node that is not the room's home answers 307 with the home's URL: the offer
+    /// goes there, once. The session's location is absolute, on the node that opened it.
     pub fn offer(&self, path: &str, token: &str, sdp: &str) -> Result<Session, String> {
-        let r = self
-            .agent
-            .post(format!("{}{path}", self.base))
-            .header("authorization", format!("Bearer {token}"))
-            .content_type("application/sdp")
-            .send(sdp.to_string());
-        match Api::answer(path, r)? {
-            (201, answer, Some(location)) => Ok(Session { answer, location }),
-            (s, body, _) => Err(format!("POST {path}: {s} {body}")),
+        let mut url = format!("{}{path}", self.base);
+        for _ in 0..2 {
+            let r = self
+                .agent
+                .post(&url)
+                .header("authorization", format!("Bearer {token}"))
+                .content_type("application/sdp")
+                .send(sdp.to_string());
+            match Api::answer(path, r)? {
+                (201, answer, Some(location)) => {
+                    let location = absolute(&url, &location);
+                    return Ok(Session { answer, location });
+                }
+                (307, _, Some(home)) => url = absolute(&url, &home),
+                (s, body, _) => return Err(format!("POST {url}: {s} {body}")),
+            }
         }
+        Err(format!("POST {path}: redirected more than once"))
     }
 
-    /// Ends a session; errors are ignored because the relay ends idle sessions on its own.
+    /// Ends a session (its absolute location); errors are ignored because the relay ends idle
+    /// sessions on its own.
     pub fn end(&self, location: &str, token: &str) {
         let _ = self
             .agent
-            .delete(format!("{}{location}", self.base))
+            .delete(location)
             .header("authorization", format!("Bearer {token}"))
             .call();
     }
@@ -575,6 +601,20 @@ mod tests {
             histogram_quantile(&m.delay_buckets, &m.delay_buckets, 0.5),
             None
         );
+    }
+
+    #[test]
+    fn a_location_resolves_against_the_node_that_answered() {
+        let url = "http://127.0.0.1:9001/whip/r?source=camera";
+        assert_eq!(
+            absolute(url, "/whip/r/abc"),
+            "http://127.0.0.1:9001/whip/r/abc"
+        );
+        assert_eq!(
+            absolute(url, "http://127.0.0.1:9002/whip/r?source=camera"),
+            "http://127.0.0.1:9002/whip/r?source=camera"
+        );
+        assert_eq!(absolute("http://h:1", "/x"), "http://h:1/x");
     }
 
     #[test]

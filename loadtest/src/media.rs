@@ -455,7 +455,10 @@ fn drive(
     floor: Option<floor::Report>,
 ) -> Result<Report, String> {
     // Names unique per run, so a shared relay (`--target`) can be loaded again and again.
-    let prefix = format!("lt{:06x}", started_unix & 0xff_ffff);
+    let prefix = o
+        .prefix
+        .clone()
+        .unwrap_or_else(|| format!("lt{:06x}", started_unix & 0xff_ffff));
     progress(
         o,
         &format!("registering {} rooms and their participants", o.rooms),
@@ -1001,6 +1004,7 @@ mod tests {
             beside_janus: false,
             janus_bin: "janus".into(),
             janus_configs: "/etc/janus".into(),
+            prefix: None,
             progress: false,
         };
         let t0 = Instant::now();

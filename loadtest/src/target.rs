@@ -92,6 +92,10 @@ pub struct Options {
     /// are copied and made loopback-only.
     #[arg(long, default_value = "/etc/janus")]
     pub janus_configs: PathBuf,
+    /// Name the rooms and participants `PREFIX-room0`, `PREFIX-r0-p0`, ... instead of after the
+    /// start time, so a second run joins the same rooms (on a cluster: the same homes).
+    #[arg(long)]
+    pub prefix: Option<String>,
     /// Draw a progress line on stderr.
     #[arg(skip = true)]
     pub progress: bool,
@@ -140,6 +144,12 @@ impl Options {
                 "{} sessions asked; at most {MAX_SESSIONS}",
                 self.sessions()
             ));
+        }
+        if let Some(p) = &self.prefix
+            && !((1..=24).contains(&p.len())
+                && p.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-'))
+        {
+            return Err("--prefix must be 1 to 24 letters, digits or -".into());
         }
         if !(1..=64).contains(&self.client_threads) {
             return Err("--client-threads must be 1 to 64".into());

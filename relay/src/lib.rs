@@ -4,6 +4,7 @@
 //! [`serve`] starts the appliance and [`cli`] is the command line.
 
 pub mod cli;
+pub mod cluster;
 pub mod config;
 pub mod control;
 pub mod datadir;
