@@ -154,7 +154,10 @@ impl OwnRelay {
 /// A relay's HTTP API, as one organisation's admin.
 #[derive(Debug)]
 pub struct Api {
+    /// The first node's URL: registrations and tokens go there (the registry is one).
     pub base: String,
+    /// Every node's URL (`--target URL,URL,...`); a room's sessions go to one of them.
+    pub nodes: Vec<String>,
     pub org: String,
     admin: String,
     agent: ureq::Agent,
@@ -183,6 +186,18 @@ pub struct Session {
 impl Api {
     /// The API at `base` (`http://host:port`) with an admin token; the organisation is the
     /// token's own.
+    /// The API of a cluster's nodes at `nodes` (at least one), with an admin token of one
+    /// organisation.
+    pub fn cluster(nodes: &[String], admin: &str) -> Result<Api, String> {
+        let first = nodes.first().ok_or("no node to load")?;
+        let mut api = Api::new(first, admin)?;
+        api.nodes = nodes
+            .iter()
+            .map(|n| n.trim_end_matches('/').to_string())
+            .collect();
+        Ok(api)
+    }
+
     pub fn new(base: &str, admin: &str) -> Result<Api, String> {
         let config = ureq::Agent::config_builder()
             .http_status_as_error(false)
@@ -190,8 +205,10 @@ impl Api {
             .max_redirects(0)
             .timeout_global(Some(Duration::from_secs(20)))
             .build();
+        let base = base.trim_end_matches('/').to_string();
         Ok(Api {
-            base: base.trim_end_matches('/').to_string(),
+            nodes: vec![base.clone()],
+            base,
             org: token_org(admin)?,
             admin: admin.to_string(),
             agent: ureq::Agent::new_with_config(config),
@@ -275,11 +292,18 @@ impl Api {
             .ok_or_else(|| format!("token answer without a token: {body}"))
     }
 
-    /// POSTs an SDP offer to `path` (`/whip/...` or `/whep/...`); expects 201 with a Location.
-    /// A cluster node that is not the room's home answers 307 with the home's URL: the offer
-    /// goes there, once. The session's location is absolute, on the node that opened it.
-    pub fn offer(&self, path: &str, token: &str, sdp: &str) -> Result<Session, String> {
-        let mut url = format!("{}{path}", self.base);
+    /// POSTs an SDP offer to `path` (`/whip/...` or `/whep/...`) on node `node` (modulo the
+    /// nodes); expects 201 with a Location. A cluster node that is not the room's home answers
+    /// 307 with the home's URL: the offer goes there, once. The session's location is absolute,
+    /// on the node that opened it.
+    pub fn offer(
+        &self,
+        node: usize,
+        path: &str,
+        token: &str,
+        sdp: &str,
+    ) -> Result<Session, String> {
+        let mut url = format!("{}{path}", self.nodes[node % self.nodes.len()]);
         for _ in 0..2 {
             let r = self
                 .agent
@@ -329,12 +353,27 @@ impl Api {
         }
     }
 
+    /// Every node's metrics, added up.
     pub fn metrics(&self) -> Result<Metrics, String> {
-        let r = self.agent.get(format!("{}/metrics", self.base)).call();
-        match Api::answer("/metrics", r)? {
-            (200, text, _) => Ok(Metrics::parse(&text)),
-            (s, body, _) => Err(format!("GET /metrics: {s} {body}")),
+        let mut sum = Metrics::default();
+        for (_, m) in self.node_metrics()? {
+            sum.add(&m);
         }
+        Ok(sum)
+    }
+
+    /// Each node's metrics, by its URL.
+    pub fn node_metrics(&self) -> Result<Vec<(String, Metrics)>, String> {
+        self.nodes
+            .iter()
+            .map(|node| {
+                let r = self.agent.get(format!("{node}/metrics")).call();
+                match Api::answer("/metrics", r)? {
+                    (200, text, _) => Ok((node.clone(), Metrics::parse(&text))),
+                    (s, body, _) => Err(format!("GET {node}/metrics: {s} {body}")),
+                }
+            })
+            .collect()
     }
 }
 
@@ -372,7 +411,9 @@ impl Cpu {
 /// Which relay a run loads: the command-line options every mode shares.
 #[derive(Debug, Clone, Default, clap::Args)]
 pub struct Target {
-    /// A running relay's HTTP base URL (http://host:port); needs --admin-token.
+    /// A running relay's HTTP base URL (http://host:port), or a cluster's nodes separated by
+    /// commas: rooms are spread over them (room i through node i), each reported on its own.
+    /// Needs --admin-token.
     #[arg(long)]
     pub target: Option<String>,
     /// A token with the admin grant for one organisation of the --target relay.
@@ -387,6 +428,13 @@ impl Target {
     pub fn check(&self) -> Result<(), String> {
         if self.target.is_some() != self.admin_token.is_some() {
             return Err("--target and --admin-token go together".into());
+        }
+        if let Some(t) = &self.target
+            && !t
+                .split(',')
+                .all(|u| u.trim().starts_with("http://") || u.trim().starts_with("https://"))
+        {
+            return Err("--target takes http:// URLs, separated by commas".into());
         }
         Ok(())
     }
@@ -403,7 +451,8 @@ pub fn attach(
     say: impl Fn(&str),
 ) -> Result<(Option<OwnRelay>, Api, Cpu), String> {
     if let (Some(url), Some(token)) = (&t.target, &t.admin_token) {
-        return Ok((None, Api::new(url, token)?, Cpu::Metrics));
+        let nodes: Vec<String> = url.split(',').map(|u| u.trim().to_string()).collect();
+        return Ok((None, Api::cluster(&nodes, token)?, Cpu::Metrics));
     }
     let bin = match &t.relay_bin {
         Some(b) => b.clone(),
@@ -452,6 +501,27 @@ pub struct Metrics {
 }
 
 impl Metrics {
+    /// Adds `other`'s figures to these (another node's, with the same histogram buckets).
+    pub fn add(&mut self, other: &Metrics) {
+        self.packets_received += other.packets_received;
+        self.packets_forwarded += other.packets_forwarded;
+        self.bytes_forwarded += other.bytes_forwarded;
+        self.packets_dropped += other.packets_dropped;
+        self.layer_switches += other.layer_switches;
+        self.keyframe_requests += other.keyframe_requests;
+        if self.delay_buckets.is_empty() {
+            self.delay_buckets = other.delay_buckets.clone();
+        } else {
+            for (mine, theirs) in self.delay_buckets.iter_mut().zip(&other.delay_buckets) {
+                mine.1 += theirs.1;
+            }
+        }
+        self.process_cpu_seconds += other.process_cpu_seconds;
+        self.process_rss_bytes += other.process_rss_bytes;
+        self.files_bytes_received += other.files_bytes_received;
+        self.files_bytes_deduplicated += other.files_bytes_deduplicated;
+    }
+
     pub fn parse(text: &str) -> Metrics {
         let mut m = Metrics::default();
         for line in text.lines().filter(|l| !l.starts_with('#')) {

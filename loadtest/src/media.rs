@@ -103,6 +103,36 @@ pub struct RelayFigures {
     /// From the `relay_forward_delay_seconds` histogram over the window, interpolated.
     pub forward_delay_p50_ms: Option<f64>,
     pub forward_delay_p99_ms: Option<f64>,
+    /// Each node of a cluster (`--target` with several URLs) on its own; empty for one relay.
+    pub nodes: Vec<NodeFigures>,
+}
+
+/// One node of a cluster over the window, from its own `/metrics`.
+#[derive(Debug, Clone, Serialize)]
+pub struct NodeFigures {
+    pub url: String,
+    pub packets_forwarded: u64,
+    pub cpu_seconds: f64,
+    pub forwarded_per_cpu_second: f64,
+}
+
+impl NodeFigures {
+    /// Each node's share of the window from snapshots `a` and `b` (the same nodes in order).
+    fn of(a: &[(String, Metrics)], b: &[(String, Metrics)]) -> Vec<NodeFigures> {
+        a.iter()
+            .zip(b)
+            .map(|((url, x), (_, y))| {
+                let packets_forwarded = (y.packets_forwarded - x.packets_forwarded).max(0.0) as u64;
+                let cpu_seconds = (y.process_cpu_seconds - x.process_cpu_seconds).max(0.0);
+                NodeFigures {
+                    url: url.clone(),
+                    packets_forwarded,
+                    cpu_seconds,
+                    forwarded_per_cpu_second: packets_forwarded as f64 / cpu_seconds.max(1e-9),
+                }
+            })
+            .collect()
+    }
 }
 
 /// Everything a run measured.
@@ -214,6 +244,8 @@ impl Beside {
 
 struct Snapshot {
     at: Instant,
+    /// Each node's metrics, for a cluster.
+    nodes: Vec<(String, Metrics)>,
     /// The SFU's own counters, or zeros where it has none (`counted` false).
     metrics: Metrics,
     counted: bool,
@@ -233,6 +265,7 @@ fn snapshot(sfu: &dyn Sfu) -> Result<Snapshot, String> {
         Cpu::Metrics => (metrics.process_cpu_seconds, None),
     };
     Ok(Snapshot {
+        nodes: sfu.node_metrics()?,
         at: Instant::now(),
         metrics,
         counted,
@@ -301,6 +334,7 @@ impl Sfu for Relay<'_> {
             "camera"
         };
         let s = self.api.offer(
+            room,
             &format!("/whip/{}?source={source}", p.room),
             &p.token,
             &offer,
@@ -325,6 +359,7 @@ impl Sfu for Relay<'_> {
         };
         let offer = peer.subscriber_offer(o.slots, 1)?;
         let s = self.api.offer(
+            room,
             &format!("/whep/{}?layout={}", p.room, o.layout.as_str()),
             &p.token,
             &offer,
@@ -336,6 +371,14 @@ impl Sfu for Relay<'_> {
 
     fn metrics(&self) -> Result<Option<Metrics>, String> {
         self.api.metrics().map(Some)
+    }
+
+    fn node_metrics(&self) -> Result<Vec<(String, Metrics)>, String> {
+        if self.api.nodes.len() > 1 {
+            self.api.node_metrics()
+        } else {
+            Ok(Vec::new())
+        }
     }
 
     fn cpu(&self) -> Cpu {
@@ -665,6 +708,7 @@ fn measure(
         peak_rss_bytes: peak,
         forward_delay_p50_ms: q(0.5),
         forward_delay_p99_ms: q(0.99),
+        nodes: NodeFigures::of(&a.nodes, &b.nodes),
     };
     Ok((secs, relay, Instant::now() < deadline))
 }
@@ -894,6 +938,12 @@ impl Report {
             fmt_ms(r.forward_delay_p50_ms),
             fmt_ms(r.forward_delay_p99_ms)
         );
+        for n in &r.nodes {
+            out += &format!(
+                "  node {}: forwarded {}  CPU {:.2} s  {:.0} per CPU-second\n",
+                n.url, n.packets_forwarded, n.cpu_seconds, n.forwarded_per_cpu_second
+            );
+        }
         out += &format!(
             "forwarded packets per {name} CPU-second: {:.0}",
             self.forwarded_packets_per_cpu_second

@@ -211,6 +211,10 @@ pub trait Sfu {
     ) -> Result<bool, String>;
     /// Its own counters, where it has any.
     fn metrics(&self) -> Result<Option<Metrics>, String>;
+    /// Each node's metrics, when the SFU is a cluster of several.
+    fn node_metrics(&self) -> Result<Vec<(String, Metrics)>, String> {
+        Ok(Vec::new())
+    }
     fn cpu(&self) -> Cpu;
     /// Ends the sessions it opened (best effort).
     fn end(&mut self) {}
