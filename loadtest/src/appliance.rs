@@ -671,6 +671,14 @@ mod tests {
             histogram_quantile(&m.delay_buckets, &m.delay_buckets, 0.5),
             None
         );
+        // Two nodes' figures add up, bucket by bucket.
+        let mut sum = Metrics::default();
+        sum.add(&m);
+        sum.add(&m);
+        assert_eq!(sum.packets_forwarded, 2000.0);
+        assert_eq!(sum.packets_dropped, 10.0);
+        let counts: Vec<f64> = sum.delay_buckets.iter().map(|b| b.1).collect();
+        assert_eq!(counts, [100.0, 200.0, 200.0]);
     }
 
     #[test]
