@@ -6,12 +6,14 @@
 //!   collected, and a relay started on a data directory whose addresses are read from its
 //!   start-up line;
 //! - [`netns`]: a network namespace of the caller's own, with `ip` and `tc` inside it;
+//! - [`postgres::Postgres`]: a throwaway PostgreSQL cluster on a loopback port;
 //! - [`noise`] and [`Noise`]: repeatable incompressible test data.
 //!
 //! The shipped load tester depends on this crate, so nothing here assumes a test harness.
 
 pub mod netns;
 pub mod peer;
+pub mod postgres;
 pub mod process;
 
 /// `len` incompressible bytes, the same for the same `seed`, so tests need no data files.
