@@ -7,12 +7,14 @@
 //!   start-up line;
 //! - [`netns`]: a network namespace of the caller's own, with `ip` and `tc` inside it;
 //! - [`redis::Redis`]: a throwaway Redis on a loopback port, for a cluster's room directory;
+//! - [`postgres::Postgres`]: a throwaway PostgreSQL cluster on a loopback port;
 //! - [`noise`] and [`Noise`]: repeatable incompressible test data.
 //!
 //! The shipped load tester depends on this crate, so nothing here assumes a test harness.
 
 pub mod netns;
 pub mod peer;
+pub mod postgres;
 pub mod process;
 pub mod redis;
 

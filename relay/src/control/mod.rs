@@ -9,6 +9,7 @@ pub mod admin;
 pub mod audit;
 pub mod model;
 pub mod policy;
+pub mod postgres;
 pub mod registry;
 pub mod sqlite;
 pub mod token;

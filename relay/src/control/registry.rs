@@ -2,7 +2,8 @@
 //! request is checked against. Nothing is cached: a revocation holds from the next request on.
 //!
 //! [`Registry`] is what the control plane asks; [`super::sqlite::SqliteRegistry`] is the
-//! appliance's embedded implementation, and a shared database can stand behind the same trait.
+//! appliance's embedded implementation, and [`super::postgres::PgRegistry`] a database shared by
+//! a cluster of relays. Both are held to one contract: the same checks, the same errors.
 
 use std::fmt;
 
@@ -15,6 +16,10 @@ use super::model::{
 pub enum RegistryError {
     #[error("database error: {0}")]
     Db(rusqlite::Error),
+    /// The shared database failed or could not be reached. A string, so that the error type does
+    /// not carry the client's types; it never holds the database's password.
+    #[error("database error: {0}")]
+    Postgres(String),
     /// The database file is damaged or not ours.
     #[error("database is corrupt: {0}")]
     Corrupt(String),
@@ -29,6 +34,24 @@ pub enum RegistryError {
 impl From<rusqlite::Error> for RegistryError {
     fn from(e: rusqlite::Error) -> Self {
         RegistryError::Db(e)
+    }
+}
+
+impl From<postgres::Error> for RegistryError {
+    fn from(e: postgres::Error) -> Self {
+        // The client's own text for a server error is only "db error": the server's message
+        // (and its detail, when there is one) says what went wrong.
+        let text = match e.as_db_error() {
+            Some(db) => match db.detail() {
+                Some(detail) => format!("{}: {} ({detail})", db.code().code(), db.message()),
+                None => format!("{}: {}", db.code().code(), db.message()),
+            },
+            None => match std::error::Error::source(&e) {
+                Some(cause) => format!("{e}: {cause}"),
+                None => e.to_string(),
+            },
+        };
+        RegistryError::Postgres(text)
     }
 }
 

@@ -62,7 +62,7 @@ impl From<RegistryError> for ApiError {
             RegistryError::Exists(_) => {
                 ApiError::new(StatusCode::CONFLICT, "exists", e.to_string())
             }
-            RegistryError::Db(_) | RegistryError::Corrupt(_) => {
+            RegistryError::Db(_) | RegistryError::Postgres(_) | RegistryError::Corrupt(_) => {
                 tracing::error!(error = %e, "registry failure");
                 ApiError::new(
                     StatusCode::INTERNAL_SERVER_ERROR,
