@@ -6,12 +6,13 @@
 //!   collected, and a relay started on a data directory whose addresses are read from its
 //!   start-up line;
 //! - [`netns`]: a network namespace of the caller's own, with `ip` and `tc` inside it;
-//! - [`redis::Redis`]: a throwaway Redis on a loopback port, for a cluster's room directory;
-//! - [`postgres::Postgres`]: a throwaway PostgreSQL cluster on a loopback port;
+//! - [`redis::Redis`] and [`postgres::Postgres`]: throwaway engines on loopback ports, and
+//!   [`cluster`]: relays on them that act as one appliance;
 //! - [`noise`] and [`Noise`]: repeatable incompressible test data.
 //!
 //! The shipped load tester depends on this crate, so nothing here assumes a test harness.
 
+pub mod cluster;
 pub mod netns;
 pub mod peer;
 pub mod postgres;

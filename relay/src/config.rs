@@ -24,6 +24,65 @@ pub struct Config {
     pub tls: Tls,
     pub files: Files,
     pub audit: Audit,
+    pub registry: RegistryConfig,
+    pub cluster: ClusterConfig,
+}
+
+/// Where the registry lives.
+#[derive(Debug, Clone, PartialEq, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RegistryConfig {
+    /// `postgres://USER@HOST:PORT/DB` to share one registry between the nodes of a cluster.
+    /// Empty: SQLite in the data directory.
+    pub url: String,
+}
+
+/// Several relays as one appliance; unset `redis_url`: a single relay.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ClusterConfig {
+    /// The room directory: `redis://HOST:PORT/DB`. Empty: no cluster.
+    pub redis_url: String,
+    /// How clients and other nodes reach this node's HTTP. Empty: `http://` and `http.listen`.
+    pub public_url: String,
+    /// This node's id in the cluster. Empty: the host and port of `public_url`.
+    pub node_id: String,
+    /// How long a node's and a room's claim last without renewal: a dead node's rooms move after
+    /// at most this long.
+    #[serde(with = "humantime_serde")]
+    pub lease: Duration,
+}
+
+impl Default for ClusterConfig {
+    fn default() -> Self {
+        ClusterConfig {
+            redis_url: String::new(),
+            public_url: String::new(),
+            node_id: String::new(),
+            lease: Duration::from_secs(5),
+        }
+    }
+}
+
+impl Config {
+    /// How clients and other nodes reach this node's HTTP, without a trailing `/`.
+    pub fn public_url(&self) -> String {
+        if self.cluster.public_url.is_empty() {
+            format!("http://{}", self.http.listen)
+        } else {
+            self.cluster.public_url.trim_end_matches('/').to_string()
+        }
+    }
+
+    /// This node's id: `cluster.node_id`, or the authority of its public URL.
+    pub fn node_id(&self) -> String {
+        if !self.cluster.node_id.is_empty() {
+            return self.cluster.node_id.clone();
+        }
+        let url = self.public_url();
+        let rest = url.split_once("://").map_or(url.as_str(), |(_, r)| r);
+        rest.split('/').next().unwrap_or(rest).to_string()
+    }
 }
 
 /// The audit log's witnesses outside the relay.
@@ -93,6 +152,9 @@ pub struct Tokens {
     /// whole seconds; the only allowance: expired means expired.
     #[serde(with = "humantime_serde")]
     pub clock_skew: Duration,
+    /// The signing key (32 bytes); every node of a cluster reads the same file. Unset: `token.key`
+    /// in the data directory, made on first start.
+    pub key_file: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
@@ -169,6 +231,8 @@ impl Default for Config {
             tls: Tls::default(),
             files: Files::default(),
             audit: Audit::default(),
+            registry: RegistryConfig::default(),
+            cluster: ClusterConfig::default(),
         }
     }
 }
@@ -223,6 +287,7 @@ impl Default for Tokens {
             default_ttl: Duration::from_secs(3600),
             max_ttl: Duration::from_secs(7 * 24 * 3600),
             clock_skew: Duration::from_secs(crate::control::token::DEFAULT_CLOCK_SKEW_SECS),
+            key_file: None,
         }
     }
 }
@@ -373,7 +438,53 @@ impl Config {
                 "must name at least one host or address",
             ));
         }
+        self.check_cluster()?;
         self.files.check()
+    }
+
+    fn check_cluster(&self) -> Result<(), ConfigError> {
+        let url = &self.registry.url;
+        if !url.is_empty() && !url.starts_with("postgres://") && !url.starts_with("postgresql://") {
+            return Err(err(
+                "registry.url",
+                "must be empty (SQLite in the data directory) or a postgres:// URL",
+            ));
+        }
+        let redis = &self.cluster.redis_url;
+        if !redis.is_empty() && !redis.starts_with("redis://") {
+            return Err(err("cluster.redis_url", "must be empty or a redis:// URL"));
+        }
+        let public = &self.cluster.public_url;
+        if !public.is_empty() && !public.starts_with("http://") && !public.starts_with("https://") {
+            return Err(err(
+                "cluster.public_url",
+                "must be an http:// or https:// URL",
+            ));
+        }
+        if let Err(e) = crate::control::registry::check_node_id(&self.node_id()) {
+            return Err(err(
+                "cluster.node_id",
+                format!("{e} (set it when the public URL's host and port are not)"),
+            ));
+        }
+        if self.cluster.lease < Duration::from_secs(1) {
+            return Err(err("cluster.lease", "must be at least 1s"));
+        }
+        if !redis.is_empty() && url.is_empty() {
+            return Err(err(
+                "registry.url",
+                "a cluster (cluster.redis_url) needs a shared registry: a postgres:// URL",
+            ));
+        }
+        if self
+            .tokens
+            .key_file
+            .as_ref()
+            .is_some_and(|p| p.as_os_str().is_empty())
+        {
+            return Err(err("tokens.key_file", "must not be empty"));
+        }
+        Ok(())
     }
 }
 
@@ -458,6 +569,13 @@ mod tests {
             ("[files]\ngc_grace = \"later\"", "files.gc_grace"),
             ("[files]\nsocket_buffer_bytes = -1", "files.socket_buffer_bytes"),
             ("[files]\nquota = 1", "files.quota"),
+            ("[registry]\nurl = \"mysql://x\"", "registry.url"),
+            ("[cluster]\nredis_url = \"redis://127.0.0.1:6379\"", "registry.url"),
+            ("[cluster]\nredis_url = \"tcp://x\"", "cluster.redis_url"),
+            ("[cluster]\npublic_url = \"10.0.0.1:8080\"", "cluster.public_url"),
+            ("[cluster]\nnode_id = \"a b\"", "cluster.node_id"),
+            ("[cluster]\nlease = \"100ms\"", "cluster.lease"),
+            ("[cluster]\nleese = \"5s\"", "cluster.leese"),
         ];
         for (text, key) in table {
             let e = Config::parse(text).unwrap_err();

@@ -139,11 +139,7 @@ impl DataDir {
         }
         // Opening checks the database's integrity and schema.
         SqliteRegistry::open(&self.db())?;
-        let key_path = self.signing_key();
-        let key = fs::read(&key_path).map_err(io(&key_path))?;
-        let key: [u8; 32] = key.try_into().map_err(|k: Vec<u8>| {
-            DataDirError::Invalid(key_path.clone(), format!("{} bytes, expected 32", k.len()))
-        })?;
+        let key = read_signing_key(&self.signing_key())?;
         let cert_path = self.cert();
         let cert_pem = fs::read_to_string(&cert_path).map_err(io(&cert_path))?;
         let cert_der = pem_body(&cert_pem, "CERTIFICATE").ok_or_else(|| {
@@ -158,7 +154,7 @@ impl DataDir {
             ));
         }
         Ok(Secrets {
-            signing_key: SigningKey::from_bytes(key),
+            signing_key: key,
             cert_pem,
             key_pem,
             cert_der,
@@ -196,6 +192,18 @@ impl DataDir {
         fs::rename(&tmp, self.db()).map_err(io(&tmp))?;
         sync_dir(&self.root)
     }
+}
+
+/// Reads a token signing key: a file of exactly 32 bytes.
+pub fn read_signing_key(path: &Path) -> Result<SigningKey, DataDirError> {
+    let key = fs::read(path).map_err(io(path))?;
+    let key: [u8; 32] = key.try_into().map_err(|k: Vec<u8>| {
+        DataDirError::Invalid(
+            path.to_path_buf(),
+            format!("{} bytes, expected 32", k.len()),
+        )
+    })?;
+    Ok(SigningKey::from_bytes(key))
 }
 
 /// Creates `path` and any missing parents, private to the owner (0700).

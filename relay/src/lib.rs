@@ -12,6 +12,7 @@ pub mod files;
 pub mod http;
 pub mod media;
 pub mod metrics;
+pub mod node;
 pub mod private;
 pub mod record;
 pub mod recordings;

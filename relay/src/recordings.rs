@@ -373,6 +373,7 @@ impl Recordings {
         let target = format!("room:{}", a.room);
         let answer = match r {
             Ok((file, duration_ms, how)) => {
+                self.files.placed(&file);
                 let quota = how == Ended::Quota;
                 let ended = match how {
                     Ended::Quota => "quota",
@@ -548,7 +549,8 @@ pub fn file_name(room: &str, unix: u64, kind: Kind) -> String {
 
 /// Closes every recording a crash left open into a file of what it stored: its chunks behind a
 /// header with the duration. One that stored nothing past its header is dropped.
-pub fn recover(store: &ChunkStore, control: &Control) -> Vec<FileRecord> {
+pub fn recover(files: &Service, control: &Control) -> Vec<FileRecord> {
+    let store = files.store();
     let open = match store.open_recordings() {
         Ok(o) => o,
         Err(e) => {
@@ -584,6 +586,7 @@ pub fn recover(store: &ChunkStore, control: &Control) -> Vec<FileRecord> {
         match result {
             Ok(Some(file)) => {
                 tracing::info!(file = %file.id, name = %file.name, "a recording cut short was closed");
+                files.placed(&file);
                 control.record(
                     Event::new("recording.stop", Decision::Allow)
                         .org(&r.org)

@@ -9,10 +9,12 @@ use std::time::{Duration, Instant};
 use sha2::Digest;
 use tokio::net::TcpListener;
 
+use crate::cluster::Cluster;
+use crate::cluster::directory::RedisDirectory;
+use crate::cluster::placement::Node;
 use crate::config::Config;
 use crate::control::Control;
 use crate::control::audit::AuditLog;
-use crate::control::sqlite::SqliteRegistry;
 use crate::control::unix_now;
 use crate::control::witness::Witnesses;
 use crate::datadir::{self, DataDir};
@@ -34,6 +36,10 @@ pub enum ServeError {
     Media(crate::media::MediaError),
     #[error("file plane: {0}")]
     Files(crate::files::server::FilesError),
+    #[error("registry: {0}")]
+    Registry(crate::control::registry::RegistryError),
+    #[error("cluster: {0}")]
+    Cluster(crate::cluster::ClusterError),
     #[error(transparent)]
     Io(std::io::Error),
 }
@@ -124,7 +130,8 @@ pub async fn run(config: Config) -> Result<(), ServeError> {
     if fresh {
         tracing::info!(data = %dir.root.display(), "initialised a new data directory");
     }
-    let registry = SqliteRegistry::open(&dir.db()).map_err(|e| ServeError::DataDir(e.into()))?;
+    let registry = crate::node::registry(&config, &dir).map_err(ServeError::Registry)?;
+    let signing_key = crate::node::signing_key(&config, &dir).map_err(ServeError::DataDir)?;
     let syslog = Some(config.audit.syslog.as_str()).filter(|s| !s.is_empty());
     dir.record_witness(syslog).map_err(ServeError::DataDir)?;
     let witnesses = Witnesses::new(syslog).map_err(|e| ServeError::Io(std::io::Error::other(e)))?;
@@ -133,17 +140,18 @@ pub async fn run(config: Config) -> Result<(), ServeError> {
             "the audit log has no outside witness: set audit.syslog to a log server, or run under systemd"
         );
     }
+    let anchor = crate::node::registry(&config, &dir).map_err(ServeError::Registry)?;
     let audit = AuditLog::witnessed(
         &dir.audit_log(),
-        &dir.db(),
+        anchor,
         witnesses,
         config.audit.head_interval,
     )
     .map_err(|e| ServeError::Io(std::io::Error::other(e)))?;
     let metrics = Metrics::new();
     let control = Arc::new(Control::new(
-        Box::new(registry),
-        secrets.signing_key.clone(),
+        registry,
+        signing_key,
         audit,
         metrics,
         config.tokens.clone(),
@@ -166,8 +174,15 @@ pub async fn run(config: Config) -> Result<(), ServeError> {
     control
         .metrics()
         .register(Box::new(files_metrics(Arc::downgrade(&files))));
+    // In a cluster the other nodes send downloads of the files stored here to this file plane.
+    if let Err(e) = control
+        .registry()
+        .announce_file_plane(&files.local_addr().to_string(), &secrets.cert_der)
+    {
+        tracing::warn!(error = %e, "the file plane could not be announced to the registry");
+    }
     // Recordings a crash cut short become files before anything else is recorded.
-    for f in crate::recordings::recover(files.store(), &control) {
+    for f in crate::recordings::recover(files.service(), &control) {
         tracing::info!(file = %f.id, name = %f.name, size = f.size, "recording closed after a restart");
     }
     let recordings =
@@ -184,6 +199,18 @@ pub async fn run(config: Config) -> Result<(), ServeError> {
         cert_sha256: hex::encode(sha2::Sha256::digest(&secrets.cert_der)),
         media_workers: media.workers(),
     };
+    let listen = config.http.listen;
+    let listener = TcpListener::bind(listen)
+        .await
+        .map_err(|e| ServeError::Bind(listen, e))?;
+    let local = listener.local_addr().map_err(ServeError::Io)?;
+    let cluster = join_cluster(&config, local, &media).await?;
+    if let Some(c) = &cluster {
+        control
+            .metrics()
+            .register(Box::new(cluster_metrics(Arc::downgrade(c))));
+        tokio::spawn(renew_leases(c.clone(), media.clone()));
+    }
     let state = Arc::new(AppState {
         control: control.clone(),
         readiness,
@@ -192,15 +219,10 @@ pub async fn run(config: Config) -> Result<(), ServeError> {
         media: Some(MediaRoutes::new(media.clone())),
         notices: NoticeHub::new(&control),
         recordings: Some(recordings.clone()),
+        cluster: cluster.clone(),
     });
     media_ready.store(true, Ordering::Release);
     files_ready.store(true, Ordering::Release);
-
-    let listen = config.http.listen;
-    let listener = TcpListener::bind(listen)
-        .await
-        .map_err(|e| ServeError::Bind(listen, e))?;
-    let local = listener.local_addr().map_err(ServeError::Io)?;
 
     let heartbeats = Heartbeats::new();
     let http_beat = heartbeats.register("http");
@@ -301,6 +323,10 @@ pub async fn run(config: Config) -> Result<(), ServeError> {
     shutdown_signal().await;
     tracing::info!("stopping: no new requests, draining open ones");
     notify(&[sd_notify::NotifyState::Stopping]);
+    if let Some(c) = cluster {
+        // Hand the rooms' homes back first, so new joins go to the other nodes at once.
+        let _ = tokio::task::spawn_blocking(move || c.drain()).await;
+    }
     let _ = stop_tx.send(true);
     match tokio::time::timeout(config.http.drain_timeout, server).await {
         Ok(Ok(Ok(()))) => {}
@@ -317,6 +343,62 @@ pub async fn run(config: Config) -> Result<(), ServeError> {
     drop(control);
     tracing::info!("stopped");
     Ok(())
+}
+
+/// Joins the cluster when `cluster.redis_url` is set: the node announces its public URL (the
+/// configured one, or the address HTTP is bound to) and its media addresses.
+async fn join_cluster(
+    config: &Config,
+    http: SocketAddr,
+    media: &MediaPlane,
+) -> Result<Option<Arc<Cluster>>, ServeError> {
+    if config.cluster.redis_url.is_empty() {
+        return Ok(None);
+    }
+    let url = if config.cluster.public_url.is_empty() {
+        format!("http://{http}")
+    } else {
+        config.public_url()
+    };
+    let me = Node {
+        id: config.node_id(),
+        url,
+        media: media
+            .local_addrs()
+            .iter()
+            .map(ToString::to_string)
+            .collect(),
+        load: 0,
+    };
+    let redis = config.cluster.redis_url.clone();
+    let lease = config.cluster.lease;
+    let joined = tokio::task::spawn_blocking(move || {
+        let dir = RedisDirectory::connect(&redis)?;
+        Cluster::join(me, lease, Box::new(dir))
+    })
+    .await
+    .map_err(|e| ServeError::Io(std::io::Error::other(e)))?
+    .map_err(ServeError::Cluster)?;
+    tracing::info!(node = %joined.node_id(), nodes = joined.live_nodes(), "joined the cluster");
+    Ok(Some(Arc::new(joined)))
+}
+
+/// Renews the node's lease (with its load) and its rooms' leases, three times a lease, until the
+/// node drains.
+async fn renew_leases(cluster: Arc<Cluster>, media: MediaPlane) {
+    let mut tick = tokio::time::interval(cluster.renew_every());
+    loop {
+        tick.tick().await;
+        let c = media.counters();
+        let load = c.publishers + c.subscribers;
+        let rooms = media.rooms();
+        let cl = cluster.clone();
+        match tokio::task::spawn_blocking(move || cl.renew(load, &rooms)).await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => tracing::warn!(error = %e, "cannot renew the cluster leases"),
+            Err(_) => return,
+        }
+    }
 }
 
 /// How long the start-up link's demo token lasts.
@@ -488,6 +570,27 @@ fn files_metrics(files: std::sync::Weak<FilePlane>) -> impl prometheus::core::Co
             .gauge(NAMES[3].0, help(3), load(&c.transfers_active) as f64)
             .counter(NAMES[4].0, help(4), load(&c.chunks_rejected))
             .counter(NAMES[5].0, help(5), files.store().corrupt_reads());
+    })
+}
+
+/// The cluster's gauges, read at scrape time (held weakly, as the files').
+fn cluster_metrics(c: std::sync::Weak<Cluster>) -> impl prometheus::core::Collector {
+    const NAMES: [(&str, &str); 2] = [
+        (
+            "relay_cluster_nodes",
+            "Live nodes in the room directory at the last look.",
+        ),
+        (
+            "relay_cluster_redirects_total",
+            "Requests sent to the room's home on another node.",
+        ),
+    ];
+    ScrapeCollector::new(&NAMES, move |f| {
+        let Some(c) = c.upgrade() else {
+            return;
+        };
+        f.gauge(NAMES[0].0, NAMES[0].1, c.live_nodes() as f64)
+            .counter(NAMES[1].0, NAMES[1].1, c.redirects());
     })
 }
 

@@ -375,6 +375,32 @@ fn second_node_sees_generation_and_keeps_its_own_audit_head(pg: &Postgres) {
         PgRegistry::connect(&url, "bad/node"),
         Err(RegistryError::Invalid(_))
     ));
+
+    // Where files are: a's file plane and file, as b is told of them; a is told of none.
+    a.announce_file_plane("10.0.0.11:4433", b"a-cert").unwrap();
+    a.place_file("acme", "f1").unwrap();
+    let home = b.file_node("acme", "f1").unwrap().unwrap();
+    assert_eq!(
+        (home.node.as_str(), home.addr.as_str(), home.cert.as_slice()),
+        ("node-a", "10.0.0.11:4433", &b"a-cert"[..])
+    );
+    assert_eq!(
+        a.file_node("acme", "f1").unwrap(),
+        None,
+        "a stores it itself"
+    );
+    assert_eq!(
+        b.file_node("other", "f1").unwrap(),
+        None,
+        "another organisation's id"
+    );
+    // A plane announced again (a new address) is what the others are told from then on.
+    a.announce_file_plane("10.0.0.11:4434", b"a-cert-2")
+        .unwrap();
+    assert_eq!(
+        b.file_node("acme", "f1").unwrap().unwrap().addr,
+        "10.0.0.11:4434"
+    );
 }
 
 fn migrations_run_once(pg: &Postgres) {
@@ -389,7 +415,7 @@ fn migrations_run_once(pg: &Postgres) {
     assert_eq!(
         pg.sql("again", "SELECT count(*), max(version) FROM schema_version")
             .unwrap(),
-        "1|1"
+        "2|2"
     );
 
     // Three nodes starting at once against an empty database all come up, and the schema is
@@ -410,7 +436,7 @@ fn migrations_run_once(pg: &Postgres) {
     assert_eq!(
         pg.sql("together", "SELECT count(*) FROM schema_version")
             .unwrap(),
-        "1"
+        "2"
     );
 
     // A schema newer than this build knows is refused, not used.

@@ -13,7 +13,6 @@ use crate::config::Config;
 use crate::control::admin::{AdminChange, Change};
 use crate::control::audit::{self, AuditLog};
 use crate::control::model::DeviceKind;
-use crate::control::sqlite::SqliteRegistry;
 use crate::control::token::Grant;
 use crate::control::witness::{self, Witnesses};
 use crate::control::{Control, MintRequest, parse_kind};
@@ -26,6 +25,10 @@ pub struct Target {
     /// Work on this data directory directly.
     #[arg(long, global = true, conflicts_with = "server")]
     pub data: Option<PathBuf>,
+    /// The node's configuration, where its registry or signing key is not in the data directory
+    /// (as in a cluster).
+    #[arg(long, global = true, conflicts_with = "server")]
+    pub config: Option<PathBuf>,
     /// Work through this appliance's HTTP API (for example http://127.0.0.1:8080).
     #[arg(long, global = true)]
     pub server: Option<String>,
@@ -400,7 +403,7 @@ fn audit_verify(target: &Target, remote: Option<&Remote>, witness: Option<&Path>
         return Ok(());
     }
     let control = local(target)?;
-    let dir = data_dir(target);
+    let dir = DataDir::new(config(target)?.data_dir);
     let head = control.registry().audit_head()?;
     let v = audit::verify(&dir.audit_log(), head, None)
         .map_err(|e| CliError::Failure(e.to_string()))?;
@@ -457,38 +460,41 @@ fn audit_verify(target: &Target, remote: Option<&Remote>, witness: Option<&Path>
     Err(CliError::Failure(why.join("\n")))
 }
 
-fn data_dir(target: &Target) -> DataDir {
-    DataDir::new(
-        target
-            .data
-            .clone()
-            .unwrap_or_else(|| Config::default().data_dir),
-    )
+/// The node's configuration (`--config`, else the embedded defaults) with `--data` over its
+/// data directory.
+fn config(target: &Target) -> Result<Config, CliError> {
+    let mut config =
+        Config::load(target.config.as_deref()).map_err(|e| CliError::Usage(e.to_string()))?;
+    if let Some(data) = &target.data {
+        config.data_dir = data.clone();
+    }
+    Ok(config)
 }
 
-/// The control plane over the data directory, for commands run on the appliance itself.
+/// The control plane over the node's state, for commands run on the appliance itself.
 fn local(target: &Target) -> Result<Control, CliError> {
-    let dir = data_dir(target);
-    let secrets = dir
-        .open()
+    let config = config(target)?;
+    let dir = DataDir::new(&config.data_dir);
+    dir.open()
         .map_err(|e| CliError::Usage(format!("data directory {}: {e}", dir.root.display())))?;
-    let registry = SqliteRegistry::open(&dir.db())?;
-    let defaults = Config::default();
+    let registry = crate::node::registry(&config, &dir)?;
+    let signing_key = crate::node::signing_key(&config, &dir)
+        .map_err(|e| CliError::Usage(format!("token signing key: {e}")))?;
     let witnesses = Witnesses::new(dir.witness().as_deref())
         .map_err(|e| CliError::Usage(format!("{}: {e}", dir.audit_witness().display())))?;
     let audit = AuditLog::witnessed(
         &dir.audit_log(),
-        &dir.db(),
+        crate::node::registry(&config, &dir)?,
         witnesses,
-        defaults.audit.head_interval,
+        config.audit.head_interval,
     )
     .map_err(|e| CliError::Failure(e.to_string()))?;
     Ok(Control::new(
-        Box::new(registry),
-        secrets.signing_key,
+        registry,
+        signing_key,
         audit,
         Metrics::new(),
-        defaults.tokens,
+        config.tokens,
         crate::control::unix_now,
     ))
 }

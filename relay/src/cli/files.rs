@@ -228,7 +228,17 @@ async fn execute(command: FilesCommand) -> Result<Value, ClientError> {
         }
         FilesCommand::Get { id, out, .. } => {
             let bar = progress_bar(progress.clone());
-            let r = client.get(id, out.as_deref(), progress.clone()).await;
+            let r = match client.get(id, out.as_deref(), progress.clone()).await {
+                // A node of a cluster that does not hold the file says which node does: the
+                // download goes there, once.
+                Err(ClientError::Elsewhere { addr, cert }) => {
+                    let home = Client::connect(&addr, cert, client.token().to_string()).await?;
+                    let r = home.get(id, out.as_deref(), progress.clone()).await;
+                    home.close().await;
+                    r
+                }
+                r => r,
+            };
             end_bar(bar, &progress);
             r.map(|r| {
                 if !conn.json {

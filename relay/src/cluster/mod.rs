@@ -68,6 +68,11 @@ pub struct Cluster {
     held: Mutex<HashMap<String, Instant>>,
     redirects: AtomicU64,
     live_nodes: AtomicU64,
+    /// Every node's public URL seen since start: the origins whose pages may ask this node
+    /// where a room lives (the page of a node that died among them).
+    known_urls: Mutex<std::collections::BTreeSet<String>>,
+    /// The live nodes' public URLs at the last look.
+    live_urls: Mutex<Vec<String>>,
     /// Set once the node hands its rooms back: it renews nothing more.
     drained: AtomicBool,
 }
@@ -88,10 +93,11 @@ impl Cluster {
             held: Mutex::new(HashMap::new()),
             redirects: AtomicU64::new(0),
             live_nodes: AtomicU64::new(0),
+            known_urls: Mutex::new(Default::default()),
+            live_urls: Mutex::new(Vec::new()),
             drained: AtomicBool::new(false),
         };
-        c.live_nodes
-            .store(c.dir.nodes()?.len() as u64, Ordering::Relaxed);
+        c.live()?;
         Ok(c)
     }
 
@@ -105,8 +111,7 @@ impl Cluster {
     }
 
     fn held(&self) -> MutexGuard<'_, HashMap<String, Instant>> {
-        // Single inserts and removes: a poisoned map is still whole.
-        self.held.lock().unwrap_or_else(|p| p.into_inner())
+        lock(&self.held)
     }
 
     /// Where a request for `room` (`org/room`) is served, claiming a home for it when it has none.
@@ -114,8 +119,7 @@ impl Cluster {
         // Two tries: a claim lost to another node's is followed by reading the winner.
         for _ in 0..2 {
             let home = self.dir.home(room)?;
-            let live: Vec<Node> = self.dir.nodes()?.into_iter().map(|l| l.value).collect();
-            self.live_nodes.store(live.len() as u64, Ordering::Relaxed);
+            let live = self.live()?;
             let target = match placement::decide(&self.me.id, home.as_deref(), &live) {
                 None => return Err(ClusterError::NoLiveNode),
                 Some(Decision::Serve) => return Ok(self.serve(room)),
@@ -139,6 +143,36 @@ impl Cluster {
         )))
     }
 
+    /// The live nodes, as the directory lists them now; what the figures and the known
+    /// origins are kept from.
+    fn live(&self) -> Result<Vec<Node>, ClusterError> {
+        let live: Vec<Node> = self.dir.nodes()?.into_iter().map(|l| l.value).collect();
+        self.live_nodes.store(live.len() as u64, Ordering::Relaxed);
+        let urls: Vec<String> = live.iter().map(|n| n.url.clone()).collect();
+        lock(&self.known_urls).extend(urls.iter().cloned());
+        *lock(&self.live_urls) = urls;
+        Ok(live)
+    }
+
+    /// The live nodes' public URLs at the last look.
+    pub fn node_urls(&self) -> Vec<String> {
+        lock(&self.live_urls).clone()
+    }
+
+    /// Whether `url` is, or was since this node started, a node's public URL.
+    pub fn is_node_url(&self, url: &str) -> bool {
+        lock(&self.known_urls).contains(url)
+    }
+
+    /// The public URL of `room`'s home node (claiming a home when it has none): this node's own
+    /// when it is the home.
+    pub fn home_url(&self, room: &str) -> Result<String, ClusterError> {
+        Ok(match self.route(room)? {
+            Route::Here => self.me.url.clone(),
+            Route::Elsewhere(url) => url,
+        })
+    }
+
     fn serve(&self, room: &str) -> Route {
         self.held().insert(room.to_string(), Instant::now());
         Route::Here
@@ -160,8 +194,7 @@ impl Cluster {
             ..self.me.clone()
         };
         self.dir.announce(&me, self.lease)?;
-        self.live_nodes
-            .store(self.dir.nodes()?.len() as u64, Ordering::Relaxed);
+        self.live()?;
         let now = Instant::now();
         for room in live {
             // Rooms with sessions here that this node does not hold yet (it was homed here by
@@ -241,6 +274,11 @@ impl Cluster {
     pub fn live_nodes(&self) -> u64 {
         self.live_nodes.load(Ordering::Relaxed)
     }
+}
+
+/// Every map here takes single inserts, removes and replacements: a poisoned one is still whole.
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 #[cfg(test)]

@@ -151,6 +151,10 @@ fn a_dead_home_loses_its_rooms_and_the_next_join_homes_them_elsewhere() {
     dir.expire_node("a");
     assert_eq!(b.route("o/r").unwrap(), Route::Here);
     assert_eq!(dir.home("o/r").unwrap().as_deref(), Some("b"));
+    // a is no longer live, but its pages may still ask b where the room went.
+    assert_eq!(b.node_urls(), ["http://b.test"]);
+    assert!(b.is_node_url("http://a.test"));
+    assert!(!b.is_node_url("http://elsewhere.test"));
     // A node lease gone while the room key stays (its lease outlasting the node's) is no home
     // either: the room is taken over from the dead node.
     let c = cluster(&dir, "c", LEASE);

@@ -173,14 +173,22 @@ impl AuditLog {
     /// Opens (creating if missing) the log at `path`, anchoring its head in the database at `db`,
     /// with no witness outside the relay.
     pub fn open(path: &Path, db: &Path) -> Result<AuditLog, AuditError> {
-        AuditLog::witnessed(path, db, Witnesses::none(), DEFAULT_HEAD_INTERVAL)
+        let anchor = SqliteRegistry::open(db)
+            .map_err(|e| AuditError::Io(std::io::Error::other(e.to_string())))?;
+        AuditLog::witnessed(
+            path,
+            Box::new(anchor),
+            Witnesses::none(),
+            DEFAULT_HEAD_INTERVAL,
+        )
     }
 
     /// Opens the log with `witnesses`, to which every line goes as it is written and the chain's
-    /// head every `head_interval`.
+    /// head every `head_interval`; the head is anchored in `anchor` (the node's registry: in a
+    /// cluster, the shared database, where each node's head is kept under its id).
     pub fn witnessed(
         path: &Path,
-        db: &Path,
+        anchor: Box<dyn Registry>,
         witnesses: Witnesses,
         head_interval: Duration,
     ) -> Result<AuditLog, AuditError> {
@@ -190,10 +198,7 @@ impl AuditLog {
             .append(true)
             .open(path)?;
         crate::private::file(path)?;
-        let registry: Box<dyn Registry> = Box::new(
-            SqliteRegistry::open(db)
-                .map_err(|e| AuditError::Io(std::io::Error::other(e.to_string())))?,
-        );
+        let registry = anchor;
         let (tx, rx) = mpsc::channel();
         let path = path.to_path_buf();
         let counters = witnesses.counters.clone();

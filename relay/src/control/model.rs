@@ -79,6 +79,16 @@ pub struct Notice {
     pub sent_at: u64,
 }
 
+/// In a cluster, the node that stores a file, and how to reach its file plane.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FileNode {
+    pub node: String,
+    /// Its file plane's QUIC address (`HOST:PORT`).
+    pub addr: String,
+    /// Its certificate (DER), which the node that answers vouches for.
+    pub cert: Vec<u8>,
+}
+
 /// Longest notice text, in bytes.
 pub const MAX_NOTICE_BYTES: usize = 2000;
 

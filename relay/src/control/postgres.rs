@@ -20,13 +20,15 @@ use std::time::Duration;
 use ::postgres::error::SqlState;
 use ::postgres::{Client, Config, NoTls, Row, Transaction};
 
-use super::model::{Device, DeviceKind, Notice, Org, Room, User, shown};
+use super::model::{Device, DeviceKind, FileNode, Notice, Org, Room, User, shown};
 use super::registry::{
-    Registry, RegistryError, Result, check_level, check_name, check_notice_text, user_named,
+    Registry, RegistryError, Result, check_level, check_name, check_node_id, check_notice_text,
+    user_named,
 };
 
 /// Schema migrations, applied in order; the table `schema_version` lists those applied.
-const MIGRATIONS: &[&str] = &[r#"
+const MIGRATIONS: &[&str] = &[
+    r#"
 CREATE TABLE orgs (
     name        TEXT PRIMARY KEY,
     quota_bytes BIGINT CHECK (quota_bytes >= 0)
@@ -83,7 +85,21 @@ CREATE TABLE audit_heads (
     lines BIGINT NOT NULL,
     hash  TEXT NOT NULL
 );
-"#];
+"#,
+    r#"
+CREATE TABLE file_planes (
+    node TEXT PRIMARY KEY,
+    addr TEXT NOT NULL,
+    cert BYTEA NOT NULL
+);
+CREATE TABLE file_homes (
+    org  TEXT NOT NULL,
+    id   TEXT NOT NULL,
+    node TEXT NOT NULL,
+    PRIMARY KEY (org, id)
+);
+"#,
+];
 
 /// Notices kept per organisation; older ones are deleted as new ones come.
 const NOTICES_KEPT: i64 = 500;
@@ -179,7 +195,7 @@ impl PgRegistry {
     /// Connects to the database at `url` (`postgres://user:password@host:port/db`, without TLS)
     /// as the relay `node`, and brings the schema up to date.
     pub fn connect(url: &str, node: &str) -> Result<PgRegistry> {
-        check_name("node", node)?;
+        check_node_id(node)?;
         // The parse error names what is wrong, never the value, so the password stays out.
         let mut config: Config = url.parse().map_err(|e: ::postgres::Error| {
             RegistryError::Invalid(format!("the database URL is not valid: {e}"))
@@ -798,6 +814,53 @@ impl Registry for PgRegistry {
                 &[&node, &(lines as i64), &hash],
             )?;
             Ok(())
+        })
+    }
+
+    fn announce_file_plane(&self, addr: &str, cert: &[u8]) -> Result<()> {
+        let (node, addr, cert) = (self.node.clone(), addr.to_owned(), cert.to_vec());
+        self.call(move |c| {
+            c.execute(
+                "INSERT INTO file_planes (node, addr, cert) VALUES ($1, $2, $3)
+                 ON CONFLICT (node) DO UPDATE SET addr = excluded.addr, cert = excluded.cert",
+                &[&node, &addr, &cert],
+            )?;
+            Ok(())
+        })
+    }
+
+    fn place_file(&self, org: &str, id: &str) -> Result<()> {
+        let (node, org, id) = (self.node.clone(), org.to_owned(), id.to_owned());
+        self.call(move |c| {
+            c.execute(
+                "INSERT INTO file_homes (org, id, node) VALUES ($1, $2, $3)
+                 ON CONFLICT (org, id) DO UPDATE SET node = excluded.node",
+                &[&org, &id, &node],
+            )?;
+            Ok(())
+        })
+    }
+
+    fn file_node(&self, org: &str, id: &str) -> Result<Option<FileNode>> {
+        if !storable(&[org, id]) {
+            return Ok(None);
+        }
+        let (me, org, id) = (self.node.clone(), org.to_owned(), id.to_owned());
+        self.call(move |c| {
+            let row = c.query_opt(
+                "SELECT h.node, p.addr, p.cert FROM file_homes h
+                 JOIN file_planes p ON p.node = h.node
+                 WHERE h.org = $1 AND h.id = $2 AND h.node <> $3",
+                &[&org, &id, &me],
+            )?;
+            row.map(|r| {
+                Ok(FileNode {
+                    node: r.try_get(0)?,
+                    addr: r.try_get(1)?,
+                    cert: r.try_get(2)?,
+                })
+            })
+            .transpose()
         })
     }
 }

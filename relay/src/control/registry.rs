@@ -8,7 +8,7 @@
 use std::fmt;
 
 use super::model::{
-    Device, DeviceKind, MAX_LEVEL, MAX_NOTICE_BYTES, Notice, Org, Room, User, shown,
+    Device, DeviceKind, FileNode, MAX_LEVEL, MAX_NOTICE_BYTES, Notice, Org, Room, User, shown,
 };
 
 #[derive(Debug, thiserror::Error)]
@@ -76,6 +76,22 @@ pub fn check_name(what: &str, name: &str) -> Result<()> {
         Err(RegistryError::Invalid(format!(
             "{what} name {} must be 1 to 64 characters of A-Z a-z 0-9 - _ . @, not starting with '.'",
             shown(name)
+        )))
+    }
+}
+
+/// A cluster node's id: 1 to 64 characters of A-Z a-z 0-9 - _ . : [ ] (a host and port will do).
+pub fn check_node_id(id: &str) -> Result<()> {
+    let ok = (1..=64).contains(&id.len())
+        && id.bytes().all(|b| {
+            b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b':' | b'[' | b']')
+        });
+    if ok {
+        Ok(())
+    } else {
+        Err(RegistryError::Invalid(format!(
+            "node id {} must be 1 to 64 characters of A-Z a-z 0-9 - _ . : [ ]",
+            shown(id)
         )))
     }
 }
@@ -190,4 +206,20 @@ pub trait Registry: Send + fmt::Debug {
     fn audit_head(&self) -> Result<Option<(u64, String)>>;
 
     fn set_audit_head(&self, lines: u64, hash: &str) -> Result<()>;
+
+    /// Announces this node's file plane (its QUIC address and certificate, DER), so other nodes
+    /// of a cluster can send a client there. The embedded registry serves one node: nothing to do.
+    fn announce_file_plane(&self, _addr: &str, _cert: &[u8]) -> Result<()> {
+        Ok(())
+    }
+
+    /// Records that this node stores file `id` of `org`.
+    fn place_file(&self, _org: &str, _id: &str) -> Result<()> {
+        Ok(())
+    }
+
+    /// The other node that stores file `id` of `org`, if another node does.
+    fn file_node(&self, _org: &str, _id: &str) -> Result<Option<FileNode>> {
+        Ok(None)
+    }
 }

@@ -58,6 +58,10 @@ pub enum ClientError {
     /// The relay answered something that does not fit, or sent bytes that do not match.
     #[error("{0}")]
     Protocol(String),
+    /// In a cluster, the file is stored by another node: at `addr`, with the certificate `cert`
+    /// (DER), vouched for by the node that answered.
+    #[error("the file is stored by the node at {addr}")]
+    Elsewhere { addr: String, cert: Vec<u8> },
 }
 
 impl ClientError {
@@ -69,6 +73,7 @@ impl ClientError {
             ClientError::Refused { code, .. } | ClientError::Failed { code, .. } => code,
             ClientError::Io(..) => "io",
             ClientError::Protocol(_) => "protocol",
+            ClientError::Elsewhere { .. } => "elsewhere",
         }
     }
 }
@@ -81,6 +86,10 @@ fn unexpected(r: Response) -> ClientError {
     match r {
         Response::Refused { code, message } => ClientError::Refused { code, message },
         Response::Failed { code, message } => ClientError::Failed { code, message },
+        Response::Elsewhere { addr, cert } => ClientError::Elsewhere {
+            addr,
+            cert: cert.to_vec(),
+        },
         other => ClientError::Protocol(format!("unexpected answer {other:?}")),
     }
 }

@@ -103,6 +103,14 @@ impl Service {
         &self.settings
     }
 
+    /// Tells the registry this node stores `rec`, so the other nodes of a cluster send its
+    /// downloads here. The file is stored whatever the registry says: a failure is logged.
+    pub fn placed(&self, rec: &FileRecord) {
+        if let Err(e) = self.control.registry().place_file(&rec.org, &rec.id) {
+            tracing::warn!(file = %rec.id, error = %e, "the cluster's file directory was not told of a file");
+        }
+    }
+
     fn lease(&self) -> Duration {
         self.settings.upload_lease
     }
@@ -353,6 +361,7 @@ impl Service {
             Ok(rec) => {
                 self.control
                     .allow("files.put", &p, &format!("file:{}", rec.id));
+                self.placed(&rec);
                 Response::Committed(Box::new(rec.entry()))
             }
             Err(e) => store_failure(e),
@@ -375,6 +384,14 @@ impl Service {
         let rec = match self.store.file(id) {
             Ok(Some(r)) => r,
             Ok(None) => {
+                // In a cluster another node may store it; the caller is sent there, where the
+                // policy is checked against the file itself.
+                if let Ok(Some(home)) = self.control.registry().file_node(&p.org, id) {
+                    return Err(Response::Elsewhere {
+                        addr: home.addr,
+                        cert: home.cert.into(),
+                    });
+                }
                 return Err(Response::failed(
                     "not_found",
                     format!("no file {}", shown(id)),

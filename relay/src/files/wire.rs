@@ -24,6 +24,10 @@ pub const MAX_NAME: usize = 255;
 pub const MAX_ID: usize = 64;
 const MAX_MESSAGE: usize = 1024;
 const MAX_CODE: usize = 32;
+/// A node's file plane address (`HOST:PORT`).
+const MAX_ADDR: usize = 255;
+/// A node's certificate (DER); a self-signed one is under 1 KiB.
+const MAX_CERT: usize = 16 * 1024;
 /// Entries in one listing answer.
 pub const MAX_LISTING: usize = 10_000;
 
@@ -44,6 +48,7 @@ mod kind {
     pub const CHUNK_DATA: u8 = 0x85;
     pub const LISTING: u8 = 0x86;
     pub const REMOVED: u8 = 0x87;
+    pub const ELSEWHERE: u8 = 0x88;
     pub const REFUSED: u8 = 0xE0;
     pub const FAILED: u8 = 0xE1;
 }
@@ -174,6 +179,12 @@ pub enum Response {
     Listing(Vec<FileEntry>),
     Removed {
         id: String,
+    },
+    /// In a cluster, the file is stored by another node: ask it there, at its file plane's
+    /// `addr`, trusting `cert` (its certificate, DER), which this node vouches for.
+    Elsewhere {
+        addr: String,
+        cert: Bytes,
     },
     /// A policy said no; `code` is the contract's (`quota`, `file_type`, `secure_view`, ...).
     Refused {
@@ -581,6 +592,11 @@ impl Response {
                 w.str(id);
                 w.finish(Bytes::new())
             }
+            Response::Elsewhere { addr, cert } => {
+                let mut w = Writer::new(kind::ELSEWHERE);
+                w.str(addr);
+                w.finish(cert.clone())
+            }
             Response::Refused { code, message } => {
                 let mut w = Writer::new(kind::REFUSED);
                 w.str(code).str(message);
@@ -642,6 +658,14 @@ impl Response {
             kind::REMOVED => Response::Removed {
                 id: r.str("file id", MAX_ID)?,
             },
+            kind::ELSEWHERE => {
+                let addr = r.str("address", MAX_ADDR)?;
+                let cert = r.rest();
+                if cert.is_empty() || cert.len() > MAX_CERT {
+                    return Err(WireError::TooLong("certificate", cert.len()));
+                }
+                Response::Elsewhere { addr, cert }
+            }
             kind::REFUSED => Response::Refused {
                 code: r.str("code", MAX_CODE)?,
                 message: r.str("message", MAX_MESSAGE)?,
@@ -763,6 +787,10 @@ mod tests {
             Response::Listing(vec![entry(), entry()]),
             Response::Listing(vec![]),
             Response::Removed { id: "abc".into() },
+            Response::Elsewhere {
+                addr: "10.0.0.12:4433".into(),
+                cert: Bytes::from_static(b"0\x82\x01\x00der"),
+            },
             Response::refused("quota", "the quota would be exceeded"),
             Response::failed("not_found", "no such file"),
         ]

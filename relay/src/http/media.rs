@@ -17,6 +17,7 @@ use axum::{Json, Router};
 use serde::Deserialize;
 use serde_json::json;
 
+use super::cluster;
 use super::error::{ApiError, ApiResult, bearer, json_body};
 use super::sessions::{MediaRoutes, Owner, room_key};
 use super::state::AppState;
@@ -110,6 +111,7 @@ async fn whip(
     State(s): State<Arc<AppState>>,
     Path(room): Path<String>,
     query: Result<Query<WhipQuery>, axum::extract::rejection::QueryRejection>,
+    uri: axum::http::Uri,
     headers: HeaderMap,
     body: Bytes,
 ) -> ApiResult<Response> {
@@ -118,6 +120,9 @@ async fn whip(
         ApiError::bad_request(format!("source must be camera, screen or audio: {e}"))
     })?;
     let (p, claims, _) = join(&s, &headers, "whip", RoomRole::Publish, &room)?;
+    if let Some(r) = cluster::elsewhere(&s, room_key(&p.org, &room), &uri).await? {
+        return Ok(r);
+    }
     let offer = sdp_body(&headers, &body)?;
     let answer = m
         .plane
@@ -141,6 +146,7 @@ async fn whep(
     State(s): State<Arc<AppState>>,
     Path(room): Path<String>,
     query: Result<Query<WhepQuery>, axum::extract::rejection::QueryRejection>,
+    uri: axum::http::Uri,
     headers: HeaderMap,
     body: Bytes,
 ) -> ApiResult<Response> {
@@ -148,6 +154,9 @@ async fn whep(
     let Query(q) =
         query.map_err(|e| ApiError::bad_request(format!("layout must be grid or screen: {e}")))?;
     let (p, claims, registered) = join(&s, &headers, "whep", RoomRole::Subscribe, &room)?;
+    if let Some(r) = cluster::elsewhere(&s, room_key(&p.org, &room), &uri).await? {
+        return Ok(r);
+    }
     let offer = sdp_body(&headers, &body)?;
     let answer = m
         .plane
@@ -290,8 +299,9 @@ async fn layout(
 async fn room_info(
     State(s): State<Arc<AppState>>,
     Path(room): Path<String>,
+    uri: axum::http::Uri,
     headers: HeaderMap,
-) -> ApiResult<Json<serde_json::Value>> {
+) -> ApiResult<Response> {
     let target = format!("room:{room}");
     let p = s
         .control
@@ -300,6 +310,9 @@ async fn room_info(
         .control
         .join("room.inspect", &p, RoomRole::Inspect, &room)?
         .ok_or_else(|| ApiError::not_found(format!("room {} is not registered", shown(&room))))?;
+    if let Some(r) = cluster::elsewhere(&s, room_key(&p.org, &room), &uri).await? {
+        return Ok(r);
+    }
     let live = match &s.media {
         Some(m) => m.plane.room_info(&room_key(&p.org, &room)).await,
         None => None,
@@ -319,5 +332,6 @@ async fn room_info(
         "subscribers": subscribers,
         "speaker": speaker,
         "recording": recording,
-    })))
+    }))
+    .into_response())
 }

@@ -7,6 +7,7 @@
 //! `{"error": code, "message": text}`.
 
 pub mod admin;
+pub mod cluster;
 pub mod demo;
 pub mod error;
 pub mod media;
@@ -34,6 +35,7 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/metrics", get(metrics))
         .route("/api/info", get(info))
         .merge(admin::routes())
+        .merge(cluster::routes())
         .merge(media::routes())
         .merge(notices::routes())
         .merge(recordings::routes())

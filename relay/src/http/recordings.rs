@@ -7,12 +7,14 @@ use std::sync::Arc;
 
 use axum::body::Bytes;
 use axum::extract::{Path, State};
-use axum::http::{HeaderMap, StatusCode};
+use axum::http::{HeaderMap, StatusCode, Uri};
+use axum::response::{IntoResponse, Response};
 use axum::routing::{delete, post};
 use axum::{Json, Router};
 use serde::Deserialize;
 use serde_json::json;
 
+use super::cluster;
 use super::error::{ApiError, ApiResult, bearer, json_body};
 use super::sessions::room_key;
 use super::state::AppState;
@@ -85,14 +87,19 @@ impl From<RecordingError> for ApiError {
 async fn start(
     State(s): State<Arc<AppState>>,
     Path(room): Path<String>,
+    uri: Uri,
     headers: HeaderMap,
     body: Bytes,
-) -> ApiResult<(StatusCode, Json<serde_json::Value>)> {
+) -> ApiResult<Response> {
     let req: StartBody = json_body(&body)?;
     let kind = Kind::parse(&req.kind)
         .ok_or_else(|| ApiError::bad_request("kind is \"meeting\" or \"audio\""))?;
     let (p, registered) = allowed(&s, &headers, "recording.start", &room)?;
     let key = room_key(&p.org, &room);
+    // A room is recorded where its sessions are: on its home node.
+    if let Some(r) = cluster::elsewhere(&s, key.clone(), &uri).await? {
+        return Ok(r);
+    }
     let id = recordings(&s)?
         .start(Start {
             org: &p.org,
@@ -104,20 +111,26 @@ async fn start(
             kind,
         })
         .await?;
-    Ok((StatusCode::CREATED, Json(json!({ "id": id }))))
+    Ok((StatusCode::CREATED, Json(json!({ "id": id }))).into_response())
 }
 
 async fn stop(
     State(s): State<Arc<AppState>>,
     Path((room, id)): Path<(String, String)>,
+    uri: Uri,
     headers: HeaderMap,
-) -> ApiResult<Json<serde_json::Value>> {
+) -> ApiResult<Response> {
     let (p, _) = allowed(&s, &headers, "recording.stop", &room)?;
-    let out = recordings(&s)?.stop(&room_key(&p.org, &room), &id).await?;
+    let key = room_key(&p.org, &room);
+    if let Some(r) = cluster::elsewhere(&s, key.clone(), &uri).await? {
+        return Ok(r);
+    }
+    let out = recordings(&s)?.stop(&key, &id).await?;
     Ok(Json(json!({
         "file": out.file.id,
         "name": out.file.name,
         "size": out.file.size,
         "duration_s": out.duration_ms as f64 / 1000.0,
-    })))
+    }))
+    .into_response())
 }

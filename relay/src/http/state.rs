@@ -60,4 +60,6 @@ pub struct AppState {
     pub notices: NoticeHub,
     /// Rooms' recordings, when the media and file planes run.
     pub recordings: Option<Arc<crate::recordings::Recordings>>,
+    /// This node's part in a cluster, when `cluster.redis_url` is set.
+    pub cluster: Option<Arc<crate::cluster::Cluster>>,
 }

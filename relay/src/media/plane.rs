@@ -707,6 +707,11 @@ impl MediaPlane {
             .and_then(|p| p.tag.clone())
     }
 
+    /// The rooms with sessions (or opens in flight) on this node.
+    pub fn rooms(&self) -> std::collections::HashSet<RoomKey> {
+        lock(&self.inner.placement).rooms.keys().cloned().collect()
+    }
+
     /// Every live session and its tag.
     pub fn tags(&self) -> Vec<(SessionId, SessionTag)> {
         lock(&self.inner.placement)
