@@ -50,6 +50,8 @@ pub struct Setup {
     pub relay_io: RelayIo,
     pub client_threads: usize,
     pub sessions: usize,
+    /// Relays of the cluster this started (`--nodes`; 1: one relay).
+    pub nodes: usize,
 }
 
 #[derive(Debug, Clone, Default, Serialize)]
@@ -430,6 +432,9 @@ fn run_relay(
     started_unix: u64,
     floor: Option<floor::Report>,
 ) -> Result<Report, String> {
+    if o.nodes > 1 {
+        return run_cluster(o, started_unix, floor);
+    }
     let (own, api, cpu) = appliance::attach(
         &o.relay,
         o.workers,
@@ -453,6 +458,72 @@ fn run_relay(
     }
     result
 }
+
+/// The same load on a cluster of `--nodes` relays started here, on PostgreSQL and Redis of its
+/// own: room i goes through node i, which sends it to the room's home.
+fn run_cluster(
+    o: &Options,
+    started_unix: u64,
+    floor: Option<floor::Report>,
+) -> Result<Report, String> {
+    let bin = match &o.relay.relay_bin {
+        Some(b) => b.clone(),
+        None => appliance::relay_beside_me()?,
+    };
+    let dir = tempfile::tempdir().map_err(|e| format!("temp dir: {e}"))?;
+    progress(
+        o,
+        &format!("starting PostgreSQL, Redis and {} relays", o.nodes),
+    );
+    let engines = relay_kit::cluster::Engines::start(dir.path())?;
+    let nodes = (0..o.nodes)
+        .map(|i| engines.node(&bin, &format!("n{i}"), CLUSTER_LEASE))
+        .collect::<Result<Vec<_>, _>>()?;
+    let first = &nodes[0];
+    for args in [
+        &["admin", "org", "add", "load"][..],
+        &[
+            "admin",
+            "user",
+            "add",
+            "--org",
+            "load",
+            "ops",
+            "--clearance",
+            "3",
+        ],
+        &[
+            "admin", "device", "add", "--org", "load", "ops-term", "--kind", "terminal",
+        ],
+    ] {
+        first.cli(&bin, args)?;
+    }
+    let admin = first.cli(
+        &bin,
+        &[
+            "token", "--org", "load", "--user", "ops", "--device", "ops-term", "--grants", "admin",
+            "--ttl", "2h",
+        ],
+    )?;
+    let urls: Vec<String> = nodes.iter().map(relay_kit::cluster::Node::url).collect();
+    let api = Api::cluster(&urls, &admin)?;
+    let mut relay = Relay {
+        api: &api,
+        cpu: Cpu::Metrics,
+        rooms: Vec::new(),
+        sessions: Vec::new(),
+    };
+    let result = drive(o, &mut relay, started_unix, floor);
+    if result.is_err() {
+        for n in &nodes {
+            eprintln!("node {} log:\n{}", n.id, n.process.daemon.log());
+        }
+    }
+    result
+}
+
+/// The lease of a cluster the load tester starts: the appliance's default.
+const CLUSTER_LEASE: Duration = Duration::from_secs(5);
 
 fn run_janus(
     o: &Options,
@@ -807,6 +878,7 @@ fn assemble(
             relay_io: o.io,
             client_threads: o.client_threads,
             sessions: o.sessions(),
+            nodes: o.nodes,
         },
         window_seconds,
         joined: joins.len(),
@@ -1054,6 +1126,7 @@ mod tests {
             beside_janus: false,
             janus_bin: "janus".into(),
             janus_configs: "/etc/janus".into(),
+            nodes: 1,
             prefix: None,
             progress: false,
         };

@@ -92,6 +92,10 @@ pub struct Options {
     /// are copied and made loopback-only.
     #[arg(long, default_value = "/etc/janus")]
     pub janus_configs: PathBuf,
+    /// Start a cluster of this many relays (PostgreSQL and Redis from Debian's packages,
+    /// started here on loopback) instead of one, and spread the rooms over them.
+    #[arg(long, default_value_t = 1)]
+    pub nodes: usize,
     /// Name the rooms and participants `PREFIX-room0`, `PREFIX-r0-p0`, ... instead of after the
     /// start time, so a second run joins the same rooms (on a cluster: the same homes).
     #[arg(long)]
@@ -144,6 +148,14 @@ impl Options {
                 "{} sessions asked; at most {MAX_SESSIONS}",
                 self.sessions()
             ));
+        }
+        if !(1..=8).contains(&self.nodes) {
+            return Err("--nodes must be 1 to 8".into());
+        }
+        if self.nodes > 1
+            && (self.relay.target.is_some() || self.peer == PeerKind::Janus || self.beside_janus)
+        {
+            return Err("--nodes starts a cluster of our relays: no --target, no Janus".into());
         }
         if let Some(p) = &self.prefix
             && !((1..=24).contains(&p.len())

@@ -391,3 +391,49 @@ fn three_relays_act_as_one_appliance() {
         c.process.daemon.log()
     );
 }
+
+#[test]
+fn the_load_tester_starts_a_cluster_spreads_its_rooms_and_reports_each_node() {
+    let dir = tempfile::tempdir().unwrap();
+    let json = dir.path().join("nodes.json");
+    let out = Command::new(env!("CARGO_BIN_EXE_relay-loadtest"))
+        .args(["media", "--nodes", "3", "--rooms", "3"])
+        .args(["--publishers", "1", "--subscribers", "1"])
+        .args([
+            "--duration",
+            "3s",
+            "--warmup",
+            "1s",
+            "--floor-duration",
+            "0s",
+        ])
+        .arg("--relay-bin")
+        .arg(relay_bin())
+        .arg("--json")
+        .arg(&json)
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(out.status.success(), "{text}");
+    let report: Value = serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
+    media_flowed(&report);
+    assert_eq!(report["setup"]["nodes"], 3);
+    // Rooms claimed one after another go to the node with the fewest rooms: one each.
+    let nodes = report["relay"]["nodes"].as_array().unwrap();
+    assert_eq!(nodes.len(), 3, "{report}");
+    let forwarded: Vec<u64> = nodes
+        .iter()
+        .map(|n| n["packets_forwarded"].as_u64().unwrap())
+        .collect();
+    assert!(forwarded.iter().all(|f| *f > 0), "{forwarded:?}");
+    assert_eq!(
+        forwarded.iter().sum::<u64>(),
+        report["relay"]["packets_forwarded"].as_u64().unwrap()
+    );
+    assert!(text.contains("node http://127.0.0.1:"), "{text}");
+}

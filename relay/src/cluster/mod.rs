@@ -5,6 +5,9 @@
 //! [`placement`] decides (pure), [`directory`] keeps the leases (Redis), [`Cluster`] is what
 //! the HTTP shell and the serving loop ask. One relay without `cluster.redis_url` has none of it.
 //!
+//! A node's load, for placement, is its sessions at its last renewal and the rooms homed on it
+//! now.
+//!
 //! Invariants: a node renews the lease of a room only while it has sessions in the room or was
 //! asked to serve it within one lease; a room whose home stopped renewing (the node died, or
 //! drained) has no home once its lease runs out, and the next join claims it for the
@@ -119,7 +122,13 @@ impl Cluster {
         // Two tries: a claim lost to another node's is followed by reading the winner.
         for _ in 0..2 {
             let home = self.dir.home(room)?;
-            let live = self.live()?;
+            let mut live = self.live()?;
+            let home_live = home
+                .as_deref()
+                .is_some_and(|h| h == self.me.id || live.iter().any(|n| n.id == h));
+            if !home_live {
+                self.count_homed_rooms(&mut live)?;
+            }
             let target = match placement::decide(&self.me.id, home.as_deref(), &live) {
                 None => return Err(ClusterError::NoLiveNode),
                 Some(Decision::Serve) => return Ok(self.serve(room)),
@@ -152,6 +161,17 @@ impl Cluster {
         lock(&self.known_urls).extend(urls.iter().cloned());
         *lock(&self.live_urls) = urls;
         Ok(live)
+    }
+
+    /// Adds to each node's load the rooms homed on it now. Loads are as old as the last
+    /// renewal; the rooms homed are not, so rooms claimed in a burst spread over the nodes.
+    fn count_homed_rooms(&self, live: &mut [Node]) -> Result<(), ClusterError> {
+        for l in self.dir.rooms()? {
+            if let Some(n) = live.iter_mut().find(|n| n.id == l.value.1) {
+                n.load += 1;
+            }
+        }
+        Ok(())
     }
 
     /// The live nodes' public URLs at the last look.

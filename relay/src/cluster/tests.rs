@@ -168,6 +168,26 @@ fn a_dead_home_loses_its_rooms_and_the_next_join_homes_them_elsewhere() {
 }
 
 #[test]
+fn rooms_claimed_in_a_burst_spread_over_the_idle_nodes() {
+    let dir = Memory::default();
+    let a = cluster(&dir, "a", LEASE);
+    let _b = cluster(&dir, "b", LEASE);
+    let _c = cluster(&dir, "c", LEASE);
+    // No renewal in between: the loads say nothing yet, the rooms homed do.
+    let homes: Vec<Route> = (0..6)
+        .map(|i| a.route(&format!("o/r{i}")).unwrap())
+        .collect();
+    let on = |url: &str| {
+        homes
+            .iter()
+            .filter(|r| **r == Route::Elsewhere(url.into()))
+            .count()
+    };
+    assert_eq!(homes.iter().filter(|r| **r == Route::Here).count(), 2);
+    assert_eq!((on("http://b.test"), on("http://c.test")), (2, 2));
+}
+
+#[test]
 fn draining_hands_the_rooms_back_at_once() {
     let dir = Memory::default();
     let a = cluster(&dir, "a", LEASE);
