@@ -319,6 +319,46 @@ fn three_relays_act_as_one_appliance() {
     let (status, _, v) = call("GET", &format!("{}/api/info", c.url()), &eve, None);
     assert_eq!((status, v["error"].as_str()), (403, Some("device")), "{v}");
 
+    // Every node checks its own audit chain, anchored in the shared registry; one node's
+    // broken chain fails the check and is named.
+    let verify = || {
+        Command::new(relay_bin())
+            .args([
+                "admin",
+                "audit",
+                "verify",
+                "--server",
+                &b.url(),
+                "--token",
+                &admin,
+            ])
+            .env_remove("RELAY_TOKEN")
+            .output()
+            .unwrap()
+    };
+    let out = verify();
+    let text = String::from_utf8_lossy(&out.stdout).to_string();
+    assert!(
+        out.status.success(),
+        "{text}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    for id in ["a", "b", "c"] {
+        assert!(
+            text.contains(&format!("node {id}: audit log intact")),
+            "{text}"
+        );
+    }
+    let log = c.data.join("audit.log");
+    let lines = std::fs::read_to_string(&log).unwrap();
+    std::fs::write(&log, lines.replacen("\"allow\"", "\"deny!\"", 1)).unwrap();
+    let out = verify();
+    let text = String::from_utf8_lossy(&out.stdout).to_string();
+    assert_eq!(out.status.code(), Some(1), "{text}");
+    assert!(text.contains("node a: audit log intact"), "{text}");
+    assert!(!text.contains("node c: audit log intact"), "{text}");
+    assert!(String::from_utf8_lossy(&out.stderr).contains("node c"));
+
     // A file put through a is fetched through b: b tells the client where it is stored.
     let state = dir.path().join("client-state");
     let doc = dir.path().join("doc.bin");

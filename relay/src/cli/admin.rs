@@ -395,12 +395,48 @@ fn audit_verify(target: &Target, remote: Option<&Remote>, witness: Option<&Path>
                 "--witness holds the data directory's log against the witness; use --data".into(),
             ));
         }
-        let v = remote.call("GET", "/api/admin/audit/verify", None)?;
-        println!(
-            "audit log intact: {} lines of this organisation",
-            v.get("lines").and_then(Value::as_u64).unwrap_or(0)
-        );
-        return Ok(());
+        // In a cluster each node keeps its own chain, anchored in the shared registry: every
+        // live node checks its own, and one broken chain fails the whole check.
+        let cluster = remote.call("GET", "/api/cluster", None)?;
+        let nodes: Vec<(String, String)> = cluster["nodes"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|n| Some((n["id"].as_str()?.into(), n["url"].as_str()?.into())))
+            .collect();
+        if nodes.is_empty() {
+            let v = remote.call("GET", "/api/admin/audit/verify", None)?;
+            println!(
+                "audit log intact: {} lines of this organisation",
+                v.get("lines").and_then(Value::as_u64).unwrap_or(0)
+            );
+            return Ok(());
+        }
+        let mut broken = Vec::new();
+        for (id, url) in nodes {
+            let node = Remote {
+                base: url,
+                token: remote.token.clone(),
+                agent: remote.agent.clone(),
+            };
+            match node.call("GET", "/api/admin/audit/verify", None) {
+                Ok(v) => println!(
+                    "node {id}: audit log intact: {} lines of this organisation",
+                    v.get("lines").and_then(Value::as_u64).unwrap_or(0)
+                ),
+                Err(e) => {
+                    println!("node {id}: {}", e.message());
+                    broken.push(id);
+                }
+            }
+        }
+        if broken.is_empty() {
+            return Ok(());
+        }
+        return Err(CliError::Failure(format!(
+            "the audit chain of node {} did not verify",
+            broken.join(", node ")
+        )));
     }
     let control = local(target)?;
     let dir = DataDir::new(config(target)?.data_dir);
