@@ -374,6 +374,20 @@ fn three_relays_act_as_one_appliance() {
     );
     assert_eq!(got["size"], put["size"], "{got}");
     assert!(std::fs::read(&back).unwrap() == std::fs::read(&doc).unwrap());
+    // The catalogue is the cluster's: c lists it, and a removal through c reaches a.
+    let listed = files(&c, &admin, &state, &["ls"]);
+    let ids: Vec<&str> = listed["files"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|f| f["id"].as_str())
+        .collect();
+    assert_eq!(ids, [id.as_str()], "{listed}");
+    files(&c, &admin, &state, &["rm", &id]);
+    assert_eq!(
+        files(&b, &admin, &state, &["ls"])["files"],
+        serde_json::json!([])
+    );
 
     // a homes r1 (all idle again: the first by id) and holds its lease when it is killed. Within
     // the lease a and its rooms are gone, and a new join homes r1 on a live node.

@@ -9,7 +9,7 @@
 use std::net::TcpListener;
 use std::time::{Duration, Instant};
 
-use relay::control::model::DeviceKind;
+use relay::control::model::{CataloguedFile, DeviceKind};
 use relay::control::postgres::PgRegistry;
 use relay::control::registry::{Registry, RegistryError};
 use relay::control::sqlite::SqliteRegistry;
@@ -378,7 +378,20 @@ fn second_node_sees_generation_and_keeps_its_own_audit_head(pg: &Postgres) {
 
     // Where files are: a's file plane and file, as b is told of them; a is told of none.
     a.announce_file_plane("10.0.0.11:4433", b"a-cert").unwrap();
-    a.place_file("acme", "f1").unwrap();
+    let f1 = CataloguedFile {
+        id: "f1".into(),
+        org: "acme".into(),
+        owner: "ann".into(),
+        name: "minutes.pdf".into(),
+        room: Some("hall".into()),
+        size: 10,
+        chunks: 1,
+        classification: 2,
+        view_only: true,
+        created: 7,
+        node: "set by the registry to its own node".into(),
+    };
+    a.place_file(&f1).unwrap();
     let home = b.file_node("acme", "f1").unwrap().unwrap();
     assert_eq!(
         (home.node.as_str(), home.addr.as_str(), home.cert.as_slice()),
@@ -394,6 +407,15 @@ fn second_node_sees_generation_and_keeps_its_own_audit_head(pg: &Postgres) {
         None,
         "another organisation's id"
     );
+    // The catalogue lists it, with its node, to the other nodes.
+    let listed = b.files_elsewhere("acme", 10).unwrap();
+    let want = CataloguedFile {
+        node: "node-a".into(),
+        ..f1.clone()
+    };
+    assert_eq!(listed, [want]);
+    assert!(a.files_elsewhere("acme", 10).unwrap().is_empty());
+    assert!(b.files_elsewhere("other", 10).unwrap().is_empty());
     // A plane announced again (a new address) is what the others are told from then on.
     a.announce_file_plane("10.0.0.11:4434", b"a-cert-2")
         .unwrap();
@@ -401,6 +423,10 @@ fn second_node_sees_generation_and_keeps_its_own_audit_head(pg: &Postgres) {
         b.file_node("acme", "f1").unwrap().unwrap().addr,
         "10.0.0.11:4434"
     );
+    // A removed file leaves the catalogue.
+    a.forget_file("acme", "f1").unwrap();
+    assert_eq!(b.file_node("acme", "f1").unwrap(), None);
+    assert!(b.files_elsewhere("acme", 10).unwrap().is_empty());
 }
 
 fn migrations_run_once(pg: &Postgres) {

@@ -268,7 +268,17 @@ async fn execute(command: FilesCommand) -> Result<Value, ClientError> {
             }
             json!({"files": files.iter().map(entry_json).collect::<Vec<_>>()})
         }),
-        FilesCommand::Rm { id, .. } => client.remove(id).await.map(|()| {
+        FilesCommand::Rm { id, .. } => match client.remove(id).await {
+            // As a download: the node that stores the file removes it.
+            Err(ClientError::Elsewhere { addr, cert }) => {
+                let home = Client::connect(&addr, cert, client.token().to_string()).await?;
+                let r = home.remove(id).await;
+                home.close().await;
+                r
+            }
+            r => r,
+        }
+        .map(|()| {
             if !conn.json {
                 println!("removed {id}");
             }

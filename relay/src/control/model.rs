@@ -79,6 +79,25 @@ pub struct Notice {
     pub sent_at: u64,
 }
 
+/// A file as a cluster's shared catalogue lists it: what a listing shows and the policy checks,
+/// and the node that stores its chunks.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CataloguedFile {
+    pub id: String,
+    pub org: String,
+    pub owner: String,
+    pub name: String,
+    pub room: Option<String>,
+    pub size: u64,
+    pub chunks: u32,
+    pub classification: u8,
+    pub view_only: bool,
+    /// Unix seconds.
+    pub created: u64,
+    /// The node that stores it.
+    pub node: String,
+}
+
 /// In a cluster, the node that stores a file, and how to reach its file plane.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct FileNode {

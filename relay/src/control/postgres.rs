@@ -20,7 +20,7 @@ use std::time::Duration;
 use ::postgres::error::SqlState;
 use ::postgres::{Client, Config, NoTls, Row, Transaction};
 
-use super::model::{Device, DeviceKind, FileNode, Notice, Org, Room, User, shown};
+use super::model::{CataloguedFile, Device, DeviceKind, FileNode, Notice, Org, Room, User, shown};
 use super::registry::{
     Registry, RegistryError, Result, check_level, check_name, check_node_id, check_notice_text,
     user_named,
@@ -92,12 +92,21 @@ CREATE TABLE file_planes (
     addr TEXT NOT NULL,
     cert BYTEA NOT NULL
 );
-CREATE TABLE file_homes (
-    org  TEXT NOT NULL,
-    id   TEXT NOT NULL,
-    node TEXT NOT NULL,
+CREATE TABLE files (
+    org            TEXT NOT NULL,
+    id             TEXT NOT NULL,
+    node           TEXT NOT NULL,
+    owner          TEXT NOT NULL,
+    name           TEXT NOT NULL,
+    room           TEXT,
+    size           BIGINT NOT NULL,
+    chunks         BIGINT NOT NULL,
+    classification SMALLINT NOT NULL,
+    view_only      BOOLEAN NOT NULL,
+    created        BIGINT NOT NULL,
     PRIMARY KEY (org, id)
 );
+CREATE INDEX files_by_org ON files (org, created);
 "#,
 ];
 
@@ -829,15 +838,74 @@ impl Registry for PgRegistry {
         })
     }
 
-    fn place_file(&self, org: &str, id: &str) -> Result<()> {
-        let (node, org, id) = (self.node.clone(), org.to_owned(), id.to_owned());
+    fn place_file(&self, f: &CataloguedFile) -> Result<()> {
+        let f = CataloguedFile {
+            node: self.node.clone(),
+            ..f.clone()
+        };
         self.call(move |c| {
             c.execute(
-                "INSERT INTO file_homes (org, id, node) VALUES ($1, $2, $3)
+                "INSERT INTO files (org, id, node, owner, name, room, size, chunks,
+                                    classification, view_only, created)
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)
                  ON CONFLICT (org, id) DO UPDATE SET node = excluded.node",
-                &[&org, &id, &node],
+                &[
+                    &f.org,
+                    &f.id,
+                    &f.node,
+                    &f.owner,
+                    &f.name,
+                    &f.room,
+                    &(f.size as i64),
+                    &i64::from(f.chunks),
+                    &i16::from(f.classification),
+                    &f.view_only,
+                    &(f.created as i64),
+                ],
             )?;
             Ok(())
+        })
+    }
+
+    fn forget_file(&self, org: &str, id: &str) -> Result<()> {
+        let (org, id) = (org.to_owned(), id.to_owned());
+        self.call(move |c| {
+            c.execute("DELETE FROM files WHERE org = $1 AND id = $2", &[&org, &id])?;
+            Ok(())
+        })
+    }
+
+    fn files_elsewhere(&self, org: &str, limit: usize) -> Result<Vec<CataloguedFile>> {
+        if !storable(&[org]) {
+            return Ok(Vec::new());
+        }
+        let (me, org) = (self.node.clone(), org.to_owned());
+        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+        self.call(move |c| {
+            c.query(
+                "SELECT id, org, owner, name, room, size, chunks, classification, view_only,
+                        created, node
+                 FROM files WHERE org = $1 AND node <> $2
+                 ORDER BY created DESC, id LIMIT $3",
+                &[&org, &me, &limit],
+            )?
+            .iter()
+            .map(|r| {
+                Ok(CataloguedFile {
+                    id: r.try_get(0)?,
+                    org: r.try_get(1)?,
+                    owner: r.try_get(2)?,
+                    name: r.try_get(3)?,
+                    room: r.try_get(4)?,
+                    size: r.try_get::<_, i64>(5)? as u64,
+                    chunks: r.try_get::<_, i64>(6)? as u32,
+                    classification: r.try_get::<_, i16>(7)? as u8,
+                    view_only: r.try_get(8)?,
+                    created: r.try_get::<_, i64>(9)? as u64,
+                    node: r.try_get(10)?,
+                })
+            })
+            .collect()
         })
     }
 
@@ -848,9 +916,9 @@ impl Registry for PgRegistry {
         let (me, org, id) = (self.node.clone(), org.to_owned(), id.to_owned());
         self.call(move |c| {
             let row = c.query_opt(
-                "SELECT h.node, p.addr, p.cert FROM file_homes h
-                 JOIN file_planes p ON p.node = h.node
-                 WHERE h.org = $1 AND h.id = $2 AND h.node <> $3",
+                "SELECT f.node, p.addr, p.cert FROM files f
+                 JOIN file_planes p ON p.node = f.node
+                 WHERE f.org = $1 AND f.id = $2 AND f.node <> $3",
                 &[&org, &id, &me],
             )?;
             row.map(|r| {

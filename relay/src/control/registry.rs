@@ -8,7 +8,8 @@
 use std::fmt;
 
 use super::model::{
-    Device, DeviceKind, FileNode, MAX_LEVEL, MAX_NOTICE_BYTES, Notice, Org, Room, User, shown,
+    CataloguedFile, Device, DeviceKind, FileNode, MAX_LEVEL, MAX_NOTICE_BYTES, Notice, Org, Room,
+    User, shown,
 };
 
 #[derive(Debug, thiserror::Error)]
@@ -213,13 +214,23 @@ pub trait Registry: Send + fmt::Debug {
         Ok(())
     }
 
-    /// Records that this node stores file `id` of `org`.
-    fn place_file(&self, _org: &str, _id: &str) -> Result<()> {
+    /// Lists `file` in the shared catalogue as stored by this node (its `node` is set here).
+    fn place_file(&self, _file: &CataloguedFile) -> Result<()> {
+        Ok(())
+    }
+
+    /// Takes file `id` of `org` out of the shared catalogue (it was removed).
+    fn forget_file(&self, _org: &str, _id: &str) -> Result<()> {
         Ok(())
     }
 
     /// The other node that stores file `id` of `org`, if another node does.
     fn file_node(&self, _org: &str, _id: &str) -> Result<Option<FileNode>> {
         Ok(None)
+    }
+
+    /// `org`'s files stored by the other nodes, newest first, at most `limit`.
+    fn files_elsewhere(&self, _org: &str, _limit: usize) -> Result<Vec<CataloguedFile>> {
+        Ok(Vec::new())
     }
 }

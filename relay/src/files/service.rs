@@ -17,9 +17,9 @@ use bytes::Bytes;
 use super::chunker::VerifiedChunk;
 use super::plan;
 use super::store::{ChunkStore, FileRecord, NewUpload, Quotas, Reader, StoreError, Upload};
-use super::wire::{self, Encoding, PutStart, Request, Response, UploadId};
+use super::wire::{self, Encoding, FileEntry, PutStart, Request, Response, UploadId};
 use crate::config;
-use crate::control::model::{DeviceKind, shown};
+use crate::control::model::{CataloguedFile, DeviceKind, shown};
 use crate::control::policy::{self, Denial, FileAction, FileFacts, Principal};
 use crate::control::token::Grant;
 use crate::control::{Control, unix_now};
@@ -106,7 +106,7 @@ impl Service {
     /// Tells the registry this node stores `rec`, so the other nodes of a cluster send its
     /// downloads here. The file is stored whatever the registry says: a failure is logged.
     pub fn placed(&self, rec: &FileRecord) {
-        if let Err(e) = self.control.registry().place_file(&rec.org, &rec.id) {
+        if let Err(e) = self.control.registry().place_file(&catalogued(rec)) {
             tracing::warn!(file = %rec.id, error = %e, "the cluster's file directory was not told of a file");
         }
     }
@@ -464,20 +464,29 @@ impl Service {
                 .deny("files.ls", Some(&p), "files", Denial::Grant);
             return refusal(Denial::Grant);
         }
-        match self.store.list(&p.org) {
-            Ok(files) => {
-                self.control.allow("files.ls", &p, "files");
-                Response::Listing(
-                    files
-                        .iter()
-                        .filter(|f| policy::may_file(&p, FileAction::See, facts_of(f)).is_ok())
-                        .take(wire::MAX_LISTING)
-                        .map(|f| f.entry())
-                        .collect(),
-                )
-            }
-            Err(e) => store_failure(e),
-        }
+        let here = match self.store.list(&p.org) {
+            Ok(files) => files,
+            Err(e) => return store_failure(e),
+        };
+        // In a cluster, the organisation's files stored by the other nodes too.
+        let elsewhere = self
+            .control
+            .registry()
+            .files_elsewhere(&p.org, wire::MAX_LISTING)
+            .unwrap_or_else(|e| {
+                tracing::warn!(error = %e, "the cluster's file catalogue did not answer; listing this node's files");
+                Vec::new()
+            });
+        self.control.allow("files.ls", &p, "files");
+        Response::Listing(
+            here.iter()
+                .map(catalogued)
+                .chain(elsewhere)
+                .filter(|f| policy::may_file(&p, FileAction::See, listed_facts(f)).is_ok())
+                .take(wire::MAX_LISTING)
+                .map(|f| listed_entry(&f))
+                .collect(),
+        )
     }
 
     fn remove(&self, token: &str, id: &str) -> Response {
@@ -487,11 +496,55 @@ impl Service {
         };
         match self.store.remove(id, unix_now()) {
             Ok(()) => {
+                if let Err(e) = self.control.registry().forget_file(&p.org, id) {
+                    tracing::warn!(file = %id, error = %e, "the cluster's file catalogue still lists a removed file");
+                }
                 self.control.allow("files.rm", &p, &format!("file:{id}"));
                 Response::Removed { id: id.into() }
             }
             Err(e) => store_failure(e),
         }
+    }
+}
+
+/// A stored file as the catalogue lists it (the registry sets the node).
+fn catalogued(rec: &FileRecord) -> CataloguedFile {
+    CataloguedFile {
+        id: rec.id.clone(),
+        org: rec.org.clone(),
+        owner: rec.owner.clone(),
+        name: rec.name.clone(),
+        room: rec.room.clone(),
+        size: rec.size,
+        chunks: rec.chunks,
+        classification: rec.classification,
+        view_only: rec.view_only,
+        created: rec.created,
+        node: String::new(),
+    }
+}
+
+/// What the policy needs to know of a listed file.
+fn listed_facts(f: &CataloguedFile) -> FileFacts<'_> {
+    FileFacts {
+        org: &f.org,
+        owner: &f.owner,
+        room: f.room.as_deref(),
+        classification: f.classification,
+        view_only: f.view_only,
+    }
+}
+
+fn listed_entry(f: &CataloguedFile) -> FileEntry {
+    FileEntry {
+        id: f.id.clone(),
+        name: f.name.clone(),
+        size: f.size,
+        chunks: f.chunks,
+        classification: f.classification,
+        view_only: f.view_only,
+        owner: f.owner.clone(),
+        created: f.created,
     }
 }
 
