@@ -129,11 +129,12 @@ fn home_of(node: &Node, admin: &str, room: &str) -> Option<String> {
 }
 
 /// Runs the load tester's media clients through `node` to its end and reads back its report.
-fn media_through(node: &Node, admin: &str, prefix: &str, dir: &Path) -> Value {
-    let json = dir.join(format!("{prefix}-{}.json", node.id));
+/// Runs `relay-loadtest media` with `args`, short and bounded, to its end: its JSON report (written
+/// to `json`) and what it printed.
+fn media_run(args: &[&str], json: &Path) -> (Value, String) {
     let out = Command::new(env!("CARGO_BIN_EXE_relay-loadtest"))
-        .args(["media", "--target", &node.url(), "--admin-token", admin])
-        .args(["--rooms", "1", "--publishers", "1", "--subscribers", "2"])
+        .arg("media")
+        .args(args)
         .args([
             "--duration",
             "3s",
@@ -142,19 +143,31 @@ fn media_through(node: &Node, admin: &str, prefix: &str, dir: &Path) -> Value {
             "--floor-duration",
             "0s",
         ])
-        .args(["--prefix", prefix, "--json"])
-        .arg(&json)
+        .arg("--relay-bin")
+        .arg(relay_bin())
+        .arg("--json")
+        .arg(json)
         .stdin(Stdio::null())
         .output()
         .unwrap();
-    assert!(
-        out.status.success(),
-        "relay-loadtest through {}: {}{}",
-        node.id,
+    let text = format!(
+        "{}{}",
         String::from_utf8_lossy(&out.stdout),
         String::from_utf8_lossy(&out.stderr)
     );
-    serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap()
+    assert!(out.status.success(), "relay-loadtest {args:?}: {text}");
+    let report = serde_json::from_str(&std::fs::read_to_string(json).unwrap()).unwrap();
+    (report, text)
+}
+
+/// The load tester's clients through `node`: one room (`PREFIX-room0`), a publisher and two
+/// subscribers.
+fn media_through(node: &Node, admin: &str, prefix: &str, dir: &Path) -> Value {
+    let json = dir.join(format!("{prefix}-{}.json", node.id));
+    let url = node.url();
+    let args = ["--target", &url, "--admin-token", admin, "--prefix", prefix];
+    let sizes = ["--rooms", "1", "--publishers", "1", "--subscribers", "2"];
+    media_run(&[&args[..], &sizes[..]].concat(), &json).0
 }
 
 fn media_flowed(report: &Value) {
@@ -449,32 +462,19 @@ fn three_relays_act_as_one_appliance() {
 #[test]
 fn the_load_tester_starts_a_cluster_spreads_its_rooms_and_reports_each_node() {
     let dir = tempfile::tempdir().unwrap();
-    let json = dir.path().join("nodes.json");
-    let out = Command::new(env!("CARGO_BIN_EXE_relay-loadtest"))
-        .args(["media", "--nodes", "3", "--rooms", "3"])
-        .args(["--publishers", "1", "--subscribers", "1"])
-        .args([
-            "--duration",
-            "3s",
-            "--warmup",
-            "1s",
-            "--floor-duration",
-            "0s",
-        ])
-        .arg("--relay-bin")
-        .arg(relay_bin())
-        .arg("--json")
-        .arg(&json)
-        .stdin(Stdio::null())
-        .output()
-        .unwrap();
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
+    let (report, text) = media_run(
+        &[
+            "--nodes",
+            "3",
+            "--rooms",
+            "3",
+            "--publishers",
+            "1",
+            "--subscribers",
+            "1",
+        ],
+        &dir.path().join("nodes.json"),
     );
-    assert!(out.status.success(), "{text}");
-    let report: Value = serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
     media_flowed(&report);
     assert_eq!(report["setup"]["nodes"], 3);
     // Rooms claimed one after another go to the node with the fewest rooms: one each.
