@@ -256,7 +256,17 @@ struct Snapshot {
 }
 
 fn snapshot(sfu: &dyn Sfu) -> Result<Snapshot, String> {
-    let metrics = sfu.metrics()?;
+    // A cluster's nodes are read once, and the totals are their sum at that look.
+    let nodes = sfu.node_metrics()?;
+    let metrics = if nodes.is_empty() {
+        sfu.metrics()?
+    } else {
+        let mut sum = Metrics::default();
+        for (_, m) in &nodes {
+            sum.add(m);
+        }
+        Some(sum)
+    };
     let counted = metrics.is_some();
     let metrics = metrics.unwrap_or_default();
     let (cpu, workers_cpu) = match sfu.cpu() {
@@ -267,7 +277,7 @@ fn snapshot(sfu: &dyn Sfu) -> Result<Snapshot, String> {
         Cpu::Metrics => (metrics.process_cpu_seconds, None),
     };
     Ok(Snapshot {
-        nodes: sfu.node_metrics()?,
+        nodes,
         at: Instant::now(),
         metrics,
         counted,
