@@ -384,11 +384,13 @@ pub struct Info {
     pub cert_sha256: String,
 }
 
-/// Where the relay's CPU time comes from: `/proc` of our own child, or its `/metrics`.
+/// Where the relay's CPU time comes from: `/proc` of our own child, its `/metrics`, or the
+/// `/proc` of each node of a cluster this started (read into each node's metrics).
 #[derive(Debug, Clone, Copy)]
 pub enum Cpu {
     Proc(u32),
     Metrics,
+    Nodes,
 }
 
 impl Cpu {
@@ -396,13 +398,13 @@ impl Cpu {
     pub fn seconds(&self, metrics: &Metrics) -> Result<f64, String> {
         match self {
             Cpu::Proc(pid) => process_cpu_seconds(*pid),
-            Cpu::Metrics => Ok(metrics.process_cpu_seconds),
+            Cpu::Metrics | Cpu::Nodes => Ok(metrics.process_cpu_seconds),
         }
     }
 
     pub fn source(&self) -> &'static str {
         match self {
-            Cpu::Proc(_) => "proc",
+            Cpu::Proc(_) | Cpu::Nodes => "proc",
             Cpu::Metrics => "metrics",
         }
     }

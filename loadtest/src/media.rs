@@ -274,7 +274,7 @@ fn snapshot(sfu: &dyn Sfu) -> Result<Snapshot, String> {
             appliance::process_cpu_seconds(pid)?,
             (sfu.name() == "relay").then(|| appliance::threads_cpu_seconds(pid, "media-worker")),
         ),
-        Cpu::Metrics => (metrics.process_cpu_seconds, None),
+        Cpu::Metrics | Cpu::Nodes => (metrics.process_cpu_seconds, None),
     };
     Ok(Snapshot {
         nodes,
@@ -296,6 +296,8 @@ struct Participant {
 struct Relay<'a> {
     api: &'a Api,
     cpu: Cpu,
+    /// The process of each node of a cluster this started, in the order of the API's nodes.
+    pids: Vec<u32>,
     rooms: Vec<(Vec<Participant>, Vec<Participant>)>,
     /// (Location, token) of every session opened.
     sessions: Vec<(String, String)>,
@@ -386,11 +388,17 @@ impl Sfu for Relay<'_> {
     }
 
     fn node_metrics(&self) -> Result<Vec<(String, Metrics)>, String> {
-        if self.api.nodes.len() > 1 {
-            self.api.node_metrics()
-        } else {
-            Ok(Vec::new())
+        if self.api.nodes.len() < 2 {
+            return Ok(Vec::new());
         }
+        let mut nodes = self.api.node_metrics()?;
+        // The nodes' own counter has whole seconds only: the processes this started are read
+        // from /proc.
+        for ((_, m), pid) in nodes.iter_mut().zip(&self.pids) {
+            m.process_cpu_seconds = appliance::process_cpu_seconds(*pid)?;
+            m.process_rss_bytes = appliance::process_rss(*pid).0 as f64;
+        }
+        Ok(nodes)
     }
 
     fn cpu(&self) -> Cpu {
@@ -456,6 +464,7 @@ fn run_relay(
     let mut relay = Relay {
         api: &api,
         cpu,
+        pids: Vec::new(),
         rooms: Vec::new(),
         sessions: Vec::new(),
     };
@@ -517,9 +526,19 @@ fn run_cluster(
     )?;
     let urls: Vec<String> = nodes.iter().map(relay_kit::cluster::Node::url).collect();
     let api = Api::cluster(&urls, &admin)?;
+    let pids = nodes
+        .iter()
+        .map(|n| {
+            n.process
+                .daemon
+                .pid()
+                .ok_or_else(|| format!("node {} exited", n.id))
+        })
+        .collect::<Result<Vec<_>, _>>()?;
     let mut relay = Relay {
         api: &api,
-        cpu: Cpu::Metrics,
+        cpu: Cpu::Nodes,
+        pids,
         rooms: Vec::new(),
         sessions: Vec::new(),
     };
@@ -760,7 +779,7 @@ fn measure(
     let cpu = sfu.cpu();
     let (rss, peak) = match cpu {
         Cpu::Proc(pid) => appliance::process_rss(pid),
-        Cpu::Metrics => (b.metrics.process_rss_bytes as u64, 0),
+        Cpu::Metrics | Cpu::Nodes => (b.metrics.process_rss_bytes as u64, 0),
     };
     let d = |f: fn(&Metrics) -> f64| (f(&b.metrics) - f(&a.metrics)).max(0.0) as u64;
     let forwarded = d(|m| m.packets_forwarded);

@@ -485,6 +485,14 @@ fn the_load_tester_starts_a_cluster_spreads_its_rooms_and_reports_each_node() {
         .map(|n| n["packets_forwarded"].as_u64().unwrap())
         .collect();
     assert!(forwarded.iter().all(|f| *f > 0), "{forwarded:?}");
+    // Each node's CPU from its process, which this run started.
+    assert!(
+        nodes
+            .iter()
+            .all(|n| n["cpu_seconds"].as_f64().unwrap() > 0.0),
+        "{report}"
+    );
+    assert_eq!(report["relay"]["cpu_source"], "proc");
     assert_eq!(
         forwarded.iter().sum::<u64>(),
         report["relay"]["packets_forwarded"].as_u64().unwrap()
