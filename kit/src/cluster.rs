@@ -49,18 +49,26 @@ impl Engines {
         })
     }
 
-    /// Starts node `id` of the cluster, on loopback ports of its own, with `lease`, and waits
-    /// for its start-up line; `relay` is the binary.
-    pub fn node(&self, relay: &Path, id: &str, lease: Duration) -> Result<Node, String> {
+    /// Starts node `id` of the cluster, on loopback ports of its own, with `lease` and room for
+    /// `max_sessions` sessions in a room, and waits for its start-up line; `relay` is the
+    /// binary.
+    pub fn node(
+        &self,
+        relay: &Path,
+        id: &str,
+        lease: Duration,
+        max_sessions: usize,
+    ) -> Result<Node, String> {
         let data = self.dir.join(id);
         let config = self.dir.join(format!("{id}.toml"));
         let text = format!(
             "[http]\nlisten = \"127.0.0.1:0\"\ndrain_timeout = \"3s\"\n\
-             [media]\nfirst_port = 0\nworkers = 1\n\
+             [media]\nfirst_port = 0\nworkers = 1\nmax_sessions_per_room = {}\n\
              [files]\nlisten = \"127.0.0.1:0\"\n\
              [tokens]\nkey_file = \"{}\"\n\
              [registry]\nurl = \"{}\"\n\
              [cluster]\nredis_url = \"{}\"\nnode_id = \"{id}\"\nlease = \"{}ms\"\n",
+            max_sessions.max(1),
             self.key_file.display(),
             self.postgres.url(),
             self.redis.url(),

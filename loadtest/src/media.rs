@@ -496,7 +496,14 @@ fn run_cluster(
     );
     let engines = relay_kit::cluster::Engines::start(dir.path())?;
     let nodes = (0..o.nodes)
-        .map(|i| engines.node(&bin, &format!("n{i}"), CLUSTER_LEASE))
+        .map(|i| {
+            engines.node(
+                &bin,
+                &format!("n{i}"),
+                CLUSTER_LEASE,
+                o.sessions_per_room() + 4,
+            )
+        })
         .collect::<Result<Vec<_>, _>>()?;
     let first = &nodes[0];
     for args in [

@@ -198,7 +198,7 @@ fn three_relays_act_as_one_appliance() {
     let engines = Engines::start(dir.path()).unwrap_or_else(|e| panic!("{e}"));
     let [mut a, b, mut c] = ["a", "b", "c"].map(|id| {
         engines
-            .node(&relay_bin(), id, LEASE)
+            .node(&relay_bin(), id, LEASE, 100)
             .unwrap_or_else(|e| panic!("{e}"))
     });
 

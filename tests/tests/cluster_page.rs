@@ -58,7 +58,7 @@ fn the_page_meets_on_the_rooms_home_and_follows_it_when_the_home_dies() {
     let engines = Engines::start(dir.path()).unwrap_or_else(|e| panic!("{e}"));
     let [mut a, b, c] = ["a", "b", "c"].map(|id| {
         engines
-            .node(&relay_bin(), id, LEASE)
+            .node(&relay_bin(), id, LEASE, 100)
             .unwrap_or_else(|e| panic!("{e}"))
     });
     cli(&a, &["admin", "org", "add", "acme"]);
