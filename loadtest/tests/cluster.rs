@@ -179,7 +179,8 @@ fn media_flowed(report: &Value) {
     assert_eq!(report["dead_peers"], 0, "{report}");
 }
 
-fn redirects(node: &Node) -> f64 {
+/// The value of the metric `name` (no labels) on `node`.
+fn metric(node: &Node, name: &str) -> f64 {
     let text = ureq::get(format!("{}/metrics", node.url()))
         .call()
         .unwrap()
@@ -187,9 +188,13 @@ fn redirects(node: &Node) -> f64 {
         .read_to_string()
         .unwrap();
     text.lines()
-        .find_map(|l| l.strip_prefix("relay_cluster_redirects_total "))
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' '))
         .and_then(|v| v.trim().parse().ok())
-        .unwrap_or_else(|| panic!("no redirect counter:\n{text}"))
+        .unwrap_or_else(|| panic!("no {name}:\n{text}"))
+}
+
+fn redirects(node: &Node) -> f64 {
+    metric(node, "relay_cluster_redirects_total")
 }
 
 #[test]
@@ -294,6 +299,13 @@ fn three_relays_act_as_one_appliance() {
     let (nodes, _) = cluster(&b, &admin);
     let ids: Vec<&str> = nodes.iter().map(|(id, _)| id.as_str()).collect();
     assert_eq!(ids, ["a", "b", "c"]);
+    // Every node counts the live nodes at its next renewal.
+    eventually("every node sees three", LEASE * 2, || {
+        [&a, &b, &c]
+            .iter()
+            .all(|n| metric(n, "relay_cluster_nodes") == 3.0)
+            .then_some(())
+    });
 
     // A room without a home goes to the least-loaded node (all idle: the first by id), and a
     // request reaching another node is sent there.
