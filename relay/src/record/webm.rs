@@ -54,8 +54,18 @@ mod id {
 pub const VIDEO_TRACK: u8 = 1;
 pub const AUDIO_TRACK: u8 = 2;
 
-/// A video frame's default duration: one millisecond, the timestamps' resolution.
-const VIDEO_DEFAULT_DURATION_NS: u64 = 1_000_000;
+/// The least time between two video blocks, and the video's declared default duration.
+///
+/// ffmpeg lays a variable-rate stream's frames on a grid of its frame rate, and two frames on
+/// one point of it are an error ("non monotonically increasing dts"). A default duration of
+/// 5 ms is a declared rate of 200 frames a second, which its Matroska reader takes as the
+/// stream's rate (it takes a declared rate only below 1000); with every video block at least
+/// that far from the one before, no two share a point. (A 1 ms default, a rate of 1000, left
+/// the rate to be guessed from the first frames, about 30 a second, and frames that came in a
+/// burst fell on one point of that grid.) Camera and screen frames come 33 ms or more apart,
+/// so only a burst is spread, by a few milliseconds.
+const VIDEO_SPACING_MS: u64 = 5;
+const VIDEO_DEFAULT_DURATION_NS: u64 = VIDEO_SPACING_MS * 1_000_000;
 
 /// Opus's seek pre-roll, 80 ms (RFC 7845's recommendation, in ns).
 const SEEK_PRE_ROLL_NS: u64 = 80_000_000;
@@ -179,9 +189,8 @@ impl WebmWriter {
                 put_uint(t, id::TRACK_UID, u64::from(VIDEO_TRACK));
                 put_uint(t, id::TRACK_TYPE, 1);
                 put_bytes(t, id::CODEC_ID, b"V_VP8");
-                // The video's frame rate varies (it follows speakers and screen shares); the
-                // default duration is the timestamps' resolution, so that a reader laying
-                // frames on a grid of it (ffmpeg does) never puts two frames on one point.
+                // The video's frame rate varies (it follows speakers and screen shares): see
+                // VIDEO_SPACING_MS for why it declares this one.
                 put_uint(t, id::DEFAULT_DURATION, VIDEO_DEFAULT_DURATION_NS);
                 t.extend(master(id::VIDEO, |v| {
                     put_uint(v, id::PIXEL_WIDTH, u64::from(tracks.width));
@@ -224,8 +233,13 @@ impl WebmWriter {
         // Always forward within the track (a player refuses two blocks of one time), and
         // never before the cluster (a block of one track that arrives after the other track
         // started a cluster is clamped to it).
+        let spacing = if track == VIDEO_TRACK {
+            VIDEO_SPACING_MS
+        } else {
+            1
+        };
         let ms = match self.last_ms[slot] {
-            Some(last) => ms.max(last + 1),
+            Some(last) => ms.max(last + spacing),
             None => ms,
         }
         .max(self.cluster_ms.unwrap_or(0));
@@ -437,6 +451,30 @@ mod tests {
         // Cut inside Info.
         assert_eq!(with_duration(&plain[..56], 1.0), None);
         assert_eq!(with_duration(b"not a header", 1.0), None);
+    }
+
+    #[test]
+    fn video_in_a_burst_is_spread_to_the_declared_rate_and_audio_only_rises() {
+        let mut w = WebmWriter::new(T);
+        let header = w.take();
+        for (i, ms) in [100, 100, 101, 200].into_iter().enumerate() {
+            w.video(ms, i == 0, b"v");
+        }
+        w.audio(300, b"a");
+        w.audio(300, b"b");
+        let body = w.take();
+        // Each SimpleBlock (0xA3, a one-byte size, the track, a 16-bit offset from the
+        // cluster at 100): video 0, 5, 10, 100; audio 200, 201.
+        let offsets: Vec<i16> = body
+            .windows(3)
+            .enumerate()
+            .filter(|(_, x)| x[0] == 0xA3 && x[2] & 0x80 != 0)
+            .map(|(i, _)| i16::from_be_bytes([body[i + 3], body[i + 4]]))
+            .collect();
+        assert_eq!(offsets, [0, 5, 10, 100, 200, 201]);
+        let mut file = header;
+        file.extend(body);
+        assert_eq!(scan(&file).last_ms, Some(301));
     }
 
     #[test]
