@@ -162,21 +162,28 @@ impl RedisDirectory {
                 }
                 cursor = next;
             }
-            let mut out = Vec::with_capacity(keys.len());
-            for key in keys {
-                let (value, ttl): (Option<String>, i64) = redis::pipe()
-                    .cmd("GET")
-                    .arg(&key)
-                    .cmd("PTTL")
-                    .arg(&key)
-                    .query(c)?;
-                // A key that expired between the scan and the read is gone.
-                if let (Some(v), Ok(ms)) = (value, u64::try_from(ttl)) {
-                    let name = key[prefix.len()..].to_string();
-                    out.push((name, v, Duration::from_millis(ms)));
-                }
+            if keys.is_empty() {
+                return Ok(Vec::new());
             }
-            Ok(out)
+            // Every value and lease in one round trip.
+            let mut pipe = redis::pipe();
+            for key in &keys {
+                pipe.cmd("GET").arg(key).cmd("PTTL").arg(key);
+            }
+            let answers: Vec<(Option<String>, i64)> = pipe.query(c)?;
+            Ok(keys
+                .iter()
+                .zip(answers)
+                // A key that expired between the scan and the read is gone.
+                .filter_map(|(key, (value, ttl))| {
+                    let ms = u64::try_from(ttl).ok()?;
+                    Some((
+                        key[prefix.len()..].to_string(),
+                        value?,
+                        Duration::from_millis(ms),
+                    ))
+                })
+                .collect())
         })
     }
 }
