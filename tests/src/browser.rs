@@ -198,6 +198,13 @@ impl Browser {
     /// Runs `body` as an async function in `w` and returns its result. `body` may `await`;
     /// a thrown error fails the test with its message.
     pub fn run(&self, w: &Window, body: &str) -> Value {
+        self.try_run(w, body)
+            .unwrap_or_else(|e| panic!("{e}\nscript: {body}"))
+    }
+
+    /// [`Browser::run`] for a page that may be moving to another address: a script cut off by
+    /// the page going away is an error, not a failed test.
+    pub fn try_run(&self, w: &Window, body: &str) -> Result<Value, String> {
         self.switch(w);
         let script = format!(
             "const done = arguments[arguments.length - 1];
@@ -205,15 +212,13 @@ impl Browser {
                  (v) => done({{ ok: v === undefined ? null : v }}),
                  (e) => done({{ err: String(e && e.message || e) }}));"
         );
-        let v = self.cmd(
-            "POST",
-            "/execute/async",
-            json!({"script": script, "args": []}),
-        );
+        let url = format!("{}/session/{}/execute/async", self.base, self.session);
+        let v = call("POST", &url, Some(&json!({"script": script, "args": []})))
+            .map_err(|e| format!("WebDriver POST /execute/async: {e}"))?;
         if let Some(err) = v.get("err") {
-            panic!("script failed in the page: {err}\nscript: {body}");
+            return Err(format!("script failed in the page: {err}"));
         }
-        v["ok"].clone()
+        Ok(v["ok"].clone())
     }
 }
 

@@ -30,20 +30,21 @@ fn cli(node: &Node, args: &[&str]) -> String {
         .unwrap_or_else(|e| panic!("{e}"))
 }
 
-fn origin(b: &Browser, w: &Window) -> String {
-    b.run(w, "return location.origin;")
-        .as_str()
-        .unwrap_or_default()
-        .to_string()
+/// The page's origin; `None` while it is moving to another node.
+fn origin(b: &Browser, w: &Window) -> Option<String> {
+    let v = b.try_run(w, "return location.origin;").ok()?;
+    v.as_str().map(str::to_string)
 }
 
 /// Waits until the page at `w` is joined on the node at `url` and decodes the other person.
 fn meets_on(b: &Browser, w: &Window, url: &str, what: &str) {
     eventually(what, || {
-        if origin(b, w) != url {
+        if origin(b, w)? != url {
             return None;
         }
-        let joined = b.run(w, "return relay.state.joined && !!relay.state.pub;");
+        let joined = b
+            .try_run(w, "return relay.state.joined && !!relay.state.pub;")
+            .ok()?;
         joined.as_bool().filter(|j| *j)?;
         let before: u64 = slots(b, w).iter().map(|s| s.frames).sum();
         std::thread::sleep(Duration::from_millis(700));
@@ -120,7 +121,7 @@ fn the_page_meets_on_the_rooms_home_and_follows_it_when_the_home_dies() {
     // asking the nodes they know, meet there again.
     a.process.daemon.kill();
     let moved = eventually("ann's page leaves the dead node", || {
-        let o = origin(&browser, &w1);
+        let o = origin(&browser, &w1)?;
         (o == b.url() || o == c.url()).then_some(o)
     });
     meets_on(&browser, &w1, &moved, "ann meets bob again");
