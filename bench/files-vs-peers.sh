@@ -2,7 +2,10 @@
 # The file plane beside rsync and sendme (iroh) on the same data, on loopback, in one run:
 #   relay: first upload of an incompressible file, the same file again, the file after a 1 MiB
 #          edit in the middle, and a download;
-#   rsync: a daemon on 127.0.0.1, first copy and the delta after the same edit;
+#   relay: also four puts of four different files of the same size from four clients at once;
+#   rsync: a daemon on 127.0.0.1, first copy and the delta after the same edit; then the same
+#          first copy over ssh (Debian's sshd on a loopback port, keys made for the run), which
+#          is how offices copy files securely without a relay;
 #   sendme: send and receive of the same file, inside a new network namespace that has nothing
 #          but loopback (sendme otherwise reaches public relay and discovery servers).
 # Each step runs RUNS times (default 3; every run starts from an empty relay store, an empty rsync
@@ -10,11 +13,14 @@
 # bytes that travelled and the CPU seconds of each end.
 #
 # Usage: bench/files-vs-peers.sh [SIZE_MIB]   (default 1024)
-#   Installs rsync (apt-get) when it is missing; builds the release relay; installs sendme with `cargo install sendme --locked`
-#   when it is missing (about 10 minutes); the sendme steps need root for `unshare -n`.
+#   Installs rsync and openssh-server (apt-get) when they are missing; builds the release relay;
+#   installs sendme with `cargo install sendme --locked` when it is missing (about 10 minutes);
+#   the sendme and ssh steps need root (`unshare -n`, sshd).
 #   Environment: RUNS, FILES_PORT (default 14433), HTTP_PORT (18080), RSYNC_PORT (18873),
-#   SENDME_PORT (17777), CARGO_TARGET_DIR, RELAY_BIN (a relay binary to measure instead of
-#   building one, e.g. an older release for a before-and-after).
+#   SSH_PORT (18822), SENDME_PORT (17777), SENDME=0 (leave sendme out), CARGO_TARGET_DIR,
+#   RELAY_BIN (a relay binary to measure instead of building one, e.g. an older release for a
+#   before-and-after), RELAY_CONFIG_EXTRA (lines added to the relay's [files] section, to
+#   measure a setting).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -23,21 +29,24 @@ runs=${RUNS:-3}
 files_port=${FILES_PORT:-14433}
 http_port=${HTTP_PORT:-18080}
 rsync_port=${RSYNC_PORT:-18873}
+ssh_port=${SSH_PORT:-18822}
 sendme_port=${SENDME_PORT:-17777}
-if ! command -v rsync >/dev/null; then
-  echo "installing rsync (apt-get install -y rsync)..." >&2
-  { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq rsync >/dev/null; } ||
-    { echo "rsync is needed and could not be installed" >&2; exit 2; }
+with_sendme=${SENDME:-1}
+if ! command -v rsync >/dev/null || [ ! -x /usr/sbin/sshd ] || ! command -v ssh >/dev/null; then
+  echo "installing rsync and ssh (apt-get install -y rsync openssh-server openssh-client)..." >&2
+  { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq rsync \
+    openssh-server openssh-client >/dev/null; } ||
+    { echo "rsync and ssh are needed and could not be installed" >&2; exit 2; }
 fi
-if ! command -v sendme >/dev/null; then
+if [ "$with_sendme" != 0 ] && ! command -v sendme >/dev/null; then
   echo "installing sendme (cargo install sendme --locked)..." >&2
   cargo install sendme --locked -q
 fi
 [ -n "${RELAY_BIN:-}" ] || cargo build --release --locked -q -p relay
 
 work=$(mktemp -d)
-relay_pid= rsyncd_pid=
-trap 'kill $relay_pid $rsyncd_pid 2>/dev/null || true; rm -rf "$work"' EXIT
+relay_pid= rsyncd_pid= sshd_pid=
+trap 'kill $relay_pid $rsyncd_pid $sshd_pid 2>/dev/null || true; rm -rf "$work"' EXIT
 # A copy, so that another build into the same target directory cannot change it mid-run.
 relay=$work/relay
 export TIMES_FILE=$work/times
@@ -47,6 +56,8 @@ head -c "$((size_mib << 20))" /dev/urandom >"$work/video.bin"
 cp "$work/video.bin" "$work/edited.bin"
 dd if=/dev/urandom of="$work/edited.bin" bs=1M count=1 seek=$((size_mib / 2)) conv=notrunc status=none
 touch -d '2000-01-01' "$work/edited.bin"
+# Three more files of the same size for the concurrent puts (with a changed copy of video.bin, four).
+for i in 1 2 3; do head -c "$((size_mib << 20))" /dev/urandom >"$work/other$i.bin"; done
 
 declare -A walls bytes cpus
 record() { # step, wall, bytes, cpu
@@ -72,6 +83,7 @@ first_port = 0
 workers = 1
 [files]
 listen = "127.0.0.1:$files_port"
+${RELAY_CONFIG_EXTRA:-}
 EOF
 
 relay_step() { # name, command...
@@ -83,9 +95,19 @@ relay_step() { # name, command...
   t1=$(now); c1=$(cpu_of "$relay_pid")
   children_cpu; k1=$KIDS
   local sent
-  sent=$(printf '%s' "$out" | grep -o '"bytes_\(sent\|received\)":[0-9]*' | head -1 | cut -d: -f2)
+  sent=$(printf '%s' "$out" | grep -o '"bytes_\(sent\|received\)":[0-9]*' | head -1 | cut -d: -f2 || true)
   record "$name" "$(echo "$t1 - $t0" | bc)" "${sent:-?}" "$(echo "$k1 - $k0" | bc)/$(echo "$c1 - $c0" | bc)"
   LAST=$out
+}
+
+# Four puts from four client processes at once; fails if any fails.
+put_four() {
+  local pids=() f p
+  for f in put other1 other2 other3; do
+    "$relay" files put "$work/$f.bin" "$@" >/dev/null &
+    pids+=($!)
+  done
+  for p in "${pids[@]}"; do wait "$p"; done
 }
 
 relay_run() {
@@ -115,6 +137,11 @@ relay_run() {
   relay_step "relay put (1 MiB edited)" "$relay" files put "$work/put.bin" "${conn[@]}"
   relay_step "relay get" "$relay" files get "$id" -o "$work/out/video.bin" "${conn[@]}"
   cmp "$work/out/video.bin" "$work/video.bin"
+  # Four clients at once, each putting a file the relay has not seen: the first one's content
+  # went up above, so its copy gets a new first megabyte.
+  cp "$work/video.bin" "$work/put.bin"
+  dd if=/dev/urandom of="$work/put.bin" bs=1M count=1 conv=notrunc status=none
+  relay_step "relay 4 puts at once" put_four "${conn[@]}"
   kill "$relay_pid"; wait "$relay_pid" 2>/dev/null || true
   relay_pid=
 }
@@ -148,6 +175,51 @@ EOF
   rsync_step "rsync (1 MiB edited, delta)" "$work/edited.bin"
   kill "$rsyncd_pid"; wait "$rsyncd_pid" 2>/dev/null || true
   rsyncd_pid=
+}
+
+# sshd on a loopback port with a host key and a client key made for the run (as root).
+ssh_opts() {
+  echo "-p $ssh_port -i $work/ssh/client -o StrictHostKeyChecking=no -o UserKnownHostsFile=/dev/null -o LogLevel=ERROR -o BatchMode=yes"
+}
+sshd_start() {
+  mkdir -p "$work/ssh" /run/sshd
+  ssh-keygen -q -t ed25519 -N '' -f "$work/ssh/host" >/dev/null
+  ssh-keygen -q -t ed25519 -N '' -f "$work/ssh/client" >/dev/null
+  cp "$work/ssh/client.pub" "$work/ssh/authorized_keys"
+  cat >"$work/ssh/sshd_config" <<EOF
+ListenAddress 127.0.0.1:$ssh_port
+HostKey $work/ssh/host
+AuthorizedKeysFile $work/ssh/authorized_keys
+PermitRootLogin prohibit-password
+PasswordAuthentication no
+StrictModes no
+UsePAM no
+EOF
+  /usr/sbin/sshd -D -e -f "$work/ssh/sshd_config" 2>"$work/ssh/log" &
+  sshd_pid=$!
+  for _ in $(seq 50); do
+    # shellcheck disable=SC2046
+    ssh $(ssh_opts) root@127.0.0.1 true 2>/dev/null && return 0
+    sleep 0.1
+  done
+  cat "$work/ssh/log" >&2
+  exit 1
+}
+
+ssh_run() {
+  rm -rf "$work/ssh-dst"; mkdir -p "$work/ssh-dst"
+  local t0 t1 k0 k1 out
+  children_cpu; k0=$KIDS
+  t0=$(now)
+  out=$(rsync --stats -e "ssh $(ssh_opts)" "$work/video.bin" "root@127.0.0.1:$work/ssh-dst/video.bin")
+  t1=$(now)
+  children_cpu; k1=$KIDS
+  # The receiving rsync is sshd's child, not this shell's: the CPU is the sending side's (rsync
+  # and ssh).
+  record "rsync over ssh (first)" "$(echo "$t1 - $t0" | bc)" \
+    "$(printf '%s' "$out" | awk -F: '/Total bytes sent/ { gsub(/[ ,]/, "", $2); print $2 }')" \
+    "$(echo "$k1 - $k0" | bc)/-"
+  cmp "$work/video.bin" "$work/ssh-dst/video.bin"
 }
 
 # Runs inside `unshare -n`: loopback only. Prints: import seconds, transfer seconds, sender CPU,
@@ -191,16 +263,18 @@ sendme_run() {
 }
 
 echo "file: ${size_mib} MiB incompressible; $(nproc) CPUs; $(date -u '+%F %H:%M') UTC; $runs runs"
+sshd_start
 for _ in $(seq "$runs"); do
   relay_run
   rsync_run
-  if [ "$(id -u)" = 0 ] && command -v unshare >/dev/null; then
+  ssh_run
+  if [ "$with_sendme" != 0 ] && [ "$(id -u)" = 0 ] && command -v unshare >/dev/null; then
     sendme_run
   fi
 done
 order=("relay put (first)" "relay put (same again)" "relay put (same, remembered)"
-  "relay put (1 MiB edited)" "relay get"
-  "rsync (first)" "rsync (1 MiB edited, delta)" "sendme import (send side)" "sendme transfer (receive)")
+  "relay put (1 MiB edited)" "relay get" "relay 4 puts at once"
+  "rsync (first)" "rsync over ssh (first)" "rsync (1 MiB edited, delta)" "sendme import (send side)" "sendme transfer (receive)")
 printf '%-28s %8s  %-26s %14s  %s\n' step median runs bytes "CPU s client/server per run"
 for s in "${order[@]}"; do
   [ -n "${walls[$s]:-}" ] || continue
