@@ -14,7 +14,9 @@ use std::collections::HashMap;
 use std::io::{self, Read};
 
 use bytes::Bytes;
-use fastcdc::v2020::{MASKS, cut};
+use fastcdc::v2020::MASKS;
+
+use super::gear::{self, Sizes};
 
 use super::Hash;
 
@@ -72,7 +74,7 @@ pub struct Chunker<R> {
     end: usize,
     eof: bool,
     offset: u64,
-    masks: [u64; 4],
+    sizes: Sizes,
 }
 
 impl<R: Read> Chunker<R> {
@@ -84,7 +86,7 @@ impl<R: Read> Chunker<R> {
             end: 0,
             eof: false,
             offset: 0,
-            masks: masks(),
+            sizes: sizes(),
         }
     }
 
@@ -121,7 +123,7 @@ impl<R: Read> Chunker<R> {
         if pending.is_empty() {
             return Ok(None);
         }
-        let len = cut_len(pending, &self.masks);
+        let len = cut_len(pending, &self.sizes);
         let data = &self.buf[self.start..self.start + len];
         let chunk = Chunk {
             offset: self.offset,
@@ -209,29 +211,29 @@ pub fn cut_file(data: &[u8], threads: usize) -> Vec<Cut> {
     cuts
 }
 
-/// FastCDC's masks for our sizes: small and large, and each shifted left by one.
-fn masks() -> [u64; 4] {
+/// FastCDC's sizes and masks for our chunks.
+fn sizes() -> Sizes {
     let bits = AVG_CHUNK.trailing_zeros();
-    let mask_s = MASKS[(bits + NORMALISATION_BITS) as usize];
-    let mask_l = MASKS[(bits - NORMALISATION_BITS) as usize];
-    [mask_s, mask_l, mask_s << 1, mask_l << 1]
+    Sizes {
+        min: MIN_CHUNK,
+        avg: AVG_CHUNK,
+        max: MAX_CHUNK,
+        mask_s: MASKS[(bits + NORMALISATION_BITS) as usize],
+        mask_l: MASKS[(bits - NORMALISATION_BITS) as usize],
+    }
 }
 
 /// The length of the chunk that starts `window`, which holds what lies ahead of the cut point up
 /// to [`MAX_CHUNK`] bytes (less only at the end of the stream).
-fn cut_len(window: &[u8], masks: &[u64; 4]) -> usize {
-    let [mask_s, mask_l, mask_s_ls, mask_l_ls] = *masks;
-    let (_, c) = cut(
-        window, MIN_CHUNK, AVG_CHUNK, MAX_CHUNK, mask_s, mask_l, mask_s_ls, mask_l_ls,
-    );
-    // `cut` returns at most `window.len()` and never 0 for non-empty input; clamp anyway so a
-    // surprise in the crate cannot loop forever or slice out of bounds.
-    c.clamp(1, window.len().max(1))
+fn cut_len(window: &[u8], sizes: &Sizes) -> usize {
+    // The search answers at most `window.len()` and never 0 for non-empty input; clamp anyway so
+    // a surprise cannot loop forever or slice out of bounds.
+    gear::cut_len(window, sizes).clamp(1, window.len().max(1))
 }
 
 /// The chunk at `pos`, a cut point of the stream `data` seen up to `limit`.
-fn cut_at(data: &[u8], pos: usize, limit: usize, masks: &[u64; 4]) -> Cut {
-    let c = cut_len(&data[pos..limit.min(pos + MAX_CHUNK)], masks);
+fn cut_at(data: &[u8], pos: usize, limit: usize, sizes: &Sizes) -> Cut {
+    let c = cut_len(&data[pos..limit.min(pos + MAX_CHUNK)], sizes);
     Cut {
         offset: pos as u64,
         // At most MAX_CHUNK (4 MiB).
@@ -243,11 +245,11 @@ fn cut_at(data: &[u8], pos: usize, limit: usize, masks: &[u64; 4]) -> Cut {
 /// The chunks of `data[start..limit]` cut as if the stream began at `start`; the last one is
 /// left out unless `limit` is the end of `data`, since only the end of the data made it end there.
 fn cut_range(data: &[u8], start: usize, limit: usize) -> Vec<Cut> {
-    let masks = masks();
+    let sizes = sizes();
     let mut cuts = Vec::new();
     let mut pos = start;
     while pos < limit {
-        let c = cut_at(data, pos, limit, &masks);
+        let c = cut_at(data, pos, limit, &sizes);
         pos += c.len as usize;
         cuts.push(c);
     }
@@ -308,7 +310,7 @@ pub fn recut_file(data: &[u8], previous: &[Cut], previous_len: u64, threads: usi
     for (i, c) in previous.iter().enumerate() {
         by_hash.entry(c.hash).or_insert(i);
     }
-    let masks = masks();
+    let sizes = sizes();
     let mut cuts = Vec::with_capacity(previous.len() + 8);
     // New offset minus old offset of the bytes being followed.
     let mut shift: i128 = 0;
@@ -333,7 +335,7 @@ pub fn recut_file(data: &[u8], previous: &[Cut], previous_len: u64, threads: usi
                 continue;
             }
         }
-        let c = cut_at(data, pos, data.len(), &masks);
+        let c = cut_at(data, pos, data.len(), &sizes);
         pos += c.len as usize;
         if let Some(&i) = by_hash.get(&c.hash) {
             let old_end = previous[i].offset + u64::from(previous[i].len);

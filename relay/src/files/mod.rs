@@ -12,6 +12,7 @@
 
 pub mod chunker;
 pub mod client;
+pub mod gear;
 pub mod manifest;
 pub mod mapped;
 pub mod plan;

@@ -1,0 +1,328 @@
+//! FastCDC v2020's cut point search, two blocks of the window side by side.
+//!
+//! The crate's search (`fastcdc::v2020::cut`) is one chain of dependent shifts and adds, a byte
+//! after the other: about 1.5 cycles a byte however wide the core, and the largest cost of a first
+//! upload on the client. The gear hash of a position depends only on the 64 bytes up to it (older
+//! bytes are shifted out of the 64-bit hash), so the window after a chunk's minimum size can be
+//! searched in blocks, two at a time, the second block's hash started from the 64 bytes before
+//! it: two independent chains that one core runs in the time of about one and a half. The first
+//! block's cut, if any, wins; only the rest of the first block is searched after the second one
+//! found a cut.
+//!
+//! The cut points are exactly the crate's, tested against it on random and degenerate data: the
+//! same masks per position (the crate checks an even position against the mask shifted left by
+//! one, so that position ignores the mask's top bit), the same switch from the small to the large
+//! mask at the average size, the same maximum.
+//!
+//! The crate keeps its gear table private; it is read back through the crate's public `cut`, whose
+//! returned hash over two equal bytes `x x` is `3 G[x]` (mod 2^64, where 3 is invertible), and
+//! checked against a second probe. Where the table did not read back so, the crate's own search
+//! runs.
+
+use std::sync::OnceLock;
+
+use fastcdc::v2020::cut;
+
+/// The crate's gear table, read back through its public API; `None` if it did not check out.
+fn gear() -> Option<&'static [u64; 256]> {
+    static GEAR: OnceLock<Option<[u64; 256]>> = OnceLock::new();
+    GEAR.get_or_init(read_gear).as_ref()
+}
+
+/// The gear hash the crate returns for `[x, y]` when no position may cut: `2 G[x] + G[y]`.
+fn probe(x: u8, y: u8) -> u64 {
+    cut(&[x, y], 0, 2, 2, u64::MAX, u64::MAX, u64::MAX, u64::MAX).0
+}
+
+fn read_gear() -> Option<[u64; 256]> {
+    // The inverse of 3 modulo 2^64.
+    const INV3: u64 = 0xAAAA_AAAA_AAAA_AAAB;
+    let mut g = [0u64; 256];
+    for (x, slot) in g.iter_mut().enumerate() {
+        *slot = probe(x as u8, x as u8).wrapping_mul(INV3);
+    }
+    // Every pair of differing neighbours in the table must agree with the closed form, or the
+    // probe did not read what it meant to (a hash of zero ends the crate's search early).
+    let ok = (0..=255u8).all(|x| {
+        let y = x.wrapping_add(1);
+        probe(x, y) == (g[x as usize] << 1).wrapping_add(g[y as usize])
+    });
+    ok.then_some(g)
+}
+
+/// What a cut search needs besides the bytes.
+#[derive(Debug, Clone, Copy)]
+pub struct Sizes {
+    pub min: usize,
+    pub avg: usize,
+    pub max: usize,
+    /// The masks before and after the average size (the crate's `mask_s` and `mask_l`).
+    pub mask_s: u64,
+    pub mask_l: u64,
+}
+
+/// The length of the chunk that begins `source`: what [`crate_cut_len`] answers, found faster.
+pub fn cut_len(source: &[u8], s: &Sizes) -> usize {
+    match gear() {
+        Some(g) => search(source, s, g),
+        None => crate_cut_len(source, s),
+    }
+}
+
+/// The crate's own search: `cut(source, min, avg, max, mask_s, mask_l, mask_s << 1, mask_l << 1)`.
+pub fn crate_cut_len(source: &[u8], s: &Sizes) -> usize {
+    cut(
+        source,
+        s.min,
+        s.avg,
+        s.max,
+        s.mask_s,
+        s.mask_l,
+        s.mask_s << 1,
+        s.mask_l << 1,
+    )
+    .1
+}
+
+/// Where the crate's search looks: positions `start..end` (whole pairs from the minimum size,
+/// rounded down to even), the small mask before `switch`, and the length it answers when nothing
+/// matches.
+struct Bounds {
+    start: usize,
+    switch: usize,
+    end: usize,
+    none: usize,
+}
+
+/// The crate's bounds for a source of `len` bytes; `None` when it answers `len` at once.
+fn bounds(len: usize, s: &Sizes) -> Option<Bounds> {
+    if len <= s.min {
+        return None;
+    }
+    let remaining = len.min(s.max);
+    let center = if len <= s.max && len < s.avg {
+        len
+    } else {
+        s.avg
+    };
+    Some(Bounds {
+        start: s.min / 2 * 2,
+        switch: center / 2 * 2,
+        end: remaining / 2 * 2,
+        none: remaining,
+    })
+}
+
+/// The masks of an even position and of the odd one after it: the crate checks an even position
+/// against the mask shifted left by one, so there the mask's top bit does not count.
+fn pair_masks(mask: u64) -> (u64, u64) {
+    (mask & !(1 << 63), mask)
+}
+
+/// Positions searched in one block; two blocks are searched at once.
+const BLOCK: usize = 16 << 10;
+/// The gear hash of a position depends on the 64 bytes up to it and on nothing before.
+const WINDOW: usize = 64;
+
+/// The crate's search, two blocks at a time: the hash is a chain of dependent adds, so a core
+/// runs two chains side by side in the time of one. The second block's hash is started from the
+/// 64 bytes before it, which gives exactly the hash the first block would have handed on. A cut
+/// in the first block wins over one in the second.
+fn search(src: &[u8], s: &Sizes, g: &[u64; 256]) -> usize {
+    let Some(b) = bounds(src.len(), s) else {
+        return src.len();
+    };
+    let mask_of = |from: usize, to: usize| {
+        if to <= b.switch {
+            Some(s.mask_s)
+        } else if from >= b.switch {
+            Some(s.mask_l)
+        } else {
+            None
+        }
+    };
+    let (mut p, mut h) = (b.start, 0u64);
+    while p < b.end {
+        let (mid, last) = (p + BLOCK, p + 2 * BLOCK);
+        let masks = (mask_of(p, mid), mask_of(mid, last));
+        let found = match masks {
+            (Some(ma), Some(mb)) if last <= b.end => {
+                let warm = warm_hash(&src[b.start.max(mid - WINDOW)..mid], g);
+                two_blocks(src, p, h, warm, ma, mb, g)
+            }
+            _ => {
+                let to = mid.min(b.end);
+                scan(src, p, to, h, &b, s, g)
+            }
+        };
+        match found {
+            Found::Cut(at) => return at,
+            Found::Hash(next, at) => (h, p) = (next, at),
+        }
+    }
+    b.none
+}
+
+/// What a search of some positions found: a cut, or none and the hash of the last position
+/// with the position after it.
+enum Found {
+    Cut(usize),
+    Hash(u64, usize),
+}
+
+/// The hash of the last byte of `bytes` started from zero.
+fn warm_hash(bytes: &[u8], g: &[u64; 256]) -> u64 {
+    bytes
+        .iter()
+        .fold(0u64, |h, &x| (h << 1).wrapping_add(g[x as usize]))
+}
+
+/// Positions `from..to` one after the other, from `h`, the hash of position `from - 1`.
+fn scan(
+    src: &[u8],
+    from: usize,
+    to: usize,
+    mut h: u64,
+    b: &Bounds,
+    s: &Sizes,
+    g: &[u64; 256],
+) -> Found {
+    for (p, &x) in src.iter().enumerate().take(to).skip(from) {
+        h = (h << 1).wrapping_add(g[x as usize]);
+        let (even, odd) = pair_masks(if p < b.switch { s.mask_s } else { s.mask_l });
+        if h & (if p % 2 == 0 { even } else { odd }) == 0 {
+            return Found::Cut(p);
+        }
+    }
+    Found::Hash(h, to)
+}
+
+/// The blocks `a..a + BLOCK` (mask `ma`, from `ha`) and the one after it (mask `mb`, from `hb`)
+/// side by side.
+fn two_blocks(src: &[u8], a: usize, ha: u64, hb: u64, ma: u64, mb: u64, g: &[u64; 256]) -> Found {
+    let (ea, oa) = pair_masks(ma);
+    let (eb, ob) = pair_masks(mb);
+    let (first, second) = (&src[a..a + BLOCK], &src[a + BLOCK..a + 2 * BLOCK]);
+    let (mut ha, mut hb) = (ha, hb);
+    let step = |h: u64, x: u8| (h << 1).wrapping_add(g[x as usize]);
+    for (i, (x, y)) in first
+        .chunks_exact(2)
+        .zip(second.chunks_exact(2))
+        .enumerate()
+    {
+        ha = step(ha, x[0]);
+        if ha & ea == 0 {
+            return Found::Cut(a + 2 * i);
+        }
+        hb = step(hb, y[0]);
+        let mut in_second = (hb & eb == 0).then_some(0);
+        ha = step(ha, x[1]);
+        if ha & oa == 0 {
+            return Found::Cut(a + 2 * i + 1);
+        }
+        if in_second.is_none() {
+            hb = step(hb, y[1]);
+            in_second = (hb & ob == 0).then_some(1);
+        }
+        if let Some(k) = in_second {
+            // The first block may still cut before it: finish the first block alone.
+            let from = 2 * i + 2;
+            let later = first[from..]
+                .chunks_exact(2)
+                .enumerate()
+                .find_map(|(j, x)| {
+                    ha = step(ha, x[0]);
+                    if ha & ea == 0 {
+                        return Some(from + 2 * j);
+                    }
+                    ha = step(ha, x[1]);
+                    (ha & oa == 0).then_some(from + 2 * j + 1)
+                });
+            return Found::Cut(a + later.unwrap_or(BLOCK + 2 * i + k));
+        }
+    }
+    Found::Hash(hb, a + 2 * BLOCK)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use fastcdc::v2020::MASKS;
+
+    #[test]
+    fn the_table_reads_back() {
+        let g = gear().expect("the gear table reads back through the crate's cut");
+        assert!(g.iter().all(|&v| v != 0));
+    }
+
+    #[test]
+    fn cuts_are_the_crates() {
+        // Small sizes so that many cuts, the switch and the maximum are all met.
+        let sizes = [
+            Sizes {
+                min: 64,
+                avg: 256,
+                max: 1024,
+                mask_s: MASKS[9],
+                mask_l: MASKS[7],
+            },
+            Sizes {
+                min: 2048,
+                avg: 8192,
+                max: 32768,
+                mask_s: MASKS[14],
+                mask_l: MASKS[12],
+            },
+            Sizes {
+                min: 256 << 10,
+                avg: 1 << 20,
+                max: 4 << 20,
+                mask_s: MASKS[21],
+                mask_l: MASKS[19],
+            },
+        ];
+        let data = relay_kit::noise(5, 12 << 20);
+        let mut zeros_then_noise = vec![0u8; 6 << 20];
+        zeros_then_noise.extend_from_slice(&data[..3 << 20]);
+        let runs: Vec<u8> = (0..(3 << 20))
+            .map(|i: usize| (i / 1000 % 7) as u8)
+            .collect();
+        let mut cuts = 0;
+        for s in &sizes {
+            for source in [&data[..], &zeros_then_noise[..], &runs[..]] {
+                let mut at = 0;
+                while at < source.len() {
+                    let rest = &source[at..];
+                    let ours = cut_len(rest, s);
+                    assert_eq!(
+                        ours,
+                        crate_cut_len(rest, s),
+                        "at {at} of {} (min {})",
+                        source.len(),
+                        s.min
+                    );
+                    at += ours.max(1);
+                    cuts += 1;
+                }
+            }
+            // Lengths odd and even around the minimum, the switch and the maximum.
+            let around = |x: usize| x - 3..x + 4;
+            let lens = (0..20)
+                .chain(around(s.min))
+                .chain(around(s.min + 9))
+                .chain(around(s.avg))
+                .chain(around(s.max));
+            for len in lens {
+                for src in [&data[1000..1000 + len], &zeros_then_noise[..len]] {
+                    assert_eq!(
+                        cut_len(src, s),
+                        crate_cut_len(src, s),
+                        "len {len} min {}",
+                        s.min
+                    );
+                }
+            }
+        }
+        assert!(cuts > 100, "{cuts} cuts");
+    }
+}
