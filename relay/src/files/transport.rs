@@ -122,11 +122,21 @@ pub async fn read_frame(recv: &mut quinn::RecvStream) -> Result<Option<(u8, Byte
         Err(e) => return Err(StreamError::Read(e)),
     }
     let (kind, len) = wire::parse_header(head).map_err(StreamError::Wire)?;
+    let mut body = Body::new(len);
+    if len >= 2 {
+        let mut first = [0u8; 2];
+        recv.read_exact(&mut first)
+            .await
+            .map_err(StreamError::Read)?;
+        if let Some(at) = wire::chunk_offset(kind, first) {
+            body.align_at(at);
+        }
+        body.buf.extend_from_slice(&first);
+    }
     // Appended piece by piece as quinn hands them over, rather than read into a zeroed buffer.
-    let mut body = Vec::with_capacity(len);
     while body.len() < len {
         match recv.read_chunk(len - body.len(), true).await {
-            Ok(Some(piece)) => body.extend_from_slice(&piece.bytes),
+            Ok(Some(piece)) => body.buf.extend_from_slice(&piece.bytes),
             Ok(None) => {
                 return Err(StreamError::Read(quinn::ReadExactError::FinishedEarly(
                     body.len(),
@@ -135,7 +145,48 @@ pub async fn read_frame(recv: &mut quinn::RecvStream) -> Result<Option<(u8, Byte
             Err(e) => return Err(StreamError::Read(quinn::ReadExactError::ReadError(e))),
         }
     }
-    Ok(Some((kind, Bytes::from(body))))
+    Ok(Some((kind, Bytes::from_owner(body))))
+}
+
+/// The memory alignment that writing around the page cache (`O_DIRECT`) asks of a buffer.
+pub const BLOCK_ALIGN: usize = 4096;
+
+/// A frame's body as it arrives, with room in front so that a chunk inside it can begin at a
+/// [`BLOCK_ALIGN`] boundary in memory.
+struct Body {
+    buf: Vec<u8>,
+    /// Where the body begins in `buf`: after the padding.
+    start: usize,
+}
+
+impl Body {
+    fn new(len: usize) -> Body {
+        Body {
+            buf: Vec::with_capacity(len + BLOCK_ALIGN),
+            start: 0,
+        }
+    }
+
+    /// Pads the front so that offset `at` of the body lies on a block boundary. Only before any
+    /// byte of the body was appended.
+    fn align_at(&mut self, at: usize) {
+        let to_boundary = self.buf.as_ptr().wrapping_add(at).align_offset(BLOCK_ALIGN);
+        if to_boundary < BLOCK_ALIGN && self.buf.is_empty() {
+            // Within the spare capacity: the buffer does not move.
+            self.buf.resize(to_boundary, 0);
+            self.start = to_boundary;
+        }
+    }
+
+    fn len(&self) -> usize {
+        self.buf.len() - self.start
+    }
+}
+
+impl AsRef<[u8]> for Body {
+    fn as_ref(&self) -> &[u8] {
+        &self.buf[self.start..]
+    }
 }
 
 pub async fn write_frame(send: &mut quinn::SendStream, frame: Frame) -> Result<(), StreamError> {
@@ -149,4 +200,26 @@ pub async fn write_frame(send: &mut quinn::SendStream, frame: Frame) -> Result<(
             .map_err(StreamError::Write)?;
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_body_puts_its_chunk_on_a_block_boundary() {
+        for (len, at) in [(10_000, 0), (10_000, 37), (2 << 20, 4200), (5, 5)] {
+            let mut body = Body::new(len);
+            body.align_at(at);
+            let bytes: Vec<u8> = (0..len).map(|i| (i % 251) as u8).collect();
+            body.buf.extend_from_slice(&bytes);
+            let held = Bytes::from_owner(body);
+            assert_eq!(&held[..], &bytes[..], "{len} at {at}");
+            assert_eq!(
+                held[at..].as_ptr().align_offset(BLOCK_ALIGN),
+                0,
+                "{len} at {at}"
+            );
+        }
+    }
 }

@@ -146,27 +146,40 @@ fn write_durably(path: &Path, data: &[u8]) -> io::Result<()> {
     }
 }
 
-/// `O_DIRECT` wants whole aligned blocks: the data is copied into an aligned buffer padded with
-/// zeros to a whole block, and the file cut back to the data's length before the fsync.
+/// `O_DIRECT` wants whole aligned blocks. Bytes that begin on a block boundary in memory (the
+/// file plane's reader puts a received chunk there) go to the disk as they lie, all but the last
+/// partial block; otherwise, and for that last block, they are copied into an aligned buffer
+/// padded with zeros. The file is cut back to the data's length before the fsync.
 fn write_direct(path: &Path, data: &[u8]) -> io::Result<()> {
-    use std::os::unix::fs::OpenOptionsExt;
-    let mut f = crate::private::open_options()
+    use std::os::unix::fs::{FileExt, OpenOptionsExt};
+    let f = crate::private::open_options()
         .write(true)
         .create(true)
         .truncate(true)
         .custom_flags(libc::O_DIRECT)
         .open(path)?;
-    let padded = data.len().div_ceil(DIRECT_ALIGN) * DIRECT_ALIGN;
-    DIRECT_BUF.with_borrow_mut(|buf| {
-        buf.resize(padded + DIRECT_ALIGN, 0);
-        let start = buf.as_ptr().align_offset(DIRECT_ALIGN);
-        let Some(block) = buf.get_mut(start..start + padded) else {
-            return Err(io::Error::from_raw_os_error(libc::EINVAL));
-        };
-        block[..data.len()].copy_from_slice(data);
-        block[data.len()..].fill(0);
-        f.write_all(block)
-    })?;
+    let direct = if data.as_ptr().align_offset(DIRECT_ALIGN) == 0 {
+        data.len() / DIRECT_ALIGN * DIRECT_ALIGN
+    } else {
+        0
+    };
+    if direct > 0 {
+        f.write_all_at(&data[..direct], 0)?;
+    }
+    let rest = &data[direct..];
+    if !rest.is_empty() {
+        let padded = rest.len().div_ceil(DIRECT_ALIGN) * DIRECT_ALIGN;
+        DIRECT_BUF.with_borrow_mut(|buf| {
+            buf.resize(padded + DIRECT_ALIGN, 0);
+            let start = buf.as_ptr().align_offset(DIRECT_ALIGN);
+            let Some(block) = buf.get_mut(start..start + padded) else {
+                return Err(io::Error::from_raw_os_error(libc::EINVAL));
+            };
+            block[..rest.len()].copy_from_slice(rest);
+            block[rest.len()..].fill(0);
+            f.write_all_at(block, direct as u64)
+        })?;
+    }
     f.set_len(data.len() as u64)?;
     f.sync_all()
 }
@@ -180,6 +193,9 @@ mod tests {
     fn durable_writes_keep_every_length() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("c");
+        // Bytes that begin on a block boundary in memory and bytes that do not.
+        let mut aligned = vec![0u8; (2 << 20) + DIRECT_ALIGN];
+        let at = aligned.as_ptr().align_offset(DIRECT_ALIGN);
         for len in [
             0,
             1,
@@ -192,6 +208,12 @@ mod tests {
             let data = noise(len as u64, len);
             write_durably(&path, &data).unwrap();
             assert_eq!(fs::read(&path).unwrap(), data, "{len} bytes");
+            for skew in [0, 1] {
+                let from = at + skew;
+                aligned[from..from + len].copy_from_slice(&data);
+                write_durably(&path, &aligned[from..from + len]).unwrap();
+                assert_eq!(fs::read(&path).unwrap(), data, "{len} bytes at {skew}");
+            }
         }
     }
 
