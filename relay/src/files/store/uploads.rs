@@ -173,6 +173,12 @@ impl ChunkStore {
 
     /// Records a chunk written by [`ChunkStore::write_chunk`] as received by an upload, and
     /// renews the upload's lease.
+    ///
+    /// The record is committed without waiting for the disk (SQLite's `synchronous = NORMAL`):
+    /// a crash of the relay loses none of it, a power loss may lose the last of them, and then
+    /// those chunks are asked for again when the upload continues (a chunk's bytes were made
+    /// durable before its record was written, so no record ever names missing bytes). The next
+    /// commit made with `FULL` (a file's, a removal's) carries every record before it to the disk.
     pub fn chunk_received(
         &self,
         id: &UploadId,
@@ -182,21 +188,10 @@ impl ChunkStore {
         lease: Duration,
     ) -> Result<()> {
         let mut db = self.db();
-        let tx = db.transaction()?;
-        let inserted = tx.execute(
-            "INSERT OR IGNORE INTO chunks (hash, len, refs, unreferenced_since) VALUES (?1, ?2, 0, ?3)",
-            params![&hash[..], len, now as i64],
-        )?;
-        tx.execute(
-            "UPDATE upload_chunks SET received = 1 WHERE upload = ?1 AND hash = ?2",
-            params![&id[..], &hash[..]],
-        )?;
-        tx.execute(
-            "UPDATE uploads SET lease_expires = ?2 WHERE id = ?1",
-            params![&id[..], now.saturating_add(lease.as_secs()) as i64],
-        )?;
-        tx.commit()?;
-        if inserted > 0 {
+        db.pragma_update(None, "synchronous", "NORMAL")?;
+        let recorded = record_chunk(&mut db, id, hash, len, now, lease);
+        db.pragma_update(None, "synchronous", "FULL")?;
+        if recorded? {
             self.stored_bytes
                 .fetch_add(u64::from(len), Ordering::Relaxed);
         }
@@ -338,4 +333,31 @@ impl ChunkStore {
             .optional()?
             .filter(|(_, n)| *n > 0))
     }
+}
+
+/// Marks `hash` received by upload `id` and renews its lease; true if the chunk is new to the
+/// store.
+fn record_chunk(
+    db: &mut rusqlite::Connection,
+    id: &UploadId,
+    hash: &Hash,
+    len: u32,
+    now: u64,
+    lease: Duration,
+) -> Result<bool> {
+    let tx = db.transaction()?;
+    let inserted = tx.execute(
+        "INSERT OR IGNORE INTO chunks (hash, len, refs, unreferenced_since) VALUES (?1, ?2, 0, ?3)",
+        params![&hash[..], len, now as i64],
+    )?;
+    tx.execute(
+        "UPDATE upload_chunks SET received = 1 WHERE upload = ?1 AND hash = ?2",
+        params![&id[..], &hash[..]],
+    )?;
+    tx.execute(
+        "UPDATE uploads SET lease_expires = ?2 WHERE id = ?1",
+        params![&id[..], now.saturating_add(lease.as_secs()) as i64],
+    )?;
+    tx.commit()?;
+    Ok(inserted > 0)
 }
