@@ -435,7 +435,7 @@ impl Service {
             Ok::<_, StoreError>(
                 match compressible.then(|| plan::compress(&data)).flatten() {
                     Some(z) => (Encoding::Zstd, Bytes::from(z)),
-                    None => (Encoding::Raw, Bytes::from(data)),
+                    None => (Encoding::Raw, data),
                 },
             )
         })();

@@ -35,6 +35,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Mutex, MutexGuard};
 use std::time::Duration;
 
+use bytes::Bytes;
 use rusqlite::Connection;
 
 use super::Hash;
@@ -278,7 +279,7 @@ impl ChunkStore {
 
     /// Reads a chunk and checks it against its name; a mismatch is [`StoreError::Corrupt`] and
     /// the bytes are dropped.
-    pub fn read_chunk(&self, hash: &Hash, len: u32) -> Result<Vec<u8>> {
+    pub fn read_chunk(&self, hash: &Hash, len: u32) -> Result<Bytes> {
         match self.blobs.get(hash)? {
             Some(data) if data.len() == len as usize && chunk_hash(&data) == *hash => Ok(data),
             found => {

@@ -325,7 +325,7 @@ fn tampered_chunks_are_never_served_and_check_finds_them() {
     let m = f.store.manifest(&rec.id).unwrap();
     let victim = m.chunks()[1];
     let blobs = f.store.blobs();
-    let mut bytes = blobs.get(&victim.hash).unwrap().unwrap();
+    let mut bytes = blobs.get(&victim.hash).unwrap().unwrap().to_vec();
     bytes[10] ^= 1;
     blobs.put(&victim.hash, &bytes).unwrap();
     assert!(matches!(read_all(&f.store, &rec.id), Err(StoreError::Corrupt(h)) if h == victim.hash));
