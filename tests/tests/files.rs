@@ -575,7 +575,7 @@ fn a_tampered_chunk_is_never_served() {
     let victim = manifest.chunks()[1];
     // The disk's fault, through the store's own seam: the chunk's bytes change under it.
     let stored = store(&relay);
-    let mut bytes = stored.blobs().get(&victim.hash).unwrap().unwrap();
+    let mut bytes = stored.blobs().get(&victim.hash).unwrap().unwrap().to_vec();
     bytes[100] ^= 0x55;
     stored.blobs().put(&victim.hash, &bytes).unwrap();
 
