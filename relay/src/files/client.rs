@@ -30,6 +30,7 @@ use super::Hash;
 use super::chunker::{Chunker, chunk_hash};
 use super::manifest::{Manifest, root_of};
 use super::mapped::{Mapped, MappedRange};
+use super::ordered::OrderedWriter;
 use super::plan;
 use super::scan_cache::{Scan, ScanCache, manifest_of};
 use super::transport::{self, ALPN, PARALLEL_CHUNKS};
@@ -398,6 +399,14 @@ impl Client {
             .map(|(c, _)| u64::from(c.len))
             .sum();
         progress.done.store(held, Ordering::Relaxed);
+        // A file written from nothing goes front to back around the page cache.
+        let ordered = if held == 0 {
+            OrderedWriter::open(&local.part, manifest.size())
+                .map_err(io_err(&local.part))?
+                .map(std::sync::Mutex::new)
+        } else {
+            None
+        };
         let job = Arc::new(GetJob {
             conn: self.conn.clone(),
             token: self.token.clone(),
@@ -406,6 +415,7 @@ impl Client {
             offsets: manifest.offsets(),
             part: local.part_file,
             part_path: local.part.clone(),
+            ordered,
             verified: std::sync::Mutex::new(
                 manifest
                     .chunks()
@@ -428,9 +438,18 @@ impl Client {
         let bytes_received = job.bytes_received.load(Ordering::Relaxed);
         let verified = std::mem::take(&mut *job.verified.lock().unwrap_or_else(|p| p.into_inner()));
         let (part, out2, state, m) = (local.part, out.clone(), local.state, manifest.clone());
-        tokio::task::spawn_blocking(move || finish_download(&part, &out2, &state, &m, &verified))
-            .await
-            .map_err(|e| ClientError::Protocol(format!("finishing failed: {e}")))??;
+        let written = job.clone();
+        tokio::task::spawn_blocking(move || {
+            if let Some(w) = &written.ordered {
+                w.lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .finish()
+                    .map_err(io_err(&part))?;
+            }
+            finish_download(&part, &out2, &state, &m, &verified)
+        })
+        .await
+        .map_err(|e| ClientError::Protocol(format!("finishing failed: {e}")))??;
         Ok(GetReport {
             entry,
             path: out,
@@ -555,6 +574,8 @@ struct GetJob {
     offsets: Vec<u64>,
     part: Arc<fs::File>,
     part_path: PathBuf,
+    /// Where the part file is written front to back around the page cache, when it is.
+    ordered: Option<std::sync::Mutex<OrderedWriter>>,
     /// Per manifest index, the hash of the bytes written there, taken from those very bytes
     /// before they were written (or when found on disk).
     verified: std::sync::Mutex<Vec<Option<Hash>>>,
@@ -599,10 +620,16 @@ impl GetJob {
             }
             for s in &slots {
                 let at = this.offsets[*s as usize];
-                this.part
-                    .write_all_at(&plain, at)
-                    .map_err(io_err(&this.part_path))?;
-                super::writeback::start_writeback(&this.part, at, plain.len() as u64);
+                match &this.ordered {
+                    Some(w) => w
+                        .lock()
+                        .unwrap_or_else(|p| p.into_inner())
+                        .put(at, plain.clone()),
+                    None => this.part.write_all_at(&plain, at).map(|()| {
+                        super::writeback::start_writeback(&this.part, at, plain.len() as u64)
+                    }),
+                }
+                .map_err(io_err(&this.part_path))?;
                 if let Some(v) = this
                     .verified
                     .lock()

@@ -15,6 +15,7 @@ pub mod client;
 pub mod gear;
 pub mod manifest;
 pub mod mapped;
+pub mod ordered;
 pub mod plan;
 pub mod scan_cache;
 pub mod server;
