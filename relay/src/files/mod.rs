@@ -10,6 +10,11 @@
 //! of its plaintext and is checked against that name whenever it crosses a boundary (network in,
 //! disk in, disk out, network out); nothing is read whole into memory beyond one chunk.
 
+/// The alignment writing and reading around the page cache (`O_DIRECT`) asks of a buffer's
+/// address, its length and the file offset: the logical block size, at most 4096 on the disks a
+/// relay is installed on.
+pub const DIRECT_ALIGN: usize = 4096;
+
 pub mod chunker;
 pub mod client;
 pub mod gear;

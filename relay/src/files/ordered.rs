@@ -22,7 +22,7 @@ use std::path::Path;
 
 use bytes::Bytes;
 
-use super::transport::BLOCK_ALIGN;
+use super::DIRECT_ALIGN;
 
 /// Whole blocks are written once this much is staged.
 const FLUSH_AT: usize = 8 << 20;
@@ -56,8 +56,8 @@ impl OrderedWriter {
             Err(e) if e.raw_os_error() == Some(libc::EINVAL) => return Ok(None),
             Err(e) => return Err(e),
         };
-        let mut stage: Vec<u8> = Vec::with_capacity(FLUSH_AT + 2 * BLOCK_ALIGN);
-        let stage_at = stage.as_ptr().align_offset(BLOCK_ALIGN);
+        let mut stage: Vec<u8> = Vec::with_capacity(FLUSH_AT + 2 * DIRECT_ALIGN);
+        let stage_at = stage.as_ptr().align_offset(DIRECT_ALIGN);
         // Within the capacity: the buffer does not move, and the staged bytes start on a block.
         stage.resize(stage_at, 0);
         Ok(Some(OrderedWriter {
@@ -103,7 +103,7 @@ impl OrderedWriter {
     /// Writes the staged whole blocks and keeps the rest at the front of the buffer.
     fn flush_whole(&mut self) -> io::Result<()> {
         let staged = self.stage.len() - self.stage_at;
-        let whole = staged / BLOCK_ALIGN * BLOCK_ALIGN;
+        let whole = staged / DIRECT_ALIGN * DIRECT_ALIGN;
         if whole == 0 {
             return Ok(());
         }
@@ -129,9 +129,9 @@ impl OrderedWriter {
         let rest = self.stage.len() - self.stage_at;
         if rest > 0 {
             let from = self.stage_at;
-            self.stage.resize(from + BLOCK_ALIGN, 0);
+            self.stage.resize(from + DIRECT_ALIGN, 0);
             self.file
-                .write_all_at(&self.stage[from..from + BLOCK_ALIGN], self.written)?;
+                .write_all_at(&self.stage[from..from + DIRECT_ALIGN], self.written)?;
         }
         self.file.set_len(self.len)
     }
@@ -178,7 +178,7 @@ mod tests {
     #[test]
     fn an_empty_file_and_a_file_under_a_block() {
         let dir = tempfile::tempdir().unwrap();
-        for data in [&b""[..], b"x", &[7u8; BLOCK_ALIGN + 1][..]] {
+        for data in [&b""[..], b"x", &[7u8; DIRECT_ALIGN + 1][..]] {
             let path = dir.path().join("f");
             File::create(&path).unwrap();
             let Some(mut w) = OrderedWriter::open(&path, data.len() as u64).unwrap() else {

@@ -13,6 +13,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use quinn::VarInt;
 
+use super::DIRECT_ALIGN;
 use super::wire::{self, Frame, HEADER_LEN, WireError};
 
 /// The ALPN protocol of the file plane.
@@ -148,11 +149,8 @@ pub async fn read_frame(recv: &mut quinn::RecvStream) -> Result<Option<(u8, Byte
     Ok(Some((kind, Bytes::from_owner(body))))
 }
 
-/// The memory alignment that writing around the page cache (`O_DIRECT`) asks of a buffer.
-pub const BLOCK_ALIGN: usize = 4096;
-
 /// A frame's body as it arrives, with room in front so that a chunk inside it can begin at a
-/// [`BLOCK_ALIGN`] boundary in memory.
+/// [`DIRECT_ALIGN`] boundary in memory.
 struct Body {
     buf: Vec<u8>,
     /// Where the body begins in `buf`: after the padding.
@@ -162,7 +160,7 @@ struct Body {
 impl Body {
     fn new(len: usize) -> Body {
         Body {
-            buf: Vec::with_capacity(len + BLOCK_ALIGN),
+            buf: Vec::with_capacity(len + DIRECT_ALIGN),
             start: 0,
         }
     }
@@ -170,8 +168,12 @@ impl Body {
     /// Pads the front so that offset `at` of the body lies on a block boundary. Only before any
     /// byte of the body was appended.
     fn align_at(&mut self, at: usize) {
-        let to_boundary = self.buf.as_ptr().wrapping_add(at).align_offset(BLOCK_ALIGN);
-        if to_boundary < BLOCK_ALIGN && self.buf.is_empty() {
+        let to_boundary = self
+            .buf
+            .as_ptr()
+            .wrapping_add(at)
+            .align_offset(DIRECT_ALIGN);
+        if to_boundary < DIRECT_ALIGN && self.buf.is_empty() {
             // Within the spare capacity: the buffer does not move.
             self.buf.resize(to_boundary, 0);
             self.start = to_boundary;
@@ -216,7 +218,7 @@ mod tests {
             let held = Bytes::from_owner(body);
             assert_eq!(&held[..], &bytes[..], "{len} at {at}");
             assert_eq!(
-                held[at..].as_ptr().align_offset(BLOCK_ALIGN),
+                held[at..].as_ptr().align_offset(DIRECT_ALIGN),
                 0,
                 "{len} at {at}"
             );

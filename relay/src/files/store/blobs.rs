@@ -13,6 +13,7 @@ use std::path::{Path, PathBuf};
 use bytes::Bytes;
 
 use super::{Hash, Result, StoreError, io_err};
+use crate::files::DIRECT_ALIGN;
 
 /// Bytes by their hash.
 pub trait Blobs: Send + Sync + std::fmt::Debug {
@@ -117,10 +118,6 @@ pub(super) fn sync_dir(dir: &Path) -> Result<()> {
         .and_then(|d| d.sync_all())
         .map_err(io_err(dir))
 }
-
-/// The alignment `O_DIRECT` asks of a write's buffer, length and file offset: the logical block
-/// size, at most 4096 on the disks a relay is installed on.
-const DIRECT_ALIGN: usize = 4096;
 
 thread_local! {
     /// A buffer for `O_DIRECT` writes, one per blocking thread, reused for every chunk.
