@@ -125,7 +125,7 @@ const BLOCK: usize = 16 << 10;
 const WINDOW: usize = 64;
 
 /// The crate's search, two blocks at a time: the hash is a chain of dependent adds, so a core
-/// runs two chains side by side in the time of one. The second block's hash is started from the
+/// runs two chains side by side in little more than the time of one. The second block's hash is started from the
 /// 64 bytes before it, which gives exactly the hash the first block would have handed on. A cut
 /// in the first block wins over one in the second.
 fn search(src: &[u8], s: &Sizes, g: &[u64; 256]) -> usize {
@@ -170,11 +170,14 @@ enum Found {
     Hash(u64, usize),
 }
 
+/// The gear hash one byte on from `h`.
+fn step(h: u64, x: u8, g: &[u64; 256]) -> u64 {
+    (h << 1).wrapping_add(g[x as usize])
+}
+
 /// The hash of the last byte of `bytes` started from zero.
 fn warm_hash(bytes: &[u8], g: &[u64; 256]) -> u64 {
-    bytes
-        .iter()
-        .fold(0u64, |h, &x| (h << 1).wrapping_add(g[x as usize]))
+    bytes.iter().fold(0u64, |h, &x| step(h, x, g))
 }
 
 /// Positions `from..to` one after the other, from `h`, the hash of position `from - 1`.
@@ -188,7 +191,7 @@ fn scan(
     g: &[u64; 256],
 ) -> Found {
     for (p, &x) in src.iter().enumerate().take(to).skip(from) {
-        h = (h << 1).wrapping_add(g[x as usize]);
+        h = step(h, x, g);
         let (even, odd) = pair_masks(if p < b.switch { s.mask_s } else { s.mask_l });
         if h & (if p % 2 == 0 { even } else { odd }) == 0 {
             return Found::Cut(p);
@@ -204,7 +207,7 @@ fn two_blocks(src: &[u8], a: usize, ha: u64, hb: u64, ma: u64, mb: u64, g: &[u64
     let (eb, ob) = pair_masks(mb);
     let (first, second) = (&src[a..a + BLOCK], &src[a + BLOCK..a + 2 * BLOCK]);
     let (mut ha, mut hb) = (ha, hb);
-    let step = |h: u64, x: u8| (h << 1).wrapping_add(g[x as usize]);
+    let step = |h: u64, x: u8| step(h, x, g);
     for (i, (x, y)) in first
         .chunks_exact(2)
         .zip(second.chunks_exact(2))
