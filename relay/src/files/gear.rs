@@ -259,6 +259,21 @@ mod tests {
     }
 
     #[test]
+    fn a_hash_warmed_on_the_window_is_the_hash_carried_from_the_start() {
+        // What the second block's start relies on: the whole 64-bit hash, not only the masked
+        // bits (a cut just after a block boundary would be missed or invented otherwise).
+        let g = gear().expect("the gear table reads back");
+        let data = relay_kit::noise(9, 4096);
+        let mut carried = 0;
+        for (p, &x) in data.iter().enumerate() {
+            carried = step(carried, x, g);
+            if p + 1 >= WINDOW {
+                assert_eq!(warm_hash(&data[p + 1 - WINDOW..=p], g), carried, "at {p}");
+            }
+        }
+    }
+
+    #[test]
     fn cuts_are_the_crates() {
         // Small sizes so that many cuts, the switch and the maximum are all met.
         let sizes = [
