@@ -4,14 +4,18 @@
 //! the per-syscall cost (entry, socket lookup, exit) is paid per copy unless the copies are
 //! handed to the kernel together. [`Inbox`] reads up to its batch of datagrams in one
 //! `recvmmsg`; [`Outbox`] copies outgoing datagrams into fixed slots and hands them to one
-//! `sendmmsg` when full or flushed. A batch of 1 is the plain path (one datagram per syscall),
+//! `sendmmsg` when full or flushed, a subscriber's consecutive copies grouped into one message
+//! with UDP segmentation offload. A batch of 1 is the plain path (one datagram per syscall),
 //! kept so the two can be measured side by side (`media.io_batch`).
 //!
 //! Invariants:
 //! - buffers are allocated once, when the worker starts: the packet path allocates nothing;
 //! - a datagram larger than a slot ([`SLOT`], above any MTU-sized WebRTC datagram) is sent on
 //!   its own, never truncated;
-//! - a send error drops that datagram only (counted by the caller), never the rest of the batch.
+//! - a send error drops that message only (its datagrams all go to one address; counted by the
+//!   caller), never the rest of the batch;
+//! - a grouped message carries datagrams of one size and a last one no larger, so the kernel
+//!   cuts it back into exactly the datagrams queued.
 //!
 //! This is the one module of the media plane that calls libc directly (`unsafe`): every call
 //! passes pointers into buffers owned by `self` that outlive the call, with lengths taken from
@@ -122,13 +126,31 @@ impl Inbox {
     }
 }
 
+/// Datagrams one offloaded send may carry: the kernel's `UDP_MAX_SEGMENTS` since UDP
+/// segmentation offload came (Linux 4.18).
+const MAX_SEGMENTS: usize = 64;
+
+/// Bytes one offloaded send may carry: under the largest UDP payload over IPv4 and IPv6.
+const MAX_OFFLOAD_BYTES: usize = 65_000;
+
+/// Room for one `UDP_SEGMENT` control message (`CMSG_SPACE` of a `u16`), kept aligned.
+type Cmsg = [u64; 4];
+
 /// Outgoing datagrams waiting for one `sendmmsg`.
+///
+/// Consecutive datagrams to one address (a subscriber's copies of the packets of one read)
+/// go to the kernel as one message with UDP segmentation offload (`UDP_SEGMENT`): it routes
+/// and builds the packet once and cuts it into the datagrams on the way out. Offload needs
+/// every datagram of a message but the last at one size, and the last no larger. Where the
+/// kernel or the route refuses it, the outbox sends one datagram per message from then on.
 pub struct Outbox {
     bufs: Vec<u8>,
     lens: Vec<usize>,
     addrs: Vec<SockAddr>,
     batch: usize,
     n: usize,
+    offload: bool,
+    messages: u64,
 }
 
 impl std::fmt::Debug for Outbox {
@@ -136,6 +158,7 @@ impl std::fmt::Debug for Outbox {
         f.debug_struct("Outbox")
             .field("batch", &self.batch)
             .field("queued", &self.n)
+            .field("offload", &self.offload)
             .finish()
     }
 }
@@ -151,6 +174,8 @@ impl Outbox {
             addrs: vec![unspecified; batch],
             batch,
             n: 0,
+            offload: true,
+            messages: 0,
         }
     }
 
@@ -159,11 +184,23 @@ impl Outbox {
         self.n
     }
 
+    /// Whether sends still use segmentation offload.
+    pub fn offload(&self) -> bool {
+        self.offload
+    }
+
+    /// Messages handed to the kernel so far (fewer than the datagrams where offload groups
+    /// them).
+    pub fn messages(&self) -> u64 {
+        self.messages
+    }
+
     /// Queue `data` for `to`, sending the batch first if it is full. The count of datagrams
     /// the socket refused (0 in the usual case).
     pub fn push(&mut self, socket: &impl AsRawFd, to: SocketAddr, data: &[u8]) -> usize {
         if data.len() > SLOT {
             let refused = self.flush(socket);
+            self.messages += 1;
             return refused + usize::from(send_one(socket, &SockAddr::from(to), data).is_err());
         }
         let mut refused = 0;
@@ -194,11 +231,17 @@ impl Outbox {
                     refused += self.n - start;
                     break;
                 }
-                // An error for the first datagram (such as an earlier ICMP report, or a
-                // route refusing it): drop that one and go on with the others.
-                Err(_) => {
-                    refused += 1;
-                    start += 1;
+                Err(e) => {
+                    let group = self.group_len(start);
+                    if group > 1 && self.offload_refused(socket, start, &e) {
+                        start += 1;
+                    } else {
+                        // An error for the first message (such as an earlier ICMP report, or
+                        // a route refusing it): drop its datagrams, all to one address, and
+                        // go on with the others.
+                        refused += group;
+                        start += group;
+                    }
                 }
             }
         }
@@ -206,26 +249,99 @@ impl Outbox {
         refused
     }
 
+    /// How many queued datagrams from `i` on go in one message: the ones to `i`'s address
+    /// at `i`'s size, and one shorter (not empty) to end it.
+    fn group_len(&self, i: usize) -> usize {
+        let seg = self.lens[i];
+        if !self.offload || seg == 0 {
+            return 1;
+        }
+        let mut k = i + 1;
+        let mut bytes = seg;
+        while k < self.n
+            && k - i < MAX_SEGMENTS
+            && (1..=seg).contains(&self.lens[k])
+            && bytes + self.lens[k] <= MAX_OFFLOAD_BYTES
+            && self.addrs[k] == self.addrs[i]
+        {
+            bytes += self.lens[k];
+            k += 1;
+            if self.lens[k - 1] < seg {
+                break;
+            }
+        }
+        k - i
+    }
+
+    /// A grouped message starting at `start` failed with `e`. If the error is one a refused
+    /// offload gives and the group's first datagram goes out on its own, offload is what
+    /// was refused: it is off from now on, and true.
+    fn offload_refused(&mut self, socket: &impl AsRawFd, start: usize, e: &io::Error) -> bool {
+        let refusal = [libc::EIO, libc::EINVAL, libc::EOPNOTSUPP, libc::ENOPROTOOPT];
+        if !e.raw_os_error().is_some_and(|c| refusal.contains(&c)) {
+            return false;
+        }
+        let first = &self.bufs[start * SLOT..start * SLOT + self.lens[start]];
+        self.messages += 1;
+        if send_one(socket, &self.addrs[start], first).is_err() {
+            return false;
+        }
+        tracing::warn!(
+            "UDP segmentation offload refused ({e}); media datagrams go one per message"
+        );
+        self.offload = false;
+        true
+    }
+
+    /// One `sendmmsg` of the queued datagrams from `start` on; how many datagrams the kernel
+    /// took.
     fn send_from(&mut self, socket: &impl AsRawFd, start: usize) -> io::Result<usize> {
-        let count = self.n - start;
         let mut iovs: [libc::iovec; MAX_BATCH] = [libc::iovec {
             iov_base: std::ptr::null_mut(),
             iov_len: 0,
         }; MAX_BATCH];
+        for (k, iov) in iovs.iter_mut().enumerate().take(self.n - start) {
+            let i = start + k;
+            iov.iov_base = self.bufs[i * SLOT..].as_mut_ptr().cast();
+            iov.iov_len = self.lens[i];
+        }
+        let mut cmsgs: [Cmsg; MAX_BATCH] = [[0; 4]; MAX_BATCH];
+        let mut groups = [0usize; MAX_BATCH];
         // SAFETY: mmsghdr is plain old data; all zeroes is a valid (empty) header.
         let mut msgs: [libc::mmsghdr; MAX_BATCH] = unsafe { zeroed() };
-        for k in 0..count {
-            let i = start + k;
-            iovs[k].iov_base = self.bufs[i * SLOT..].as_mut_ptr().cast();
-            iovs[k].iov_len = self.lens[i];
-            let h = &mut msgs[k].msg_hdr;
+        let mut count = 0;
+        let mut i = start;
+        while i < self.n {
+            let group = self.group_len(i);
+            let h = &mut msgs[count].msg_hdr;
             h.msg_name = self.addrs[i].as_ptr() as *mut libc::c_void;
             h.msg_namelen = self.addrs[i].len();
-            h.msg_iov = &raw mut iovs[k];
-            h.msg_iovlen = 1;
+            h.msg_iov = &raw mut iovs[i - start];
+            h.msg_iovlen = group;
+            if group > 1 {
+                h.msg_control = cmsgs[count].as_mut_ptr().cast();
+                // SAFETY: CMSG_SPACE only computes a length.
+                h.msg_controllen = unsafe { libc::CMSG_SPACE(size_of::<u16>() as u32) } as usize;
+                // SAFETY: msg_control points at cmsgs[count], 32 bytes aligned for a cmsghdr,
+                // and msg_controllen (24) covers one header and its u16, so CMSG_FIRSTHDR is
+                // that buffer and the writes stay inside it.
+                unsafe {
+                    let c = libc::CMSG_FIRSTHDR(h);
+                    (*c).cmsg_level = libc::SOL_UDP;
+                    (*c).cmsg_type = libc::UDP_SEGMENT;
+                    (*c).cmsg_len = libc::CMSG_LEN(size_of::<u16>() as u32) as usize;
+                    libc::CMSG_DATA(c)
+                        .cast::<u16>()
+                        .write_unaligned(self.lens[i] as u16);
+                }
+            }
+            groups[count] = group;
+            count += 1;
+            i += group;
         }
-        // SAFETY: each header points at a queued slot of self.bufs (lens[i] <= SLOT bytes),
-        // at its SockAddr and at iovs, all alive for the call; vlen = count <= MAX_BATCH.
+        // SAFETY: each header points at queued slots of self.bufs through iovs (lens[i] <=
+        // SLOT bytes each, msg_iovlen entries inside iovs), at its SockAddr and at its cmsgs
+        // entry, all alive for the call; vlen = count <= MAX_BATCH.
         let r = unsafe {
             libc::sendmmsg(
                 socket.as_raw_fd(),
@@ -238,7 +354,10 @@ impl Outbox {
             r if r < 0 => Err(io::Error::last_os_error()),
             // The kernel always takes at least one when it reports no error.
             0 => Err(io::Error::from(io::ErrorKind::WouldBlock)),
-            r => Ok(r as usize),
+            r => {
+                self.messages += r as u64;
+                Ok(groups[..r as usize].iter().sum())
+            }
         }
     }
 }
@@ -337,6 +456,91 @@ mod tests {
                 assert!(d[4..].iter().all(|&x| x == (i % 251) as u8));
             }
         }
+    }
+
+    /// Queues runs of datagrams to three receivers (equal sizes with a shorter last one, a
+    /// longer one that must start a new message, an empty one, runs longer than a message
+    /// may carry), flushes, and checks that each receiver got exactly its datagrams, in
+    /// order, with their bounds. The outbox's sending socket is `a`.
+    fn runs_arrive_whole(out: &mut Outbox, a: &UdpSocket) -> u64 {
+        let rx: Vec<UdpSocket> = (0..3).map(|_| pair().0).collect();
+        let mut want: Vec<Vec<Vec<u8>>> = vec![Vec::new(); 3];
+        let mut refused = 0;
+        let mut n = 0u32;
+        let runs: [(usize, &[usize]); 6] = [
+            (0, &[1100, 1100, 1100, 700]),
+            (1, &[500; 70]),
+            (0, &[900, 900, 1000, 1000, 0, 40]),
+            (2, &[1200]),
+            (1, &[300, 300, 300]),
+            (2, &[10, 20, 30]),
+        ];
+        for (to, sizes) in runs {
+            for &size in sizes {
+                let mut d = vec![(n % 251) as u8; size];
+                if size >= 4 {
+                    d[..4].copy_from_slice(&n.to_be_bytes());
+                }
+                n += 1;
+                refused += out.push(a, rx[to].local_addr().unwrap(), &d);
+                want[to].push(d);
+            }
+        }
+        refused += out.flush(a);
+        assert_eq!(refused, 0);
+        for (to, want) in want.iter().enumerate() {
+            let mut got = Vec::new();
+            let mut buf = [0u8; SLOT];
+            let t0 = Instant::now();
+            while got.len() < want.len() && t0.elapsed() < Duration::from_secs(2) {
+                match rx[to].recv(&mut buf) {
+                    Ok(k) => got.push(buf[..k].to_vec()),
+                    Err(_) => std::thread::sleep(Duration::from_millis(1)),
+                }
+            }
+            assert_eq!(got.len(), want.len(), "receiver {to}");
+            for (k, (g, w)) in got.iter().zip(want).enumerate() {
+                assert_eq!(g, w, "receiver {to}, datagram {k}");
+            }
+        }
+        u64::from(n)
+    }
+
+    #[test]
+    fn runs_to_one_address_go_in_one_message_and_arrive_as_datagrams() {
+        let (a, _) = pair();
+        let mut out = Outbox::new(MAX_BATCH);
+        let datagrams = runs_arrive_whole(&mut out, &a);
+        assert!(out.offload(), "offload stayed on");
+        // 87 datagrams: the runs make 14 messages at most where they are grouped.
+        assert!(
+            out.messages() <= 14,
+            "{} messages for {datagrams} datagrams",
+            out.messages()
+        );
+    }
+
+    #[test]
+    fn a_refused_offload_falls_back_to_a_datagram_per_message() {
+        let (a, _) = pair();
+        // A socket that sends without UDP checksums cannot offload: the kernel refuses the
+        // first grouped message (EINVAL) and takes the same datagrams one by one.
+        let off: libc::c_int = 1;
+        // SAFETY: SO_NO_CHECK takes an int; the pointer and length describe `off`.
+        let r = unsafe {
+            libc::setsockopt(
+                a.as_raw_fd(),
+                libc::SOL_SOCKET,
+                libc::SO_NO_CHECK,
+                (&raw const off).cast(),
+                size_of::<libc::c_int>() as libc::socklen_t,
+            )
+        };
+        assert_eq!(r, 0, "SO_NO_CHECK: {}", io::Error::last_os_error());
+        let mut out = Outbox::new(MAX_BATCH);
+        let datagrams = runs_arrive_whole(&mut out, &a);
+        assert!(!out.offload(), "offload turned off");
+        assert!(out.messages() >= datagrams);
     }
 
     #[test]
