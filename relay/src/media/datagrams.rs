@@ -118,6 +118,22 @@ impl Writer {
             Writer::Uring(o) => o.flush(socket),
         }
     }
+
+    /// Whether sends still use UDP segmentation offload (off for good once refused).
+    pub fn offload(&self) -> bool {
+        match self {
+            Writer::Mmsg(o) => o.offload(),
+            Writer::Uring(o) => o.offload(),
+        }
+    }
+
+    /// Messages handed to the kernel so far.
+    pub fn messages(&self) -> u64 {
+        match self {
+            Writer::Mmsg(o) => o.messages(),
+            Writer::Uring(o) => o.messages(),
+        }
+    }
 }
 
 #[cfg(test)]
@@ -192,6 +208,88 @@ mod tests {
             assert_eq!(from, socket.local_addr().unwrap());
             assert_eq!(&buf[..n], &[i; 300][..]);
         }
+    }
+
+    /// Queues runs of datagrams to three receivers (equal sizes with a shorter last one, a
+    /// longer one that must start a new message, an empty one, runs longer than a batch),
+    /// flushes, and checks that each receiver got exactly its datagrams, in order, with
+    /// their bounds. The count of datagrams.
+    fn runs_arrive_whole(w: &mut Writer, socket: &UdpSocket) -> u64 {
+        let rx: Vec<UdpSocket> = (0..3)
+            .map(|_| {
+                let r = UdpSocket::bind("127.0.0.1:0").expect("bind receiver");
+                r.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
+                r
+            })
+            .collect();
+        let mut want: Vec<Vec<Vec<u8>>> = vec![Vec::new(); 3];
+        let mut refused = 0;
+        let mut n = 0u32;
+        let runs: [(usize, &[usize]); 6] = [
+            (0, &[1100, 1100, 1100, 700]),
+            (1, &[500; 70]),
+            (0, &[900, 900, 1000, 1000, 0, 40]),
+            (2, &[1200]),
+            (1, &[300, 300, 300]),
+            (2, &[10, 20, 30]),
+        ];
+        for (to, sizes) in runs {
+            for &size in sizes {
+                let mut d = vec![(n % 251) as u8; size];
+                if size >= 4 {
+                    d[..4].copy_from_slice(&n.to_be_bytes());
+                }
+                n += 1;
+                refused += w.push(socket, rx[to].local_addr().unwrap(), &d);
+                want[to].push(d);
+            }
+        }
+        refused += w.flush(socket);
+        assert_eq!(refused, 0);
+        let mut buf = [0u8; udp::SLOT];
+        for (to, want) in want.iter().enumerate() {
+            for (k, w) in want.iter().enumerate() {
+                let got = rx[to].recv(&mut buf).expect("a datagram");
+                assert_eq!(&buf[..got], &w[..], "receiver {to}, datagram {k}");
+            }
+        }
+        u64::from(n)
+    }
+
+    fn offloaded(kind: IoKind) {
+        let socket = UdpSocket::bind("127.0.0.1:0").expect("bind");
+        let (_, mut w, refused) = open(kind, &socket, udp::MAX_BATCH);
+        assert!(refused.is_none(), "{kind:?} refused: {refused:?}");
+        let datagrams = runs_arrive_whole(&mut w, &socket);
+        assert!(w.offload(), "offload stayed on");
+        // 87 datagrams: grouped, the runs make 12 messages (the batch of 64 cuts one run).
+        assert!(
+            w.messages() <= 14,
+            "{kind:?}: {} messages for {datagrams} datagrams",
+            w.messages()
+        );
+    }
+
+    fn refused_offload(kind: IoKind) {
+        let socket = UdpSocket::bind("127.0.0.1:0").expect("bind");
+        // A socket that sends without UDP checksums cannot offload: the kernel refuses the
+        // first grouped message (EINVAL) and takes the same datagrams one by one.
+        udp::send_without_checksums(&socket);
+        let (_, mut w, _) = open(kind, &socket, udp::MAX_BATCH);
+        runs_arrive_whole(&mut w, &socket);
+        assert!(!w.offload(), "{kind:?}: offload turned off");
+    }
+
+    #[test]
+    fn a_subscribers_run_goes_in_one_message_and_arrives_as_datagrams() {
+        offloaded(IoKind::Mmsg);
+        offloaded(IoKind::Uring);
+    }
+
+    #[test]
+    fn a_refused_offload_falls_back_to_a_datagram_per_message() {
+        refused_offload(IoKind::Mmsg);
+        refused_offload(IoKind::Uring);
     }
 
     #[test]

@@ -134,7 +134,7 @@ const MAX_SEGMENTS: usize = 64;
 const MAX_OFFLOAD_BYTES: usize = 65_000;
 
 /// Room for one `UDP_SEGMENT` control message (`CMSG_SPACE` of a `u16`), kept aligned.
-type Cmsg = [u64; 4];
+pub(super) type Cmsg = [u64; 4];
 
 /// Outgoing datagrams waiting for one `sendmmsg`.
 ///
@@ -249,46 +249,24 @@ impl Outbox {
         refused
     }
 
-    /// How many queued datagrams from `i` on go in one message: the ones to `i`'s address
-    /// at `i`'s size, and one shorter (not empty) to end it.
+    /// How many queued datagrams from `i` on go in one message.
     fn group_len(&self, i: usize) -> usize {
-        let seg = self.lens[i];
-        if !self.offload || seg == 0 {
-            return 1;
+        if self.offload {
+            group_len(&self.lens[..self.n], &self.addrs[..self.n], i)
+        } else {
+            1
         }
-        let mut k = i + 1;
-        let mut bytes = seg;
-        while k < self.n
-            && k - i < MAX_SEGMENTS
-            && (1..=seg).contains(&self.lens[k])
-            && bytes + self.lens[k] <= MAX_OFFLOAD_BYTES
-            && self.addrs[k] == self.addrs[i]
-        {
-            bytes += self.lens[k];
-            k += 1;
-            if self.lens[k - 1] < seg {
-                break;
-            }
-        }
-        k - i
     }
 
     /// A grouped message starting at `start` failed with `e`. If the error is one a refused
     /// offload gives and the group's first datagram goes out on its own, offload is what
     /// was refused: it is off from now on, and true.
     fn offload_refused(&mut self, socket: &impl AsRawFd, start: usize, e: &io::Error) -> bool {
-        let refusal = [libc::EIO, libc::EINVAL, libc::EOPNOTSUPP, libc::ENOPROTOOPT];
-        if !e.raw_os_error().is_some_and(|c| refusal.contains(&c)) {
-            return false;
-        }
         let first = &self.bufs[start * SLOT..start * SLOT + self.lens[start]];
         self.messages += 1;
-        if send_one(socket, &self.addrs[start], first).is_err() {
+        if !offload_refused(socket, &self.addrs[start], first, e) {
             return false;
         }
-        tracing::warn!(
-            "UDP segmentation offload refused ({e}); media datagrams go one per message"
-        );
         self.offload = false;
         true
     }
@@ -319,21 +297,7 @@ impl Outbox {
             h.msg_iov = &raw mut iovs[i - start];
             h.msg_iovlen = group;
             if group > 1 {
-                h.msg_control = cmsgs[count].as_mut_ptr().cast();
-                // SAFETY: CMSG_SPACE only computes a length.
-                h.msg_controllen = unsafe { libc::CMSG_SPACE(size_of::<u16>() as u32) } as usize;
-                // SAFETY: msg_control points at cmsgs[count], 32 bytes aligned for a cmsghdr,
-                // and msg_controllen (24) covers one header and its u16, so CMSG_FIRSTHDR is
-                // that buffer and the writes stay inside it.
-                unsafe {
-                    let c = libc::CMSG_FIRSTHDR(h);
-                    (*c).cmsg_level = libc::SOL_UDP;
-                    (*c).cmsg_type = libc::UDP_SEGMENT;
-                    (*c).cmsg_len = libc::CMSG_LEN(size_of::<u16>() as u32) as usize;
-                    libc::CMSG_DATA(c)
-                        .cast::<u16>()
-                        .write_unaligned(self.lens[i] as u16);
-                }
+                set_segment(h, &mut cmsgs[count], self.lens[i]);
             }
             groups[count] = group;
             count += 1;
@@ -362,6 +326,69 @@ impl Outbox {
     }
 }
 
+/// How many of the datagrams `lens`/`addrs` from `i` on one offloaded message may carry: the
+/// ones to `i`'s address at `i`'s size, and one shorter (not empty) to end it; at most
+/// [`MAX_SEGMENTS`] and [`MAX_OFFLOAD_BYTES`].
+pub(super) fn group_len(lens: &[usize], addrs: &[SockAddr], i: usize) -> usize {
+    let seg = lens[i];
+    if seg == 0 {
+        return 1;
+    }
+    let mut k = i + 1;
+    let mut bytes = seg;
+    while k < lens.len()
+        && k - i < MAX_SEGMENTS
+        && (1..=seg).contains(&lens[k])
+        && bytes + lens[k] <= MAX_OFFLOAD_BYTES
+        && addrs[k] == addrs[i]
+    {
+        bytes += lens[k];
+        k += 1;
+        if lens[k - 1] < seg {
+            break;
+        }
+    }
+    k - i
+}
+
+/// Points `h` at `cmsg`, filled with one `UDP_SEGMENT` of `seg` bytes: the kernel cuts the
+/// message's bytes into datagrams of that size. `cmsg` must outlive the send.
+pub(super) fn set_segment(h: &mut libc::msghdr, cmsg: &mut Cmsg, seg: usize) {
+    h.msg_control = cmsg.as_mut_ptr().cast();
+    // SAFETY: CMSG_SPACE only computes a length.
+    h.msg_controllen = unsafe { libc::CMSG_SPACE(size_of::<u16>() as u32) } as usize;
+    // SAFETY: msg_control points at `cmsg`, 32 bytes aligned for a cmsghdr, and msg_controllen
+    // (24) covers one header and its u16, so CMSG_FIRSTHDR is that buffer and the writes stay
+    // inside it.
+    unsafe {
+        let c = libc::CMSG_FIRSTHDR(h);
+        (*c).cmsg_level = libc::SOL_UDP;
+        (*c).cmsg_type = libc::UDP_SEGMENT;
+        (*c).cmsg_len = libc::CMSG_LEN(size_of::<u16>() as u32) as usize;
+        libc::CMSG_DATA(c).cast::<u16>().write_unaligned(seg as u16);
+    }
+}
+
+/// An offloaded message whose first datagram is `first`, to `to`, failed with `e`. True if the
+/// error is one a refused offload gives and `first` goes out on its own: offload is what was
+/// refused (it says so in the log), and `first` is sent.
+pub(super) fn offload_refused(
+    socket: &impl AsRawFd,
+    to: &SockAddr,
+    first: &[u8],
+    e: &io::Error,
+) -> bool {
+    let refusal = [libc::EIO, libc::EINVAL, libc::EOPNOTSUPP, libc::ENOPROTOOPT];
+    if !e.raw_os_error().is_some_and(|c| refusal.contains(&c)) {
+        return false;
+    }
+    if send_one(socket, to, first).is_err() {
+        return false;
+    }
+    tracing::warn!("UDP segmentation offload refused ({e}); media datagrams go one per message");
+    true
+}
+
 pub(super) fn send_one(socket: &impl AsRawFd, to: &SockAddr, data: &[u8]) -> io::Result<()> {
     // SAFETY: data and the address are valid for the lengths passed, for the whole call.
     let r = unsafe {
@@ -379,6 +406,24 @@ pub(super) fn send_one(socket: &impl AsRawFd, to: &SockAddr, data: &[u8]) -> io:
     } else {
         Ok(())
     }
+}
+
+/// Makes `socket` send without UDP checksums (`SO_NO_CHECK`), which the kernel refuses to
+/// combine with segmentation offload: how the tests see the fallback.
+#[cfg(test)]
+pub(super) fn send_without_checksums(socket: &impl AsRawFd) {
+    let off: libc::c_int = 1;
+    // SAFETY: SO_NO_CHECK takes an int; the pointer and length describe `off`.
+    let r = unsafe {
+        libc::setsockopt(
+            socket.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_NO_CHECK,
+            (&raw const off).cast(),
+            size_of::<libc::c_int>() as libc::socklen_t,
+        )
+    };
+    assert_eq!(r, 0, "SO_NO_CHECK: {}", io::Error::last_os_error());
 }
 
 #[cfg(test)]
@@ -456,91 +501,6 @@ mod tests {
                 assert!(d[4..].iter().all(|&x| x == (i % 251) as u8));
             }
         }
-    }
-
-    /// Queues runs of datagrams to three receivers (equal sizes with a shorter last one, a
-    /// longer one that must start a new message, an empty one, runs longer than a message
-    /// may carry), flushes, and checks that each receiver got exactly its datagrams, in
-    /// order, with their bounds. The outbox's sending socket is `a`.
-    fn runs_arrive_whole(out: &mut Outbox, a: &UdpSocket) -> u64 {
-        let rx: Vec<UdpSocket> = (0..3).map(|_| pair().0).collect();
-        let mut want: Vec<Vec<Vec<u8>>> = vec![Vec::new(); 3];
-        let mut refused = 0;
-        let mut n = 0u32;
-        let runs: [(usize, &[usize]); 6] = [
-            (0, &[1100, 1100, 1100, 700]),
-            (1, &[500; 70]),
-            (0, &[900, 900, 1000, 1000, 0, 40]),
-            (2, &[1200]),
-            (1, &[300, 300, 300]),
-            (2, &[10, 20, 30]),
-        ];
-        for (to, sizes) in runs {
-            for &size in sizes {
-                let mut d = vec![(n % 251) as u8; size];
-                if size >= 4 {
-                    d[..4].copy_from_slice(&n.to_be_bytes());
-                }
-                n += 1;
-                refused += out.push(a, rx[to].local_addr().unwrap(), &d);
-                want[to].push(d);
-            }
-        }
-        refused += out.flush(a);
-        assert_eq!(refused, 0);
-        for (to, want) in want.iter().enumerate() {
-            let mut got = Vec::new();
-            let mut buf = [0u8; SLOT];
-            let t0 = Instant::now();
-            while got.len() < want.len() && t0.elapsed() < Duration::from_secs(2) {
-                match rx[to].recv(&mut buf) {
-                    Ok(k) => got.push(buf[..k].to_vec()),
-                    Err(_) => std::thread::sleep(Duration::from_millis(1)),
-                }
-            }
-            assert_eq!(got.len(), want.len(), "receiver {to}");
-            for (k, (g, w)) in got.iter().zip(want).enumerate() {
-                assert_eq!(g, w, "receiver {to}, datagram {k}");
-            }
-        }
-        u64::from(n)
-    }
-
-    #[test]
-    fn runs_to_one_address_go_in_one_message_and_arrive_as_datagrams() {
-        let (a, _) = pair();
-        let mut out = Outbox::new(MAX_BATCH);
-        let datagrams = runs_arrive_whole(&mut out, &a);
-        assert!(out.offload(), "offload stayed on");
-        // 87 datagrams: the runs make 14 messages at most where they are grouped.
-        assert!(
-            out.messages() <= 14,
-            "{} messages for {datagrams} datagrams",
-            out.messages()
-        );
-    }
-
-    #[test]
-    fn a_refused_offload_falls_back_to_a_datagram_per_message() {
-        let (a, _) = pair();
-        // A socket that sends without UDP checksums cannot offload: the kernel refuses the
-        // first grouped message (EINVAL) and takes the same datagrams one by one.
-        let off: libc::c_int = 1;
-        // SAFETY: SO_NO_CHECK takes an int; the pointer and length describe `off`.
-        let r = unsafe {
-            libc::setsockopt(
-                a.as_raw_fd(),
-                libc::SOL_SOCKET,
-                libc::SO_NO_CHECK,
-                (&raw const off).cast(),
-                size_of::<libc::c_int>() as libc::socklen_t,
-            )
-        };
-        assert_eq!(r, 0, "SO_NO_CHECK: {}", io::Error::last_os_error());
-        let mut out = Outbox::new(MAX_BATCH);
-        let datagrams = runs_arrive_whole(&mut out, &a);
-        assert!(!out.offload(), "offload turned off");
-        assert!(out.messages() >= datagrams);
     }
 
     #[test]

@@ -6,7 +6,9 @@
 //!   file descriptor, which is readable when completions wait. A read hands back up to a batch
 //!   of completions; their buffers return to the ring at the next read.
 //! - [`Outbox`]: outgoing datagrams are copied into fixed slots, as for `sendmmsg`, and a flush
-//!   submits one `sendmsg` entry per datagram in one `io_uring_enter`, waiting for all of them.
+//!   submits one `sendmsg` entry per message in one `io_uring_enter`, waiting for all of them;
+//!   a message carries one datagram, or a subscriber's consecutive ones with UDP segmentation
+//!   offload, grouped and falling back as on the `sendmmsg` path.
 //!
 //! Each has a ring of its own, so a flush in the middle of a read's batch never sees the read's
 //! completions. Where the kernel (or a seccomp filter) refuses io_uring, [`Inbox::new`] fails
@@ -31,7 +33,7 @@ use io_uring::types::{BufRingEntry, Fd, RecvMsgOut};
 use io_uring::{IoUring, cqueue, opcode};
 use socket2::{SockAddr, SockAddrStorage};
 
-use super::udp::{MAX_BATCH, SLOT, send_one};
+use super::udp::{Cmsg, MAX_BATCH, SLOT, group_len, offload_refused, send_one, set_segment};
 
 /// Receive buffers in the ring (a power of two).
 const RECV_BUFS: u16 = 512;
@@ -269,9 +271,15 @@ pub struct Outbox {
     data: Box<[u8]>,
     iovs: Box<[libc::iovec]>,
     hdrs: Box<[libc::msghdr]>,
+    cmsgs: Box<[Cmsg]>,
+    /// Per message, by the index of its first datagram: how many datagrams it carries.
+    groups: Box<[usize]>,
     addrs: Vec<SockAddr>,
+    lens: Vec<usize>,
     batch: usize,
     n: usize,
+    offload: bool,
+    messages: u64,
 }
 
 impl std::fmt::Debug for Outbox {
@@ -301,10 +309,25 @@ impl Outbox {
             iovs: vec![empty; batch].into_boxed_slice(),
             // SAFETY: msghdr is plain old data; all zeroes is a valid (empty) header.
             hdrs: (0..batch).map(|_| unsafe { zeroed() }).collect(),
+            cmsgs: vec![[0; 4]; batch].into_boxed_slice(),
+            groups: vec![0; batch].into_boxed_slice(),
             addrs: Vec::with_capacity(batch),
+            lens: vec![0; batch],
             batch,
             n: 0,
+            offload: true,
+            messages: 0,
         })
+    }
+
+    /// Whether sends still use segmentation offload.
+    pub fn offload(&self) -> bool {
+        self.offload
+    }
+
+    /// Messages submitted so far.
+    pub fn messages(&self) -> u64 {
+        self.messages
     }
 
     /// Queue one datagram; the count refused (a flush when the batch is full).
@@ -315,6 +338,7 @@ impl Outbox {
         let i = self.n;
         self.data[i * SLOT..i * SLOT + data.len()].copy_from_slice(data);
         self.iovs[i].iov_len = data.len();
+        self.lens[i] = data.len();
         if self.addrs.len() > i {
             self.addrs[i] = SockAddr::from(to);
         } else {
@@ -328,7 +352,9 @@ impl Outbox {
         }
     }
 
-    /// Send everything queued in one submission and wait for it; the count refused.
+    /// Send everything queued in one submission and wait for it; the count refused. A
+    /// subscriber's consecutive datagrams go as one message with segmentation offload, as on
+    /// the `sendmmsg` path.
     pub fn flush(&mut self, socket: &impl AsRawFd) -> usize {
         let n = self.n;
         if n == 0 {
@@ -338,42 +364,80 @@ impl Outbox {
         let fd = Fd(socket.as_raw_fd());
         for i in 0..n {
             self.iovs[i].iov_base = self.data[i * SLOT..].as_mut_ptr().cast();
+        }
+        let mut messages = 0;
+        let mut i = 0;
+        while i < n {
+            let group = if self.offload {
+                group_len(&self.lens[..n], &self.addrs[..n], i)
+            } else {
+                1
+            };
+            self.groups[i] = group;
             let h = &mut self.hdrs[i];
             h.msg_name = self.addrs[i].as_ptr() as *mut libc::c_void;
             h.msg_namelen = self.addrs[i].len();
             h.msg_iov = &raw mut self.iovs[i];
-            h.msg_iovlen = 1;
+            h.msg_iovlen = group;
+            h.msg_control = std::ptr::null_mut();
+            h.msg_controllen = 0;
+            if group > 1 {
+                set_segment(h, &mut self.cmsgs[i], self.lens[i]);
+            }
             let sqe = opcode::SendMsg::new(fd, &raw const self.hdrs[i])
                 .flags(libc::MSG_DONTWAIT as u32)
                 .build()
                 .user_data(i as u64);
-            // SAFETY: the entry names hdrs[i], its iovec, slot and address, all owned by self
-            // and left untouched until this flush has reaped every completion below.
+            // SAFETY: the entry names hdrs[i], its iovecs (group of them from i), slots,
+            // control message and address, all owned by self and left untouched until this
+            // flush has reaped every completion below.
             if unsafe { self.ring.submission().push(&sqe) }.is_err() {
                 return n;
             }
+            messages += 1;
+            i += group;
         }
+        self.messages += messages as u64;
         let mut refused = 0;
         let mut seen = 0;
+        let mut failed: [(usize, i32); MAX_BATCH] = [(0, 0); MAX_BATCH];
+        let mut failures = 0;
         // Bounded: each round waits for at least one completion; an interrupted wait retries.
-        while seen < n {
-            match self.ring.submit_and_wait(n - seen) {
+        while seen < messages {
+            match self.ring.submit_and_wait(messages - seen) {
                 Ok(_) => {}
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                // The ring itself failed (it does not for a valid ring): count the rest as
-                // refused.
-                Err(_) => {
-                    refused += n - seen;
-                    break;
-                }
+                // The ring itself failed (it does not for a valid ring): count every
+                // datagram of the flush as refused, not knowing which messages left.
+                Err(_) => return n,
             }
             for cqe in self.ring.completion() {
                 seen += 1;
                 if cqe.result() < 0 {
-                    refused += 1;
+                    failed[failures] = (cqe.user_data() as usize, -cqe.result());
+                    failures += 1;
                 }
             }
         }
+        for &(start, errno) in &failed[..failures] {
+            refused += self.failed_message(socket, start, errno);
+        }
         refused
+    }
+
+    /// The message of the datagrams from `start` failed with `errno`; the count refused. If
+    /// offload was what the kernel refused, it is off from now on and the datagrams go one by
+    /// one.
+    fn failed_message(&mut self, socket: &impl AsRawFd, start: usize, errno: i32) -> usize {
+        let group = self.groups[start];
+        let datagram = |k: usize| &self.data[k * SLOT..k * SLOT + self.lens[k]];
+        let e = io::Error::from_raw_os_error(errno);
+        if group < 2 || !offload_refused(socket, &self.addrs[start], datagram(start), &e) {
+            return group;
+        }
+        self.offload = false;
+        (start + 1..start + group)
+            .filter(|&k| send_one(socket, &self.addrs[k], datagram(k)).is_err())
+            .count()
     }
 }
