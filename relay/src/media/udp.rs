@@ -138,9 +138,9 @@ pub(super) type Cmsg = [u64; 4];
 
 /// Outgoing datagrams waiting for one `sendmmsg`.
 ///
-/// Consecutive datagrams to one address (a subscriber's copies of the packets of one read)
-/// go to the kernel as one message with UDP segmentation offload (`UDP_SEGMENT`): it routes
-/// and builds the packet once and cuts it into the datagrams on the way out. Offload needs
+/// Consecutive datagrams to one address (a subscriber's copies of the packets released
+/// together) go to the kernel as one message with UDP segmentation offload (`UDP_SEGMENT`): it
+/// routes and builds the packet once and cuts it into the datagrams on the way out. Offload needs
 /// every datagram of a message but the last at one size, and the last no larger. Where the
 /// kernel or the route refuses it, the outbox sends one datagram per message from then on.
 pub struct Outbox {
