@@ -251,11 +251,7 @@ impl Outbox {
 
     /// How many queued datagrams from `i` on go in one message.
     fn group_len(&self, i: usize) -> usize {
-        if self.offload {
-            group_len(&self.lens[..self.n], &self.addrs[..self.n], i)
-        } else {
-            1
-        }
+        group_len(&self.lens[..self.n], &self.addrs[..self.n], i, self.offload)
     }
 
     /// A grouped message starting at `start` failed with `e`. If the error is one a refused
@@ -326,12 +322,12 @@ impl Outbox {
     }
 }
 
-/// How many of the datagrams `lens`/`addrs` from `i` on one offloaded message may carry: the
-/// ones to `i`'s address at `i`'s size, and one shorter (not empty) to end it; at most
-/// [`MAX_SEGMENTS`] and [`MAX_OFFLOAD_BYTES`].
-pub(super) fn group_len(lens: &[usize], addrs: &[SockAddr], i: usize) -> usize {
+/// How many of the datagrams `lens`/`addrs` from `i` on one message carries: with `offload`,
+/// the ones to `i`'s address at `i`'s size, and one shorter (not empty) to end it, at most
+/// [`MAX_SEGMENTS`] and [`MAX_OFFLOAD_BYTES`]; without it, one.
+pub(super) fn group_len(lens: &[usize], addrs: &[SockAddr], i: usize, offload: bool) -> usize {
     let seg = lens[i];
-    if seg == 0 {
+    if !offload || seg == 0 {
         return 1;
     }
     let mut k = i + 1;

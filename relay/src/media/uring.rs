@@ -287,6 +287,7 @@ impl std::fmt::Debug for Outbox {
         f.debug_struct("uring::Outbox")
             .field("batch", &self.batch)
             .field("n", &self.n)
+            .field("offload", &self.offload)
             .finish()
     }
 }
@@ -337,7 +338,6 @@ impl Outbox {
         }
         let i = self.n;
         self.data[i * SLOT..i * SLOT + data.len()].copy_from_slice(data);
-        self.iovs[i].iov_len = data.len();
         self.lens[i] = data.len();
         if self.addrs.len() > i {
             self.addrs[i] = SockAddr::from(to);
@@ -364,15 +364,12 @@ impl Outbox {
         let fd = Fd(socket.as_raw_fd());
         for i in 0..n {
             self.iovs[i].iov_base = self.data[i * SLOT..].as_mut_ptr().cast();
+            self.iovs[i].iov_len = self.lens[i];
         }
         let mut messages = 0;
         let mut i = 0;
         while i < n {
-            let group = if self.offload {
-                group_len(&self.lens[..n], &self.addrs[..n], i)
-            } else {
-                1
-            };
+            let group = group_len(&self.lens[..n], &self.addrs[..n], i, self.offload);
             self.groups[i] = group;
             let h = &mut self.hdrs[i];
             h.msg_name = self.addrs[i].as_ptr() as *mut libc::c_void;
@@ -436,6 +433,8 @@ impl Outbox {
             return group;
         }
         self.offload = false;
+        // The lone first datagram, then each of the others, one message apiece.
+        self.messages += group as u64;
         (start + 1..start + group)
             .filter(|&k| send_one(socket, &self.addrs[k], datagram(k)).is_err())
             .count()
