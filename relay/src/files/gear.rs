@@ -125,9 +125,9 @@ const BLOCK: usize = 16 << 10;
 const WINDOW: usize = 64;
 
 /// The crate's search, two blocks at a time: the hash is a chain of dependent adds, so a core
-/// runs two chains side by side in little more than the time of one. The second block's hash is started from the
-/// 64 bytes before it, which gives exactly the hash the first block would have handed on. A cut
-/// in the first block wins over one in the second.
+/// runs two chains side by side in little more than the time of one. The second block's hash is
+/// started from the 64 bytes before it, which gives exactly the hash the first block would have
+/// handed on. A cut in the first block wins over one in the second.
 fn search(src: &[u8], s: &Sizes, g: &[u64; 256]) -> usize {
     let Some(b) = bounds(src.len(), s) else {
         return src.len();
