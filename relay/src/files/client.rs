@@ -191,13 +191,8 @@ impl Client {
         };
         let (socket, _) = transport::udp_socket(bind, 8 << 20)
             .map_err(|e| ClientError::Connection(format!("cannot open a UDP socket: {e}")))?;
-        let mut endpoint = quinn::Endpoint::new(
-            transport::endpoint_config(),
-            None,
-            socket,
-            Arc::new(quinn::TokioRuntime),
-        )
-        .map_err(|e| ClientError::Connection(format!("cannot open a UDP socket: {e}")))?;
+        let mut endpoint = transport::endpoint(socket, None)
+            .map_err(|e| ClientError::Connection(format!("cannot open a UDP socket: {e}")))?;
         endpoint.set_default_client_config(client_config(ca_der)?);
         let conn = endpoint
             .connect(addr, &host)
@@ -216,6 +211,11 @@ impl Client {
         self.conn.close(quinn::VarInt::from_u32(0), b"done");
         let _ = tokio::time::timeout(std::time::Duration::from_secs(2), self.endpoint.wait_idle())
             .await;
+    }
+
+    /// The connection's path as quinn measures it: datagram size, losses, round trip.
+    pub fn path_stats(&self) -> quinn::PathStats {
+        self.conn.stats().path
     }
 
     pub fn token(&self) -> &str {

@@ -98,13 +98,8 @@ impl FilePlane {
                 "file plane UDP buffers"
             );
         }
-        let endpoint = quinn::Endpoint::new(
-            transport::endpoint_config(),
-            Some(server),
-            socket,
-            Arc::new(quinn::TokioRuntime),
-        )
-        .map_err(|e| FilesError::Bind(settings.listen, e))?;
+        let endpoint = transport::endpoint(socket, Some(server))
+            .map_err(|e| FilesError::Bind(settings.listen, e))?;
         let local = endpoint
             .local_addr()
             .map_err(|e| FilesError::Bind(settings.listen, e))?;
