@@ -606,7 +606,7 @@ impl GetJob {
         tokio::task::spawn_blocking(move || {
             let plain = match encoding {
                 Encoding::Raw => data,
-                Encoding::Zstd => zstd::bulk::decompress(&data, c.len as usize)
+                Encoding::Zstd => plan::decompress(&data, c.len as usize)
                     .map(Bytes::from)
                     .map_err(|e| {
                         ClientError::Protocol(format!("chunk {index} does not decompress: {e}"))

@@ -104,6 +104,19 @@ thread_local! {
     /// much as compressing the sample of an incompressible chunk.
     static COMPRESSOR: std::cell::RefCell<Option<zstd::bulk::Compressor<'static>>> =
         const { std::cell::RefCell::new(None) };
+    static DECOMPRESSOR: std::cell::RefCell<Option<zstd::bulk::Decompressor<'static>>> =
+        const { std::cell::RefCell::new(None) };
+}
+
+/// A chunk of `len` bytes from its compressed form, through this thread's context.
+pub fn decompress(data: &[u8], len: usize) -> std::io::Result<Vec<u8>> {
+    DECOMPRESSOR.with_borrow_mut(|slot| {
+        let z = match slot {
+            Some(z) => z,
+            None => slot.insert(zstd::bulk::Decompressor::new()?),
+        };
+        z.decompress(data, len)
+    })
 }
 
 /// `data` compressed, when that saves at least 3%.
@@ -216,7 +229,12 @@ mod tests {
             b"another line of text, and another, ".repeat(20_000),
         ] {
             let z = compress(&data).unwrap();
-            assert_eq!(zstd::bulk::decompress(&z, data.len()).unwrap(), data);
+            assert_eq!(decompress(&z, data.len()).unwrap(), data);
+            assert!(decompress(&z, data.len() - 1).is_err(), "longer than said");
+            assert!(
+                decompress(&z[..z.len() / 2], data.len()).is_err(),
+                "cut short"
+            );
             assert_eq!(z, zstd::bulk::compress(&data, ZSTD_LEVEL).unwrap());
         }
         let png = [0x89, b'P', b'N', b'G', 0x0D, 0x0A, 0x1A, 0x0A, 0, 0, 0, 0];

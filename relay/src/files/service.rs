@@ -293,7 +293,7 @@ impl Service {
         }
         let plain = match encoding {
             Encoding::Raw => Some(data),
-            Encoding::Zstd => zstd::bulk::decompress(&data, expected.len as usize)
+            Encoding::Zstd => plan::decompress(&data, expected.len as usize)
                 .ok()
                 .map(Bytes::from),
         };
