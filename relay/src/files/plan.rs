@@ -221,6 +221,16 @@ mod tests {
         let mid = text.len() / 2;
         text[mid - 40_000..mid + 40_000].copy_from_slice(&noise(2, 80_000));
         assert!(compress(&text).is_none());
+        // A small chunk right after a sample judged at the fastest level is compressed at the
+        // full level, as a fresh context would.
+        let lines: Vec<u8> = (0..10_000)
+            .flat_map(|i| format!("line {i} of {}, ", i * 7 % 1000).into_bytes())
+            .collect();
+        assert!(lines.len() < 4 * COMPRESSION_SAMPLE);
+        let fast = zstd::bulk::compress(&lines, 1).unwrap();
+        let full = zstd::bulk::compress(&lines, ZSTD_LEVEL).unwrap();
+        assert_ne!(fast, full, "the levels must differ on this input");
+        assert_eq!(compress(&lines).unwrap(), full);
         // One context serves every chunk of a thread, whatever came before: each compressed
         // form comes back as its chunk, at the full level (not the sample's).
         for data in [

@@ -211,6 +211,9 @@ fn read_direct(path: &Path) -> io::Result<Bytes> {
     let mut buf: Vec<u8> = Vec::with_capacity(padded + DIRECT_ALIGN);
     // The bytes in front of the first boundary are padding, within the capacity.
     let start = buf.as_ptr().align_offset(DIRECT_ALIGN);
+    if start >= DIRECT_ALIGN {
+        return Err(io::Error::from_raw_os_error(libc::EINVAL));
+    }
     buf.resize(start, 0);
     while buf.len() - start < len {
         let got = buf.len() - start;
