@@ -122,10 +122,10 @@ pub fn decompress(data: &[u8], len: usize) -> std::io::Result<Vec<u8>> {
 /// `data` compressed, when that saves at least 3%.
 pub fn compress(data: &[u8]) -> Option<Vec<u8>> {
     COMPRESSOR.with_borrow_mut(|slot| {
-        if slot.is_none() {
-            *slot = zstd::bulk::Compressor::new(ZSTD_LEVEL).ok();
-        }
-        let z = slot.as_mut()?;
+        let z = match slot {
+            Some(z) => z,
+            None => slot.insert(zstd::bulk::Compressor::new(ZSTD_LEVEL).ok()?),
+        };
         if data.len() >= 4 * COMPRESSION_SAMPLE {
             let mid = data.len() / 2 - COMPRESSION_SAMPLE / 2;
             let sample = &data[mid..mid + COMPRESSION_SAMPLE];

@@ -33,7 +33,8 @@ pub const MAX_UDP_PAYLOAD: u16 = 16_384;
 
 /// The most bytes one segmentation-offload send may carry: the datagrams of a batch travel as one
 /// IP packet until the kernel cuts them, and an IP packet holds 65,535 bytes with its headers.
-const OFFLOAD_MAX_BYTES: usize = 65_000;
+/// (The media plane's outbox keeps the same bound under the same name.)
+const MAX_OFFLOAD_BYTES: usize = 65_000;
 
 /// An endpoint on `socket`, with a server's settings or none (a client's). quinn hands a send
 /// up to ten datagrams of the path's size; above 6,500 bytes ten exceed an IP packet, the kernel
@@ -99,7 +100,7 @@ impl quinn::AsyncUdpSocket for Splitting {
     }
 }
 
-/// `transmit` as sends of at most [`OFFLOAD_MAX_BYTES`] each (a single datagram of any size
+/// `transmit` as sends of at most [`MAX_OFFLOAD_BYTES`] each (a single datagram of any size
 /// stays whole), each part a run of whole datagrams.
 fn split<'a>(
     transmit: &'a quinn::udp::Transmit<'a>,
@@ -108,10 +109,10 @@ fn split<'a>(
         .segment_size
         .unwrap_or(transmit.contents.len())
         .max(1);
-    let per_send = (OFFLOAD_MAX_BYTES / size).max(1) * size;
+    let per_send = (MAX_OFFLOAD_BYTES / size).max(1) * size;
     transmit
         .contents
-        .chunks(per_send.max(1))
+        .chunks(per_send)
         .map(move |part| quinn::udp::Transmit {
             contents: part,
             segment_size: transmit.segment_size.filter(|&s| s < part.len()),
@@ -346,7 +347,7 @@ mod tests {
             assert!(
                 parts
                     .iter()
-                    .all(|p| p.contents.len() <= OFFLOAD_MAX_BYTES || p.segment_size.is_none())
+                    .all(|p| p.contents.len() <= MAX_OFFLOAD_BYTES || p.segment_size.is_none())
             );
             let joined: Vec<u8> = parts.iter().flat_map(|p| p.contents.to_vec()).collect();
             assert_eq!(joined, &contents[..len]);
