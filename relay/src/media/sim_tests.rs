@@ -562,6 +562,12 @@ fn subscribers_are_answered_for_remb_and_publishers_keep_transport_cc() {
     assert!(!answer.contains("transport-cc"), "{answer}");
     assert!(answer.contains("goog-remb"), "{answer}");
     assert!(answer.contains("abs-send-time"), "{answer}");
+    // Only what a copy carries: the MID and the audio level, not the stream ids of simulcast.
+    assert!(offer.contains("sdes:rtp-stream-id"), "{offer}");
+    assert!(answer.contains("sdes:mid"), "{answer}");
+    assert!(answer.contains("ssrc-audio-level"), "{answer}");
+    assert!(!answer.contains("rtp-stream-id"), "{answer}");
+    assert!(!answer.contains("video-orientation"), "{answer}");
 
     let mut publisher = Client::new(6001, now, now);
     let offer = publisher.publisher_offer(1);

@@ -461,6 +461,20 @@ pub(super) fn bad_sdp(e: impl std::fmt::Display) -> MediaError {
     })
 }
 
+/// How often a subscriber's session reports its receiver's loss.
+const LOSS_STATS_INTERVAL: Duration = Duration::from_secs(1);
+
+/// The header extensions a subscriber's session negotiates, each written into every copy it
+/// sends that has a value for it: the MID (demultiplexing in the bundle), abs-send-time (the
+/// receiver's estimate, hence REMB) and the audio level. Not the stream ids (a subscriber gets
+/// one stream per line, its SSRC in the answer), nor transport-cc (see [`new_rtc`]), nor video
+/// orientation (not forwarded). str0m walks the whole map for each copy, twice.
+const SUBSCRIBER_EXTENSIONS: [Extension; 3] = [
+    Extension::RtpMid,
+    Extension::AbsoluteSendTime,
+    Extension::AudioLevel,
+];
+
 /// Build a session's `Rtc`: ICE-lite server in RTP mode, with only codecs whose keyframes we
 /// can recognise (a switch must wait for one), and no RED (audio is forwarded as is), and no
 /// send-side bandwidth estimation, so no pacer holds a forwarded packet back.
@@ -469,9 +483,6 @@ pub(super) fn bad_sdp(e: impl std::fmt::Display) -> MediaError {
 /// feedback): a browser then estimates on its side from abs-send-time and reports by REMB,
 /// which [`super::super::estimate`] turns into the budget. A publisher's keeps transport-cc, so
 /// the browser's own send-side estimate gets our feedback.
-/// How often a subscriber's session reports its receiver's loss.
-const LOSS_STATS_INTERVAL: Duration = Duration::from_secs(1);
-
 pub(super) fn new_rtc(subscriber: bool, now: Instant) -> Rtc {
     let mut cfg = RtcConfig::new()
         .set_ice_lite(true)
@@ -484,7 +495,7 @@ pub(super) fn new_rtc(subscriber: bool, now: Instant) -> Rtc {
     if subscriber {
         let mut exts = ExtensionMap::empty();
         for (id, ext) in ExtensionMap::standard().iter() {
-            if *ext != Extension::TransportSequenceNumber {
+            if SUBSCRIBER_EXTENSIONS.contains(ext) {
                 exts.set(id, ext.clone());
             }
         }
