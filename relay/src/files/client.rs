@@ -26,11 +26,12 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use bytes::Bytes;
 use tokio::task::JoinSet;
 
+use super::DIRECT_ALIGN;
 use super::Hash;
 use super::chunker::{Chunker, chunk_hash};
 use super::manifest::{Manifest, root_of};
 use super::mapped::{Mapped, MappedRange};
-use super::ordered::OrderedWriter;
+use super::placed::PlacedWriter;
 use super::plan;
 use super::scan_cache::{Scan, ScanCache, manifest_of};
 use super::transport::{self, ALPN, PARALLEL_CHUNKS};
@@ -224,7 +225,7 @@ impl Client {
 
     /// Sends one request on its own stream and reads the answer.
     pub async fn request(&self, req: &Request) -> Result<Response, ClientError> {
-        request_on(&self.conn, req).await
+        request_on(&self.conn, req, 0).await
     }
 
     pub async fn list(&self) -> Result<Vec<FileEntry>, ClientError> {
@@ -399,11 +400,9 @@ impl Client {
             .map(|(c, _)| u64::from(c.len))
             .sum();
         progress.done.store(held, Ordering::Relaxed);
-        // A file written from nothing goes front to back around the page cache.
-        let ordered = if held == 0 {
-            OrderedWriter::open(&local.part, manifest.size())
-                .map_err(io_err(&local.part))?
-                .map(std::sync::Mutex::new)
+        // A file written from nothing goes around the page cache.
+        let placed = if held == 0 {
+            PlacedWriter::open(&local.part, manifest.size()).map_err(io_err(&local.part))?
         } else {
             None
         };
@@ -415,7 +414,7 @@ impl Client {
             offsets: manifest.offsets(),
             part: local.part_file,
             part_path: local.part.clone(),
-            ordered,
+            placed,
             verified: std::sync::Mutex::new(
                 manifest
                     .chunks()
@@ -440,11 +439,8 @@ impl Client {
         let (part, out2, state, m) = (local.part, out.clone(), local.state, manifest.clone());
         let written = job.clone();
         tokio::task::spawn_blocking(move || {
-            if let Some(w) = &written.ordered {
-                w.lock()
-                    .unwrap_or_else(|p| p.into_inner())
-                    .finish()
-                    .map_err(io_err(&part))?;
+            if let Some(w) = &written.placed {
+                w.finish().map_err(io_err(&part))?;
             }
             finish_download(&part, &out2, &state, &m, &verified)
         })
@@ -461,7 +457,13 @@ impl Client {
     }
 }
 
-async fn request_on(conn: &quinn::Connection, req: &Request) -> Result<Response, ClientError> {
+/// Sends `req` and reads the answer; a chunk in the answer is placed `phase` bytes past a block
+/// boundary in memory ([`transport::read_frame`]).
+async fn request_on(
+    conn: &quinn::Connection,
+    req: &Request,
+    phase: usize,
+) -> Result<Response, ClientError> {
     let lost =
         |e: &dyn fmt::Display| ClientError::Connection(format!("connection to the relay: {e}"));
     let (mut send, mut recv) = conn.open_bi().await.map_err(|e| lost(&e))?;
@@ -469,7 +471,7 @@ async fn request_on(conn: &quinn::Connection, req: &Request) -> Result<Response,
         .await
         .map_err(|e| lost(&e))?;
     send.finish().map_err(|e| lost(&e))?;
-    let (kind, body) = transport::read_frame(&mut recv)
+    let (kind, body) = transport::read_frame(&mut recv, phase)
         .await
         .map_err(|e| lost(&e))?
         .ok_or_else(|| {
@@ -537,7 +539,7 @@ impl PutJob {
         for attempt in 0..=CHUNK_RETRIES {
             self.bytes_sent
                 .fetch_add(data.len() as u64, Ordering::Relaxed);
-            match request_on(&self.conn, &req).await? {
+            match request_on(&self.conn, &req, 0).await? {
                 Response::ChunkAccepted { index: got } if got == index => {
                     self.progress
                         .done
@@ -574,8 +576,8 @@ struct GetJob {
     offsets: Vec<u64>,
     part: Arc<fs::File>,
     part_path: PathBuf,
-    /// Where the part file is written front to back around the page cache, when it is.
-    ordered: Option<std::sync::Mutex<OrderedWriter>>,
+    /// Where the part file is written around the page cache, when it is.
+    placed: Option<PlacedWriter>,
     /// Per manifest index, the hash of the bytes written there, taken from those very bytes
     /// before they were written (or when found on disk).
     verified: std::sync::Mutex<Vec<Option<Hash>>>,
@@ -592,7 +594,12 @@ impl GetJob {
             file: self.id.clone(),
             index,
         };
-        let (encoding, data) = match request_on(&self.conn, &req).await? {
+        // Where the chunk's first copy goes in the file decides where it lies in memory: its
+        // whole blocks are then written from there.
+        let phase = slots
+            .first()
+            .map_or(0, |s| self.offsets[*s as usize] as usize % DIRECT_ALIGN);
+        let (encoding, data) = match request_on(&self.conn, &req, phase).await? {
             Response::ChunkData {
                 index: got,
                 encoding,
@@ -620,11 +627,8 @@ impl GetJob {
             }
             for s in &slots {
                 let at = this.offsets[*s as usize];
-                match &this.ordered {
-                    Some(w) => w
-                        .lock()
-                        .unwrap_or_else(|p| p.into_inner())
-                        .put(at, plain.clone()),
+                match &this.placed {
+                    Some(w) => w.write(at, &plain),
                     None => this.part.write_all_at(&plain, at).map(|()| {
                         super::writeback::start_writeback(&this.part, at, plain.len() as u64)
                     }),

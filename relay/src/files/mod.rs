@@ -20,7 +20,7 @@ pub mod client;
 pub mod gear;
 pub mod manifest;
 pub mod mapped;
-pub mod ordered;
+pub mod placed;
 pub mod plan;
 pub mod scan_cache;
 pub mod server;

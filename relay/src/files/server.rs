@@ -181,7 +181,7 @@ async fn serve_stream(
     mut send: quinn::SendStream,
     mut recv: quinn::RecvStream,
 ) -> Result<(), transport::StreamError> {
-    let Some((kind, body)) = transport::read_frame(&mut recv).await? else {
+    let Some((kind, body)) = transport::read_frame(&mut recv, 0).await? else {
         return Ok(());
     };
     let response = match Request::decode(kind, body) {

@@ -203,8 +203,14 @@ pub enum StreamError {
     Wire(WireError),
 }
 
-/// Reads one frame; `None` if the peer finished the stream before a frame began.
-pub async fn read_frame(recv: &mut quinn::RecvStream) -> Result<Option<(u8, Bytes)>, StreamError> {
+/// Reads one frame; `None` if the peer finished the stream before a frame began. A chunk the
+/// frame carries ([`wire::chunk_offset`]) is placed in memory `phase` bytes past a block
+/// boundary ([`DIRECT_ALIGN`]): 0 for a chunk stored as a file of its own, the chunk's offset in
+/// its file for a download, so that the whole blocks inside it go to disk from where they are.
+pub async fn read_frame(
+    recv: &mut quinn::RecvStream,
+    phase: usize,
+) -> Result<Option<(u8, Bytes)>, StreamError> {
     let mut head = [0u8; HEADER_LEN];
     match recv.read_exact(&mut head).await {
         Ok(()) => {}
@@ -219,7 +225,7 @@ pub async fn read_frame(recv: &mut quinn::RecvStream) -> Result<Option<(u8, Byte
             .await
             .map_err(StreamError::Read)?;
         if let Some(at) = wire::chunk_offset(kind, first) {
-            body.align_at(at);
+            body.place_at(at, phase);
         }
         body.buf.extend_from_slice(&first);
     }
@@ -238,8 +244,8 @@ pub async fn read_frame(recv: &mut quinn::RecvStream) -> Result<Option<(u8, Byte
     Ok(Some((kind, Bytes::from_owner(body))))
 }
 
-/// A frame's body as it arrives, with room in front so that a chunk inside it can begin at a
-/// [`DIRECT_ALIGN`] boundary in memory.
+/// A frame's body as it arrives, with room in front so that a chunk inside it can begin at any
+/// place relative to a [`DIRECT_ALIGN`] boundary in memory.
 struct Body {
     buf: Vec<u8>,
     /// Where the body begins in `buf`: after the padding.
@@ -254,18 +260,19 @@ impl Body {
         }
     }
 
-    /// Pads the front so that offset `at` of the body lies on a block boundary. Only before any
-    /// byte of the body was appended.
-    fn align_at(&mut self, at: usize) {
+    /// Pads the front so that offset `at` of the body lies `phase` bytes (taken modulo
+    /// [`DIRECT_ALIGN`]) past a block boundary. Only before any byte of the body was appended.
+    fn place_at(&mut self, at: usize, phase: usize) {
         let to_boundary = self
             .buf
             .as_ptr()
             .wrapping_add(at)
             .align_offset(DIRECT_ALIGN);
         if to_boundary < DIRECT_ALIGN && self.buf.is_empty() {
+            let pad = (to_boundary + phase) % DIRECT_ALIGN;
             // Within the spare capacity: the buffer does not move.
-            self.buf.resize(to_boundary, 0);
-            self.start = to_boundary;
+            self.buf.resize(pad, 0);
+            self.start = pad;
         }
     }
 
@@ -355,18 +362,27 @@ mod tests {
     }
 
     #[test]
-    fn a_body_puts_its_chunk_on_a_block_boundary() {
-        for (len, at) in [(10_000, 0), (10_000, 37), (2 << 20, 4200), (5, 5)] {
+    fn a_body_puts_its_chunk_at_the_asked_place_from_a_block_boundary() {
+        for (len, at, phase) in [
+            (10_000, 0, 0),
+            (10_000, 37, 0),
+            (2 << 20, 4200, 0),
+            (5, 5, 0),
+            (10_000, 5, 1),
+            (2 << 20, 5, 4095),
+            (10_000, 37, 3000),
+            (10_000, 0, DIRECT_ALIGN + 7),
+        ] {
             let mut body = Body::new(len);
-            body.align_at(at);
+            body.place_at(at, phase);
             let bytes: Vec<u8> = (0..len).map(|i| (i % 251) as u8).collect();
             body.buf.extend_from_slice(&bytes);
             let held = Bytes::from_owner(body);
             assert_eq!(&held[..], &bytes[..], "{len} at {at}");
             assert_eq!(
-                held[at..].as_ptr().align_offset(DIRECT_ALIGN),
-                0,
-                "{len} at {at}"
+                held[at..].as_ptr() as usize % DIRECT_ALIGN,
+                phase % DIRECT_ALIGN,
+                "{len} at {at}, phase {phase}"
             );
         }
     }

@@ -273,12 +273,16 @@ impl Writer {
 }
 
 /// Where, in the body of a frame of `kind` that begins with `first`, a chunk's bytes begin: the
-/// reader of a stream puts them at a block boundary in memory, so that the store writes them to
-/// disk around the page cache without copying them first. `None` for frames that carry no chunk.
-/// Only a hint: a frame that turns out malformed is refused by its decoder as ever.
+/// reader of a stream places them in memory where they can go to disk around the page cache
+/// without being copied first (a sent chunk, a fetched chunk). `None` for frames that carry no
+/// chunk. Only a hint: a frame that turns out malformed is refused by its decoder as ever.
 pub fn chunk_offset(kind: u8, first: [u8; 2]) -> Option<usize> {
-    (kind == kind::PUT_CHUNK)
-        .then(|| 2 + usize::from(u16::from_le_bytes(first)) + UPLOAD_ID_LEN + 4 + 1)
+    match kind {
+        kind::PUT_CHUNK => Some(2 + usize::from(u16::from_le_bytes(first)) + UPLOAD_ID_LEN + 4 + 1),
+        // The chunk's index, then its encoding.
+        kind::CHUNK_DATA => Some(4 + 1),
+        _ => None,
+    }
 }
 
 const UPLOAD_ID_LEN: usize = std::mem::size_of::<UploadId>();
@@ -779,15 +783,28 @@ mod tests {
 
     #[test]
     fn the_chunk_offset_is_where_the_decoder_finds_the_chunk() {
-        for req in requests() {
-            let f = req.encode();
+        let offset = |f: Frame| {
             let mut frame = f.head.to_vec();
             frame.extend_from_slice(&f.payload);
-            let body = &frame[HEADER_LEN..];
+            let body = frame[HEADER_LEN..].to_vec();
             let at = chunk_offset(frame[0], [body[0], body[1]]);
+            (at, body)
+        };
+        for req in requests() {
+            let (at, body) = offset(req.encode());
             match req {
                 Request::PutChunk { data, .. } => {
                     let at = at.expect("a chunk frame has a chunk offset");
+                    assert_eq!(&body[at..], &data[..]);
+                }
+                other => assert_eq!(at, None, "{other:?}"),
+            }
+        }
+        for resp in responses() {
+            let (at, body) = offset(resp.encode());
+            match resp {
+                Response::ChunkData { data, .. } => {
+                    let at = at.expect("a chunk's data has a chunk offset");
                     assert_eq!(&body[at..], &data[..]);
                 }
                 other => assert_eq!(at, None, "{other:?}"),
