@@ -110,6 +110,7 @@ fn cli_error(e: &ClientError) -> CliError {
 
 /// Runs a file command to its end.
 pub fn run(command: FilesCommand) -> Result<(), CliError> {
+    crate::files::heap::keep_freed_memory();
     let json_out = command.conn().json;
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)

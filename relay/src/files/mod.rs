@@ -18,6 +18,7 @@ pub const DIRECT_ALIGN: usize = 4096;
 pub mod chunker;
 pub mod client;
 pub mod gear;
+pub mod heap;
 pub mod manifest;
 pub mod mapped;
 pub mod placed;
