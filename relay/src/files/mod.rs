@@ -15,6 +15,30 @@
 /// relay is installed on.
 pub const DIRECT_ALIGN: usize = 4096;
 
+thread_local! {
+    /// A buffer for `O_DIRECT` writes of bytes that do not lie on a block boundary, one per
+    /// thread, reused for every write.
+    static DIRECT_BUF: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
+/// Writes `data` at `at` of `file` (opened with `O_DIRECT`, `at` on a block) from a copy in an
+/// aligned buffer, padded with zeros to whole blocks: for bytes that do not lie on a block
+/// boundary in memory, or a last partial block.
+pub(crate) fn write_direct_copy(file: &std::fs::File, data: &[u8], at: u64) -> std::io::Result<()> {
+    use std::os::unix::fs::FileExt;
+    let padded = data.len().div_ceil(DIRECT_ALIGN) * DIRECT_ALIGN;
+    DIRECT_BUF.with_borrow_mut(|buf| {
+        buf.resize(padded + DIRECT_ALIGN, 0);
+        let start = buf.as_ptr().align_offset(DIRECT_ALIGN);
+        let Some(block) = buf.get_mut(start..start + padded) else {
+            return Err(std::io::Error::from_raw_os_error(libc::EINVAL));
+        };
+        block[..data.len()].copy_from_slice(data);
+        block[data.len()..].fill(0);
+        file.write_all_at(block, at)
+    })
+}
+
 pub mod chunker;
 pub mod client;
 pub mod gear;

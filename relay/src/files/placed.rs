@@ -52,7 +52,6 @@ struct Shared {
     bytes: Vec<u8>,
     /// The ranges of `bytes` that came.
     came: Vec<(usize, usize)>,
-    filled: usize,
 }
 
 impl PlacedWriter {
@@ -101,15 +100,14 @@ impl PlacedWriter {
         } else {
             let from = (first_whole - offset) as usize;
             let to = (last_whole - offset) as usize;
-            let placed;
-            let middle = if bytes[from..].as_ptr().align_offset(DIRECT_ALIGN) == 0 {
-                &bytes[from..to]
+            let middle = &bytes[from..to];
+            if middle.as_ptr().align_offset(DIRECT_ALIGN) == 0 {
+                self.direct.write_all_at(middle, first_whole)?;
             } else {
-                placed = Placed::copy(&bytes[from..to]);
-                self.copied.fetch_add((to - from) as u64, Ordering::Relaxed);
-                placed.as_slice()
-            };
-            self.direct.write_all_at(middle, first_whole)?;
+                super::write_direct_copy(&self.direct, middle, first_whole)?;
+                self.copied
+                    .fetch_add(middle.len() as u64, Ordering::Relaxed);
+            }
             self.done.fetch_add(middle.len() as u64, Ordering::Relaxed);
             self.share(offset, &bytes[..from])?;
             self.share(last_whole, &bytes[to..])?;
@@ -138,7 +136,6 @@ impl PlacedWriter {
             let s = shared.entry(block).or_insert_with(|| Shared {
                 bytes: vec![0; block_len],
                 came: Vec::new(),
-                filled: 0,
             });
             let range = (within, within + piece.len());
             if s.came.iter().any(|c| c.0 < range.1 && range.0 < c.1) {
@@ -148,8 +145,8 @@ impl PlacedWriter {
             }
             s.bytes[range.0..range.1].copy_from_slice(piece);
             s.came.push(range);
-            s.filled += piece.len();
-            (s.filled == block_len)
+            let filled: usize = s.came.iter().map(|c| c.1 - c.0).sum();
+            (filled == block_len)
                 .then(|| shared.remove(&block))
                 .flatten()
         };
@@ -176,32 +173,6 @@ impl PlacedWriter {
     }
 }
 
-/// Bytes copied to memory that begins on a block boundary.
-struct Placed {
-    buf: Vec<u8>,
-    start: usize,
-    len: usize,
-}
-
-impl Placed {
-    fn copy(bytes: &[u8]) -> Placed {
-        let mut buf: Vec<u8> = Vec::with_capacity(bytes.len() + DIRECT_ALIGN);
-        let start = buf.as_ptr().align_offset(DIRECT_ALIGN);
-        // Within the capacity: the buffer does not move.
-        buf.resize(start, 0);
-        buf.extend_from_slice(bytes);
-        Placed {
-            buf,
-            start,
-            len: bytes.len(),
-        }
-    }
-
-    fn as_slice(&self) -> &[u8] {
-        &self.buf[self.start..self.start + self.len]
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -210,9 +181,12 @@ mod tests {
     /// `data` in memory whose offset 0 lies on a block boundary, as the transport places a
     /// download's chunks: each piece then lies as far past a boundary as its file offset.
     fn placed(data: &[u8]) -> Bytes {
-        let p = Placed::copy(data);
-        let (start, len) = (p.start, p.len);
-        Bytes::from(p.buf).slice(start..start + len)
+        let mut buf: Vec<u8> = Vec::with_capacity(data.len() + DIRECT_ALIGN);
+        let start = buf.as_ptr().align_offset(DIRECT_ALIGN);
+        // Within the capacity: the buffer does not move.
+        buf.resize(start, 0);
+        buf.extend_from_slice(data);
+        Bytes::from(buf).slice(start..)
     }
 
     fn cuts(len: usize, step: usize) -> Vec<usize> {

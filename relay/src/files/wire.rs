@@ -783,31 +783,32 @@ mod tests {
 
     #[test]
     fn the_chunk_offset_is_where_the_decoder_finds_the_chunk() {
-        let offset = |f: Frame| {
+        // Each frame with the chunk it carries, if any.
+        let requests = requests().into_iter().map(|r| {
+            let chunk = match &r {
+                Request::PutChunk { data, .. } => Some(data.clone()),
+                _ => None,
+            };
+            (r.encode(), chunk, format!("{r:?}"))
+        });
+        let responses = responses().into_iter().map(|r| {
+            let chunk = match &r {
+                Response::ChunkData { data, .. } => Some(data.clone()),
+                _ => None,
+            };
+            (r.encode(), chunk, format!("{r:?}"))
+        });
+        for (f, chunk, what) in requests.chain(responses) {
             let mut frame = f.head.to_vec();
             frame.extend_from_slice(&f.payload);
-            let body = frame[HEADER_LEN..].to_vec();
+            let body = &frame[HEADER_LEN..];
             let at = chunk_offset(frame[0], [body[0], body[1]]);
-            (at, body)
-        };
-        for req in requests() {
-            let (at, body) = offset(req.encode());
-            match req {
-                Request::PutChunk { data, .. } => {
-                    let at = at.expect("a chunk frame has a chunk offset");
-                    assert_eq!(&body[at..], &data[..]);
+            match chunk {
+                Some(data) => {
+                    let at = at.expect("a frame with a chunk has a chunk offset");
+                    assert_eq!(&body[at..], &data[..], "{what}");
                 }
-                other => assert_eq!(at, None, "{other:?}"),
-            }
-        }
-        for resp in responses() {
-            let (at, body) = offset(resp.encode());
-            match resp {
-                Response::ChunkData { data, .. } => {
-                    let at = at.expect("a chunk's data has a chunk offset");
-                    assert_eq!(&body[at..], &data[..]);
-                }
-                other => assert_eq!(at, None, "{other:?}"),
+                None => assert_eq!(at, None, "{what}"),
             }
         }
     }

@@ -5,7 +5,6 @@
 //! it, and keeps the bookkeeping. Another backend (object storage, or a store written while a
 //! recording's bytes still arrive) implements this trait.
 
-use std::cell::RefCell;
 use std::fs;
 use std::io::{self, Write};
 use std::path::{Path, PathBuf};
@@ -119,11 +118,6 @@ pub(super) fn sync_dir(dir: &Path) -> Result<()> {
         .map_err(io_err(dir))
 }
 
-thread_local! {
-    /// A buffer for `O_DIRECT` writes, one per blocking thread, reused for every chunk.
-    static DIRECT_BUF: RefCell<Vec<u8>> = const { RefCell::new(Vec::new()) };
-}
-
 /// Writes `data` to the file `path` (created or truncated) and flushes it to the disk.
 ///
 /// The bytes go with `O_DIRECT`, around the page cache: a chunk is written once and read back
@@ -167,17 +161,7 @@ fn write_direct(path: &Path, data: &[u8]) -> io::Result<()> {
     }
     let rest = &data[direct..];
     if !rest.is_empty() {
-        let padded = rest.len().div_ceil(DIRECT_ALIGN) * DIRECT_ALIGN;
-        DIRECT_BUF.with_borrow_mut(|buf| {
-            buf.resize(padded + DIRECT_ALIGN, 0);
-            let start = buf.as_ptr().align_offset(DIRECT_ALIGN);
-            let Some(block) = buf.get_mut(start..start + padded) else {
-                return Err(io::Error::from_raw_os_error(libc::EINVAL));
-            };
-            block[..rest.len()].copy_from_slice(rest);
-            block[rest.len()..].fill(0);
-            f.write_all_at(block, direct as u64)
-        })?;
+        crate::files::write_direct_copy(&f, rest, direct as u64)?;
     }
     f.set_len(data.len() as u64)?;
     f.sync_all()
