@@ -289,6 +289,7 @@ pub async fn run(config: Config) -> Result<(), ServeError> {
         });
     let server = tokio::spawn(server.into_future());
 
+    let stop = shutdown_signal();
     control_ready.store(true, Ordering::Release);
     if state.readiness.waiting().is_empty() {
         notify(&[sd_notify::NotifyState::Ready]);
@@ -320,7 +321,7 @@ pub async fn run(config: Config) -> Result<(), ServeError> {
         datadir::DEMO_ROOM
     );
 
-    shutdown_signal().await;
+    stop.await;
     tracing::info!("stopping: no new requests, draining open ones");
     notify(&[sd_notify::NotifyState::Stopping]);
     if let Some(c) = cluster {
@@ -617,18 +618,32 @@ fn recording_metrics(
     })
 }
 
-async fn shutdown_signal() {
+/// Watches SIGTERM and SIGINT from this call on, and resolves at the first of them. Called before
+/// the relay says it is up: until a signal is watched, it ends the process unhandled, and a
+/// supervisor may stop the relay as soon as it is up.
+fn shutdown_signal() -> impl Future<Output = ()> {
     use tokio::signal::unix::{SignalKind, signal};
-    let mut term = match signal(SignalKind::terminate()) {
-        Ok(s) => s,
-        Err(e) => {
-            tracing::error!(error = %e, "cannot watch SIGTERM");
-            return std::future::pending().await;
+    let term = signal(SignalKind::terminate());
+    let int = signal(SignalKind::interrupt());
+    async move {
+        let mut term = match term {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::error!(error = %e, "cannot watch SIGTERM");
+                return std::future::pending().await;
+            }
+        };
+        match int {
+            Ok(mut int) => {
+                tokio::select! {
+                    _ = term.recv() => {}
+                    _ = int.recv() => {}
+                }
+            }
+            Err(_) => {
+                term.recv().await;
+            }
         }
-    };
-    tokio::select! {
-        _ = term.recv() => {}
-        _ = tokio::signal::ctrl_c() => {}
     }
 }
 
