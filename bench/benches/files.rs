@@ -5,7 +5,7 @@ use std::collections::HashSet;
 use std::hint::black_box;
 
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
-use relay::files::chunker::{AVG_CHUNK, Chunker, chunk_hash};
+use relay::files::chunker::{self, AVG_CHUNK, Chunker, chunk_hash};
 use relay::files::manifest::{ChunkRef, Manifest};
 use relay::files::plan;
 
@@ -39,6 +39,9 @@ fn bench(c: &mut Criterion) {
                 .map(|c| c.length)
                 .sum::<usize>()
         })
+    });
+    g.bench_function("cut_file_one_thread_64MiB", |b| {
+        b.iter(|| chunker::cut_file(black_box(&data[..]), 1).len())
     });
     let chunk = &data[..AVG_CHUNK];
     g.throughput(Throughput::Bytes(chunk.len() as u64));
