@@ -577,7 +577,7 @@ fn a_tampered_chunk_is_never_served() {
     let stored = store(&relay);
     let mut bytes = stored.blobs().get(&victim.hash).unwrap().unwrap().to_vec();
     bytes[100] ^= 0x55;
-    stored.blobs().put(&victim.hash, &bytes).unwrap();
+    stored.blobs().put(&victim.hash, &[&bytes]).unwrap();
 
     let out = tmp.path().join("doc.out");
     let get = relay.files(&token, &["get", &put.s("id"), "-o", s(&out)]);
@@ -588,7 +588,7 @@ fn a_tampered_chunk_is_never_served() {
     if let Ok(p) = fs::read(&part) {
         let o = manifest.offsets()[1] as usize;
         assert!(
-            p[o..o + victim.len as usize] != bytes[..],
+            p[o..o + victim.len as usize] != bytes[..victim.len as usize],
             "the bad bytes never arrive"
         );
     }

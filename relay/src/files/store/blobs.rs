@@ -16,9 +16,9 @@ use crate::files::DIRECT_ALIGN;
 
 /// Bytes by their hash.
 pub trait Blobs: Send + Sync + std::fmt::Debug {
-    /// Puts `data` under `hash`, durably: once this returns it survives a crash or a power
-    /// loss, and until then a reader finds either nothing or the whole of it.
-    fn put(&self, hash: &Hash, data: &[u8]) -> Result<()>;
+    /// Puts `parts`, one after the other, under `hash`, durably: once this returns they survive
+    /// a crash or a power loss, and until then a reader finds either nothing or the whole.
+    fn put(&self, hash: &Hash, parts: &[&[u8]]) -> Result<()>;
     /// The bytes under `hash` as they were put, or `None` when there are none.
     fn get(&self, hash: &Hash) -> Result<Option<Bytes>>;
     /// Removes the bytes under `hash`; none there is no error.
@@ -56,7 +56,7 @@ impl FsBlobs {
 }
 
 impl Blobs for FsBlobs {
-    fn put(&self, hash: &Hash, data: &[u8]) -> Result<()> {
+    fn put(&self, hash: &Hash, parts: &[&[u8]]) -> Result<()> {
         let path = self.path_of(hash);
         let dir = path.parent().unwrap_or(&self.dir).to_path_buf();
         if !dir.exists() {
@@ -69,7 +69,7 @@ impl Blobs for FsBlobs {
                 .map_or_else(String::new, |n| n.to_string_lossy().into_owned()),
             hex::encode(crate::random_bytes::<6>())
         ));
-        if let Err(e) = write_durably(&tmp, data) {
+        if let Err(e) = write_durably(&tmp, parts) {
             let _ = fs::remove_file(&tmp);
             return Err(StoreError::Io(tmp, e));
         }
@@ -118,32 +118,36 @@ pub(super) fn sync_dir(dir: &Path) -> Result<()> {
         .map_err(io_err(dir))
 }
 
-/// Writes `data` to the file `path` (created or truncated) and flushes it to the disk.
+/// Writes `parts` to the file `path` (created or truncated), one after the other, and flushes it
+/// to the disk.
 ///
 /// The bytes go with `O_DIRECT`, around the page cache: a chunk is written once and read back
 /// rarely, and copying it into the cache took more of the relay's CPU than anything else it does
 /// per stored byte; the fsync after it then has little left to do. A file system without
 /// `O_DIRECT` (tmpfs) refuses it with `EINVAL`, and gets the ordinary write.
-fn write_durably(path: &Path, data: &[u8]) -> io::Result<()> {
-    match write_direct(path, data) {
+fn write_durably(path: &Path, parts: &[&[u8]]) -> io::Result<()> {
+    match write_direct(path, parts) {
         Err(e) if e.raw_os_error() == Some(libc::EINVAL) => {
             let mut f = crate::private::open_options()
                 .write(true)
                 .create(true)
                 .truncate(true)
                 .open(path)?;
-            f.write_all(data)?;
+            for part in parts {
+                f.write_all(part)?;
+            }
             f.sync_all()
         }
         r => r,
     }
 }
 
-/// `O_DIRECT` wants whole aligned blocks. Bytes that begin on a block boundary in memory (the
-/// file plane's reader puts a received chunk there) go to the disk as they lie, all but the last
-/// partial block; otherwise, and for that last block, they are copied into an aligned buffer
-/// padded with zeros. The file is cut back to the data's length before the fsync.
-fn write_direct(path: &Path, data: &[u8]) -> io::Result<()> {
+/// `O_DIRECT` wants whole aligned blocks. A first part that begins on a block boundary in memory
+/// (the file plane's reader puts a received chunk there) goes to the disk as it lies, all but its
+/// last partial block; otherwise, and for that last block and the parts after it, the bytes are
+/// copied into an aligned buffer padded with zeros. The file is cut back to the parts' length
+/// before the fsync.
+fn write_direct(path: &Path, parts: &[&[u8]]) -> io::Result<()> {
     use std::os::unix::fs::{FileExt, OpenOptionsExt};
     let f = crate::private::open_options()
         .write(true)
@@ -151,19 +155,27 @@ fn write_direct(path: &Path, data: &[u8]) -> io::Result<()> {
         .truncate(true)
         .custom_flags(libc::O_DIRECT)
         .open(path)?;
-    let direct = if data.as_ptr().align_offset(DIRECT_ALIGN) == 0 {
-        data.len() / DIRECT_ALIGN * DIRECT_ALIGN
+    let (first, later): (&[u8], &[&[u8]]) = match parts.split_first() {
+        Some((first, later)) => (first, later),
+        None => (&[], &[]),
+    };
+    let direct = if first.as_ptr().align_offset(DIRECT_ALIGN) == 0 {
+        first.len() / DIRECT_ALIGN * DIRECT_ALIGN
     } else {
         0
     };
     if direct > 0 {
-        f.write_all_at(&data[..direct], 0)?;
+        f.write_all_at(&first[..direct], 0)?;
     }
-    let rest = &data[direct..];
+    let rest: Vec<&[u8]> = std::iter::once(&first[direct..])
+        .chain(later.iter().copied())
+        .filter(|p| !p.is_empty())
+        .collect();
     if !rest.is_empty() {
-        crate::files::write_direct_copy(&f, rest, direct as u64)?;
+        crate::files::write_direct_copy(&f, &rest, direct as u64)?;
     }
-    f.set_len(data.len() as u64)?;
+    let len: usize = parts.iter().map(|p| p.len()).sum();
+    f.set_len(len as u64)?;
     f.sync_all()
 }
 
@@ -255,7 +267,7 @@ mod tests {
             1 << 20,
         ] {
             let data = noise(len as u64, len);
-            write_durably(&path, &data).unwrap();
+            write_durably(&path, &[&data]).unwrap();
             assert_eq!(fs::read(&path).unwrap(), data, "{len} bytes");
             assert_eq!(
                 read_durable(&path).unwrap(),
@@ -265,8 +277,17 @@ mod tests {
             for skew in [0, 1] {
                 let from = at + skew;
                 aligned[from..from + len].copy_from_slice(&data);
-                write_durably(&path, &aligned[from..from + len]).unwrap();
+                write_durably(&path, &[&aligned[from..from + len]]).unwrap();
                 assert_eq!(fs::read(&path).unwrap(), data, "{len} bytes at {skew}");
+                // A second part after them: joined in the copied last block.
+                write_durably(&path, &[&aligned[from..from + len], b"trailer"]).unwrap();
+                let mut joined = data.clone();
+                joined.extend_from_slice(b"trailer");
+                assert_eq!(
+                    read_durable(&path).unwrap(),
+                    joined,
+                    "{len} bytes at {skew}"
+                );
             }
         }
     }
@@ -277,8 +298,8 @@ mod tests {
         let blobs = FsBlobs::open(&dir.path().join("chunks")).unwrap();
         let hash = [7u8; 32];
         assert_eq!(blobs.get(&hash).unwrap(), None);
-        blobs.put(&hash, b"first").unwrap();
-        blobs.put(&hash, b"second").unwrap();
+        blobs.put(&hash, &[b"first"]).unwrap();
+        blobs.put(&hash, &[b"sec", b"ond"]).unwrap();
         assert_eq!(blobs.get(&hash).unwrap().as_deref(), Some(&b"second"[..]));
         // A crash mid-put leaves a temp file beside the blobs; it is cleared, they are not.
         let torn = blobs.path_of(&hash).with_extension("abc.tmp");

@@ -39,7 +39,7 @@ use bytes::Bytes;
 use rusqlite::Connection;
 
 use super::Hash;
-use super::chunker::{VerifiedChunk, chunk_hash};
+use super::chunker::{Seal, VerifiedChunk, chunk_hash, chunk_seal};
 use super::manifest::{ChunkRef, Manifest};
 use super::plan::{self, QuotaExceeded, Usage};
 use super::wire::{FileEntry, UploadId};
@@ -271,17 +271,21 @@ impl ChunkStore {
         self.blobs.clear_partial();
     }
 
-    /// Puts a verified chunk on disk under its hash, durably. Does not record it:
+    /// Puts a verified chunk on disk under its hash, sealed, durably. Does not record it:
     /// [`ChunkStore::chunk_received`] does, after this returned.
     pub fn write_chunk(&self, chunk: &VerifiedChunk) -> Result<()> {
-        self.blobs.put(chunk.hash(), chunk.data())
+        self.blobs.put(chunk.hash(), &[chunk.data(), chunk.seal()])
     }
 
-    /// Reads a chunk and checks it against its name; a mismatch is [`StoreError::Corrupt`] and
-    /// the bytes are dropped.
+    /// Reads a chunk and checks it against its seal (or, stored before seals, its name); a
+    /// mismatch is [`StoreError::Corrupt`] and the bytes are dropped.
     pub fn read_chunk(&self, hash: &Hash, len: u32) -> Result<Bytes> {
-        match self.blobs.get(hash)? {
-            Some(data) if data.len() == len as usize && chunk_hash(&data) == *hash => Ok(data),
+        match self
+            .blobs
+            .get(hash)?
+            .map(|stored| unseal(hash, len, stored))
+        {
+            Some(Some(data)) => Ok(data),
             found => {
                 self.corrupt_reads.fetch_add(1, Ordering::Relaxed);
                 if found.is_some() {
@@ -291,6 +295,32 @@ impl ChunkStore {
             }
         }
     }
+}
+
+/// The bytes a stored chunk carries after its data: its seal ([`chunk_seal`]).
+const SEAL_LEN: usize = std::mem::size_of::<Seal>();
+
+/// The data of chunk `hash` (`len` bytes) in `stored`, if whole and undamaged: sealed, or
+/// without a seal as chunks were stored before, with the BLAKE3 of it matching the name.
+fn unseal(hash: &Hash, len: u32, stored: Bytes) -> Option<Bytes> {
+    let len = len as usize;
+    if stored.len() == len + SEAL_LEN {
+        (chunk_seal(hash, &stored[..len])[..] == stored[len..]).then(|| stored.slice(..len))
+    } else {
+        (stored.len() == len && chunk_hash(&stored) == *hash).then_some(stored)
+    }
+}
+
+/// Whether `stored` holds chunk `hash` of `len` bytes, by the full check: the BLAKE3 of the
+/// data matches the name, and a seal, if there is one, matches the data.
+fn holds(hash: &Hash, len: u32, stored: &[u8]) -> bool {
+    let len = len as usize;
+    let sealed = match stored.len().checked_sub(len) {
+        Some(0) => true,
+        Some(SEAL_LEN) => chunk_seal(hash, &stored[..len])[..] == stored[len..],
+        _ => false,
+    };
+    sealed && chunk_hash(&stored[..len]) == *hash
 }
 
 fn file_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Result<FileRecord>> {

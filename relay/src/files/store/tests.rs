@@ -327,7 +327,7 @@ fn tampered_chunks_are_never_served_and_check_finds_them() {
     let blobs = f.store.blobs();
     let mut bytes = blobs.get(&victim.hash).unwrap().unwrap().to_vec();
     bytes[10] ^= 1;
-    blobs.put(&victim.hash, &bytes).unwrap();
+    blobs.put(&victim.hash, &[&bytes]).unwrap();
     assert!(matches!(read_all(&f.store, &rec.id), Err(StoreError::Corrupt(h)) if h == victim.hash));
     assert_eq!(f.store.corrupt_reads(), 1);
     let report = f.store.check().unwrap();
@@ -356,6 +356,63 @@ fn tampered_chunks_are_never_served_and_check_finds_them() {
     assert!(
         VerifiedChunk::check(&victim.hash, bytes::Bytes::from_static(b"other bytes")).is_none()
     );
+}
+
+#[test]
+fn a_read_checks_the_seal_and_chunks_stored_before_seals_by_their_name() {
+    let f = fixture();
+    let data = noise(8, 3_000_000);
+    let (_, rec) = upload(&f.store, "acme", &data, 100);
+    let m = f.store.manifest(&rec.id).unwrap();
+    // `a` the shorter of two chunks, so that `b`'s bytes can fill `a`'s length.
+    let (mut a, mut b) = (m.chunks()[0], m.chunks()[1]);
+    if a.len > b.len {
+        (a, b) = (b, a);
+    }
+    let blobs = f.store.blobs();
+    let stored = |c: ChunkRef| blobs.get(&c.hash).unwrap().unwrap().to_vec();
+    let sealed = stored(a);
+    assert_eq!(
+        sealed.len(),
+        a.len as usize + SEAL_LEN,
+        "stored with its seal"
+    );
+    let serves = |c: ChunkRef| f.store.read_chunk(&c.hash, c.len).is_ok();
+    // A chunk stored before seals (its data alone) is served after the full check.
+    blobs.put(&a.hash, &[&sealed[..a.len as usize]]).unwrap();
+    assert!(serves(a));
+    let mut old = sealed[..a.len as usize].to_vec();
+    old[5] ^= 1;
+    blobs.put(&a.hash, &[&old]).unwrap();
+    assert!(!serves(a), "a damaged chunk without a seal");
+    // A damaged seal, a damaged byte, a file cut short, one byte too many.
+    let mut bad_seal = sealed.clone();
+    *bad_seal.last_mut().unwrap() ^= 0x80;
+    let mut bad_byte = sealed.clone();
+    bad_byte[a.len as usize - 1] ^= 1;
+    let short = sealed[..sealed.len() - 1].to_vec();
+    let mut long = sealed.clone();
+    long.push(0);
+    for (what, bytes) in [
+        ("seal", &bad_seal),
+        ("byte", &bad_byte),
+        ("short", &short),
+        ("long", &long),
+    ] {
+        blobs.put(&a.hash, &[bytes]).unwrap();
+        assert!(!serves(a), "{what}");
+        assert!(f.store.check().unwrap().corrupt.contains(&a.hash), "{what}");
+    }
+    blobs.put(&a.hash, &[&sealed]).unwrap();
+    assert!(serves(a));
+    assert!(f.store.check().unwrap().is_clean());
+    // Another chunk's file, seal and all, under this name (its length made to fit).
+    let other = stored(b);
+    let mut swapped = other[..a.len as usize].to_vec();
+    swapped.extend_from_slice(&chunk_seal(&b.hash, &swapped));
+    blobs.put(&a.hash, &[&swapped]).unwrap();
+    assert!(!serves(a), "a sum seeded with another name");
+    assert_eq!(f.store.corrupt_reads(), 6);
 }
 
 fn piece(bytes: &[u8]) -> VerifiedChunk {
