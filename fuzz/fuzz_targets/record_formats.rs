@@ -30,7 +30,12 @@ fuzz_target!(|data: &[u8]| {
     ow.finish();
     stream.extend(ow.take());
     assert_eq!(ogg::playable_len(&stream), stream.len());
-    let tracks = webm::Tracks { width: 64, height: 48, channels: 2, pre_skip: 312 };
+    let tracks = webm::Tracks {
+        width: 64,
+        height: 48,
+        channels: 2,
+        pre_skip: 312,
+    };
     let mut ww = webm::WebmWriter::new(tracks);
     for (i, chunk) in data.chunks(61).enumerate() {
         let ms = u64::from(chunk.first().copied().unwrap_or(0)) * 40;
