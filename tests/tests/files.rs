@@ -575,9 +575,11 @@ fn a_tampered_chunk_is_never_served() {
     let victim = manifest.chunks()[1];
     // The disk's fault, through the store's own seam: the chunk's bytes change under it.
     let stored = store(&relay);
-    let mut bytes = stored.blobs().get(&victim.hash).unwrap().unwrap().to_vec();
+    let kept = stored.blobs().get(&victim.hash).unwrap().unwrap();
+    let mut bytes = kept.data.to_vec();
     bytes[100] ^= 0x55;
-    stored.blobs().put(&victim.hash, &[&bytes]).unwrap();
+    let seal = kept.seal.expect("the chunk's seal");
+    stored.blobs().put(&victim.hash, &bytes, &seal).unwrap();
 
     let out = tmp.path().join("doc.out");
     let get = relay.files(&token, &["get", &put.s("id"), "-o", s(&out)]);
@@ -588,7 +590,7 @@ fn a_tampered_chunk_is_never_served() {
     if let Ok(p) = fs::read(&part) {
         let o = manifest.offsets()[1] as usize;
         assert!(
-            p[o..o + victim.len as usize] != bytes[..victim.len as usize],
+            p[o..o + victim.len as usize] != bytes[..],
             "the bad bytes never arrive"
         );
     }

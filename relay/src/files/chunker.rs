@@ -32,10 +32,11 @@ pub fn chunk_hash(data: &[u8]) -> Hash {
     *blake3::hash(data).as_bytes()
 }
 
-/// A chunk's seal: the 64-bit xxh3 sum of its bytes seeded with its name. The relay stores it
-/// after the chunk's bytes when it has verified them, and a read checks the seal instead of
+/// A chunk's seal: the 64-bit xxh3 sum of its bytes seeded with its name. The relay keeps it
+/// beside the chunk's bytes when it has verified them, and a read checks the seal instead of
 /// hashing the chunk with BLAKE3 again, at a fraction of the cost: a damaged byte, a torn or
 /// short file, or another chunk's file under this name all fail it (the name is in the seed).
+/// It guards against the disk's faults; the name stays the check against anything else.
 pub type Seal = [u8; 8];
 
 /// The seal of `data`, the bytes of the chunk named `hash`.

@@ -21,29 +21,20 @@ thread_local! {
     static DIRECT_BUF: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
 }
 
-/// Writes `parts`, one after the other, at `at` of `file` (opened with `O_DIRECT`, `at` on a
-/// block) from a copy in an aligned buffer, padded with zeros to whole blocks: for bytes that do
-/// not lie on a block boundary in memory, or a last partial block.
-pub(crate) fn write_direct_copy(
-    file: &std::fs::File,
-    parts: &[&[u8]],
-    at: u64,
-) -> std::io::Result<()> {
+/// Writes `data` at `at` of `file` (opened with `O_DIRECT`, `at` on a block) from a copy in an
+/// aligned buffer, padded with zeros to whole blocks: for bytes that do not lie on a block
+/// boundary in memory, or a last partial block.
+pub(crate) fn write_direct_copy(file: &std::fs::File, data: &[u8], at: u64) -> std::io::Result<()> {
     use std::os::unix::fs::FileExt;
-    let len: usize = parts.iter().map(|p| p.len()).sum();
-    let padded = len.div_ceil(DIRECT_ALIGN) * DIRECT_ALIGN;
+    let padded = data.len().div_ceil(DIRECT_ALIGN) * DIRECT_ALIGN;
     DIRECT_BUF.with_borrow_mut(|buf| {
         buf.resize(padded + DIRECT_ALIGN, 0);
         let start = buf.as_ptr().align_offset(DIRECT_ALIGN);
         let Some(block) = buf.get_mut(start..start + padded) else {
             return Err(std::io::Error::from_raw_os_error(libc::EINVAL));
         };
-        let mut filled = 0;
-        for part in parts {
-            block[filled..filled + part.len()].copy_from_slice(part);
-            filled += part.len();
-        }
-        block[filled..].fill(0);
+        block[..data.len()].copy_from_slice(data);
+        block[data.len()..].fill(0);
         file.write_all_at(block, at)
     })
 }

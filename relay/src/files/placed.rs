@@ -104,7 +104,7 @@ impl PlacedWriter {
             if middle.as_ptr().align_offset(DIRECT_ALIGN) == 0 {
                 self.direct.write_all_at(middle, first_whole)?;
             } else {
-                super::write_direct_copy(&self.direct, &[middle], first_whole)?;
+                super::write_direct_copy(&self.direct, middle, first_whole)?;
                 self.copied
                     .fetch_add(middle.len() as u64, Ordering::Relaxed);
             }

@@ -13,14 +13,22 @@ use bytes::Bytes;
 
 use super::{Hash, Result, StoreError, io_err};
 use crate::files::DIRECT_ALIGN;
+use crate::files::chunker::Seal;
 
-/// Bytes by their hash.
+/// What a blob store hands back: the bytes, and the seal put with them if the store kept it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Stored {
+    pub data: Bytes,
+    pub seal: Option<Seal>,
+}
+
+/// Bytes by their hash, each with a seal that the store keeps beside them where it can.
 pub trait Blobs: Send + Sync + std::fmt::Debug {
-    /// Puts `parts`, one after the other, under `hash`, durably: once this returns they survive
-    /// a crash or a power loss, and until then a reader finds either nothing or the whole.
-    fn put(&self, hash: &Hash, parts: &[&[u8]]) -> Result<()>;
+    /// Puts `data` under `hash` with `seal`, durably: once this returns they survive a crash or
+    /// a power loss, and until then a reader finds either nothing or the whole of the bytes.
+    fn put(&self, hash: &Hash, data: &[u8], seal: &Seal) -> Result<()>;
     /// The bytes under `hash` as they were put, or `None` when there are none.
-    fn get(&self, hash: &Hash) -> Result<Option<Bytes>>;
+    fn get(&self, hash: &Hash) -> Result<Option<Stored>>;
     /// Removes the bytes under `hash`; none there is no error.
     fn remove(&self, hash: &Hash) -> Result<()>;
     /// Clears what a crash in the middle of a put left behind. Only the process that puts may
@@ -30,7 +38,9 @@ pub trait Blobs: Send + Sync + std::fmt::Debug {
 
 /// Blobs as files: `chunks/ab/cdef...` (the hex of the hash), each written to a temp file in
 /// its directory, flushed, renamed into place and the directory flushed; 0600 in 0700
-/// directories.
+/// directories. The seal is the file's extended attribute `user.relay.seal`, so that a file
+/// holds exactly its chunk's bytes whichever release wrote it; on a file system without user
+/// extended attributes it is not kept.
 #[derive(Debug)]
 pub struct FsBlobs {
     dir: PathBuf,
@@ -56,7 +66,7 @@ impl FsBlobs {
 }
 
 impl Blobs for FsBlobs {
-    fn put(&self, hash: &Hash, parts: &[&[u8]]) -> Result<()> {
+    fn put(&self, hash: &Hash, data: &[u8], seal: &Seal) -> Result<()> {
         let path = self.path_of(hash);
         let dir = path.parent().unwrap_or(&self.dir).to_path_buf();
         if !dir.exists() {
@@ -69,7 +79,7 @@ impl Blobs for FsBlobs {
                 .map_or_else(String::new, |n| n.to_string_lossy().into_owned()),
             hex::encode(crate::random_bytes::<6>())
         ));
-        if let Err(e) = write_durably(&tmp, parts) {
+        if let Err(e) = write_durably(&tmp, data, seal) {
             let _ = fs::remove_file(&tmp);
             return Err(StoreError::Io(tmp, e));
         }
@@ -77,7 +87,7 @@ impl Blobs for FsBlobs {
         sync_dir(&dir)
     }
 
-    fn get(&self, hash: &Hash) -> Result<Option<Bytes>> {
+    fn get(&self, hash: &Hash) -> Result<Option<Stored>> {
         let path = self.path_of(hash);
         match read_durable(&path) {
             Ok(d) => Ok(Some(d)),
@@ -118,36 +128,79 @@ pub(super) fn sync_dir(dir: &Path) -> Result<()> {
         .map_err(io_err(dir))
 }
 
-/// Writes `parts` to the file `path` (created or truncated), one after the other, and flushes it
-/// to the disk.
+/// Writes `data` to the file `path` (created or truncated), seals it, and flushes it to the disk.
 ///
 /// The bytes go with `O_DIRECT`, around the page cache: a chunk is written once and read back
 /// rarely, and copying it into the cache took more of the relay's CPU than anything else it does
 /// per stored byte; the fsync after it then has little left to do. A file system without
 /// `O_DIRECT` (tmpfs) refuses it with `EINVAL`, and gets the ordinary write.
-fn write_durably(path: &Path, parts: &[&[u8]]) -> io::Result<()> {
-    match write_direct(path, parts) {
+fn write_durably(path: &Path, data: &[u8], seal: &Seal) -> io::Result<()> {
+    let f = match write_direct(path, data) {
         Err(e) if e.raw_os_error() == Some(libc::EINVAL) => {
             let mut f = crate::private::open_options()
                 .write(true)
                 .create(true)
                 .truncate(true)
                 .open(path)?;
-            for part in parts {
-                f.write_all(part)?;
-            }
-            f.sync_all()
+            f.write_all(data)?;
+            f
         }
-        r => r,
+        r => r?,
+    };
+    set_seal(&f, seal)?;
+    f.sync_all()
+}
+
+/// The extended attribute that holds a chunk file's seal.
+const SEAL_ATTR: &std::ffi::CStr = c"user.relay.seal";
+
+/// Sets the file's seal; a file system without user extended attributes keeps none.
+#[allow(unsafe_code)]
+fn set_seal(f: &fs::File, seal: &Seal) -> io::Result<()> {
+    use std::os::fd::AsRawFd;
+    // SAFETY: the name is a C string and the value a live buffer of the length given; the
+    // descriptor is open and owned by `f`.
+    let r = unsafe {
+        libc::fsetxattr(
+            f.as_raw_fd(),
+            SEAL_ATTR.as_ptr(),
+            seal.as_ptr().cast(),
+            seal.len(),
+            0,
+        )
+    };
+    if r == 0 {
+        return Ok(());
+    }
+    match io::Error::last_os_error() {
+        e if e.raw_os_error() == Some(libc::EOPNOTSUPP) => Ok(()),
+        e => Err(e),
     }
 }
 
-/// `O_DIRECT` wants whole aligned blocks. A first part that begins on a block boundary in memory
-/// (the file plane's reader puts a received chunk there) goes to the disk as it lies, all but its
-/// last partial block; otherwise, and for that last block and the parts after it, the bytes are
-/// copied into an aligned buffer padded with zeros. The file is cut back to the parts' length
-/// before the fsync.
-fn write_direct(path: &Path, parts: &[&[u8]]) -> io::Result<()> {
+/// The file's seal, if it has one of the right length.
+#[allow(unsafe_code)]
+fn get_seal(f: &fs::File) -> Option<Seal> {
+    use std::os::fd::AsRawFd;
+    let mut seal = Seal::default();
+    // SAFETY: the name is a C string and the buffer is `seal`, writable for its whole length;
+    // the descriptor is open and owned by `f`.
+    let n = unsafe {
+        libc::fgetxattr(
+            f.as_raw_fd(),
+            SEAL_ATTR.as_ptr(),
+            seal.as_mut_ptr().cast(),
+            seal.len(),
+        )
+    };
+    (usize::try_from(n) == Ok(seal.len())).then_some(seal)
+}
+
+/// `O_DIRECT` wants whole aligned blocks. Bytes that begin on a block boundary in memory (the
+/// file plane's reader puts a received chunk there) go to the disk as they lie, all but the last
+/// partial block; otherwise, and for that last block, they are copied into an aligned buffer
+/// padded with zeros. The file is cut back to the data's length; the caller flushes it.
+fn write_direct(path: &Path, data: &[u8]) -> io::Result<fs::File> {
     use std::os::unix::fs::{FileExt, OpenOptionsExt};
     let f = crate::private::open_options()
         .write(true)
@@ -155,28 +208,20 @@ fn write_direct(path: &Path, parts: &[&[u8]]) -> io::Result<()> {
         .truncate(true)
         .custom_flags(libc::O_DIRECT)
         .open(path)?;
-    let (first, later): (&[u8], &[&[u8]]) = match parts.split_first() {
-        Some((first, later)) => (first, later),
-        None => (&[], &[]),
-    };
-    let direct = if first.as_ptr().align_offset(DIRECT_ALIGN) == 0 {
-        first.len() / DIRECT_ALIGN * DIRECT_ALIGN
+    let direct = if data.as_ptr().align_offset(DIRECT_ALIGN) == 0 {
+        data.len() / DIRECT_ALIGN * DIRECT_ALIGN
     } else {
         0
     };
     if direct > 0 {
-        f.write_all_at(&first[..direct], 0)?;
+        f.write_all_at(&data[..direct], 0)?;
     }
-    let rest: Vec<&[u8]> = std::iter::once(&first[direct..])
-        .chain(later.iter().copied())
-        .filter(|p| !p.is_empty())
-        .collect();
+    let rest = &data[direct..];
     if !rest.is_empty() {
-        crate::files::write_direct_copy(&f, &rest, direct as u64)?;
+        crate::files::write_direct_copy(&f, rest, direct as u64)?;
     }
-    let len: usize = parts.iter().map(|p| p.len()).sum();
-    f.set_len(len as u64)?;
-    f.sync_all()
+    f.set_len(data.len() as u64)?;
+    Ok(f)
 }
 
 /// Reads the file `path` whole.
@@ -185,22 +230,36 @@ fn write_direct(path: &Path, parts: &[&[u8]]) -> io::Result<()> {
 /// and copying it through the cache cost more of the relay's CPU per served byte than anything but
 /// the encryption. A file system without `O_DIRECT` (tmpfs) refuses it with `EINVAL`, and gets the
 /// ordinary read.
-fn read_durable(path: &Path) -> io::Result<Bytes> {
-    match read_direct(path) {
-        Err(e) if e.raw_os_error() == Some(libc::EINVAL) => fs::read(path).map(Bytes::from),
-        r => r,
-    }
+fn read_durable(path: &Path) -> io::Result<Stored> {
+    use std::io::Read;
+    use std::os::unix::fs::OpenOptionsExt;
+    let direct = fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_DIRECT)
+        .open(path);
+    let (f, data) = match direct {
+        Err(e) if e.raw_os_error() == Some(libc::EINVAL) => {
+            let mut f = fs::File::open(path)?;
+            let mut data = Vec::new();
+            f.read_to_end(&mut data)?;
+            (f, Bytes::from(data))
+        }
+        f => {
+            let f = f?;
+            let data = read_direct(&f)?;
+            (f, data)
+        }
+    };
+    Ok(Stored {
+        data,
+        seal: get_seal(&f),
+    })
 }
 
 /// Whole aligned blocks read into an aligned buffer; the last block comes back short, at the
 /// file's end. The buffer is not zeroed first: the kernel fills it (zeroing it cost a fourteenth
 /// of the relay's CPU per served byte).
-fn read_direct(path: &Path) -> io::Result<Bytes> {
-    use std::os::unix::fs::OpenOptionsExt;
-    let f = fs::OpenOptions::new()
-        .read(true)
-        .custom_flags(libc::O_DIRECT)
-        .open(path)?;
+fn read_direct(f: &fs::File) -> io::Result<Bytes> {
     let len = usize::try_from(f.metadata()?.len())
         .map_err(|_| io::Error::from_raw_os_error(libc::EFBIG))?;
     let padded = len.div_ceil(DIRECT_ALIGN) * DIRECT_ALIGN;
@@ -213,7 +272,7 @@ fn read_direct(path: &Path) -> io::Result<Bytes> {
     buf.resize(start, 0);
     while buf.len() - start < len {
         let got = buf.len() - start;
-        if read_at_into_spare(&f, &mut buf, padded - got, got as u64)? == 0 {
+        if read_at_into_spare(f, &mut buf, padded - got, got as u64)? == 0 {
             break;
         }
     }
@@ -267,27 +326,17 @@ mod tests {
             1 << 20,
         ] {
             let data = noise(len as u64, len);
-            write_durably(&path, &[&data]).unwrap();
+            let seal = (len as u64).to_le_bytes();
+            write_durably(&path, &data, &seal).unwrap();
             assert_eq!(fs::read(&path).unwrap(), data, "{len} bytes");
-            assert_eq!(
-                read_durable(&path).unwrap(),
-                data,
-                "{len} bytes read around the cache"
-            );
+            let stored = read_durable(&path).unwrap();
+            assert_eq!(stored.data, data, "{len} bytes read around the cache");
+            assert_eq!(stored.seal, Some(seal), "{len} bytes' seal");
             for skew in [0, 1] {
                 let from = at + skew;
                 aligned[from..from + len].copy_from_slice(&data);
-                write_durably(&path, &[&aligned[from..from + len]]).unwrap();
+                write_durably(&path, &aligned[from..from + len], &seal).unwrap();
                 assert_eq!(fs::read(&path).unwrap(), data, "{len} bytes at {skew}");
-                // A second part after them: joined in the copied last block.
-                write_durably(&path, &[&aligned[from..from + len], b"trailer"]).unwrap();
-                let mut joined = data.clone();
-                joined.extend_from_slice(b"trailer");
-                assert_eq!(
-                    read_durable(&path).unwrap(),
-                    joined,
-                    "{len} bytes at {skew}"
-                );
             }
         }
     }
@@ -298,15 +347,24 @@ mod tests {
         let blobs = FsBlobs::open(&dir.path().join("chunks")).unwrap();
         let hash = [7u8; 32];
         assert_eq!(blobs.get(&hash).unwrap(), None);
-        blobs.put(&hash, &[b"first"]).unwrap();
-        blobs.put(&hash, &[b"sec", b"ond"]).unwrap();
-        assert_eq!(blobs.get(&hash).unwrap().as_deref(), Some(&b"second"[..]));
+        blobs.put(&hash, b"first", &[1; 8]).unwrap();
+        blobs.put(&hash, b"second", &[2; 8]).unwrap();
+        let second = Some(Stored {
+            data: Bytes::from_static(b"second"),
+            seal: Some([2; 8]),
+        });
+        assert_eq!(blobs.get(&hash).unwrap(), second);
         // A crash mid-put leaves a temp file beside the blobs; it is cleared, they are not.
         let torn = blobs.path_of(&hash).with_extension("abc.tmp");
         fs::write(&torn, b"half").unwrap();
         blobs.clear_partial();
         assert!(!torn.exists());
-        assert_eq!(blobs.get(&hash).unwrap().as_deref(), Some(&b"second"[..]));
+        assert_eq!(blobs.get(&hash).unwrap(), second);
+        // A file written without a seal (by an earlier release) has none.
+        fs::remove_file(blobs.path_of(&hash)).unwrap();
+        fs::write(blobs.path_of(&hash), b"plain").unwrap();
+        let plain = blobs.get(&hash).unwrap().unwrap();
+        assert_eq!((&plain.data[..], plain.seal), (&b"plain"[..], None));
         blobs.remove(&hash).unwrap();
         blobs.remove(&hash).unwrap();
         assert_eq!(blobs.get(&hash).unwrap(), None);

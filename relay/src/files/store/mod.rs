@@ -39,11 +39,11 @@ use bytes::Bytes;
 use rusqlite::Connection;
 
 use super::Hash;
-use super::chunker::{Seal, VerifiedChunk, chunk_hash, chunk_seal};
+use super::chunker::{VerifiedChunk, chunk_hash, chunk_seal};
 use super::manifest::{ChunkRef, Manifest};
 use super::plan::{self, QuotaExceeded, Usage};
 use super::wire::{FileEntry, UploadId};
-pub use blobs::{Blobs, FsBlobs};
+pub use blobs::{Blobs, FsBlobs, Stored};
 pub use recordings::{NewRecording, OpenRecording};
 
 #[derive(Debug, thiserror::Error)]
@@ -274,18 +274,14 @@ impl ChunkStore {
     /// Puts a verified chunk on disk under its hash, sealed, durably. Does not record it:
     /// [`ChunkStore::chunk_received`] does, after this returned.
     pub fn write_chunk(&self, chunk: &VerifiedChunk) -> Result<()> {
-        self.blobs.put(chunk.hash(), &[chunk.data(), chunk.seal()])
+        self.blobs.put(chunk.hash(), chunk.data(), chunk.seal())
     }
 
-    /// Reads a chunk and checks it against its seal (or, stored before seals, its name); a
+    /// Reads a chunk and checks it against its seal or, without a matching seal, its name; a
     /// mismatch is [`StoreError::Corrupt`] and the bytes are dropped.
     pub fn read_chunk(&self, hash: &Hash, len: u32) -> Result<Bytes> {
-        match self
-            .blobs
-            .get(hash)?
-            .map(|stored| unseal(hash, len, stored))
-        {
-            Some(Some(data)) => Ok(data),
+        match self.blobs.get(hash)? {
+            Some(s) if s.data.len() == len as usize && intact(hash, &s) => Ok(s.data),
             found => {
                 self.corrupt_reads.fetch_add(1, Ordering::Relaxed);
                 if found.is_some() {
@@ -297,30 +293,14 @@ impl ChunkStore {
     }
 }
 
-/// The bytes a stored chunk carries after its data: its seal ([`chunk_seal`]).
-const SEAL_LEN: usize = std::mem::size_of::<Seal>();
-
-/// The data of chunk `hash` (`len` bytes) in `stored`, if whole and undamaged: sealed, or
-/// without a seal as chunks were stored before, with the BLAKE3 of it matching the name.
-fn unseal(hash: &Hash, len: u32, stored: Bytes) -> Option<Bytes> {
-    let len = len as usize;
-    if stored.len() == len + SEAL_LEN {
-        (chunk_seal(hash, &stored[..len])[..] == stored[len..]).then(|| stored.slice(..len))
-    } else {
-        (stored.len() == len && chunk_hash(&stored) == *hash).then_some(stored)
-    }
-}
-
-/// Whether `stored` holds chunk `hash` of `len` bytes, by the full check: the BLAKE3 of the
-/// data matches the name, and a seal, if there is one, matches the data.
-fn holds(hash: &Hash, len: u32, stored: &[u8]) -> bool {
-    let len = len as usize;
-    let sealed = match stored.len().checked_sub(len) {
-        Some(0) => true,
-        Some(SEAL_LEN) => chunk_seal(hash, &stored[..len])[..] == stored[len..],
-        _ => false,
-    };
-    sealed && chunk_hash(&stored[..len]) == *hash
+/// Whether stored bytes are the chunk `hash`: their seal matches them (the cheap check), or,
+/// where the store kept no seal (a chunk stored before seals, a file system without extended
+/// attributes) or a damaged one, their BLAKE3 matches the name.
+fn intact(hash: &Hash, stored: &Stored) -> bool {
+    stored
+        .seal
+        .is_some_and(|seal| chunk_seal(hash, &stored.data) == seal)
+        || chunk_hash(&stored.data) == *hash
 }
 
 fn file_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Result<FileRecord>> {
