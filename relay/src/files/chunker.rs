@@ -441,7 +441,7 @@ mod tests {
 
     #[test]
     fn a_checked_chunk_is_sealed_as_a_read_seals_it() {
-        let data = relay_kit::noise(3, (1 << 20) + 3);
+        let data = noise(3, (1 << 20) + 3);
         for len in [
             0,
             1,
