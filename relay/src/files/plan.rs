@@ -88,6 +88,17 @@ pub fn worth_trying_compression(head: &[u8]) -> bool {
     !infer::get(head).is_some_and(|t| matches!(t.matcher_type(), Video | Image | Archive | Audio))
 }
 
+/// Is compressing a stored chunk for the wire worth trying on a get? Not when its file's type
+/// is compressed already (`file_may_compress` false), nor when the chunk arrived as it is
+/// (`arrived_compressed` `Some(false)`): its sender tried and it did not pay, or its type said
+/// not to try. A chunk that nothing is known of (stored by an earlier release) is tried.
+pub fn worth_compressing_to_serve(
+    file_may_compress: bool,
+    arrived_compressed: Option<bool>,
+) -> bool {
+    file_may_compress && arrived_compressed != Some(false)
+}
+
 /// Keep a compressed form only when it saves at least 3%.
 pub fn keep_compressed(raw_len: usize, compressed_len: usize) -> bool {
     (compressed_len as u128) * 100 <= (raw_len as u128) * 97
@@ -205,6 +216,16 @@ mod tests {
                 want,
                 "row {i}"
             );
+        }
+    }
+
+    #[test]
+    fn a_get_tries_compression_unless_the_type_or_the_chunk_said_no() {
+        assert!(worth_compressing_to_serve(true, Some(true)));
+        assert!(worth_compressing_to_serve(true, None));
+        assert!(!worth_compressing_to_serve(true, Some(false)));
+        for chunk in [Some(true), Some(false), None] {
+            assert!(!worth_compressing_to_serve(false, chunk));
         }
     }
 

@@ -316,7 +316,15 @@ impl Service {
         {
             return r;
         }
-        match store_chunk(&self.store, &upload, &chunk, expected.len, self.lease()) {
+        let compressed = encoding == Encoding::Zstd;
+        match store_chunk(
+            &self.store,
+            &upload,
+            &chunk,
+            expected.len,
+            compressed,
+            self.lease(),
+        ) {
             Ok(()) => Response::ChunkAccepted { index },
             Err(e) => store_failure(e),
         }
@@ -426,14 +434,13 @@ impl Service {
             Err(r) => return r,
         };
         let result = (|| {
-            let c = self
+            let (c, worth_trying) = self
                 .store
-                .file_chunk(id, index)?
+                .chunk_to_serve(id, index)?
                 .ok_or(StoreError::NotFound("chunk"))?;
             let data = self.store.read_chunk(&c.hash, c.len)?;
-            let compressible = self.store.compressible(id)?;
             Ok::<_, StoreError>(
-                match compressible.then(|| plan::compress(&data)).flatten() {
+                match worth_trying.then(|| plan::compress(&data)).flatten() {
                     Some(z) => (Encoding::Zstd, Bytes::from(z)),
                     None => (Encoding::Raw, data),
                 },
@@ -582,12 +589,13 @@ fn store_chunk(
     upload: &UploadId,
     chunk: &VerifiedChunk,
     len: u32,
+    compressed: bool,
     lease: Duration,
 ) -> Result<(), StoreError> {
     if !store.has_chunk(chunk.hash())? {
         store.write_chunk(chunk)?;
     }
-    store.chunk_received(upload, chunk.hash(), len, unix_now(), lease)
+    store.chunk_received(upload, chunk.hash(), len, compressed, unix_now(), lease)
 }
 
 /// A stored name: the last path component, without control characters.

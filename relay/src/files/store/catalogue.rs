@@ -9,7 +9,10 @@ CREATE TABLE IF NOT EXISTS chunks (
     hash               BLOB PRIMARY KEY NOT NULL,
     len                INTEGER NOT NULL,
     refs               INTEGER NOT NULL DEFAULT 0,
-    unreferenced_since INTEGER
+    unreferenced_since INTEGER,
+    -- How the chunk first arrived: 1 compressed, 0 as it is (its sender found compressing it
+    -- did not pay, or its file's type is compressed already); NULL not known.
+    compresses         INTEGER
 ) STRICT, WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS org_chunks (
     org  TEXT NOT NULL,
@@ -70,6 +73,19 @@ CREATE TABLE IF NOT EXISTS recordings (
     duration_ms INTEGER NOT NULL DEFAULT 0
 ) STRICT, WITHOUT ROWID;
 "#;
+
+/// Brings a catalogue made by an earlier release up to [`SCHEMA`]: the columns added since.
+pub(super) fn upgrade(conn: &Connection) -> rusqlite::Result<()> {
+    let has: bool = conn.query_row(
+        "SELECT COUNT(*) > 0 FROM pragma_table_info('chunks') WHERE name = 'compresses'",
+        [],
+        |r| r.get(0),
+    )?;
+    if !has {
+        conn.execute_batch("ALTER TABLE chunks ADD COLUMN compresses INTEGER")?;
+    }
+    Ok(())
+}
 
 impl ChunkStore {
     /// Does `org` hold `hash` where `reader` may read it: through one of its files, or a chunk

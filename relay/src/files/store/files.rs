@@ -47,32 +47,36 @@ impl ChunkStore {
         Manifest::new(chunks).map_err(|e| StoreError::Invalid(format!("file {file}: {e}")))
     }
 
-    /// Chunk `index` of a file.
-    pub fn file_chunk(&self, file: &str, index: u32) -> Result<Option<ChunkRef>> {
+    /// Chunk `index` of `file` as a get serves it, and whether compressing it for the wire is
+    /// worth trying ([`plan::worth_compressing_to_serve`]).
+    pub fn chunk_to_serve(&self, file: &str, index: u32) -> Result<Option<(ChunkRef, bool)>> {
         let row = self
             .db()
-            .prepare_cached("SELECT hash, len FROM file_chunks WHERE file = ?1 AND idx = ?2")?
+            .prepare_cached(
+                "SELECT c.hash, c.len, f.compressible, k.compresses
+                 FROM file_chunks c JOIN files f ON f.id = c.file
+                 LEFT JOIN chunks k ON k.hash = c.hash
+                 WHERE c.file = ?1 AND c.idx = ?2",
+            )?
             .query_row(params![file, index], |r| {
-                Ok((r.get::<_, Vec<u8>>(0)?, r.get(1)?))
+                Ok((
+                    r.get::<_, Vec<u8>>(0)?,
+                    r.get(1)?,
+                    r.get::<_, bool>(2)?,
+                    r.get::<_, Option<bool>>(3)?,
+                ))
             })
             .optional()?;
-        row.map(|(h, len)| {
-            Ok(ChunkRef {
-                hash: hash_of(h)?,
-                len,
-            })
+        row.map(|(h, len, file_may, chunk_came)| {
+            Ok((
+                ChunkRef {
+                    hash: hash_of(h)?,
+                    len,
+                },
+                plan::worth_compressing_to_serve(file_may, chunk_came),
+            ))
         })
         .transpose()
-    }
-
-    /// Is compressing this file's chunks for the wire worth trying?
-    pub fn compressible(&self, file: &str) -> Result<bool> {
-        Ok(self
-            .db()
-            .prepare_cached("SELECT compressible FROM files WHERE id = ?1")?
-            .query_row([file], |r| r.get(0))
-            .optional()?
-            .unwrap_or(false))
     }
 
     /// Removes a file; its chunks stay until collected.

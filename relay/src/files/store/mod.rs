@@ -233,6 +233,7 @@ impl ChunkStore {
             return Err(StoreError::Invalid(format!("files.db: {ok}")));
         }
         conn.execute_batch(catalogue::SCHEMA)?;
+        catalogue::upgrade(&conn)?;
         let stored: i64 =
             conn.query_row("SELECT COALESCE(SUM(len), 0) FROM chunks", [], |r| r.get(0))?;
         let store = ChunkStore {

@@ -52,7 +52,7 @@ fn send(s: &ChunkStore, plan: &UploadPlan, m: &Manifest, bytes: &[Vec<u8>], now:
         let c = m.chunks()[i as usize];
         let chunk = VerifiedChunk::check(&c.hash, bytes[i as usize].clone().into()).unwrap();
         s.write_chunk(&chunk).unwrap();
-        s.chunk_received(&plan.id, &c.hash, c.len, now, LEASE)
+        s.chunk_received(&plan.id, &c.hash, c.len, false, now, LEASE)
             .unwrap();
     }
 }
@@ -554,4 +554,82 @@ fn a_chunk_cut_off_while_written_is_left_out_when_the_recording_closes() {
     assert_eq!(read_all(&f.store, &file.id).unwrap(), b"headerone");
     assert_eq!(f.store.usage_of("acme", Some("ann"), 102).unwrap(), 9);
     assert!(f.store.check().unwrap().is_clean());
+}
+
+#[test]
+fn a_get_compresses_again_only_what_came_compressed_or_is_not_known() {
+    let f = fixture();
+    let data = noise(7, 3_000_000);
+    let (m, bytes) = cut(&data);
+    assert!(m.chunks().len() >= 3);
+    let receive = |org: &str, compressed: &dyn Fn(u32) -> bool, compressible: bool| {
+        let plan = f
+            .store
+            .begin_upload(&new(org, "ann", &m), NO_QUOTA, 100, LEASE)
+            .unwrap();
+        for &i in &plan.missing {
+            let c = m.chunks()[i as usize];
+            let chunk = VerifiedChunk::check(&c.hash, bytes[i as usize].clone().into()).unwrap();
+            f.store.write_chunk(&chunk).unwrap();
+            f.store
+                .chunk_received(&plan.id, &c.hash, c.len, compressed(i), 100, LEASE)
+                .unwrap();
+        }
+        f.store.commit(&plan.id, 100, compressible).unwrap()
+    };
+    let worth = |id: &str, i: u32| f.store.chunk_to_serve(id, i).unwrap().unwrap().1;
+    // The first chunk came compressed, the others as they are.
+    let rec = receive("acme", &|i| i == 0, true);
+    assert!(worth(&rec.id, 0));
+    for i in 1..rec.chunks {
+        assert!(!worth(&rec.id, i), "chunk {i}");
+    }
+    assert!(
+        f.store
+            .chunk_to_serve(&rec.id, rec.chunks)
+            .unwrap()
+            .is_none()
+    );
+    // Another organisation sends the same chunks again, the second one compressed this time:
+    // once a chunk came compressed, it is worth trying, for every file that holds it.
+    let other = receive("globex", &|i| i == 1, true);
+    for id in [&rec.id, &other.id] {
+        assert!(worth(id, 0) && worth(id, 1), "{id}");
+        assert!(!worth(id, 2), "{id}");
+    }
+    // A file whose type is compressed already: never, whatever its chunks did.
+    let typed = receive("initech", &|_| true, false);
+    for i in 0..typed.chunks {
+        assert!(!worth(&typed.id, i));
+    }
+}
+
+#[test]
+fn a_catalogue_from_before_the_compression_verdict_is_upgraded() {
+    let dir = tempfile::tempdir().unwrap();
+    let old_schema = catalogue::SCHEMA.replace(
+        "unreferenced_since INTEGER,\n    -- How the chunk first arrived: 1 compressed, 0 as it is (its sender found compressing it\n    -- did not pay, or its file's type is compressed already); NULL not known.\n    compresses         INTEGER\n",
+        "unreferenced_since INTEGER\n",
+    );
+    assert!(!old_schema.contains("compresses"));
+    {
+        let c = Connection::open(dir.path().join("files.db")).unwrap();
+        c.execute_batch(&old_schema).unwrap();
+        c.execute(
+            "INSERT INTO chunks (hash, len, refs) VALUES (?1, 5, 1)",
+            [&[9u8; 32][..]],
+        )
+        .unwrap();
+    }
+    let store = ChunkStore::open(dir.path()).unwrap();
+    let kept: (i64, Option<bool>) = store
+        .db()
+        .query_row("SELECT len, compresses FROM chunks", [], |r| {
+            Ok((r.get(0)?, r.get(1)?))
+        })
+        .unwrap();
+    assert_eq!(kept, (5, None));
+    drop(store);
+    // Opening again finds the column there and leaves it.
+    ChunkStore::open(dir.path()).unwrap();
 }

@@ -179,17 +179,21 @@ impl ChunkStore {
     /// those chunks are asked for again when the upload continues (a chunk's bytes were made
     /// durable before its record was written, so no record ever names missing bytes). The next
     /// commit made with `FULL` (a file's, a removal's) carries every record before it to the disk.
+    ///
+    /// `compressed` says how the chunk travelled: a get compresses it for the wire again only if
+    /// it came compressed once, or if nothing is known of it.
     pub fn chunk_received(
         &self,
         id: &UploadId,
         hash: &Hash,
         len: u32,
+        compressed: bool,
         now: u64,
         lease: Duration,
     ) -> Result<()> {
         let mut db = self.db();
         db.pragma_update(None, "synchronous", "NORMAL")?;
-        let recorded = record_chunk(&mut db, id, hash, len, now, lease);
+        let recorded = record_chunk(&mut db, id, hash, len, compressed, now, lease);
         db.pragma_update(None, "synchronous", "FULL")?;
         if recorded? {
             self.stored_bytes
@@ -342,14 +346,22 @@ fn record_chunk(
     id: &UploadId,
     hash: &Hash,
     len: u32,
+    compressed: bool,
     now: u64,
     lease: Duration,
 ) -> Result<bool> {
     let tx = db.transaction()?;
     let inserted = tx.execute(
-        "INSERT OR IGNORE INTO chunks (hash, len, refs, unreferenced_since) VALUES (?1, ?2, 0, ?3)",
-        params![&hash[..], len, now as i64],
+        "INSERT OR IGNORE INTO chunks (hash, len, refs, unreferenced_since, compresses)
+         VALUES (?1, ?2, 0, ?3, ?4)",
+        params![&hash[..], len, now as i64, compressed],
     )?;
+    if compressed && inserted == 0 {
+        tx.execute(
+            "UPDATE chunks SET compresses = 1 WHERE hash = ?1",
+            [&hash[..]],
+        )?;
+    }
     tx.execute(
         "UPDATE upload_chunks SET received = 1 WHERE upload = ?1 AND hash = ?2",
         params![&id[..], &hash[..]],
