@@ -75,16 +75,19 @@ CREATE TABLE IF NOT EXISTS recordings (
 "#;
 
 /// Brings a catalogue made by an earlier release up to [`SCHEMA`]: the columns added since.
-pub(super) fn upgrade(conn: &Connection) -> rusqlite::Result<()> {
-    let has: bool = conn.query_row(
+/// In one write transaction, so that a second process opening the same catalogue waits and then
+/// finds the column there.
+pub(super) fn upgrade(conn: &mut Connection) -> rusqlite::Result<()> {
+    let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+    let has: bool = tx.query_row(
         "SELECT COUNT(*) > 0 FROM pragma_table_info('chunks') WHERE name = 'compresses'",
         [],
         |r| r.get(0),
     )?;
     if !has {
-        conn.execute_batch("ALTER TABLE chunks ADD COLUMN compresses INTEGER")?;
+        tx.execute_batch("ALTER TABLE chunks ADD COLUMN compresses INTEGER")?;
     }
-    Ok(())
+    tx.commit()
 }
 
 impl ChunkStore {

@@ -222,7 +222,7 @@ impl ChunkStore {
         let blobs = Box::new(FsBlobs::open(&data.join("chunks"))?);
         let db = data.join("files.db");
         crate::private::file(&db).map_err(io_err(&db))?;
-        let conn = Connection::open(&db)?;
+        let mut conn = Connection::open(&db)?;
         conn.busy_timeout(Duration::from_secs(5))?;
         conn.pragma_update(None, "journal_mode", "WAL")?;
         // FULL: a commit the client was told about survives power loss, not only a crash.
@@ -233,7 +233,7 @@ impl ChunkStore {
             return Err(StoreError::Invalid(format!("files.db: {ok}")));
         }
         conn.execute_batch(catalogue::SCHEMA)?;
-        catalogue::upgrade(&conn)?;
+        catalogue::upgrade(&mut conn)?;
         let stored: i64 =
             conn.query_row("SELECT COALESCE(SUM(len), 0) FROM chunks", [], |r| r.get(0))?;
         let store = ChunkStore {
