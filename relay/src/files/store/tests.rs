@@ -48,11 +48,23 @@ fn new<'a>(org: &'a str, owner: &'a str, m: &'a Manifest) -> NewUpload<'a> {
 }
 
 fn send(s: &ChunkStore, plan: &UploadPlan, m: &Manifest, bytes: &[Vec<u8>], now: u64) {
+    send_as(s, plan, m, bytes, now, &|_| false);
+}
+
+/// [`send`], each chunk `i` arriving compressed where `compressed(i)`.
+fn send_as(
+    s: &ChunkStore,
+    plan: &UploadPlan,
+    m: &Manifest,
+    bytes: &[Vec<u8>],
+    now: u64,
+    compressed: &dyn Fn(u32) -> bool,
+) {
     for &i in &plan.missing {
         let c = m.chunks()[i as usize];
         let chunk = VerifiedChunk::check(&c.hash, bytes[i as usize].clone().into()).unwrap();
         s.write_chunk(&chunk).unwrap();
-        s.chunk_received(&plan.id, &c.hash, c.len, false, now, LEASE)
+        s.chunk_received(&plan.id, &c.hash, c.len, compressed(i), now, LEASE)
             .unwrap();
     }
 }
@@ -567,14 +579,7 @@ fn a_get_compresses_again_only_what_came_compressed_or_is_not_known() {
             .store
             .begin_upload(&new(org, "ann", &m), NO_QUOTA, 100, LEASE)
             .unwrap();
-        for &i in &plan.missing {
-            let c = m.chunks()[i as usize];
-            let chunk = VerifiedChunk::check(&c.hash, bytes[i as usize].clone().into()).unwrap();
-            f.store.write_chunk(&chunk).unwrap();
-            f.store
-                .chunk_received(&plan.id, &c.hash, c.len, compressed(i), 100, LEASE)
-                .unwrap();
-        }
+        send_as(&f.store, &plan, &m, &bytes, 100, compressed);
         f.store.commit(&plan.id, 100, compressible).unwrap()
     };
     let worth = |id: &str, i: u32| f.store.chunk_to_serve(id, i).unwrap().unwrap().1;
