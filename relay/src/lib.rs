@@ -7,6 +7,7 @@ pub mod cli;
 pub mod cluster;
 pub mod config;
 pub mod control;
+pub mod database;
 pub mod datadir;
 pub mod files;
 pub mod http;

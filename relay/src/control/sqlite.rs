@@ -2,9 +2,10 @@
 //! server and `relay admin --data`); WAL mode and a busy timeout let them share it.
 
 use std::path::Path;
-use std::time::Duration;
 
 use rusqlite::{Connection, OptionalExtension, params};
+
+use crate::database::{self, Durability};
 
 use super::model::{Device, DeviceKind, Notice, Org, Room, User, shown};
 use super::registry::{
@@ -115,11 +116,8 @@ impl SqliteRegistry {
             RegistryError::Corrupt(format!("{}: cannot make it private: {e}", path.display()))
         })?;
         let conn = Connection::open(path)?;
-        conn.busy_timeout(Duration::from_secs(5))?;
         let check = |conn: &Connection| -> rusqlite::Result<String> {
-            conn.pragma_update(None, "journal_mode", "WAL")?;
-            conn.pragma_update(None, "synchronous", "NORMAL")?;
-            conn.pragma_update(None, "foreign_keys", "ON")?;
+            database::configure(conn, Durability::Normal)?;
             conn.query_row("PRAGMA quick_check", [], |r| r.get(0))
         };
         match check(&conn) {

@@ -4,6 +4,12 @@ use rusqlite::{OptionalExtension, params};
 
 use super::*;
 
+/// The one catalogue query per served chunk: its place, its file's type flag, and how it arrived.
+pub(super) const CHUNK_TO_SERVE: &str = "SELECT c.hash, c.len, f.compressible, k.compresses
+     FROM file_chunks c JOIN files f ON f.id = c.file
+     LEFT JOIN chunks k ON k.hash = c.hash
+     WHERE c.file = ?1 AND c.idx = ?2";
+
 impl ChunkStore {
     pub fn file(&self, id: &str) -> Result<Option<FileRecord>> {
         let db = self.db();
@@ -52,12 +58,7 @@ impl ChunkStore {
     pub fn chunk_to_serve(&self, file: &str, index: u32) -> Result<Option<(ChunkRef, bool)>> {
         let row = self
             .db()
-            .prepare_cached(
-                "SELECT c.hash, c.len, f.compressible, k.compresses
-                 FROM file_chunks c JOIN files f ON f.id = c.file
-                 LEFT JOIN chunks k ON k.hash = c.hash
-                 WHERE c.file = ?1 AND c.idx = ?2",
-            )?
+            .prepare_cached(CHUNK_TO_SERVE)?
             .query_row(params![file, index], |r| {
                 Ok((
                     r.get::<_, Vec<u8>>(0)?,

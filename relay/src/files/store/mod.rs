@@ -33,10 +33,11 @@ use std::io;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Mutex, MutexGuard};
-use std::time::Duration;
 
 use bytes::Bytes;
 use rusqlite::Connection;
+
+use crate::database::{self, Durability};
 
 use super::Hash;
 use super::chunker::{VerifiedChunk, chunk_hash, chunk_seal};
@@ -223,11 +224,8 @@ impl ChunkStore {
         let db = data.join("files.db");
         crate::private::file(&db).map_err(io_err(&db))?;
         let mut conn = Connection::open(&db)?;
-        conn.busy_timeout(Duration::from_secs(5))?;
-        conn.pragma_update(None, "journal_mode", "WAL")?;
-        // FULL: a commit the client was told about survives power loss, not only a crash.
-        conn.pragma_update(None, "synchronous", "FULL")?;
-        conn.pragma_update(None, "foreign_keys", "ON")?;
+        // Full: a commit the client was told about survives power loss, not only a crash.
+        database::configure(&conn, Durability::Full)?;
         let ok: String = conn.query_row("PRAGMA quick_check", [], |r| r.get(0))?;
         if ok != "ok" {
             return Err(StoreError::Invalid(format!("files.db: {ok}")));

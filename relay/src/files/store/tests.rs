@@ -1,5 +1,6 @@
 use super::*;
 use relay_kit::noise;
+use std::time::Duration;
 
 const LEASE: Duration = Duration::from_secs(3600);
 const NO_QUOTA: Quotas = Quotas {
@@ -79,10 +80,14 @@ fn upload(s: &ChunkStore, org: &str, data: &[u8], now: u64) -> (UploadPlan, File
     (plan, f)
 }
 
+/// A file's bytes, served chunk by chunk as a get serves them.
 fn read_all(s: &ChunkStore, id: &str) -> Result<Vec<u8>> {
     let m = s.manifest(id)?;
     let mut out = Vec::new();
-    for c in m.chunks() {
+    for i in 0..m.chunks().len() as u32 {
+        let (c, _) = s
+            .chunk_to_serve(id, i)?
+            .ok_or(StoreError::NotFound("chunk"))?;
         out.extend(s.read_chunk(&c.hash, c.len)?);
     }
     Ok(out)
@@ -95,7 +100,16 @@ fn upload_commit_read_back() {
     let (plan, rec) = upload(&f.store, "acme", &data, 100);
     assert!(!plan.resumed);
     assert_eq!(plan.missing.len(), rec.chunks as usize);
+    assert!(rec.chunks > 2);
     assert_eq!(read_all(&f.store, &rec.id).unwrap(), data);
+    // Serving chunk after chunk plans the lookup once, not once per chunk.
+    let replanned = f
+        .store
+        .db()
+        .prepare_cached(files::CHUNK_TO_SERVE)
+        .unwrap()
+        .get_status(rusqlite::StatementStatus::RePrepare);
+    assert_eq!(replanned, 0);
     assert_eq!(f.store.stored_bytes(), data.len() as u64);
     assert_eq!(f.store.list("acme").unwrap(), vec![rec.clone()]);
     assert!(f.store.list("other").unwrap().is_empty());
