@@ -126,19 +126,16 @@ impl ChunkStore {
     pub fn upload(&self, id: &UploadId) -> Result<Option<Upload>> {
         Ok(self
             .db()
-            .query_row(
-                "SELECT org, owner, size, lease_expires FROM uploads WHERE id = ?1",
-                [&id[..]],
-                |r| {
-                    Ok(Upload {
-                        id: *id,
-                        org: r.get(0)?,
-                        owner: r.get(1)?,
-                        size: r.get::<_, i64>(2)? as u64,
-                        lease_expires: r.get::<_, i64>(3)? as u64,
-                    })
-                },
-            )
+            .prepare_cached("SELECT org, owner, size, lease_expires FROM uploads WHERE id = ?1")?
+            .query_row([&id[..]], |r| {
+                Ok(Upload {
+                    id: *id,
+                    org: r.get(0)?,
+                    owner: r.get(1)?,
+                    size: r.get::<_, i64>(2)? as u64,
+                    lease_expires: r.get::<_, i64>(3)? as u64,
+                })
+            })
             .optional()?)
     }
 
@@ -351,25 +348,21 @@ fn record_chunk(
     lease: Duration,
 ) -> Result<bool> {
     let tx = db.transaction()?;
-    let inserted = tx.execute(
-        "INSERT OR IGNORE INTO chunks (hash, len, refs, unreferenced_since, compresses)
-         VALUES (?1, ?2, 0, ?3, ?4)",
-        params![&hash[..], len, now as i64, compressed],
-    )?;
+    // Once per chunk of every upload: the statements are kept prepared.
+    let inserted = tx
+        .prepare_cached(
+            "INSERT OR IGNORE INTO chunks (hash, len, refs, unreferenced_since, compresses)
+             VALUES (?1, ?2, 0, ?3, ?4)",
+        )?
+        .execute(params![&hash[..], len, now as i64, compressed])?;
     if compressed && inserted == 0 {
-        tx.execute(
-            "UPDATE chunks SET compresses = 1 WHERE hash = ?1",
-            [&hash[..]],
-        )?;
+        tx.prepare_cached("UPDATE chunks SET compresses = 1 WHERE hash = ?1")?
+            .execute([&hash[..]])?;
     }
-    tx.execute(
-        "UPDATE upload_chunks SET received = 1 WHERE upload = ?1 AND hash = ?2",
-        params![&id[..], &hash[..]],
-    )?;
-    tx.execute(
-        "UPDATE uploads SET lease_expires = ?2 WHERE id = ?1",
-        params![&id[..], now.saturating_add(lease.as_secs()) as i64],
-    )?;
+    tx.prepare_cached("UPDATE upload_chunks SET received = 1 WHERE upload = ?1 AND hash = ?2")?
+        .execute(params![&id[..], &hash[..]])?;
+    tx.prepare_cached("UPDATE uploads SET lease_expires = ?2 WHERE id = ?1")?
+        .execute(params![&id[..], now.saturating_add(lease.as_secs()) as i64])?;
     tx.commit()?;
     Ok(inserted > 0)
 }
