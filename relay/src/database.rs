@@ -8,12 +8,17 @@
 //!   the values. Without it, SQLite marks some statements for a new plan whenever their values
 //!   change, and a statement cache that clears its values after each use then parses and plans
 //!   the statement again on every use: a served chunk's lookup spent more time being planned than
-//!   being run.
+//!   being run;
+//! - room for every statement the relay keeps prepared (rusqlite keeps 16 by default, and drops
+//!   the least used beyond that).
 
 use std::time::Duration;
 
 use rusqlite::Connection;
 use rusqlite::config::DbConfig;
+
+/// Statements kept prepared per connection: more than either the registry or the catalogue has.
+const PREPARED: usize = 64;
 
 /// How much a commit survives.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -35,6 +40,7 @@ pub fn configure(conn: &Connection, durability: Durability) -> rusqlite::Result<
     conn.pragma_update(None, "synchronous", synchronous)?;
     conn.pragma_update(None, "foreign_keys", "ON")?;
     conn.set_db_config(DbConfig::SQLITE_DBCONFIG_ENABLE_QPSG, true)?;
+    conn.set_prepared_statement_cache_capacity(PREPARED);
     Ok(())
 }
 
