@@ -276,17 +276,51 @@ fn notices_are_kept_per_organisation(reg: &dyn Registry) {
 }
 
 fn generation_and_audit_head(reg: &dyn Registry) {
-    let start = reg.generation().unwrap();
-    assert_eq!(start, 0);
-    reg.bump_generation().unwrap();
-    reg.bump_generation().unwrap();
-    assert_eq!(reg.generation().unwrap(), 2);
+    assert_eq!(reg.generation().unwrap(), 0);
+    // Every change a standing or an admission is checked against moves it; nothing else does.
+    let changes: [(&str, &dyn Fn()); 9] = [
+        ("org", &|| drop(reg.add_org("acme", None).unwrap())),
+        ("user", &|| drop(reg.add_user("acme", "ann", 2).unwrap())),
+        ("device", &|| {
+            drop(
+                reg.add_device("acme", "pc1", DeviceKind::Browser, 3)
+                    .unwrap(),
+            )
+        }),
+        ("room", &|| {
+            drop(reg.add_room("acme", "ops", 1, false).unwrap())
+        }),
+        ("clearance", &|| {
+            drop(reg.set_clearance("acme", "ann", 1).unwrap())
+        }),
+        ("token revoked", &|| {
+            reg.revoke_token("acme", "ab12", 5).unwrap()
+        }),
+        ("device revoked", &|| {
+            reg.revoke_device("acme", "pc1").unwrap()
+        }),
+        ("user removed", &|| {
+            drop(reg.remove_user("acme", "ann", 6).unwrap())
+        }),
+        ("user again", &|| {
+            drop(reg.add_user("acme", "ann", 0).unwrap())
+        }),
+    ];
+    for (what, change) in changes {
+        let before = reg.generation().unwrap();
+        change();
+        assert!(reg.generation().unwrap() > before, "{what} did not move it");
+    }
+    let moved = reg.generation().unwrap();
+    reg.add_notice("acme", None, "hello", "operator", 7)
+        .unwrap();
 
     assert_eq!(reg.audit_head().unwrap(), None);
     reg.set_audit_head(7, "abc123").unwrap();
     assert_eq!(reg.audit_head().unwrap(), Some((7, "abc123".into())));
     reg.set_audit_head(9, "def456").unwrap();
     assert_eq!(reg.audit_head().unwrap(), Some((9, "def456".into())));
+    assert_eq!(reg.generation().unwrap(), moved);
 }
 
 type Check = fn(&dyn Registry);
@@ -337,16 +371,15 @@ fn second_node_sees_generation_and_keeps_its_own_audit_head(pg: &Postgres) {
     let b = PgRegistry::connect(&url, "node-b").unwrap();
     assert_eq!(a.node(), "node-a");
     assert_eq!((a.generation().unwrap(), b.generation().unwrap()), (0, 0));
-    a.bump_generation().unwrap();
-    assert_eq!(b.generation().unwrap(), 1);
-    b.bump_generation().unwrap();
-    assert_eq!(a.generation().unwrap(), 2);
 
-    // What one node registers, the other sees at once.
+    // What one node registers, the other sees at once, and its generation moved with it.
     a.add_org("acme", None).unwrap();
     a.add_user("acme", "ann", 2).unwrap();
+    let after_a = b.generation().unwrap();
+    assert!(after_a > 0);
     assert_eq!(b.user("acme", "ann").unwrap().unwrap().clearance, 2);
     b.remove_user("acme", "ann", 100).unwrap();
+    assert!(a.generation().unwrap() > after_a);
     assert!(a.token_revoked("acme", "ann", "aa", 99).unwrap());
     let n = b.add_notice("acme", None, "from b", "operator", 5).unwrap();
     assert_eq!(a.last_notice_id().unwrap(), n.id);
@@ -441,7 +474,7 @@ fn migrations_run_once(pg: &Postgres) {
     assert_eq!(
         pg.sql("again", "SELECT count(*), max(version) FROM schema_version")
             .unwrap(),
-        "2|2"
+        "3|3"
     );
 
     // Three nodes starting at once against an empty database all come up, and the schema is
@@ -462,7 +495,7 @@ fn migrations_run_once(pg: &Postgres) {
     assert_eq!(
         pg.sql("together", "SELECT count(*) FROM schema_version")
             .unwrap(),
-        "2"
+        "3"
     );
 
     // A schema newer than this build knows is refused, not used.
@@ -487,7 +520,6 @@ fn works_inside_a_tokio_runtime(pg: &Postgres) {
         tokio::spawn(async move {
             let reg = PgRegistry::connect(&url, "node-a").unwrap();
             reg.add_org("acme", None).unwrap();
-            reg.bump_generation().unwrap();
             let org = reg.org("acme").unwrap();
             let generation = reg.generation().unwrap();
             drop(reg);

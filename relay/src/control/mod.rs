@@ -2,8 +2,9 @@
 //!
 //! [`token`] checks integrity and time, [`registry`] holds the live truth, [`policy`] decides,
 //! [`audit`] records every decision. [`Control`] joins them into the one check every plane uses:
-//! it never lets a request through without a registry lookup, and every allow and deny it makes is
-//! audited and every deny counted.
+//! it never lets a request through without asking the registry (for its rows, or for its
+//! generation when the same token was found in good standing at that generation, see
+//! [`standings`]), and every allow and deny it makes is audited and every deny counted.
 
 pub mod admin;
 pub mod audit;
@@ -12,6 +13,7 @@ pub mod policy;
 pub mod postgres;
 pub mod registry;
 pub mod sqlite;
+mod standings;
 pub mod token;
 pub mod witness;
 
@@ -24,6 +26,7 @@ use model::{Device, DeviceKind, Org, Room, User};
 use policy::{Denial, Principal, RoomRole};
 use registry::{Registry, RegistryError};
 use serde::Deserialize;
+use standings::Standings;
 use token::{Claims, Grant, SigningKey};
 
 use crate::metrics::Metrics;
@@ -102,6 +105,7 @@ pub const DEFAULT_GRANTS: [Grant; 3] = [Grant::Publish, Grant::Subscribe, Grant:
 #[derive(Debug)]
 pub struct Control {
     registry: Mutex<Box<dyn Registry>>,
+    standings: Mutex<Standings>,
     key: SigningKey,
     audit: AuditLog,
     metrics: Metrics,
@@ -124,6 +128,7 @@ impl Control {
     ) -> Control {
         Control {
             registry: Mutex::new(registry),
+            standings: Mutex::default(),
             clock,
             key,
             audit,
@@ -225,6 +230,24 @@ impl Control {
     /// [`Control::authenticate`] checks after the token's integrity and time. A live session is
     /// held to this while it lasts.
     pub fn standing(&self, claims: &Claims) -> Result<Principal, Denial> {
+        // Read before the rows, so that a standing kept under it was found at it or later. An
+        // unreadable generation keeps nothing and checks in full.
+        let generation = self.registry().generation().ok();
+        let standings = || self.standings.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(g) = generation
+            && let Some(p) = standings().get(g, claims)
+        {
+            return Ok(p);
+        }
+        let p = self.standing_now(claims)?;
+        if let Some(g) = generation {
+            standings().put(g, claims, &p);
+        }
+        Ok(p)
+    }
+
+    /// [`Control::standing`] from the registry's rows.
+    fn standing_now(&self, claims: &Claims) -> Result<Principal, Denial> {
         let (org, user, device) = self.lookup(&claims.org, &claims.sub, &claims.device);
         let p = policy::principal(claims, org.as_ref(), user.as_ref(), device.as_ref())?;
         // A database error reads as revoked: refused, never let through.
@@ -431,11 +454,8 @@ impl Control {
                 None => Ok(()),
             };
             let default_clearance = by.map_or(model::MAX_LEVEL, |p| p.clearance);
-            bounded.and_then(|()| {
-                let made = change.apply(reg.as_ref(), default_clearance, (self.clock)())?;
-                reg.bump_generation()?;
-                Ok(made)
-            })
+            bounded
+                .and_then(|()| Ok(change.apply(reg.as_ref(), default_clearance, (self.clock)())?))
         };
         let mut e = match &result {
             Ok(_) => Event::new(action, Decision::Allow),
@@ -527,5 +547,62 @@ mod tests {
             c.authenticate(Some(&t.token), "test", "t"),
             Err(Denial::TokenRevoked)
         );
+    }
+
+    /// A standing found once is kept for the bearer's next requests, and every change to the
+    /// registry still holds from the next request on: made by another process, through the
+    /// registry's methods or by hand in SQL.
+    #[test]
+    fn a_kept_standing_yields_to_changes_made_elsewhere() {
+        let dir = tempfile::tempdir().unwrap();
+        let c = control(dir.path());
+        let mint = |device: &str| {
+            let req = MintRequest {
+                org: "acme".into(),
+                user: "ann".into(),
+                device: device.into(),
+                clearance: None,
+                room: None,
+                grants: None,
+                ttl: None,
+            };
+            c.mint(&req, None).unwrap()
+        };
+        let check = |t: &Minted| {
+            c.authenticate(Some(&t.token), "test", "t")
+                .map(|p| p.clearance)
+        };
+        let t = mint("pc");
+        assert_eq!(check(&t), Ok(2));
+        assert_eq!(check(&t), Ok(2));
+
+        // Another process: by hand, on the database file.
+        let other = rusqlite::Connection::open(dir.path().join("relay.db")).unwrap();
+        other
+            .execute(
+                "UPDATE users SET clearance = 1 WHERE org = 'acme' AND name = 'ann'",
+                [],
+            )
+            .unwrap();
+        assert_eq!(check(&t), Ok(1));
+        assert_eq!(check(&t), Ok(1));
+
+        // Another process: through the registry.
+        let other = SqliteRegistry::open_or_create(&dir.path().join("relay.db")).unwrap();
+        other.revoke_token("acme", &t.id, now()).unwrap();
+        assert_eq!(check(&t), Err(Denial::TokenRevoked));
+
+        let t = mint("pc");
+        assert_eq!(check(&t), Ok(1));
+        other.revoke_device("acme", "pc").unwrap();
+        assert_eq!(check(&t), Err(Denial::DeviceRevoked));
+
+        other
+            .add_device("acme", "tab", DeviceKind::Browser, 3)
+            .unwrap();
+        let t = mint("tab");
+        assert_eq!(check(&t), Ok(1));
+        other.remove_user("acme", "ann", now()).unwrap();
+        assert_eq!(check(&t), Err(Denial::UserUnknown));
     }
 }

@@ -108,6 +108,28 @@ CREATE TABLE files (
 );
 CREATE INDEX files_by_org ON files (org, created);
 "#,
+    // The generation moves in the transaction of every change of the tables a token's standing
+    // and a room's admission are checked against, whichever node writes them.
+    r#"
+CREATE FUNCTION relay_move_generation() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    UPDATE generation SET n = n + 1 WHERE id = 1;
+    RETURN NULL;
+END;
+$$;
+CREATE TRIGGER orgs_move_generation AFTER INSERT OR UPDATE OR DELETE ON orgs
+    FOR EACH STATEMENT EXECUTE FUNCTION relay_move_generation();
+CREATE TRIGGER users_move_generation AFTER INSERT OR UPDATE OR DELETE ON users
+    FOR EACH STATEMENT EXECUTE FUNCTION relay_move_generation();
+CREATE TRIGGER devices_move_generation AFTER INSERT OR UPDATE OR DELETE ON devices
+    FOR EACH STATEMENT EXECUTE FUNCTION relay_move_generation();
+CREATE TRIGGER rooms_move_generation AFTER INSERT OR UPDATE OR DELETE ON rooms
+    FOR EACH STATEMENT EXECUTE FUNCTION relay_move_generation();
+CREATE TRIGGER revoked_tokens_move_generation AFTER INSERT OR UPDATE OR DELETE ON revoked_tokens
+    FOR EACH STATEMENT EXECUTE FUNCTION relay_move_generation();
+CREATE TRIGGER user_removals_move_generation AFTER INSERT OR UPDATE OR DELETE ON user_removals
+    FOR EACH STATEMENT EXECUTE FUNCTION relay_move_generation();
+"#,
 ];
 
 /// Notices kept per organisation; older ones are deleted as new ones come.
@@ -791,13 +813,6 @@ impl Registry for PgRegistry {
         self.call(|c| {
             Ok(c.query_one("SELECT n FROM generation WHERE id = 1", &[])?
                 .try_get::<_, i64>(0)? as u64)
-        })
-    }
-
-    fn bump_generation(&self) -> Result<()> {
-        self.call(|c| {
-            c.execute("UPDATE generation SET n = n + 1 WHERE id = 1", &[])?;
-            Ok(())
         })
     }
 

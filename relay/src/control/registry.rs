@@ -196,12 +196,10 @@ pub trait Registry: Send + fmt::Debug {
     /// The highest notice id of the appliance (0 before the first notice).
     fn last_notice_id(&self) -> Result<u64>;
 
-    /// The registry's generation: it moves with every change of users, devices, rooms or
-    /// revocations, from any process on the database.
+    /// The registry's generation: it moves with every change of organisations, users, devices,
+    /// rooms or revocations, in the change's own transaction, from any process or node on the
+    /// database (the database's triggers move it, not the code that writes).
     fn generation(&self) -> Result<u64>;
-
-    /// Moves the generation on, after a change.
-    fn bump_generation(&self) -> Result<()>;
 
     /// The audit chain's last anchored position: (line count, hash of the last line).
     fn audit_head(&self) -> Result<Option<(u64, String)>>;

@@ -76,6 +76,46 @@ CREATE TABLE notices (
 ) STRICT;
 CREATE INDEX notices_by_org ON notices (org, id);
 "#,
+    // The generation moves in the transaction of every change of the tables a token's standing
+    // and a room's admission are checked against, whoever writes them.
+    r#"
+CREATE TRIGGER orgs_insert_moves_generation AFTER INSERT ON orgs
+    BEGIN UPDATE generation SET n = n + 1 WHERE id = 1; END;
+CREATE TRIGGER orgs_update_moves_generation AFTER UPDATE ON orgs
+    BEGIN UPDATE generation SET n = n + 1 WHERE id = 1; END;
+CREATE TRIGGER orgs_delete_moves_generation AFTER DELETE ON orgs
+    BEGIN UPDATE generation SET n = n + 1 WHERE id = 1; END;
+CREATE TRIGGER users_insert_moves_generation AFTER INSERT ON users
+    BEGIN UPDATE generation SET n = n + 1 WHERE id = 1; END;
+CREATE TRIGGER users_update_moves_generation AFTER UPDATE ON users
+    BEGIN UPDATE generation SET n = n + 1 WHERE id = 1; END;
+CREATE TRIGGER users_delete_moves_generation AFTER DELETE ON users
+    BEGIN UPDATE generation SET n = n + 1 WHERE id = 1; END;
+CREATE TRIGGER devices_insert_moves_generation AFTER INSERT ON devices
+    BEGIN UPDATE generation SET n = n + 1 WHERE id = 1; END;
+CREATE TRIGGER devices_update_moves_generation AFTER UPDATE ON devices
+    BEGIN UPDATE generation SET n = n + 1 WHERE id = 1; END;
+CREATE TRIGGER devices_delete_moves_generation AFTER DELETE ON devices
+    BEGIN UPDATE generation SET n = n + 1 WHERE id = 1; END;
+CREATE TRIGGER rooms_insert_moves_generation AFTER INSERT ON rooms
+    BEGIN UPDATE generation SET n = n + 1 WHERE id = 1; END;
+CREATE TRIGGER rooms_update_moves_generation AFTER UPDATE ON rooms
+    BEGIN UPDATE generation SET n = n + 1 WHERE id = 1; END;
+CREATE TRIGGER rooms_delete_moves_generation AFTER DELETE ON rooms
+    BEGIN UPDATE generation SET n = n + 1 WHERE id = 1; END;
+CREATE TRIGGER revoked_tokens_insert_moves_generation AFTER INSERT ON revoked_tokens
+    BEGIN UPDATE generation SET n = n + 1 WHERE id = 1; END;
+CREATE TRIGGER revoked_tokens_update_moves_generation AFTER UPDATE ON revoked_tokens
+    BEGIN UPDATE generation SET n = n + 1 WHERE id = 1; END;
+CREATE TRIGGER revoked_tokens_delete_moves_generation AFTER DELETE ON revoked_tokens
+    BEGIN UPDATE generation SET n = n + 1 WHERE id = 1; END;
+CREATE TRIGGER user_removals_insert_moves_generation AFTER INSERT ON user_removals
+    BEGIN UPDATE generation SET n = n + 1 WHERE id = 1; END;
+CREATE TRIGGER user_removals_update_moves_generation AFTER UPDATE ON user_removals
+    BEGIN UPDATE generation SET n = n + 1 WHERE id = 1; END;
+CREATE TRIGGER user_removals_delete_moves_generation AFTER DELETE ON user_removals
+    BEGIN UPDATE generation SET n = n + 1 WHERE id = 1; END;
+"#,
 ];
 
 /// Notices kept per organisation; older ones are deleted as new ones come.
@@ -492,20 +532,11 @@ impl Registry for SqliteRegistry {
             .query_row([], |r| r.get::<_, i64>(0))? as u64)
     }
 
-    /// The registry's generation: it moves with every change of users, devices, rooms or
-    /// revocations, from any process on the database.
     fn generation(&self) -> Result<u64> {
         Ok(self
             .conn
             .prepare_cached("SELECT n FROM generation WHERE id = 1")?
             .query_row([], |r| r.get::<_, i64>(0))? as u64)
-    }
-
-    /// Moves the generation on, after a change.
-    fn bump_generation(&self) -> Result<()> {
-        self.conn
-            .execute("UPDATE generation SET n = n + 1 WHERE id = 1", [])?;
-        Ok(())
     }
 
     /// The audit chain's last anchored position: (line count, hash of the last line).
