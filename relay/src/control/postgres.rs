@@ -109,7 +109,8 @@ CREATE TABLE files (
 CREATE INDEX files_by_org ON files (org, created);
 "#,
     // The generation moves in the transaction of every change of the tables a token's standing
-    // and a room's admission are checked against, whichever node writes them.
+    // and a room's admission are checked against, and of the notices (which go out when it
+    // moves), whichever node writes them.
     r#"
 CREATE FUNCTION relay_move_generation() RETURNS trigger LANGUAGE plpgsql AS $$
 BEGIN
@@ -128,6 +129,8 @@ CREATE TRIGGER rooms_move_generation AFTER INSERT OR UPDATE OR DELETE ON rooms
 CREATE TRIGGER revoked_tokens_move_generation AFTER INSERT OR UPDATE OR DELETE ON revoked_tokens
     FOR EACH STATEMENT EXECUTE FUNCTION relay_move_generation();
 CREATE TRIGGER user_removals_move_generation AFTER INSERT OR UPDATE OR DELETE ON user_removals
+    FOR EACH STATEMENT EXECUTE FUNCTION relay_move_generation();
+CREATE TRIGGER notices_move_generation AFTER INSERT OR UPDATE OR DELETE ON notices
     FOR EACH STATEMENT EXECUTE FUNCTION relay_move_generation();
 "#,
 ];

@@ -197,7 +197,7 @@ pub trait Registry: Send + fmt::Debug {
     fn last_notice_id(&self) -> Result<u64>;
 
     /// The registry's generation: it moves with every change of organisations, users, devices,
-    /// rooms or revocations, in the change's own transaction, from any process or node on the
+    /// rooms, revocations or notices, in the change's own transaction, from any process or node on the
     /// database (the database's triggers move it, not the code that writes).
     fn generation(&self) -> Result<u64>;
 

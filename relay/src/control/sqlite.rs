@@ -77,7 +77,8 @@ CREATE TABLE notices (
 CREATE INDEX notices_by_org ON notices (org, id);
 "#,
     // The generation moves in the transaction of every change of the tables a token's standing
-    // and a room's admission are checked against, whoever writes them.
+    // and a room's admission are checked against, and of the notices (which go out when it
+    // moves), whoever writes them.
     r#"
 CREATE TRIGGER orgs_insert_moves_generation AFTER INSERT ON orgs
     BEGIN UPDATE generation SET n = n + 1 WHERE id = 1; END;
@@ -114,6 +115,12 @@ CREATE TRIGGER user_removals_insert_moves_generation AFTER INSERT ON user_remova
 CREATE TRIGGER user_removals_update_moves_generation AFTER UPDATE ON user_removals
     BEGIN UPDATE generation SET n = n + 1 WHERE id = 1; END;
 CREATE TRIGGER user_removals_delete_moves_generation AFTER DELETE ON user_removals
+    BEGIN UPDATE generation SET n = n + 1 WHERE id = 1; END;
+CREATE TRIGGER notices_insert_moves_generation AFTER INSERT ON notices
+    BEGIN UPDATE generation SET n = n + 1 WHERE id = 1; END;
+CREATE TRIGGER notices_update_moves_generation AFTER UPDATE ON notices
+    BEGIN UPDATE generation SET n = n + 1 WHERE id = 1; END;
+CREATE TRIGGER notices_delete_moves_generation AFTER DELETE ON notices
     BEGIN UPDATE generation SET n = n + 1 WHERE id = 1; END;
 "#,
 ];
