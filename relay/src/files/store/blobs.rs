@@ -196,10 +196,11 @@ fn get_seal(f: &fs::File) -> Option<Seal> {
     (usize::try_from(n) == Ok(seal.len())).then_some(seal)
 }
 
-/// `O_DIRECT` wants whole aligned blocks. Bytes that begin on a block boundary in memory (the
-/// file plane's reader puts a received chunk there) go to the disk as they lie, all but the last
-/// partial block; otherwise, and for that last block, they are copied into an aligned buffer
-/// padded with zeros. The file is cut back to the data's length; the caller flushes it.
+/// `O_DIRECT` wants whole aligned blocks. The whole blocks of `data` go to the disk as they lie
+/// when they begin on a block boundary in memory (the file plane's reader puts a received chunk
+/// there), or else through an aligned copy. The last partial block goes through the page cache,
+/// so that the file is never longer than the data and never has to be cut back (cutting it cost
+/// the file system more than the write of the block). The caller flushes the file.
 fn write_direct(path: &Path, data: &[u8]) -> io::Result<fs::File> {
     use std::os::unix::fs::{FileExt, OpenOptionsExt};
     let f = crate::private::open_options()
@@ -208,20 +209,37 @@ fn write_direct(path: &Path, data: &[u8]) -> io::Result<fs::File> {
         .truncate(true)
         .custom_flags(libc::O_DIRECT)
         .open(path)?;
-    let direct = if data.as_ptr().align_offset(DIRECT_ALIGN) == 0 {
-        data.len() / DIRECT_ALIGN * DIRECT_ALIGN
-    } else {
-        0
-    };
-    if direct > 0 {
-        f.write_all_at(&data[..direct], 0)?;
+    let whole = data.len() / DIRECT_ALIGN * DIRECT_ALIGN;
+    if whole > 0 {
+        if data.as_ptr().align_offset(DIRECT_ALIGN) == 0 {
+            f.write_all_at(&data[..whole], 0)?;
+        } else {
+            crate::files::write_direct_copy(&f, &data[..whole], 0)?;
+        }
     }
-    let rest = &data[direct..];
-    if !rest.is_empty() {
-        crate::files::write_direct_copy(&f, rest, direct as u64)?;
+    let tail = &data[whole..];
+    if !tail.is_empty() {
+        buffered(&f)?;
+        f.write_all_at(tail, whole as u64)?;
     }
-    f.set_len(data.len() as u64)?;
     Ok(f)
+}
+
+/// Turns `O_DIRECT` off for `f`: its next writes go through the page cache.
+#[allow(unsafe_code)]
+fn buffered(f: &fs::File) -> io::Result<()> {
+    use std::os::fd::AsRawFd;
+    // SAFETY: the descriptor is open and owned by `f`; F_GETFL and F_SETFL take and return plain
+    // integers.
+    let flags = unsafe { libc::fcntl(f.as_raw_fd(), libc::F_GETFL) };
+    if flags < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: as above.
+    if unsafe { libc::fcntl(f.as_raw_fd(), libc::F_SETFL, flags & !libc::O_DIRECT) } < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
 }
 
 /// Reads the file `path` whole.
