@@ -112,25 +112,26 @@ CREATE INDEX files_by_org ON files (org, created);
     // and a room's admission are checked against, and of the notices (which go out when it
     // moves), whichever node writes them.
     r#"
-CREATE FUNCTION relay_move_generation() RETURNS trigger LANGUAGE plpgsql AS $$
+CREATE FUNCTION relay_move_generation() RETURNS trigger LANGUAGE plpgsql
+    SET search_path FROM CURRENT AS $$
 BEGIN
     UPDATE generation SET n = n + 1 WHERE id = 1;
     RETURN NULL;
 END;
 $$;
-CREATE TRIGGER orgs_move_generation AFTER INSERT OR UPDATE OR DELETE ON orgs
+CREATE TRIGGER orgs_move_generation AFTER INSERT OR UPDATE OR DELETE OR TRUNCATE ON orgs
     FOR EACH STATEMENT EXECUTE FUNCTION relay_move_generation();
-CREATE TRIGGER users_move_generation AFTER INSERT OR UPDATE OR DELETE ON users
+CREATE TRIGGER users_move_generation AFTER INSERT OR UPDATE OR DELETE OR TRUNCATE ON users
     FOR EACH STATEMENT EXECUTE FUNCTION relay_move_generation();
-CREATE TRIGGER devices_move_generation AFTER INSERT OR UPDATE OR DELETE ON devices
+CREATE TRIGGER devices_move_generation AFTER INSERT OR UPDATE OR DELETE OR TRUNCATE ON devices
     FOR EACH STATEMENT EXECUTE FUNCTION relay_move_generation();
-CREATE TRIGGER rooms_move_generation AFTER INSERT OR UPDATE OR DELETE ON rooms
+CREATE TRIGGER rooms_move_generation AFTER INSERT OR UPDATE OR DELETE OR TRUNCATE ON rooms
     FOR EACH STATEMENT EXECUTE FUNCTION relay_move_generation();
-CREATE TRIGGER revoked_tokens_move_generation AFTER INSERT OR UPDATE OR DELETE ON revoked_tokens
+CREATE TRIGGER revoked_tokens_move_generation AFTER INSERT OR UPDATE OR DELETE OR TRUNCATE ON revoked_tokens
     FOR EACH STATEMENT EXECUTE FUNCTION relay_move_generation();
-CREATE TRIGGER user_removals_move_generation AFTER INSERT OR UPDATE OR DELETE ON user_removals
+CREATE TRIGGER user_removals_move_generation AFTER INSERT OR UPDATE OR DELETE OR TRUNCATE ON user_removals
     FOR EACH STATEMENT EXECUTE FUNCTION relay_move_generation();
-CREATE TRIGGER notices_move_generation AFTER INSERT OR UPDATE OR DELETE ON notices
+CREATE TRIGGER notices_move_generation AFTER INSERT OR UPDATE OR DELETE OR TRUNCATE ON notices
     FOR EACH STATEMENT EXECUTE FUNCTION relay_move_generation();
 "#,
 ];
