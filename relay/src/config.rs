@@ -197,6 +197,9 @@ pub struct Files {
     pub gc_grace: Duration,
     /// UDP receive and send buffer asked of the kernel.
     pub socket_buffer_bytes: usize,
+    /// Threads that run the QUIC endpoint, each with a socket of its own on `listen`; the
+    /// kernel spreads connections over them. 0 = one per four cores, at least one.
+    pub io_threads: usize,
 }
 
 impl Default for Files {
@@ -216,6 +219,7 @@ impl Default for Files {
             upload_lease: Duration::from_secs(24 * 3600),
             gc_grace: Duration::from_secs(3600),
             socket_buffer_bytes: 8 << 20,
+            io_threads: 0,
         }
     }
 }
@@ -489,6 +493,14 @@ impl Config {
 }
 
 impl Files {
+    /// The file plane's QUIC threads, with 0 resolved to one per four cores.
+    pub fn io_threads(&self) -> usize {
+        match self.io_threads {
+            0 => std::thread::available_parallelism().map_or(1, |n| n.get().div_ceil(4)),
+            n => n,
+        }
+    }
+
     fn check(&self) -> Result<(), ConfigError> {
         for t in &self.allowed_types {
             let ok = t.split_once('/').is_some_and(|(a, b)| {
@@ -506,6 +518,9 @@ impl Files {
         }
         if self.socket_buffer_bytes > 1 << 30 {
             return Err(err("files.socket_buffer_bytes", "must be at most 1 GiB"));
+        }
+        if self.io_threads > 64 {
+            return Err(err("files.io_threads", "must be at most 64"));
         }
         Ok(())
     }
@@ -568,6 +583,7 @@ mod tests {
             ("[files]\nupload_lease = \"1s\"", "files.upload_lease"),
             ("[files]\ngc_grace = \"later\"", "files.gc_grace"),
             ("[files]\nsocket_buffer_bytes = -1", "files.socket_buffer_bytes"),
+            ("[files]\nio_threads = 65", "files.io_threads"),
             ("[files]\nquota = 1", "files.quota"),
             ("[registry]\nurl = \"mysql://x\"", "registry.url"),
             ("[cluster]\nredis_url = \"redis://127.0.0.1:6379\"", "registry.url"),

@@ -532,7 +532,7 @@ fn audit_metrics(
 /// strong handle here would keep both alive past the end (the registry's connection open, its
 /// write-ahead log left behind).
 fn files_metrics(files: std::sync::Weak<FilePlane>) -> impl prometheus::core::Collector {
-    const NAMES: [(&str, &str); 6] = [
+    const NAMES: [(&str, &str); 7] = [
         (
             "relay_files_bytes_received_total",
             "Chunk bytes received by the file plane, as they travelled.",
@@ -557,6 +557,10 @@ fn files_metrics(files: std::sync::Weak<FilePlane>) -> impl prometheus::core::Co
             "relay_files_chunks_corrupt_total",
             "Stored chunks found not matching their hash when read; never served.",
         ),
+        (
+            "relay_files_connections_total",
+            "File-plane connections accepted, by the QUIC thread that took them.",
+        ),
     ];
     ScrapeCollector::new(&NAMES, move |f| {
         let Some(files) = files.upgrade() else {
@@ -571,6 +575,11 @@ fn files_metrics(files: std::sync::Weak<FilePlane>) -> impl prometheus::core::Co
             .gauge(NAMES[3].0, help(3), load(&c.transfers_active) as f64)
             .counter(NAMES[4].0, help(4), load(&c.chunks_rejected))
             .counter(NAMES[5].0, help(5), files.store().corrupt_reads());
+        let accepted = files.accepted();
+        let threads: Vec<String> = (0..accepted.len()).map(|i| i.to_string()).collect();
+        let by_thread: Vec<(&str, u64)> =
+            threads.iter().map(String::as_str).zip(accepted).collect();
+        f.labelled_counter(NAMES[6].0, help(6), "thread", &by_thread);
     })
 }
 

@@ -562,6 +562,64 @@ fn crash_during_concurrent_uploads_keeps_every_completed_file() {
 }
 
 #[test]
+fn several_quic_threads_share_the_port_and_every_transfer_is_intact() {
+    const THREADS: usize = 3;
+    let tmp = tempfile::tempdir().unwrap();
+    let relay = Relay::start_in(
+        &tmp.path().join("data"),
+        &format!("[files]\nlisten = \"127.0.0.1:0\"\nio_threads = {THREADS}\n"),
+        &[],
+    );
+    let token = relay.demo_token("files");
+    // Clients at once, each from a port of its own, so the kernel spreads them over the threads.
+    let files: Vec<Vec<u8>> = (0..12)
+        .map(|i| noise(70 + i, MIB + 4099 * i as usize))
+        .collect();
+    let puts: Vec<Child> = files
+        .iter()
+        .enumerate()
+        .map(|(i, data)| {
+            let path = write(tmp.path(), &format!("in{i}"), data);
+            relay.spawn_files(&token, &["put", s(&path)])
+        })
+        .collect();
+    let ids: Vec<String> = puts
+        .into_iter()
+        .map(|c| {
+            let run = FilesRun::from(c.wait_with_output().unwrap());
+            ok(&run);
+            run.s("id")
+        })
+        .collect();
+    let gets: Vec<(Child, PathBuf)> = ids
+        .iter()
+        .map(|id| {
+            let out = tmp.path().join(format!("{id}.out"));
+            (relay.spawn_files(&token, &["get", id, "-o", s(&out)]), out)
+        })
+        .collect();
+    for ((child, out), data) in gets.into_iter().zip(&files) {
+        ok(&FilesRun::from(child.wait_with_output().unwrap()));
+        assert!(fs::read(&out).unwrap() == *data, "{} intact", out.display());
+    }
+    let accepted: Vec<f64> = (0..THREADS)
+        .map(|t| {
+            relay
+                .metric(&format!("relay_files_connections_total{{thread=\"{t}\"}}"))
+                .unwrap_or_else(|| panic!("no connection count for thread {t}"))
+        })
+        .collect();
+    assert!(
+        accepted.iter().sum::<f64>() >= 24.0,
+        "every transfer's connection counted: {accepted:?}"
+    );
+    assert!(
+        accepted.iter().filter(|&&n| n > 0.0).count() >= 2,
+        "connections spread over the threads: {accepted:?}"
+    );
+}
+
+#[test]
 fn a_tampered_chunk_is_never_served() {
     let relay = Relay::start();
     let token = relay.demo_token("files");

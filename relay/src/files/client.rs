@@ -190,7 +190,7 @@ impl Client {
         } else {
             (std::net::Ipv6Addr::UNSPECIFIED, 0).into()
         };
-        let (socket, _) = transport::udp_socket(bind, 8 << 20)
+        let (socket, _) = transport::udp_socket(bind, 8 << 20, false)
             .map_err(|e| ClientError::Connection(format!("cannot open a UDP socket: {e}")))?;
         let mut endpoint = transport::endpoint(socket, None)
             .map_err(|e| ClientError::Connection(format!("cannot open a UDP socket: {e}")))?;

@@ -45,11 +45,20 @@ pub fn endpoint(
     socket: std::net::UdpSocket,
     server: Option<quinn::ServerConfig>,
 ) -> std::io::Result<quinn::Endpoint> {
+    endpoint_with(endpoint_config(), socket, server)
+}
+
+/// An endpoint with the configuration given (see [`endpoint_config`]).
+pub fn endpoint_with(
+    config: quinn::EndpointConfig,
+    socket: std::net::UdpSocket,
+    server: Option<quinn::ServerConfig>,
+) -> std::io::Result<quinn::Endpoint> {
     use quinn::Runtime;
     let runtime = Arc::new(quinn::TokioRuntime);
     let inner = runtime.wrap_udp_socket(socket)?;
     let socket = Arc::new(Splitting { inner });
-    quinn::Endpoint::new_with_abstract_socket(endpoint_config(), server, socket, runtime)
+    quinn::Endpoint::new_with_abstract_socket(config, server, socket, runtime)
 }
 
 /// quinn's socket for its runtime, splitting a send of several datagrams that would not fit in
@@ -121,7 +130,12 @@ fn split<'a>(
 }
 
 /// The endpoint settings of both ends: receive datagrams up to [`MAX_UDP_PAYLOAD`].
-fn endpoint_config() -> quinn::EndpointConfig {
+///
+/// Endpoints that share one address take clones of one configuration, so that they share its
+/// stateless reset key: a packet that the kernel hands to another endpoint than its
+/// connection's (the peer's address changed) is answered with a reset the peer accepts, and the
+/// peer learns at once that the connection is gone instead of waiting out the idle timeout.
+pub fn endpoint_config() -> quinn::EndpointConfig {
     let mut c = quinn::EndpointConfig::default();
     // The bound lies inside the range quinn accepts (1200..=65527), so this cannot fail.
     let _ = c.max_udp_payload_size(MAX_UDP_PAYLOAD);
@@ -181,13 +195,19 @@ pub struct Buffers {
     pub send: usize,
 }
 
-/// A UDP socket bound to `addr` with buffers of `buffer_bytes` asked for.
+/// A UDP socket bound to `addr` with buffers of `buffer_bytes` asked for; with `shared`, other
+/// sockets of this process may bind the same address (`SO_REUSEPORT`), and the kernel spreads
+/// the peers' addresses over them.
 pub fn udp_socket(
     addr: SocketAddr,
     buffer_bytes: usize,
+    shared: bool,
 ) -> std::io::Result<(std::net::UdpSocket, Buffers)> {
     use socket2::{Domain, Protocol, Socket, Type};
     let sock = Socket::new(Domain::for_address(addr), Type::DGRAM, Some(Protocol::UDP))?;
+    if shared {
+        sock.set_reuse_port(true)?;
+    }
     if buffer_bytes > 0 {
         // Refusals here are not fatal: the sizes granted are read back and reported.
         let _ = sock.set_recv_buffer_size(buffer_bytes);
