@@ -565,9 +565,15 @@ fn crash_during_concurrent_uploads_keeps_every_completed_file() {
 fn several_quic_threads_share_the_port_and_every_transfer_is_intact() {
     const THREADS: usize = 3;
     let tmp = tempfile::tempdir().unwrap();
+    // Threads share only a fixed port (with port 0 the relay runs one): take one that is free.
+    let port = std::net::UdpSocket::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
     let relay = Relay::start_in(
         &tmp.path().join("data"),
-        &format!("[files]\nlisten = \"127.0.0.1:0\"\nio_threads = {THREADS}\n"),
+        &format!("[files]\nlisten = \"127.0.0.1:{port}\"\nio_threads = {THREADS}\n"),
         &[],
     );
     let token = relay.demo_token("files");

@@ -8,11 +8,11 @@
 //! Each endpoint, with its connections and streams, runs on a thread of its own: a
 //! single-threaded runtime (`relay-files-N`), not the process's shared workers. A datagram, the
 //! connection it belongs to and the streams it feeds are then handled in turn on one thread, with
-//! no hand-over between workers; on the shared workers that hand-over cost the relay about an
-//! eighth more CPU per GiB served and a sixth more for four uploads at once (bench/RESULTS.md).
+//! no hand-over between workers; on the shared workers that hand-over cost the relay about a
+//! fifth more CPU per GiB served and a sixth more per GiB received (bench/RESULTS.md).
 //! Each thread's runtime has its own blocking pool, which spreads the requests over the cores.
-//! With `files.io_threads` above one, every thread has its own socket on the same address
-//! (`SO_REUSEPORT`) and the kernel spreads the peers over them by address.
+//! With `files.io_threads` above one and a fixed port, every thread has its own socket on the
+//! same address (`SO_REUSEPORT`) and the kernel spreads the peers over them by address.
 
 use std::net::SocketAddr;
 use std::path::Path;
@@ -99,7 +99,16 @@ impl FilePlane {
         store.remove_temp_files();
         let server = server_config(secrets)?;
         let service = Arc::new(Service::new(control, Arc::new(store), settings.clone()));
-        let count = settings.io_threads();
+        let mut count = settings.io_threads();
+        if count > 1 && settings.listen.port() == 0 {
+            // The kernel may hand out, for port 0, a port that another socket of this user
+            // already shares: only a fixed port can be shared safely.
+            tracing::info!(
+                io_threads = count,
+                "files.listen asks for any port: the file plane runs one QUIC thread"
+            );
+            count = 1;
+        }
         let config = transport::endpoint_config();
         let mut plane = FilePlane {
             endpoints: Vec::with_capacity(count),
@@ -117,6 +126,15 @@ impl FilePlane {
             if let Err(e) = plane.start_thread(i, count > 1, &config, &server) {
                 for endpoint in &plane.endpoints {
                     endpoint.close(quinn::VarInt::from_u32(0), b"relay is stopping");
+                }
+                // Nothing was accepted yet, so the threads end at once.
+                for thread in plane
+                    .threads
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .drain(..)
+                {
+                    let _ = thread.join();
                 }
                 return Err(e);
             }
@@ -143,8 +161,9 @@ impl FilePlane {
     }
 
     /// Starts QUIC thread `i`: a socket on the plane's address (the first one settles the port
-    /// when the configured one is 0), an endpoint on it and a single-threaded runtime that runs
-    /// the endpoint with its connections and streams.
+    /// when the configured one is 0), and a thread with a single-threaded runtime that makes an
+    /// endpoint on it and runs the endpoint with its connections and streams. The runtime is
+    /// made, run and dropped on that thread alone.
     fn start_thread(
         &mut self,
         i: usize,
@@ -155,36 +174,74 @@ impl FilePlane {
         let addr = self.local;
         let (socket, buffers) = transport::udp_socket(addr, self.buffers.requested, shared)
             .map_err(|e| FilesError::Bind(addr, e))?;
-        let runtime = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .thread_name(format!("relay-files-{i}-pool"))
-            .build()
-            .map_err(FilesError::Thread)?;
-        // The endpoint starts its driver on the runtime it is made in.
-        let endpoint = {
-            let _in = runtime.enter();
-            transport::endpoint_with(config.clone(), socket, Some(server.clone()))
-                .map_err(|e| FilesError::Bind(addr, e))?
-        };
-        if i == 0 {
-            self.local = endpoint
-                .local_addr()
-                .map_err(|e| FilesError::Bind(addr, e))?;
-            self.buffers = buffers;
-        }
         let accepted = Arc::new(AtomicU64::new(0));
+        let (made, endpoint) = std::sync::mpsc::sync_channel(1);
         let thread = std::thread::Builder::new()
             .name(format!("relay-files-{i}"))
             .spawn({
-                let (endpoint, service) = (endpoint.clone(), self.service.clone());
-                let accepted = accepted.clone();
+                let (config, server) = (config.clone(), server.clone());
+                let (service, accepted) = (self.service.clone(), accepted.clone());
                 move || {
-                    runtime.block_on(accept(endpoint, service, accepted));
-                    // Requests still on the blocking pool finish, or are given up after this.
-                    runtime.shutdown_timeout(Duration::from_secs(5));
+                    let runtime = match tokio::runtime::Builder::new_current_thread()
+                        .enable_all()
+                        .thread_name(format!("relay-files-{i}-pool"))
+                        .build()
+                    {
+                        Ok(r) => r,
+                        Err(e) => {
+                            let _ = made.send(Err(FilesError::Thread(e)));
+                            return;
+                        }
+                    };
+                    // The endpoint starts its driver on the runtime it is made in.
+                    let endpoint = {
+                        let _in = runtime.enter();
+                        transport::endpoint_with(config, socket, Some(server))
+                    };
+                    let endpoint = match endpoint {
+                        Ok(e) => e,
+                        Err(e) => {
+                            let _ = made.send(Err(FilesError::Bind(addr, e)));
+                            return;
+                        }
+                    };
+                    let _ = made.send(Ok(endpoint.clone()));
+                    runtime.block_on(async {
+                        accept(endpoint.clone(), service, accepted).await;
+                        // Closed: let the connections tell their peers, briefly.
+                        let _ = tokio::time::timeout(Duration::from_secs(2), endpoint.wait_idle())
+                            .await;
+                    });
+                    // Dropped here, the runtime waits for requests still on its blocking pool,
+                    // so that what they write (the audit log among it) is finished.
+                    drop(runtime);
                 }
             })
             .map_err(FilesError::Thread)?;
+        let endpoint = match endpoint.recv() {
+            Ok(Ok(endpoint)) => endpoint,
+            Ok(Err(e)) => {
+                let _ = thread.join();
+                return Err(e);
+            }
+            Err(_) => {
+                let _ = thread.join();
+                return Err(FilesError::Thread(std::io::Error::other(
+                    "the file plane's thread ended before its endpoint was made",
+                )));
+            }
+        };
+        if i == 0 {
+            match endpoint.local_addr() {
+                Ok(local) => self.local = local,
+                Err(e) => {
+                    endpoint.close(quinn::VarInt::from_u32(0), b"relay is stopping");
+                    let _ = thread.join();
+                    return Err(FilesError::Bind(addr, e));
+                }
+            }
+            self.buffers = buffers;
+        }
         self.endpoints.push(endpoint);
         self.accepted.push(accepted);
         self.threads
@@ -220,19 +277,12 @@ impl FilePlane {
         &self.service
     }
 
-    /// Stops accepting, closes connections, waits briefly for them to go, and then for the file
-    /// plane's thread to end.
+    /// Stops accepting and closes connections; each thread lets its connections tell their peers
+    /// (at most 2 s) and waits for its requests still running, and then ends.
     pub async fn shutdown(&self) {
         for endpoint in &self.endpoints {
             endpoint.close(quinn::VarInt::from_u32(0), b"relay is stopping");
         }
-        // All are closing at once, so waiting for each in turn waits for the slowest.
-        let idle = async {
-            for endpoint in &self.endpoints {
-                endpoint.wait_idle().await;
-            }
-        };
-        let _ = tokio::time::timeout(Duration::from_secs(2), idle).await;
         let threads = std::mem::take(&mut *self.threads.lock().unwrap_or_else(|e| e.into_inner()));
         let joined =
             tokio::task::spawn_blocking(move || threads.into_iter().all(|t| t.join().is_ok()))
@@ -245,11 +295,13 @@ impl FilePlane {
 
 async fn accept(endpoint: quinn::Endpoint, service: Arc<Service>, accepted: Arc<AtomicU64>) {
     while let Some(incoming) = endpoint.accept().await {
-        accepted.fetch_add(1, Ordering::Relaxed);
-        let service = service.clone();
+        let (service, accepted) = (service.clone(), accepted.clone());
         tokio::spawn(async move {
             match incoming.await {
-                Ok(conn) => serve_connection(service, conn).await,
+                Ok(conn) => {
+                    accepted.fetch_add(1, Ordering::Relaxed);
+                    serve_connection(service, conn).await
+                }
                 Err(e) => tracing::debug!(error = %e, "file plane handshake failed"),
             }
         });
