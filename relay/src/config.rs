@@ -197,8 +197,9 @@ pub struct Files {
     pub gc_grace: Duration,
     /// UDP receive and send buffer asked of the kernel.
     pub socket_buffer_bytes: usize,
-    /// Threads that run the QUIC endpoint, each with a socket of its own on `listen`; the
-    /// kernel spreads connections over them. 0 = one per four cores, at least one.
+    /// Threads that run the QUIC endpoint; with a fixed port, each has a socket of its own on
+    /// `listen` and the kernel spreads connections over them (with port 0 there is one).
+    /// 0 = one per four cores, at least one.
     pub io_threads: usize,
 }
 

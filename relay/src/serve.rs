@@ -559,7 +559,7 @@ fn files_metrics(files: std::sync::Weak<FilePlane>) -> impl prometheus::core::Co
         ),
         (
             "relay_files_connections_total",
-            "File-plane connections accepted, by the QUIC thread that took them.",
+            "File-plane connections whose handshake completed, by the QUIC thread that took them.",
         ),
     ];
     ScrapeCollector::new(&NAMES, move |f| {

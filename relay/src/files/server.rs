@@ -57,6 +57,31 @@ pub struct FilePlane {
     accepted: Vec<Arc<AtomicU64>>,
 }
 
+/// A plane dropped without [`FilePlane::shutdown`] (the relay failed to start after it) still
+/// ends its threads, so that what they hold (the control plane, and its audit log) is let go.
+impl Drop for FilePlane {
+    fn drop(&mut self) {
+        self.join_threads();
+    }
+}
+
+/// Joins `threads`; false if any panicked, whose message is logged.
+fn join_all(threads: Vec<JoinHandle<()>>) -> bool {
+    let mut all = true;
+    for thread in threads {
+        if let Err(panic) = thread.join() {
+            let what = panic
+                .downcast_ref::<&str>()
+                .map(|s| s.to_string())
+                .or_else(|| panic.downcast_ref::<String>().cloned())
+                .unwrap_or_default();
+            tracing::error!(panic = %what, "a file plane thread panicked");
+            all = false;
+        }
+    }
+    all
+}
+
 /// Decrements a gauge when dropped.
 struct Active<'a>(&'a AtomicU64);
 
@@ -221,11 +246,11 @@ impl FilePlane {
         let endpoint = match endpoint.recv() {
             Ok(Ok(endpoint)) => endpoint,
             Ok(Err(e)) => {
-                let _ = thread.join();
+                join_all(vec![thread]);
                 return Err(e);
             }
             Err(_) => {
-                let _ = thread.join();
+                join_all(vec![thread]);
                 return Err(FilesError::Thread(std::io::Error::other(
                     "the file plane's thread ended before its endpoint was made",
                 )));
@@ -236,7 +261,7 @@ impl FilePlane {
                 Ok(local) => self.local = local,
                 Err(e) => {
                     endpoint.close(quinn::VarInt::from_u32(0), b"relay is stopping");
-                    let _ = thread.join();
+                    join_all(vec![thread]);
                     return Err(FilesError::Bind(addr, e));
                 }
             }
@@ -280,14 +305,25 @@ impl FilePlane {
     /// Stops accepting and closes connections; each thread lets its connections tell their peers
     /// (at most 2 s) and waits for its requests still running, and then ends.
     pub async fn shutdown(&self) {
+        self.close();
+        let threads = std::mem::take(&mut *self.threads.lock().unwrap_or_else(|e| e.into_inner()));
+        let joined = tokio::task::spawn_blocking(move || join_all(threads)).await;
+        if !matches!(joined, Ok(true)) {
+            tracing::warn!("a file plane thread failed");
+        }
+    }
+
+    fn close(&self) {
         for endpoint in &self.endpoints {
             endpoint.close(quinn::VarInt::from_u32(0), b"relay is stopping");
         }
+    }
+
+    /// Closes the endpoints and waits for the threads not joined yet, here and now.
+    fn join_threads(&self) {
+        self.close();
         let threads = std::mem::take(&mut *self.threads.lock().unwrap_or_else(|e| e.into_inner()));
-        let joined =
-            tokio::task::spawn_blocking(move || threads.into_iter().all(|t| t.join().is_ok()))
-                .await;
-        if !matches!(joined, Ok(true)) {
+        if !join_all(threads) {
             tracing::warn!("a file plane thread failed");
         }
     }
