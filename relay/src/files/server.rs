@@ -61,13 +61,12 @@ pub struct FilePlane {
 /// ends its threads, so that what they hold (the control plane, and its audit log) is let go.
 impl Drop for FilePlane {
     fn drop(&mut self) {
-        self.join_threads();
+        join_all(self.close());
     }
 }
 
-/// Joins `threads`; false if any panicked, whose message is logged.
-fn join_all(threads: Vec<JoinHandle<()>>) -> bool {
-    let mut all = true;
+/// Joins `threads`, logging the message of any that panicked.
+fn join_all(threads: Vec<JoinHandle<()>>) {
     for thread in threads {
         if let Err(panic) = thread.join() {
             let what = panic
@@ -76,10 +75,8 @@ fn join_all(threads: Vec<JoinHandle<()>>) -> bool {
                 .or_else(|| panic.downcast_ref::<String>().cloned())
                 .unwrap_or_default();
             tracing::error!(panic = %what, "a file plane thread panicked");
-            all = false;
         }
     }
-    all
 }
 
 /// Decrements a gauge when dropped.
@@ -148,21 +145,9 @@ impl FilePlane {
             accepted: Vec::with_capacity(count),
         };
         for i in 0..count {
-            if let Err(e) = plane.start_thread(i, count > 1, &config, &server) {
-                for endpoint in &plane.endpoints {
-                    endpoint.close(quinn::VarInt::from_u32(0), b"relay is stopping");
-                }
-                // Nothing was accepted yet, so the threads end at once.
-                for thread in plane
-                    .threads
-                    .lock()
-                    .unwrap_or_else(|e| e.into_inner())
-                    .drain(..)
-                {
-                    let _ = thread.join();
-                }
-                return Err(e);
-            }
+            // On an error, dropping the plane closes the endpoints started so far and joins their
+            // threads (each ends once its connections are told, at most 2 s).
+            plane.start_thread(i, count > 1, &config, &server)?;
         }
         let buffers = plane.buffers;
         // Linux reports twice what it grants (half is bookkeeping), so compare against that.
@@ -305,27 +290,21 @@ impl FilePlane {
     /// Stops accepting and closes connections; each thread lets its connections tell their peers
     /// (at most 2 s) and waits for its requests still running, and then ends.
     pub async fn shutdown(&self) {
-        self.close();
-        let threads = std::mem::take(&mut *self.threads.lock().unwrap_or_else(|e| e.into_inner()));
-        let joined = tokio::task::spawn_blocking(move || join_all(threads)).await;
-        if !matches!(joined, Ok(true)) {
-            tracing::warn!("a file plane thread failed");
+        let threads = self.close();
+        if tokio::task::spawn_blocking(move || join_all(threads))
+            .await
+            .is_err()
+        {
+            tracing::warn!("joining the file plane's threads failed");
         }
     }
 
-    fn close(&self) {
+    /// Closes the endpoints and hands over the threads not joined yet.
+    fn close(&self) -> Vec<JoinHandle<()>> {
         for endpoint in &self.endpoints {
             endpoint.close(quinn::VarInt::from_u32(0), b"relay is stopping");
         }
-    }
-
-    /// Closes the endpoints and waits for the threads not joined yet, here and now.
-    fn join_threads(&self) {
-        self.close();
-        let threads = std::mem::take(&mut *self.threads.lock().unwrap_or_else(|e| e.into_inner()));
-        if !join_all(threads) {
-            tracing::warn!("a file plane thread failed");
-        }
+        std::mem::take(&mut *self.threads.lock().unwrap_or_else(|e| e.into_inner()))
     }
 }
 
