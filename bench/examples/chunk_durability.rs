@@ -1,9 +1,11 @@
 //! What making received chunks durable costs, measured two ways on the file system of `DIR`:
 //!
-//! - `files`: the relay's own chunk store (`FsBlobs::put`): each chunk written to a temp file
-//!   around the page cache, sealed, fsynced, renamed into place, its directory fsynced;
-//! - `pack`: each chunk appended at a block boundary to one file, then `fdatasync`: the bound a
-//!   store that packs chunks into large files could reach, with no file or directory per chunk.
+//! - `store`: the relay's own chunk store (`FsBlobs::put`, each chunk kept): appended to a pack
+//!   around the page cache and flushed;
+//! - `files`: what the store did before packs: each chunk written to a temp file around the page
+//!   cache, fsynced, renamed into place, its directory fsynced;
+//! - `pack`: each chunk appended at a block boundary to one file, then `fdatasync`: the bound for
+//!   the store's packs, with no bookkeeping at all.
 //!
 //! Each writes CHUNKS chunks of 1 MiB (default 1024, so 1 GiB) into a fresh directory, removing
 //! the last round's first, as the benchmarks do between runs. Prints wall time and the CPU time of
@@ -48,12 +50,34 @@ fn run(way: &str, dir: &Path, chunks: usize, data: &mut [u8]) -> (Duration, Dura
     fs::create_dir_all(dir).unwrap();
     let (t0, c0) = (Instant::now(), thread_cpu());
     match way {
-        "files" => {
+        "store" => {
             let blobs = FsBlobs::open(&dir.join("chunks")).unwrap();
             for i in 0..chunks {
                 data[..8].copy_from_slice(&(i as u64).to_le_bytes());
-                let name = *blake3::hash(&data[..8]).as_bytes();
-                blobs.put(&name, data, &[0u8; 8]).unwrap();
+                blobs.put(data, &[0u8; 8]).unwrap().keep();
+            }
+        }
+        "files" => {
+            for i in 0..chunks {
+                data[..8].copy_from_slice(&(i as u64).to_le_bytes());
+                let hex = blake3::hash(&data[..8]).to_hex();
+                let sub = dir.join(&hex[..2]);
+                if !sub.exists() {
+                    fs::create_dir(&sub).unwrap();
+                    fs::File::open(dir).unwrap().sync_all().unwrap();
+                }
+                let tmp = sub.join(format!("{}.tmp", &hex[2..]));
+                let f = fs::OpenOptions::new()
+                    .create(true)
+                    .truncate(true)
+                    .write(true)
+                    .custom_flags(libc::O_DIRECT)
+                    .open(&tmp)
+                    .unwrap();
+                f.write_all_at(data, 0).unwrap();
+                f.sync_all().unwrap();
+                fs::rename(&tmp, sub.join(&hex[2..])).unwrap();
+                fs::File::open(&sub).unwrap().sync_all().unwrap();
             }
         }
         "pack" => {
@@ -87,7 +111,7 @@ fn main() {
     let data = &mut buf[at..at + CHUNK];
     println!("{chunks} chunks of 1 MiB in {root}");
     for round in 1..=rounds {
-        for way in ["files", "pack"] {
+        for way in ["store", "files", "pack"] {
             let (wall, cpu) = run(way, &Path::new(root).join(way), chunks, data);
             println!(
                 "round {round} {way:5}  wall {:.3} s  cpu {:.3} s",
@@ -96,7 +120,7 @@ fn main() {
             );
         }
     }
-    for way in ["files", "pack"] {
+    for way in ["store", "files", "pack"] {
         let _ = fs::remove_dir_all(Path::new(root).join(way));
     }
 }

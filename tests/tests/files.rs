@@ -645,13 +645,15 @@ fn a_tampered_chunk_is_never_served() {
     assert!(report["checked"].as_u64().unwrap() >= 2, "{report}");
     let manifest = Manifest::scan(&data[..]).unwrap();
     let victim = manifest.chunks()[1];
-    // The disk's fault, through the store's own seam: the chunk's bytes change under it.
-    let stored = store(&relay);
-    let kept = stored.blobs().get(&victim.hash).unwrap().unwrap();
-    let mut bytes = kept.data.to_vec();
+    // The disk's fault: the chunk's bytes change where they lie, under their seal.
+    let (file, at) = store(&relay).locate(&victim.hash).unwrap().unwrap();
+    let mut bytes = data[manifest.offsets()[1] as usize..][..victim.len as usize].to_vec();
     bytes[100] ^= 0x55;
-    let seal = kept.seal.expect("the chunk's seal");
-    stored.blobs().put(&victim.hash, &bytes, &seal).unwrap();
+    {
+        use std::os::unix::fs::FileExt;
+        let f = fs::OpenOptions::new().write(true).open(&file).unwrap();
+        f.write_all_at(&bytes, at).unwrap();
+    }
 
     let out = tmp.path().join("doc.out");
     let get = relay.files(&token, &["get", &put.s("id"), "-o", s(&out)]);

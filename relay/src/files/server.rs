@@ -118,7 +118,7 @@ impl FilePlane {
         control: Arc<Control>,
     ) -> Result<FilePlane, FilesError> {
         let store = ChunkStore::open(data).map_err(FilesError::Store)?;
-        store.remove_temp_files();
+        store.remove_temp_files().map_err(FilesError::Store)?;
         let server = server_config(secrets)?;
         let service = Arc::new(Service::new(control, Arc::new(store), settings.clone()));
         let mut count = settings.io_threads();

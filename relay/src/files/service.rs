@@ -592,10 +592,19 @@ fn store_chunk(
     compressed: bool,
     lease: Duration,
 ) -> Result<(), StoreError> {
-    if !store.has_chunk(chunk.hash())? {
-        store.write_chunk(chunk)?;
-    }
-    store.chunk_received(upload, chunk.hash(), len, compressed, unix_now(), lease)
+    let placed = match store.has_chunk(chunk.hash())? {
+        true => None,
+        false => Some(store.write_chunk(chunk)?),
+    };
+    store.chunk_received(
+        upload,
+        placed,
+        chunk.hash(),
+        len,
+        compressed,
+        unix_now(),
+        lease,
+    )
 }
 
 /// A stored name: the last path component, without control characters.

@@ -1,13 +1,15 @@
 //! Where a chunk's bytes live: the [`Blobs`] seam, and its file-system implementation.
 //!
-//! A blob store keeps bytes under a hash and hands them back as they were put; it checks
+//! A blob store keeps bytes and hands them back from where it said it put them; it checks
 //! nothing. The [`super::ChunkStore`] verifies every chunk before it puts it and after it gets
-//! it, and keeps the bookkeeping. Another backend (object storage, or a store written while a
-//! recording's bytes still arrive) implements this trait.
+//! it, and keeps the bookkeeping: each chunk's row records its [`Place`] and its seal. Another
+//! backend (object storage, say) implements this trait.
 
+use std::collections::HashMap;
 use std::fs;
-use std::io::{self, Write};
+use std::io;
 use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
 
 use bytes::Bytes;
 
@@ -15,97 +17,352 @@ use super::{Hash, Result, StoreError, io_err};
 use crate::files::DIRECT_ALIGN;
 use crate::files::chunker::Seal;
 
-/// What a blob store hands back: the bytes, and the seal put with them if the store kept it.
+/// Where a chunk's bytes begin: a pack and an offset in it, on a block boundary.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct Place {
+    pub pack: u64,
+    pub at: u64,
+}
+
+/// What a blob store hands back: the bytes, and the seal kept beside them if the store kept one
+/// (only a chunk file of an earlier release has its seal with it; a packed chunk's is in its
+/// row).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Stored {
     pub data: Bytes,
     pub seal: Option<Seal>,
 }
 
-/// Bytes by their hash, each with a seal that the store keeps beside them where it can.
+/// Bytes put somewhere durable, and found again by their place.
 pub trait Blobs: Send + Sync + std::fmt::Debug {
-    /// Puts `data` under `hash` with `seal`, durably: once this returns they survive a crash or
-    /// a power loss, and until then a reader finds either nothing or the whole of the bytes.
-    fn put(&self, hash: &Hash, data: &[u8], seal: &Seal) -> Result<()>;
-    /// The bytes under `hash` as they were put, or `None` when there are none.
-    fn get(&self, hash: &Hash) -> Result<Option<Stored>>;
-    /// Removes the bytes under `hash`; none there is no error.
-    fn remove(&self, hash: &Hash) -> Result<()>;
-    /// Clears what a crash in the middle of a put left behind. Only the process that puts may
-    /// call this, before it starts putting.
-    fn clear_partial(&self);
+    /// Puts `data` durably: once this returns it survives a crash or a power loss. The answer
+    /// names the place; the bytes are the store's once [`Placed::keep`] is called, after their
+    /// record is committed. Until then nothing else is written to their pack, and a [`Placed`]
+    /// dropped unkept gives its room back.
+    fn put(&self, data: &[u8], seal: &Seal) -> Result<Placed>;
+    /// The `len` bytes of `hash` at `place` (`None`: a chunk file of an earlier release), or
+    /// `None` when there are none. Bytes cut short come back short.
+    fn get(&self, hash: &Hash, place: Option<Place>, len: u32) -> Result<Option<Stored>>;
+    /// Frees the `len` bytes of `hash` at `place`; none there is no error.
+    fn remove(&self, hash: &Hash, place: Option<Place>, len: u32) -> Result<()>;
+    /// Clears what a crash between a put and its record left behind. `ends` holds, for every
+    /// pack that recorded chunks lie in, where the last of them ends; a pack's bytes past that
+    /// were never recorded, and a pack not in `ends` holds nothing recorded. Only the process
+    /// that puts may call this, before it starts putting.
+    fn clear_partial(&self, ends: &HashMap<u64, u64>);
+    /// The file that holds the bytes of `hash` at `place`, and where in it they begin.
+    fn file_of(&self, hash: &Hash, place: Option<Place>) -> (PathBuf, u64);
 }
 
-/// Blobs as files: `chunks/ab/cdef...` (the hex of the hash), each written to a temp file in
-/// its directory, flushed, renamed into place and the directory flushed; 0600 in 0700
-/// directories. The seal is the file's extended attribute `user.relay.seal`, so that a file
-/// holds exactly its chunk's bytes whichever release wrote it; on a file system without user
-/// extended attributes it is not kept.
+/// Bytes just put: where they are, with their seal, holding their pack until they are kept or
+/// dropped.
+#[derive(Debug)]
+pub struct Placed {
+    place: Place,
+    seal: Seal,
+    pack: Option<OpenPack>,
+    packs: Arc<Packs>,
+}
+
+impl Placed {
+    pub fn place(&self) -> Place {
+        self.place
+    }
+
+    pub fn seal(&self) -> &Seal {
+        &self.seal
+    }
+
+    /// The bytes are recorded: they stay, and their pack takes the next chunk after them.
+    pub fn keep(mut self) {
+        if let Some(pack) = self.pack.take() {
+            self.packs.give_back(pack);
+        }
+    }
+}
+
+impl Drop for Placed {
+    fn drop(&mut self) {
+        // Not kept: the bytes were the last written to the pack, so the next chunk overwrites
+        // them.
+        if let Some(mut pack) = self.pack.take() {
+            pack.end = self.place.at;
+            self.packs.give_back(pack);
+        }
+    }
+}
+
+/// How large a pack grows before a new one is started.
+pub const PACK_BYTES: u64 = 1 << 30;
+
+/// Blobs on the file system: chunks packed, each at a block boundary, into pack files
+/// (`chunks/packs/<16 hex digits>.pack`, 0600 in 0700 directories) of up to [`PACK_BYTES`],
+/// written around the page cache and flushed with `fdatasync`. Each concurrent writer has a pack
+/// of its own, so a pack is only ever appended to by one put at a time. A chunk removed is a
+/// hole punched in its pack; a pack with no recorded chunk left is deleted at the next start.
+///
+/// Chunk files of an earlier release (`chunks/ab/cdef...`, the hex of the hash, with their seal
+/// in the extended attribute `user.relay.seal`) are still read and removed.
+///
+/// Why packs: a file per chunk cost each chunk an inode, a temp file, a rename and a directory
+/// flush, about twice the CPU of the write itself (`bench/examples/chunk_durability.rs`).
 #[derive(Debug)]
 pub struct FsBlobs {
     dir: PathBuf,
+    packs: Arc<Packs>,
+}
+
+#[derive(Debug)]
+struct Packs {
+    dir: PathBuf,
+    limit: u64,
+    idle: Mutex<Idle>,
+}
+
+#[derive(Debug)]
+struct Idle {
+    open: Vec<OpenPack>,
+    next: u64,
+}
+
+/// A pack being appended to.
+#[derive(Debug)]
+struct OpenPack {
+    id: u64,
+    file: fs::File,
+    /// Where the next chunk goes (a block boundary): the end of the last one kept.
+    end: u64,
+    /// Written around the page cache (not on a file system without `O_DIRECT`, as tmpfs).
+    direct: bool,
 }
 
 impl FsBlobs {
     /// The blobs under `dir`, made if missing.
     pub fn open(dir: &Path) -> Result<FsBlobs> {
+        FsBlobs::open_with_limit(dir, PACK_BYTES)
+    }
+
+    /// As [`FsBlobs::open`], with packs of up to `limit` bytes.
+    pub fn open_with_limit(dir: &Path, limit: u64) -> Result<FsBlobs> {
         let fresh = !dir.exists();
         crate::private::dir(dir).map_err(io_err(dir))?;
         if fresh && let Some(parent) = dir.parent() {
             sync_dir(parent)?;
         }
+        let packs = dir.join("packs");
+        if !packs.exists() {
+            crate::private::dir(&packs).map_err(io_err(&packs))?;
+            sync_dir(dir)?;
+        }
+        let next = pack_files(&packs)?
+            .into_iter()
+            .map(|(id, _)| id + 1)
+            .max()
+            .unwrap_or(0);
         Ok(FsBlobs {
             dir: dir.to_path_buf(),
+            packs: Arc::new(Packs {
+                dir: packs,
+                limit,
+                idle: Mutex::new(Idle {
+                    open: Vec::new(),
+                    next,
+                }),
+            }),
         })
     }
 
-    fn path_of(&self, hash: &Hash) -> PathBuf {
+    fn legacy_path(&self, hash: &Hash) -> PathBuf {
         let hex = hex::encode(hash);
         self.dir.join(&hex[..2]).join(&hex[2..])
     }
 }
 
-impl Blobs for FsBlobs {
-    fn put(&self, hash: &Hash, data: &[u8], seal: &Seal) -> Result<()> {
-        let path = self.path_of(hash);
-        let dir = path.parent().unwrap_or(&self.dir).to_path_buf();
-        if !dir.exists() {
-            crate::private::dir(&dir).map_err(io_err(&dir))?;
-            sync_dir(&self.dir)?;
+/// The packs in `dir`: (id, path).
+fn pack_files(dir: &Path) -> Result<Vec<(u64, PathBuf)>> {
+    let mut found = Vec::new();
+    for e in fs::read_dir(dir).map_err(io_err(dir))? {
+        let e = e.map_err(io_err(dir))?;
+        let name = e.file_name();
+        let id = name
+            .to_str()
+            .and_then(|n| n.strip_suffix(".pack"))
+            .filter(|hex| hex.len() == 16)
+            .and_then(|hex| u64::from_str_radix(hex, 16).ok());
+        if let Some(id) = id {
+            found.push((id, e.path()));
         }
-        let tmp = dir.join(format!(
-            "{}.{}.tmp",
-            path.file_name()
-                .map_or_else(String::new, |n| n.to_string_lossy().into_owned()),
-            hex::encode(crate::random_bytes::<6>())
-        ));
-        if let Err(e) = write_durably(&tmp, data, seal) {
-            let _ = fs::remove_file(&tmp);
-            return Err(StoreError::Io(tmp, e));
-        }
-        fs::rename(&tmp, &path).map_err(io_err(&path))?;
-        sync_dir(&dir)
+    }
+    Ok(found)
+}
+
+/// `len` rounded up to whole blocks.
+fn blocks(len: u64) -> u64 {
+    len.next_multiple_of(DIRECT_ALIGN as u64)
+}
+
+impl Packs {
+    fn path(&self, id: u64) -> PathBuf {
+        self.dir.join(format!("{id:016x}.pack"))
     }
 
-    fn get(&self, hash: &Hash) -> Result<Option<Stored>> {
-        let path = self.path_of(hash);
-        match read_durable(&path) {
+    /// An idle pack, or a new one.
+    fn take(&self) -> Result<OpenPack> {
+        let id = {
+            let mut idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());
+            if let Some(pack) = idle.open.pop() {
+                return Ok(pack);
+            }
+            idle.next += 1;
+            idle.next - 1
+        };
+        let path = self.path(id);
+        let create = |direct: bool| {
+            use std::os::unix::fs::OpenOptionsExt;
+            crate::private::open_options()
+                .write(true)
+                .create_new(true)
+                .custom_flags(if direct { libc::O_DIRECT } else { 0 })
+                .open(&path)
+        };
+        let (file, direct) = match create(true) {
+            Err(e) if e.raw_os_error() == Some(libc::EINVAL) => {
+                let _ = fs::remove_file(&path);
+                (create(false).map_err(io_err(&path))?, false)
+            }
+            f => (f.map_err(io_err(&path))?, true),
+        };
+        // The pack's name is durable before any record names it.
+        sync_dir(&self.dir)?;
+        Ok(OpenPack {
+            id,
+            file,
+            end: 0,
+            direct,
+        })
+    }
+
+    /// A pack back to the idle ones, or closed when it is full.
+    fn give_back(&self, pack: OpenPack) {
+        if pack.end < self.limit {
+            let mut idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());
+            idle.open.push(pack);
+        }
+    }
+}
+
+impl OpenPack {
+    /// Writes `data` at the pack's end and flushes it. `O_DIRECT` wants whole aligned blocks:
+    /// the whole blocks of `data` go to the disk as they lie when they begin on a block boundary
+    /// in memory (the file plane's reader puts a received chunk there), or else through an
+    /// aligned copy, and so does the last partial block, padded with zeros.
+    fn append(&self, data: &[u8]) -> io::Result<()> {
+        use std::os::unix::fs::FileExt;
+        let at = self.end;
+        if !self.direct {
+            self.file.write_all_at(data, at)?;
+            return self.file.sync_data();
+        }
+        let whole = data.len() / DIRECT_ALIGN * DIRECT_ALIGN;
+        if whole > 0 {
+            if data.as_ptr().align_offset(DIRECT_ALIGN) == 0 {
+                self.file.write_all_at(&data[..whole], at)?;
+            } else {
+                crate::files::write_direct_copy(&self.file, &data[..whole], at)?;
+            }
+        }
+        let tail = &data[whole..];
+        if !tail.is_empty() {
+            crate::files::write_direct_copy(&self.file, tail, at + whole as u64)?;
+        }
+        self.file.sync_data()
+    }
+}
+
+impl Blobs for FsBlobs {
+    fn file_of(&self, hash: &Hash, place: Option<Place>) -> (PathBuf, u64) {
+        match place {
+            Some(p) => (self.packs.path(p.pack), p.at),
+            None => (self.legacy_path(hash), 0),
+        }
+    }
+
+    fn put(&self, data: &[u8], seal: &Seal) -> Result<Placed> {
+        let mut pack = self.packs.take()?;
+        if let Err(e) = pack.append(data) {
+            let path = self.packs.path(pack.id);
+            // What was written past the end is overwritten by the next chunk.
+            self.packs.give_back(pack);
+            return Err(StoreError::Io(path, e));
+        }
+        let place = Place {
+            pack: pack.id,
+            at: pack.end,
+        };
+        pack.end += blocks(data.len() as u64);
+        Ok(Placed {
+            place,
+            seal: *seal,
+            pack: Some(pack),
+            packs: Arc::clone(&self.packs),
+        })
+    }
+
+    fn get(&self, hash: &Hash, place: Option<Place>, len: u32) -> Result<Option<Stored>> {
+        let (path, at) = self.file_of(hash, place);
+        let read = match place {
+            Some(_) => read_durable(&path, at, Some(len as usize)),
+            None => read_durable(&path, 0, None),
+        };
+        match read {
             Ok(d) => Ok(Some(d)),
             Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
             Err(e) => Err(StoreError::Io(path, e)),
         }
     }
 
-    fn remove(&self, hash: &Hash) -> Result<()> {
-        let path = self.path_of(hash);
-        match fs::remove_file(&path) {
-            Ok(()) => Ok(()),
-            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
-            Err(e) => Err(StoreError::Io(path, e)),
+    fn remove(&self, hash: &Hash, place: Option<Place>, len: u32) -> Result<()> {
+        let (path, at) = self.file_of(hash, place);
+        let gone = match place {
+            Some(_) => fs::OpenOptions::new()
+                .write(true)
+                .open(&path)
+                .and_then(|f| punch_hole(&f, at, blocks(u64::from(len)))),
+            None => fs::remove_file(&path),
+        };
+        match gone {
+            Err(e) if e.kind() != io::ErrorKind::NotFound => Err(StoreError::Io(path, e)),
+            _ => Ok(()),
         }
     }
 
-    fn clear_partial(&self) {
+    fn clear_partial(&self, ends: &HashMap<u64, u64>) {
+        match pack_files(&self.packs.dir) {
+            Ok(packs) => {
+                for (id, path) in packs {
+                    let cut = match ends.get(&id) {
+                        None => fs::remove_file(&path),
+                        Some(&end) => {
+                            fs::OpenOptions::new()
+                                .write(true)
+                                .open(&path)
+                                .and_then(|f| {
+                                    if f.metadata()?.len() > blocks(end) {
+                                        f.set_len(blocks(end))?;
+                                        f.sync_all()?;
+                                    }
+                                    Ok(())
+                                })
+                        }
+                    };
+                    if let Err(e) = cut {
+                        tracing::warn!(pack = %path.display(), "cannot clear a pack's unrecorded end: {e}");
+                    }
+                }
+            }
+            Err(e) => tracing::warn!("cannot list the chunk packs: {e}"),
+        }
+        // Temp files of chunk files, from an earlier release.
         let Ok(dirs) = fs::read_dir(&self.dir) else {
             return;
         };
@@ -128,45 +385,21 @@ pub(super) fn sync_dir(dir: &Path) -> Result<()> {
         .map_err(io_err(dir))
 }
 
-/// Writes `data` to the file `path` (created or truncated), seals it, and flushes it to the disk.
-///
-/// The bytes go with `O_DIRECT`, around the page cache: a chunk is written once and read back
-/// rarely, and copying it into the cache took more of the relay's CPU than anything else it does
-/// per stored byte; the fsync after it then has little left to do. A file system without
-/// `O_DIRECT` (tmpfs) refuses it with `EINVAL`, and gets the ordinary write.
-fn write_durably(path: &Path, data: &[u8], seal: &Seal) -> io::Result<()> {
-    let f = match write_direct(path, data) {
-        Err(e) if e.raw_os_error() == Some(libc::EINVAL) => {
-            let mut f = crate::private::open_options()
-                .write(true)
-                .create(true)
-                .truncate(true)
-                .open(path)?;
-            f.write_all(data)?;
-            f
-        }
-        r => r?,
-    };
-    set_seal(&f, seal)?;
-    f.sync_all()
-}
-
-/// The extended attribute that holds a chunk file's seal.
-const SEAL_ATTR: &std::ffi::CStr = c"user.relay.seal";
-
-/// Sets the file's seal; a file system without user extended attributes keeps none.
+/// Frees `len` bytes at `at` of `f`, its length unchanged; a file system that cannot punch
+/// holes keeps the bytes (they are unreachable once their record is gone).
 #[allow(unsafe_code)]
-fn set_seal(f: &fs::File, seal: &Seal) -> io::Result<()> {
+fn punch_hole(f: &fs::File, at: u64, len: u64) -> io::Result<()> {
     use std::os::fd::AsRawFd;
-    // SAFETY: the name is a C string and the value a live buffer of the length given; the
-    // descriptor is open and owned by `f`.
+    let (Ok(at), Ok(len)) = (libc::off_t::try_from(at), libc::off_t::try_from(len)) else {
+        return Err(io::Error::from_raw_os_error(libc::EFBIG));
+    };
+    // SAFETY: plain integers and a descriptor open and owned by `f`.
     let r = unsafe {
-        libc::fsetxattr(
+        libc::fallocate(
             f.as_raw_fd(),
-            SEAL_ATTR.as_ptr(),
-            seal.as_ptr().cast(),
-            seal.len(),
-            0,
+            libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_KEEP_SIZE,
+            at,
+            len,
         )
     };
     if r == 0 {
@@ -177,6 +410,9 @@ fn set_seal(f: &fs::File, seal: &Seal) -> io::Result<()> {
         e => Err(e),
     }
 }
+
+/// The extended attribute that holds a chunk file's seal (chunk files of an earlier release).
+const SEAL_ATTR: &std::ffi::CStr = c"user.relay.seal";
 
 /// The file's seal, if it has one of the right length.
 #[allow(unsafe_code)]
@@ -196,105 +432,52 @@ fn get_seal(f: &fs::File) -> Option<Seal> {
     (usize::try_from(n) == Ok(seal.len())).then_some(seal)
 }
 
-/// `O_DIRECT` wants whole aligned blocks. The whole blocks of `data` go to the disk as they lie
-/// when they begin on a block boundary in memory (the file plane's reader puts a received chunk
-/// there), or else through an aligned copy. The last partial block goes through the page cache,
-/// so that the file is never longer than the data and never has to be cut back (cutting it cost
-/// the file system more than the write of the block). The caller flushes the file.
-fn write_direct(path: &Path, data: &[u8]) -> io::Result<fs::File> {
-    use std::os::unix::fs::{FileExt, OpenOptionsExt};
-    let f = crate::private::open_options()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .custom_flags(libc::O_DIRECT)
-        .open(path)?;
-    let whole = data.len() / DIRECT_ALIGN * DIRECT_ALIGN;
-    if whole > 0 {
-        if data.as_ptr().align_offset(DIRECT_ALIGN) == 0 {
-            f.write_all_at(&data[..whole], 0)?;
-        } else {
-            crate::files::write_direct_copy(&f, &data[..whole], 0)?;
-        }
-    }
-    let tail = &data[whole..];
-    if !tail.is_empty() {
-        buffered(&f)?;
-        f.write_all_at(tail, whole as u64)?;
-    }
-    Ok(f)
-}
-
-/// Turns `O_DIRECT` off for `f`: its next writes go through the page cache.
-#[allow(unsafe_code)]
-fn buffered(f: &fs::File) -> io::Result<()> {
-    use std::os::fd::AsRawFd;
-    // SAFETY: the descriptor is open and owned by `f`; F_GETFL and F_SETFL take and return plain
-    // integers.
-    let flags = unsafe { libc::fcntl(f.as_raw_fd(), libc::F_GETFL) };
-    if flags < 0 {
-        return Err(io::Error::last_os_error());
-    }
-    // SAFETY: as above.
-    if unsafe { libc::fcntl(f.as_raw_fd(), libc::F_SETFL, flags & !libc::O_DIRECT) } < 0 {
-        return Err(io::Error::last_os_error());
-    }
-    Ok(())
-}
-
-/// Reads the file `path` whole.
+/// Reads `len` bytes at `at` of the file `path` (`None`: the whole file, and its seal).
 ///
 /// Around the page cache (`O_DIRECT`), as chunks are written: a chunk is served once per download
 /// and copying it through the cache cost more of the relay's CPU per served byte than anything but
 /// the encryption. A file system without `O_DIRECT` (tmpfs) refuses it with `EINVAL`, and gets the
 /// ordinary read.
-fn read_durable(path: &Path) -> io::Result<Stored> {
-    use std::io::Read;
+fn read_durable(path: &Path, at: u64, len: Option<usize>) -> io::Result<Stored> {
     use std::os::unix::fs::OpenOptionsExt;
     let direct = fs::OpenOptions::new()
         .read(true)
         .custom_flags(libc::O_DIRECT)
         .open(path);
-    let (f, data) = match direct {
-        Err(e) if e.raw_os_error() == Some(libc::EINVAL) => {
-            let mut f = fs::File::open(path)?;
-            let mut data = Vec::new();
-            f.read_to_end(&mut data)?;
-            (f, Bytes::from(data))
-        }
-        f => {
-            let f = f?;
-            let data = read_direct(&f)?;
-            (f, data)
-        }
+    let (f, direct) = match direct {
+        Err(e) if e.raw_os_error() == Some(libc::EINVAL) => (fs::File::open(path)?, false),
+        f => (f?, true),
     };
-    Ok(Stored {
-        data,
-        seal: get_seal(&f),
-    })
+    let whole_file = len.is_none();
+    let len = match len {
+        Some(len) => len,
+        None => usize::try_from(f.metadata()?.len())
+            .map_err(|_| io::Error::from_raw_os_error(libc::EFBIG))?,
+    };
+    let data = read_at(&f, at, len, direct)?;
+    let seal = if whole_file { get_seal(&f) } else { None };
+    Ok(Stored { data, seal })
 }
 
-/// Whole aligned blocks read into an aligned buffer; the last block comes back short, at the
-/// file's end. The buffer is not zeroed first: the kernel fills it (zeroing it cost a fourteenth
-/// of the relay's CPU per served byte).
-fn read_direct(f: &fs::File) -> io::Result<Bytes> {
-    let len = usize::try_from(f.metadata()?.len())
-        .map_err(|_| io::Error::from_raw_os_error(libc::EFBIG))?;
-    let padded = len.div_ceil(DIRECT_ALIGN) * DIRECT_ALIGN;
-    let mut buf: Vec<u8> = Vec::with_capacity(padded + DIRECT_ALIGN);
+/// Up to `len` bytes at `at` of `f`, short at the file's end. With `direct`, whole aligned blocks
+/// are read into an aligned buffer (`at` on a block). The buffer is not zeroed first: the kernel
+/// fills it (zeroing it cost a fourteenth of the relay's CPU per served byte).
+fn read_at(f: &fs::File, at: u64, len: usize, direct: bool) -> io::Result<Bytes> {
+    let align = if direct { DIRECT_ALIGN } else { 1 };
+    let padded = len.div_ceil(align) * align;
+    let mut buf: Vec<u8> = Vec::with_capacity(padded + align);
     // The bytes in front of the first boundary are padding, within the capacity.
-    let start = buf.as_ptr().align_offset(DIRECT_ALIGN);
-    if start >= DIRECT_ALIGN {
+    let start = buf.as_ptr().align_offset(align);
+    if start >= align {
         return Err(io::Error::from_raw_os_error(libc::EINVAL));
     }
     buf.resize(start, 0);
     while buf.len() - start < len {
         let got = buf.len() - start;
-        if read_at_into_spare(f, &mut buf, padded - got, got as u64)? == 0 {
+        if read_at_into_spare(f, &mut buf, padded - got, at + got as u64)? == 0 {
             break;
         }
     }
-    // A file cut short between the length and the read is read as it is now.
     buf.truncate(start + len);
     Ok(Bytes::from(buf).slice(start..))
 }
@@ -327,14 +510,21 @@ mod tests {
     use super::*;
     use relay_kit::noise;
 
+    /// Blocks the file system holds for `path`.
+    fn allocated(path: &Path) -> u64 {
+        use std::os::unix::fs::MetadataExt;
+        fs::metadata(path).unwrap().blocks() * 512
+    }
+
     #[test]
-    fn durable_writes_keep_every_length() {
+    fn packed_bytes_come_back_at_every_length_and_alignment() {
         let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("c");
+        let blobs = FsBlobs::open(&dir.path().join("chunks")).unwrap();
         // Bytes that begin on a block boundary in memory and bytes that do not.
         let mut aligned = vec![0u8; (2 << 20) + DIRECT_ALIGN];
         let at = aligned.as_ptr().align_offset(DIRECT_ALIGN);
-        for len in [
+        let mut kept = Vec::new();
+        for (i, len) in [
             0,
             1,
             DIRECT_ALIGN - 1,
@@ -342,49 +532,179 @@ mod tests {
             DIRECT_ALIGN + 1,
             300_001,
             1 << 20,
-        ] {
+        ]
+        .into_iter()
+        .enumerate()
+        {
             let data = noise(len as u64, len);
-            let seal = (len as u64).to_le_bytes();
-            write_durably(&path, &data, &seal).unwrap();
-            assert_eq!(fs::read(&path).unwrap(), data, "{len} bytes");
-            let stored = read_durable(&path).unwrap();
-            assert_eq!(stored.data, data, "{len} bytes read around the cache");
-            assert_eq!(stored.seal, Some(seal), "{len} bytes' seal");
             for skew in [0, 1] {
                 let from = at + skew;
                 aligned[from..from + len].copy_from_slice(&data);
-                write_durably(&path, &aligned[from..from + len], &seal).unwrap();
-                assert_eq!(fs::read(&path).unwrap(), data, "{len} bytes at {skew}");
+                let seal = (i as u64 * 2 + skew as u64).to_le_bytes();
+                let placed = blobs.put(&aligned[from..from + len], &seal).unwrap();
+                assert_eq!(placed.seal(), &seal);
+                let place = placed.place();
+                assert_eq!(place.at % DIRECT_ALIGN as u64, 0, "on a block");
+                placed.keep();
+                kept.push((place, data.clone()));
             }
+        }
+        // One writer at a time: one pack, the chunks one after another.
+        assert!(kept.windows(2).all(|w| w[0].0.pack == w[1].0.pack));
+        assert!(kept.windows(2).all(|w| w[0].0.at <= w[1].0.at));
+        for (place, data) in &kept {
+            let got = blobs
+                .get(&[0; 32], Some(*place), data.len() as u32)
+                .unwrap()
+                .unwrap();
+            assert_eq!(got.data, data[..], "{} bytes", data.len());
+            assert_eq!(got.seal, None, "a packed chunk's seal is in its row");
         }
     }
 
     #[test]
-    fn blobs_come_back_as_put_and_partial_writes_are_cleared() {
+    fn unkept_bytes_give_their_room_back_and_concurrent_writers_get_packs_of_their_own() {
         let dir = tempfile::tempdir().unwrap();
         let blobs = FsBlobs::open(&dir.path().join("chunks")).unwrap();
-        let hash = [7u8; 32];
-        assert_eq!(blobs.get(&hash).unwrap(), None);
-        blobs.put(&hash, b"first", &[1; 8]).unwrap();
-        blobs.put(&hash, b"second", &[2; 8]).unwrap();
-        let second = Some(Stored {
-            data: Bytes::from_static(b"second"),
-            seal: Some([2; 8]),
-        });
-        assert_eq!(blobs.get(&hash).unwrap(), second);
-        // A crash mid-put leaves a temp file beside the blobs; it is cleared, they are not.
-        let torn = blobs.path_of(&hash).with_extension("abc.tmp");
+        let first = blobs.put(b"first", &[1; 8]).unwrap();
+        let second = blobs.put(b"second", &[2; 8]).unwrap();
+        assert_ne!(
+            first.place().pack,
+            second.place().pack,
+            "held packs are not shared"
+        );
+        let (a, b) = (first.place(), second.place());
+        first.keep();
+        drop(second);
+        let third = blobs.put(b"third", &[3; 8]).unwrap();
+        assert_eq!(third.place(), b, "the unkept bytes' room is taken again");
+        third.keep();
+        let fourth = blobs.put(b"fourth", &[4; 8]).unwrap();
+        let after = Place {
+            pack: b.pack,
+            at: DIRECT_ALIGN as u64,
+        };
+        assert_eq!(fourth.place(), after, "after the kept chunk");
+        fourth.keep();
+        let got = |p: Place, n: usize| {
+            blobs
+                .get(&[0; 32], Some(p), n as u32)
+                .unwrap()
+                .unwrap()
+                .data
+        };
+        assert_eq!(got(a, 5), &b"first"[..]);
+        assert_eq!(got(b, 5), &b"third"[..]);
+    }
+
+    #[test]
+    fn a_full_pack_is_closed_and_a_new_one_started() {
+        let dir = tempfile::tempdir().unwrap();
+        let blobs = FsBlobs::open_with_limit(&dir.path().join("chunks"), 3 * 4096).unwrap();
+        let places: Vec<Place> = (0..5u8)
+            .map(|i| {
+                let p = blobs.put(&[i; 5000], &[i; 8]).unwrap();
+                let place = p.place();
+                p.keep();
+                place
+            })
+            .collect();
+        // 5000 bytes take two blocks: two chunks fill a pack of three blocks.
+        let packs: Vec<u64> = places.iter().map(|p| p.pack).collect();
+        assert_eq!(packs, [0, 0, 1, 1, 2]);
+        for (i, p) in places.iter().enumerate() {
+            let got = blobs.get(&[0; 32], Some(*p), 5000).unwrap().unwrap();
+            assert_eq!(got.data, vec![i as u8; 5000]);
+        }
+        // Reopened, new packs get new names.
+        drop(blobs);
+        let blobs = FsBlobs::open_with_limit(&dir.path().join("chunks"), 3 * 4096).unwrap();
+        let p = blobs.put(b"x", &[0; 8]).unwrap();
+        assert_eq!(p.place().pack, 3);
+    }
+
+    #[test]
+    fn removed_bytes_become_a_hole_and_unrecorded_ends_are_cleared() {
+        let dir = tempfile::tempdir().unwrap();
+        let chunks = dir.path().join("chunks");
+        let blobs = FsBlobs::open(&chunks).unwrap();
+        let data = noise(5, 1 << 20);
+        let mut places = Vec::new();
+        for _ in 0..3 {
+            let p = blobs.put(&data, &[0; 8]).unwrap();
+            places.push(p.place());
+            p.keep();
+        }
+        let pack = blobs.file_of(&[0; 32], Some(places[0])).0;
+        let before = allocated(&pack);
+        assert!(before >= 3 << 20, "{before}");
+        blobs
+            .remove(&[0; 32], Some(places[1]), data.len() as u32)
+            .unwrap();
+        assert!(
+            allocated(&pack) <= before - (1 << 20),
+            "the middle chunk's blocks are freed"
+        );
+        let got = |p: Place| {
+            blobs
+                .get(&[0; 32], Some(p), data.len() as u32)
+                .unwrap()
+                .unwrap()
+                .data
+        };
+        assert_eq!(got(places[0]), data);
+        assert_eq!(got(places[2]), data);
+        assert_eq!(
+            got(places[1]),
+            vec![0u8; data.len()],
+            "a hole reads as zeros"
+        );
+        // A chunk whose record never came (a crash before it), at the pack's end, and a second
+        // pack in which nothing was recorded.
+        let held = blobs.put(&data, &[0; 8]).unwrap();
+        assert_eq!(held.place().pack, places[0].pack);
+        let other = blobs.put(&data, &[0; 8]).unwrap();
+        let other_pack = other.place().pack;
+        std::mem::forget(held);
+        other.keep();
+        assert_eq!(fs::metadata(&pack).unwrap().len(), 4 << 20);
+        let recorded = places[2].at + data.len() as u64;
+        let reopened = FsBlobs::open(&chunks).unwrap();
+        reopened.clear_partial(&HashMap::from([(places[0].pack, recorded)]));
+        assert_eq!(
+            fs::metadata(&pack).unwrap().len(),
+            recorded,
+            "the unrecorded end is cut"
+        );
+        assert!(
+            !blobs.packs.path(other_pack).exists(),
+            "a pack with nothing recorded goes"
+        );
+        assert_eq!(got(places[2]), data);
+        // Removing what is gone is no error.
+        reopened
+            .remove(&[0; 32], Some(Place { pack: 99, at: 0 }), 1)
+            .unwrap();
+    }
+
+    #[test]
+    fn chunk_files_of_an_earlier_release_are_read_and_removed() {
+        let dir = tempfile::tempdir().unwrap();
+        let blobs = FsBlobs::open(&dir.path().join("chunks")).unwrap();
+        let hash = [0xab; 32];
+        assert_eq!(blobs.get(&hash, None, 5).unwrap(), None);
+        let (path, at) = blobs.file_of(&hash, None);
+        assert_eq!(at, 0);
+        fs::create_dir_all(path.parent().unwrap()).unwrap();
+        fs::write(&path, b"plain").unwrap();
+        let torn = path.with_extension("abc.tmp");
         fs::write(&torn, b"half").unwrap();
-        blobs.clear_partial();
-        assert!(!torn.exists());
-        assert_eq!(blobs.get(&hash).unwrap(), second);
-        // A file written without a seal (by an earlier release) has none.
-        fs::remove_file(blobs.path_of(&hash)).unwrap();
-        fs::write(blobs.path_of(&hash), b"plain").unwrap();
-        let plain = blobs.get(&hash).unwrap().unwrap();
-        assert_eq!((&plain.data[..], plain.seal), (&b"plain"[..], None));
-        blobs.remove(&hash).unwrap();
-        blobs.remove(&hash).unwrap();
-        assert_eq!(blobs.get(&hash).unwrap(), None);
+        blobs.clear_partial(&HashMap::new());
+        assert!(!torn.exists(), "a torn temp file is cleared");
+        let got = blobs.get(&hash, None, 5).unwrap().unwrap();
+        assert_eq!((&got.data[..], got.seal), (&b"plain"[..], None));
+        blobs.remove(&hash, None, 5).unwrap();
+        blobs.remove(&hash, None, 5).unwrap();
+        assert_eq!(blobs.get(&hash, None, 5).unwrap(), None);
     }
 }

@@ -12,7 +12,12 @@ CREATE TABLE IF NOT EXISTS chunks (
     unreferenced_since INTEGER,
     -- How the chunk first arrived: 1 compressed, 0 as it is (its sender found compressing it
     -- did not pay, or its file's type is compressed already); NULL not known.
-    compresses         INTEGER
+    compresses         INTEGER,
+    -- Where the bytes are: a pack and an offset in it, and their seal; NULL for a chunk file
+    -- of an earlier release.
+    pack               INTEGER,
+    at                 INTEGER,
+    seal               BLOB
 ) STRICT, WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS org_chunks (
     org  TEXT NOT NULL,
@@ -79,15 +84,47 @@ CREATE TABLE IF NOT EXISTS recordings (
 /// finds the column there.
 pub(super) fn upgrade(conn: &mut Connection) -> rusqlite::Result<()> {
     let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
-    let has: bool = tx.query_row(
-        "SELECT COUNT(*) > 0 FROM pragma_table_info('chunks') WHERE name = 'compresses'",
-        [],
-        |r| r.get(0),
-    )?;
-    if !has {
-        tx.execute_batch("ALTER TABLE chunks ADD COLUMN compresses INTEGER")?;
+    for (column, kind) in [
+        ("compresses", "INTEGER"),
+        ("pack", "INTEGER"),
+        ("at", "INTEGER"),
+        ("seal", "BLOB"),
+    ] {
+        let has: bool = tx.query_row(
+            "SELECT COUNT(*) > 0 FROM pragma_table_info('chunks') WHERE name = ?1",
+            [column],
+            |r| r.get(0),
+        )?;
+        if !has {
+            tx.execute_batch(&format!("ALTER TABLE chunks ADD COLUMN {column} {kind}"))?;
+        }
     }
     tx.commit()
+}
+
+/// Records bytes just placed as the chunk `hash`, unless it has a row already; the rows added.
+pub(super) fn insert_chunk(
+    tx: &Connection,
+    placed: &Placed,
+    hash: &Hash,
+    len: u32,
+    now: u64,
+    compressed: Option<bool>,
+) -> rusqlite::Result<usize> {
+    let place = placed.place();
+    tx.prepare_cached(
+        "INSERT OR IGNORE INTO chunks (hash, len, refs, unreferenced_since, compresses, pack, at, seal)
+         VALUES (?1, ?2, 0, ?3, ?4, ?5, ?6, ?7)",
+    )?
+    .execute(params![
+        &hash[..],
+        len,
+        now as i64,
+        compressed,
+        place.pack as i64,
+        place.at as i64,
+        &placed.seal()[..]
+    ])
 }
 
 impl ChunkStore {

@@ -4,6 +4,21 @@ use std::time::Duration;
 
 use super::*;
 
+/// A chunk's row as collection and the check read it: `hash, len, pack, at`.
+struct Located {
+    hash: Vec<u8>,
+    len: u32,
+    place: Option<Place>,
+}
+
+fn located(r: &rusqlite::Row<'_>) -> rusqlite::Result<Located> {
+    Ok(Located {
+        hash: r.get(0)?,
+        len: r.get(1)?,
+        place: place(r.get(2)?, r.get(3)?),
+    })
+}
+
 impl ChunkStore {
     /// Expires uploads, then removes chunks unreferenced for at least `grace` that no upload
     /// lists. Holds the database lock throughout, so no upload can start relying on a chunk
@@ -16,26 +31,27 @@ impl ChunkStore {
         let cutoff = now.saturating_sub(grace.as_secs()) as i64;
         let mut db = self.db();
         let tx = db.transaction()?;
-        let doomed: Vec<(Vec<u8>, i64)> = tx
+        let doomed: Vec<Located> = tx
             .prepare(
-                "SELECT hash, len FROM chunks k
+                "SELECT hash, len, pack, at FROM chunks k
                  WHERE refs <= 0 AND unreferenced_since IS NOT NULL AND unreferenced_since <= ?1
                    AND NOT EXISTS (SELECT 1 FROM upload_chunks c WHERE c.hash = k.hash)",
             )?
-            .query_map([cutoff], |r| Ok((r.get(0)?, r.get(1)?)))?
+            .query_map([cutoff], located)?
             .collect::<rusqlite::Result<_>>()?;
-        for (hash, _) in &doomed {
-            tx.execute("DELETE FROM chunks WHERE hash = ?1", [hash])?;
+        for c in &doomed {
+            tx.execute("DELETE FROM chunks WHERE hash = ?1", [&c.hash])?;
         }
-        // Rows go first: a crash after this commit leaves files without rows, which are
+        // Rows go first: a crash after this commit leaves bytes without rows, which are
         // harmless; the other order could leave rows naming nothing.
         tx.commit()?;
-        for (hash, len) in doomed {
-            let hash = hash_of(hash)?;
-            self.blobs.remove(&hash)?;
+        for c in doomed {
+            let hash = hash_of(c.hash)?;
+            self.blobs.remove(&hash, c.place, c.len)?;
             report.chunks += 1;
-            report.bytes += len as u64;
-            self.stored_bytes.fetch_sub(len as u64, Ordering::Relaxed);
+            report.bytes += u64::from(c.len);
+            self.stored_bytes
+                .fetch_sub(u64::from(c.len), Ordering::Relaxed);
         }
         Ok(report)
     }
@@ -53,9 +69,9 @@ impl ChunkStore {
                     .collect::<rusqlite::Result<_>>()?;
                 raw.into_iter().map(hash_of).collect()
             };
-            let rows: Vec<(Vec<u8>, u32)> = db
-                .prepare("SELECT hash, len FROM chunks")?
-                .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?
+            let rows: Vec<Located> = db
+                .prepare("SELECT hash, len, pack, at FROM chunks")?
+                .query_map([], located)?
                 .collect::<rusqlite::Result<_>>()?;
             let unrecorded = hashes(
                 "SELECT DISTINCT hash FROM file_chunks
@@ -95,11 +111,11 @@ impl ChunkStore {
             org_miscounted,
             ..CheckReport::default()
         };
-        for (hash, len) in rows {
-            let hash = hash_of(hash)?;
+        for c in rows {
+            let hash = hash_of(c.hash)?;
             report.checked += 1;
-            match self.blobs.get(&hash)? {
-                Some(s) if s.data.len() == len as usize && chunk_hash(&s.data) == hash => {}
+            match self.blobs.get(&hash, c.place, c.len)? {
+                Some(s) if s.data.len() == c.len as usize && chunk_hash(&s.data) == hash => {}
                 Some(_) => report.corrupt.push(hash),
                 None => report.missing.push(hash),
             }

@@ -5,10 +5,12 @@
 //! runs).
 //!
 //! Invariants:
-//! - A chunk's bytes are kept by [`Blobs`] (on the file system, [`FsBlobs`]: `chunks/ab/cdef...`)
-//!   and written so that they are either absent or whole: hash verified, temp file in the same directory, fsync, rename,
-//!   directory fsync, and only then its row in `chunks`. A row therefore always names bytes that
-//!   reached the disk; a file without a row (a crash in between) is harmless and is rewritten.
+//! - A chunk's bytes are kept by [`Blobs`] (on the file system, [`FsBlobs`]: packed into
+//!   `chunks/packs/`) and written so that they are either absent or whole: hash verified, written
+//!   at the end of a pack no other write touches meanwhile, flushed, and only then its row in
+//!   `chunks`, which records where they are and their seal. A row therefore always names bytes
+//!   that reached the disk; bytes without a row (a crash in between) lie at their pack's end and
+//!   are cut off at the next start.
 //! - A chunk read back is hashed again; one that no longer matches its name is never returned.
 //! - "Already have" is answered per organisation: a chunk counts as held by an organisation only
 //!   while one of its files (`org_chunks`) or one of its live uploads (a received
@@ -35,16 +37,16 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Mutex, MutexGuard};
 
 use bytes::Bytes;
-use rusqlite::Connection;
+use rusqlite::{Connection, OptionalExtension};
 
 use crate::database::{self, Durability};
 
 use super::Hash;
-use super::chunker::{VerifiedChunk, chunk_hash, chunk_seal};
+use super::chunker::{Seal, VerifiedChunk, chunk_hash, chunk_seal};
 use super::manifest::{ChunkRef, Manifest};
 use super::plan::{self, QuotaExceeded, Usage};
 use super::wire::{FileEntry, UploadId};
-pub use blobs::{Blobs, FsBlobs, Stored};
+pub use blobs::{Blobs, FsBlobs, PACK_BYTES, Place, Placed, Stored};
 pub use recordings::{NewRecording, OpenRecording};
 
 #[derive(Debug, thiserror::Error)]
@@ -264,22 +266,61 @@ impl ChunkStore {
         self.blobs.as_ref()
     }
 
-    /// Removes what a crash in the middle of a chunk's write left. Only the process that writes
-    /// chunks may call this, before it starts writing.
-    pub fn remove_temp_files(&self) {
-        self.blobs.clear_partial();
+    /// Removes what a crash between a chunk's write and its record left. Only the process that
+    /// writes chunks may call this, before it starts writing.
+    pub fn remove_temp_files(&self) -> Result<()> {
+        let ends = self
+            .db()
+            .prepare("SELECT pack, MAX(at + len) FROM chunks WHERE pack IS NOT NULL GROUP BY pack")?
+            .query_map([], |r| {
+                Ok((r.get::<_, i64>(0)? as u64, r.get::<_, i64>(1)? as u64))
+            })?
+            .collect::<rusqlite::Result<_>>()?;
+        self.blobs.clear_partial(&ends);
+        Ok(())
     }
 
-    /// Puts a verified chunk on disk under its hash, sealed, durably. Does not record it:
-    /// [`ChunkStore::chunk_received`] does, after this returned.
-    pub fn write_chunk(&self, chunk: &VerifiedChunk) -> Result<()> {
-        self.blobs.put(chunk.hash(), chunk.data(), chunk.seal())
+    /// Puts a verified chunk on disk, durably. Does not record it: [`ChunkStore::chunk_received`]
+    /// does, after this returned, with the answer.
+    pub fn write_chunk(&self, chunk: &VerifiedChunk) -> Result<Placed> {
+        self.blobs.put(chunk.data(), chunk.seal())
+    }
+
+    /// Where a recorded chunk's bytes are (a pack, or a chunk file of an earlier release), and
+    /// the seal its row keeps.
+    fn place_of(&self, hash: &Hash) -> Result<Option<(Option<Place>, Option<Seal>)>> {
+        let row = self
+            .db()
+            .prepare_cached("SELECT pack, at, seal FROM chunks WHERE hash = ?1")?
+            .query_row([&hash[..]], |r| {
+                Ok((
+                    r.get::<_, Option<i64>>(0)?,
+                    r.get::<_, Option<i64>>(1)?,
+                    r.get::<_, Option<Vec<u8>>>(2)?,
+                ))
+            })
+            .optional()?;
+        Ok(row.map(|(pack, at, seal)| (place(pack, at), seal.and_then(|s| s.try_into().ok()))))
+    }
+
+    /// The file that holds a recorded chunk's bytes, and where in it they begin.
+    pub fn locate(&self, hash: &Hash) -> Result<Option<(PathBuf, u64)>> {
+        Ok(self
+            .place_of(hash)?
+            .map(|(place, _)| self.blobs.file_of(hash, place)))
     }
 
     /// Reads a chunk and checks it against its seal or, without a matching seal, its name; a
     /// mismatch is [`StoreError::Corrupt`] and the bytes are dropped.
     pub fn read_chunk(&self, hash: &Hash, len: u32) -> Result<Bytes> {
-        match self.blobs.get(hash)? {
+        let found = match self.place_of(hash)? {
+            Some((place, seal)) => self.blobs.get(hash, place, len)?.map(|mut s| {
+                s.seal = s.seal.or(seal);
+                s
+            }),
+            None => None,
+        };
+        match found {
             Some(s) if s.data.len() == len as usize && intact(hash, &s) => Ok(s.data),
             found => {
                 self.corrupt_reads.fetch_add(1, Ordering::Relaxed);
@@ -290,6 +331,14 @@ impl ChunkStore {
             }
         }
     }
+}
+
+/// A place from a row's columns; none for a chunk file of an earlier release.
+fn place(pack: Option<i64>, at: Option<i64>) -> Option<Place> {
+    Some(Place {
+        pack: pack? as u64,
+        at: at? as u64,
+    })
 }
 
 /// Whether stored bytes are the chunk `hash`: their seal matches them (the cheap check), or,

@@ -135,15 +135,18 @@ impl ChunkStore {
             tx.commit()?;
             index
         };
-        let written = self.write_chunk(chunk).and_then(|()| {
+        let written = self.write_chunk(chunk).and_then(|placed| {
             let mut db = self.db();
             let tx = db.transaction()?;
-            let new = Self::received(&tx, id, index, index, chunk, now)?;
+            let new = Self::received(&tx, id, index, index, chunk, &placed, now)?;
             tx.execute(
                 "UPDATE recordings SET duration_ms = ?2 WHERE upload = ?1",
                 params![&id[..], duration_ms as i64],
             )?;
             tx.commit()?;
+            if new > 0 {
+                placed.keep();
+            }
             Ok(new)
         });
         match written {
@@ -185,7 +188,7 @@ impl ChunkStore {
             )?;
             Self::claim(&db, id, placeholder, chunk)?;
         }
-        let written = self.write_chunk(chunk).and_then(|()| {
+        let written = self.write_chunk(chunk).and_then(|placed| {
             let mut db = self.db();
             let tx = db.transaction()?;
             let old: i64 = tx
@@ -206,12 +209,15 @@ impl ChunkStore {
                 "DELETE FROM upload_chunks WHERE upload = ?1 AND idx = ?2",
                 params![&id[..], index],
             )?;
-            let new = Self::received(&tx, id, placeholder, i64::from(index), chunk, now)?;
+            let new = Self::received(&tx, id, placeholder, i64::from(index), chunk, &placed, now)?;
             tx.execute(
                 "UPDATE uploads SET size = size - ?2 + ?3 WHERE id = ?1",
                 params![&id[..], old, chunk.data().len() as i64],
             )?;
             tx.commit()?;
+            if new > 0 {
+                placed.keep();
+            }
             Ok(new)
         });
         match written {
@@ -238,26 +244,24 @@ impl ChunkStore {
         Ok(())
     }
 
-    /// The claimed chunk at `claimed` reached the disk: it is recorded, and listed as received
-    /// at `index`. Answers the bytes newly stored.
+    /// The claimed chunk at `claimed` reached the disk (`placed`): it is recorded, and listed as
+    /// received at `index`. Answers the bytes newly stored.
     fn received(
         tx: &Connection,
         id: &UploadId,
         claimed: i64,
         index: i64,
         chunk: &VerifiedChunk,
+        placed: &Placed,
         now: u64,
     ) -> Result<u64> {
-        let len = chunk.data().len() as i64;
-        let inserted = tx.execute(
-            "INSERT OR IGNORE INTO chunks (hash, len, refs, unreferenced_since) VALUES (?1, ?2, 0, ?3)",
-            params![&chunk.hash()[..], len, now as i64],
-        )?;
+        let len = chunk.data().len() as u32;
+        let inserted = catalogue::insert_chunk(tx, placed, chunk.hash(), len, now, None)?;
         tx.execute(
             "UPDATE upload_chunks SET idx = ?3, received = 1 WHERE upload = ?1 AND idx = ?2",
             params![&id[..], claimed, index],
         )?;
-        Ok(if inserted > 0 { len as u64 } else { 0 })
+        Ok(if inserted > 0 { u64::from(len) } else { 0 })
     }
 
     /// Counts bytes newly on disk once their rows are committed.

@@ -1,5 +1,7 @@
 use super::*;
 use relay_kit::noise;
+use rusqlite::params;
+use std::fs;
 use std::time::Duration;
 
 const LEASE: Duration = Duration::from_secs(3600);
@@ -64,9 +66,17 @@ fn send_as(
     for &i in &plan.missing {
         let c = m.chunks()[i as usize];
         let chunk = VerifiedChunk::check(&c.hash, bytes[i as usize].clone().into()).unwrap();
-        s.write_chunk(&chunk).unwrap();
-        s.chunk_received(&plan.id, &c.hash, c.len, compressed(i), now, LEASE)
-            .unwrap();
+        let placed = s.write_chunk(&chunk).unwrap();
+        s.chunk_received(
+            &plan.id,
+            Some(placed),
+            &c.hash,
+            c.len,
+            compressed(i),
+            now,
+            LEASE,
+        )
+        .unwrap();
     }
 }
 
@@ -333,13 +343,45 @@ fn gc_waits_for_grace_and_spares_live_uploads() {
     assert_eq!(f.store.gc(2000, grace).unwrap().chunks, 0, "leased");
     f.store.abort(&p.id, 2000).unwrap();
     assert_eq!(f.store.gc(2030, grace).unwrap().chunks, 0, "grace restarts");
+    let (pack, _) = f.store.locate(&m.chunks()[0].hash).unwrap().unwrap();
+    let held = || {
+        use std::os::unix::fs::MetadataExt;
+        fs::metadata(&pack).unwrap().blocks() * 512
+    };
+    assert!(held() >= data.len() as u64);
     let r = f.store.gc(2061, grace).unwrap();
     assert_eq!(r.chunks as usize, m.chunks().len());
     assert_eq!(r.bytes, data.len() as u64);
     assert_eq!(f.store.stored_bytes(), 0);
     for c in m.chunks() {
-        assert!(f.store.blobs().get(&c.hash).unwrap().is_none());
+        assert_eq!(f.store.locate(&c.hash).unwrap(), None, "no row");
     }
+    assert!(held() < 64 << 10, "the bytes' blocks are freed: {}", held());
+    // At the next start the pack, with nothing recorded in it, goes.
+    f.store.remove_temp_files().unwrap();
+    assert!(!pack.exists());
+}
+
+/// Writes `bytes` over the stored bytes of `hash` where they lie, as a disk's fault would.
+fn overwrite(s: &ChunkStore, hash: &Hash, bytes: &[u8]) {
+    use std::os::unix::fs::FileExt;
+    let (file, at) = s.locate(hash).unwrap().unwrap();
+    fs::OpenOptions::new()
+        .write(true)
+        .open(file)
+        .unwrap()
+        .write_all_at(bytes, at)
+        .unwrap();
+}
+
+/// Sets the seal that the row of `hash` keeps.
+fn set_seal(s: &ChunkStore, hash: &Hash, seal: &Seal) {
+    s.db()
+        .execute(
+            "UPDATE chunks SET seal = ?2 WHERE hash = ?1",
+            params![&hash[..], &seal[..]],
+        )
+        .unwrap();
 }
 
 #[test]
@@ -350,20 +392,27 @@ fn tampered_chunks_are_never_served_and_check_finds_them() {
     assert!(f.store.check().unwrap().is_clean());
     let m = f.store.manifest(&rec.id).unwrap();
     let victim = m.chunks()[1];
-    let blobs = f.store.blobs();
-    let stored = blobs.get(&victim.hash).unwrap().unwrap();
-    let mut bytes = stored.data.to_vec();
+    let mut bytes = f
+        .store
+        .read_chunk(&victim.hash, victim.len)
+        .unwrap()
+        .to_vec();
     bytes[10] ^= 1;
     // The bytes change under the chunk's seal, as a disk's fault leaves them.
-    blobs
-        .put(&victim.hash, &bytes, &stored.seal.unwrap())
-        .unwrap();
+    overwrite(&f.store, &victim.hash, &bytes);
     assert!(matches!(read_all(&f.store, &rec.id), Err(StoreError::Corrupt(h)) if h == victim.hash));
     assert_eq!(f.store.corrupt_reads(), 1);
     let report = f.store.check().unwrap();
     assert_eq!(report.corrupt, vec![victim.hash]);
-    blobs.remove(&victim.hash).unwrap();
-    assert_eq!(f.store.check().unwrap().missing, vec![victim.hash]);
+    // The pack gone: every chunk in it is missing.
+    let (pack, _) = f.store.locate(&victim.hash).unwrap().unwrap();
+    fs::remove_file(pack).unwrap();
+    let report = f.store.check().unwrap();
+    assert!(report.missing.contains(&victim.hash), "{report:?}");
+    assert!(matches!(
+        read_all(&f.store, &rec.id),
+        Err(StoreError::Corrupt(_))
+    ));
     // Reference counts are recounted from the files.
     f.store
         .db()
@@ -399,27 +448,25 @@ fn a_read_checks_the_seal_and_without_a_matching_one_the_name() {
     if a.len > b.len {
         (a, b) = (b, a);
     }
-    let blobs = f.store.blobs();
-    let stored = blobs.get(&a.hash).unwrap().unwrap();
-    let seal = chunk_seal(&a.hash, &stored.data);
-    assert_eq!(stored.seal, Some(seal), "stored with its seal");
-    let bytes = stored.data.to_vec();
+    let bytes = f.store.read_chunk(&a.hash, a.len).unwrap().to_vec();
+    let seal = chunk_seal(&a.hash, &bytes);
+    assert_eq!(
+        f.store.place_of(&a.hash).unwrap().unwrap().1,
+        Some(seal),
+        "recorded with its seal"
+    );
     let serves = |c: ChunkRef| f.store.read_chunk(&c.hash, c.len).is_ok();
-    // A damaged seal, or none, over intact bytes: the name vouches for them.
-    blobs.put(&a.hash, &bytes, &[0; 8]).unwrap();
+    // A damaged seal over intact bytes: the name vouches for them.
+    set_seal(&f.store, &a.hash, &[0; 8]);
     assert!(serves(a));
-    // A damaged byte, bytes cut short or one too many, under the chunk's own seal.
+    set_seal(&f.store, &a.hash, &seal);
+    // A damaged byte under the chunk's own seal.
     let mut bad_byte = bytes.clone();
     bad_byte[a.len as usize - 1] ^= 1;
-    let short = bytes[..bytes.len() - 1].to_vec();
-    let mut long = bytes.clone();
-    long.push(0);
-    for (what, damaged) in [("byte", &bad_byte), ("short", &short), ("long", &long)] {
-        blobs.put(&a.hash, damaged, &seal).unwrap();
-        assert!(!serves(a), "{what}");
-        assert!(f.store.check().unwrap().corrupt.contains(&a.hash), "{what}");
-    }
-    blobs.put(&a.hash, &bytes, &seal).unwrap();
+    overwrite(&f.store, &a.hash, &bad_byte);
+    assert!(!serves(a));
+    assert!(f.store.check().unwrap().corrupt.contains(&a.hash));
+    overwrite(&f.store, &a.hash, &bytes);
     assert!(serves(a));
     assert!(f.store.check().unwrap().is_clean());
     // What a read checks is the seal: bytes sealed anew after a change (no disk fault does
@@ -427,18 +474,43 @@ fn a_read_checks_the_seal_and_without_a_matching_one_the_name() {
     // them.
     let mut resealed = bytes.clone();
     resealed[0] ^= 1;
-    blobs
-        .put(&a.hash, &resealed, &chunk_seal(&a.hash, &resealed))
-        .unwrap();
+    overwrite(&f.store, &a.hash, &resealed);
+    set_seal(&f.store, &a.hash, &chunk_seal(&a.hash, &resealed));
     assert!(serves(a), "the read takes the seal's word");
     assert!(f.store.check().unwrap().corrupt.contains(&a.hash));
     // Another chunk's bytes with their own seal, under this name (the length made to fit).
-    let other = blobs.get(&b.hash).unwrap().unwrap().data[..a.len as usize].to_vec();
-    blobs
-        .put(&a.hash, &other, &chunk_seal(&b.hash, &other))
-        .unwrap();
+    let other = f.store.read_chunk(&b.hash, b.len).unwrap()[..a.len as usize].to_vec();
+    overwrite(&f.store, &a.hash, &other);
+    set_seal(&f.store, &a.hash, &chunk_seal(&b.hash, &other));
     assert!(!serves(a), "a sum seeded with another name");
-    assert_eq!(f.store.corrupt_reads(), 4);
+    assert_eq!(f.store.corrupt_reads(), 2);
+}
+
+#[test]
+fn bytes_whose_record_never_came_are_cut_off_at_the_next_start() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = noise(9, 3_000_000);
+    let (pack, recorded) = {
+        let store = ChunkStore::open(dir.path()).unwrap();
+        let (_, rec) = upload(&store, "acme", &data, 100);
+        let m = store.manifest(&rec.id).unwrap();
+        let last = m.chunks()[m.chunks().len() - 1];
+        let (pack, at) = store.locate(&last.hash).unwrap().unwrap();
+        // A chunk written and then a crash before its record.
+        let extra = piece(&noise(10, 500_000));
+        std::mem::forget(store.write_chunk(&extra).unwrap());
+        assert!(fs::metadata(&pack).unwrap().len() > at + u64::from(last.len));
+        (pack, at + u64::from(last.len))
+    };
+    let store = ChunkStore::open(dir.path()).unwrap();
+    store.remove_temp_files().unwrap();
+    assert_eq!(
+        fs::metadata(&pack).unwrap().len(),
+        recorded.next_multiple_of(crate::files::DIRECT_ALIGN as u64)
+    );
+    let (_, rec) = upload(&store, "acme", &data, 200);
+    assert_eq!(read_all(&store, &rec.id).unwrap(), data);
+    assert!(store.check().unwrap().is_clean());
 }
 
 fn piece(bytes: &[u8]) -> VerifiedChunk {
@@ -624,31 +696,51 @@ fn a_get_compresses_again_only_what_came_compressed_or_is_not_known() {
 }
 
 #[test]
-fn a_catalogue_from_before_the_compression_verdict_is_upgraded() {
+fn a_store_of_an_earlier_release_is_upgraded_and_its_chunk_files_still_served() {
     let dir = tempfile::tempdir().unwrap();
-    let old_schema = catalogue::SCHEMA.replace(
-        "unreferenced_since INTEGER,\n    -- How the chunk first arrived: 1 compressed, 0 as it is (its sender found compressing it\n    -- did not pay, or its file's type is compressed already); NULL not known.\n    compresses         INTEGER\n",
-        "unreferenced_since INTEGER\n",
+    // The catalogue as it was before the compression verdict and the packs.
+    let from = catalogue::SCHEMA
+        .find("unreferenced_since INTEGER,")
+        .unwrap();
+    let to = catalogue::SCHEMA.find("seal               BLOB\n").unwrap();
+    let old_schema = format!(
+        "{}unreferenced_since INTEGER\n{}",
+        &catalogue::SCHEMA[..from],
+        &catalogue::SCHEMA[to + "seal               BLOB\n".len()..]
     );
-    assert!(!old_schema.contains("compresses"));
+    assert!(!old_schema.contains("compresses") && !old_schema.contains("pack"));
+    // One chunk in a file of its own, as an earlier release kept it.
+    let bytes = noise(11, 70_000);
+    let hash = chunk_hash(&bytes);
     {
         let c = Connection::open(dir.path().join("files.db")).unwrap();
         c.execute_batch(&old_schema).unwrap();
         c.execute(
-            "INSERT INTO chunks (hash, len, refs) VALUES (?1, 5, 1)",
-            [&[9u8; 32][..]],
+            "INSERT INTO chunks (hash, len, refs, unreferenced_since) VALUES (?1, ?2, 0, 0)",
+            params![&hash[..], bytes.len() as i64],
         )
         .unwrap();
+        let hex = hex::encode(hash);
+        let file = dir.path().join("chunks").join(&hex[..2]).join(&hex[2..]);
+        fs::create_dir_all(file.parent().unwrap()).unwrap();
+        fs::write(&file, &bytes).unwrap();
     }
     let store = ChunkStore::open(dir.path()).unwrap();
-    let kept: (i64, Option<bool>) = store
+    store.remove_temp_files().unwrap();
+    let kept: (i64, Option<bool>, Option<i64>) = store
         .db()
-        .query_row("SELECT len, compresses FROM chunks", [], |r| {
-            Ok((r.get(0)?, r.get(1)?))
+        .query_row("SELECT len, compresses, pack FROM chunks", [], |r| {
+            Ok((r.get(0)?, r.get(1)?, r.get(2)?))
         })
         .unwrap();
-    assert_eq!(kept, (5, None));
+    assert_eq!(kept, (bytes.len() as i64, None, None));
+    assert_eq!(store.read_chunk(&hash, bytes.len() as u32).unwrap(), bytes);
+    assert!(store.check().unwrap().is_clean());
+    let (file, at) = store.locate(&hash).unwrap().unwrap();
+    assert_eq!(at, 0);
+    assert_eq!(store.gc(100, Duration::from_secs(10)).unwrap().chunks, 1);
+    assert!(!file.exists(), "collected");
     drop(store);
-    // Opening again finds the column there and leaves it.
+    // Opening again finds the columns there and leaves them.
     ChunkStore::open(dir.path()).unwrap();
 }

@@ -168,8 +168,8 @@ impl ChunkStore {
             .query_row([&hash[..]], |r| r.get(0))?)
     }
 
-    /// Records a chunk written by [`ChunkStore::write_chunk`] as received by an upload, and
-    /// renews the upload's lease.
+    /// Records a chunk written by [`ChunkStore::write_chunk`] (`placed`; `None` when the store
+    /// held it already) as received by an upload, and renews the upload's lease.
     ///
     /// The record is committed without waiting for the disk (SQLite's `synchronous = NORMAL`):
     /// a crash of the relay loses none of it, a power loss may lose the last of them, and then
@@ -179,9 +179,11 @@ impl ChunkStore {
     ///
     /// `compressed` says how the chunk travelled: a get compresses it for the wire again only if
     /// it came compressed once, or if nothing is known of it.
+    #[allow(clippy::too_many_arguments)]
     pub fn chunk_received(
         &self,
         id: &UploadId,
+        placed: Option<Placed>,
         hash: &Hash,
         len: u32,
         compressed: bool,
@@ -190,11 +192,24 @@ impl ChunkStore {
     ) -> Result<()> {
         let mut db = self.db();
         db.pragma_update(None, "synchronous", "NORMAL")?;
-        let recorded = record_chunk(&mut db, id, hash, len, compressed, now, lease);
+        let recorded = record_chunk(
+            &mut db,
+            id,
+            placed.as_ref(),
+            hash,
+            len,
+            compressed,
+            now,
+            lease,
+        );
         db.pragma_update(None, "synchronous", "FULL")?;
+        drop(db);
         if recorded? {
             self.stored_bytes
                 .fetch_add(u64::from(len), Ordering::Relaxed);
+            if let Some(placed) = placed {
+                placed.keep();
+            }
         }
         Ok(())
     }
@@ -337,10 +352,12 @@ impl ChunkStore {
 }
 
 /// Marks `hash` received by upload `id` and renews its lease; true if the chunk is new to the
-/// store.
+/// store (its row records `placed`).
+#[allow(clippy::too_many_arguments)]
 fn record_chunk(
     db: &mut rusqlite::Connection,
     id: &UploadId,
+    placed: Option<&Placed>,
     hash: &Hash,
     len: u32,
     compressed: bool,
@@ -349,12 +366,10 @@ fn record_chunk(
 ) -> Result<bool> {
     let tx = db.transaction()?;
     // Once per chunk of every upload: the statements are kept prepared.
-    let inserted = tx
-        .prepare_cached(
-            "INSERT OR IGNORE INTO chunks (hash, len, refs, unreferenced_since, compresses)
-             VALUES (?1, ?2, 0, ?3, ?4)",
-        )?
-        .execute(params![&hash[..], len, now as i64, compressed])?;
+    let inserted = match placed {
+        Some(placed) => catalogue::insert_chunk(&tx, placed, hash, len, now, Some(compressed))?,
+        None => 0,
+    };
     if compressed && inserted == 0 {
         tx.prepare_cached("UPDATE chunks SET compresses = 1 WHERE hash = ?1")?
             .execute([&hash[..]])?;
