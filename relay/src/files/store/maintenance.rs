@@ -57,8 +57,7 @@ impl ChunkStore {
     }
 
     /// Re-hashes every stored chunk and recounts every reference from the files that make it.
-    /// Safe beside a running relay; a chunk collected while the check runs shows as missing, so a
-    /// finding is worth a second run before it is acted on.
+    /// Safe beside a running relay: a chunk collected while the check runs is not a finding.
     pub fn check(&self) -> Result<CheckReport> {
         let (rows, unrecorded, miscounted, org_miscounted) = {
             let db = self.db();
@@ -114,8 +113,21 @@ impl ChunkStore {
         for c in rows {
             let hash = hash_of(c.hash)?;
             report.checked += 1;
-            match self.blobs.get(&hash, c.place, c.len)? {
-                Some(s) if s.data.len() == c.len as usize && chunk_hash(&s.data) == hash => {}
+            let found = match self.blobs.get(&hash, c.place, c.len)? {
+                Some(s) if s.data.len() == c.len as usize && chunk_hash(&s.data) == hash => {
+                    continue;
+                }
+                found => found,
+            };
+            // A chunk collected since the rows were read (its blocks freed, or its file gone) is
+            // no finding.
+            if self
+                .place_of(&hash)?
+                .is_none_or(|(place, _)| place != c.place)
+            {
+                continue;
+            }
+            match found {
                 Some(_) => report.corrupt.push(hash),
                 None => report.missing.push(hash),
             }

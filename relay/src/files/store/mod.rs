@@ -342,8 +342,8 @@ fn place(pack: Option<i64>, at: Option<i64>) -> Option<Place> {
 }
 
 /// Whether stored bytes are the chunk `hash`: their seal matches them (the cheap check), or,
-/// where the store kept no seal (a chunk stored before seals, a file system without extended
-/// attributes) or a damaged one, their BLAKE3 matches the name.
+/// where the store kept no seal (a chunk stored by a release before seals) or a damaged one, their
+/// BLAKE3 matches the name.
 fn intact(hash: &Hash, stored: &Stored) -> bool {
     stored
         .seal
