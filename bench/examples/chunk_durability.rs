@@ -51,7 +51,8 @@ fn run(way: &str, dir: &Path, chunks: usize, data: &mut [u8]) -> (Duration, Dura
     let (t0, c0) = (Instant::now(), thread_cpu());
     match way {
         "store" => {
-            let blobs = FsBlobs::open(&dir.join("chunks")).unwrap();
+            // A pack's registration (once per GiB) is left out.
+            let blobs = FsBlobs::open(&dir.join("chunks"), Box::new(|_| Ok(()))).unwrap();
             for i in 0..chunks {
                 data[..8].copy_from_slice(&(i as u64).to_le_bytes());
                 blobs.put(data, &[0u8; 8]).unwrap().keep();

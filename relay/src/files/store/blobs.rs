@@ -45,11 +45,12 @@ pub trait Blobs: Send + Sync + std::fmt::Debug {
     fn get(&self, hash: &Hash, place: Option<Place>, len: u32) -> Result<Option<Stored>>;
     /// Frees the `len` bytes of `hash` at `place`; none there is no error.
     fn remove(&self, hash: &Hash, place: Option<Place>, len: u32) -> Result<()>;
-    /// Clears what a crash between a put and its record left behind. `ends` holds, for every
-    /// pack that recorded chunks lie in, where the last of them ends; a pack's bytes past that
-    /// were never recorded, and a pack not in `ends` holds nothing recorded. Only the process
+    /// Clears what a crash between a put and its record left behind. `packs` holds every pack
+    /// the catalogue registered, with where its last recorded chunk ends (`None`: nothing
+    /// recorded in it, so it goes); a pack's bytes past that were never recorded. A pack the
+    /// catalogue does not know (a catalogue lost or replaced) is left as it is. Only the process
     /// that puts may call this, before it starts putting.
-    fn clear_partial(&self, ends: &HashMap<u64, u64>);
+    fn clear_partial(&self, packs: &HashMap<u64, Option<u64>>);
     /// The file that holds the bytes of `hash` at `place`, and where in it they begin.
     fn file_of(&self, hash: &Hash, place: Option<Place>) -> (PathBuf, u64);
 }
@@ -95,6 +96,10 @@ impl Drop for Placed {
 /// How large a pack grows before a new one is started.
 pub const PACK_BYTES: u64 = 1 << 30;
 
+/// Makes a new pack's id known, durably, before anything is written to the pack; the pack is
+/// used only if this succeeds.
+pub type Register = Box<dyn Fn(u64) -> Result<()> + Send + Sync>;
+
 /// Blobs on the file system: chunks packed, each at a block boundary, into pack files
 /// (`chunks/packs/<16 hex digits>.pack`, 0600 in 0700 directories) of up to [`PACK_BYTES`],
 /// written around the page cache and flushed with `fdatasync`. Each concurrent writer has a pack
@@ -112,11 +117,20 @@ pub struct FsBlobs {
     packs: Arc<Packs>,
 }
 
-#[derive(Debug)]
 struct Packs {
     dir: PathBuf,
     limit: u64,
     idle: Mutex<Idle>,
+    register: Register,
+}
+
+impl std::fmt::Debug for Packs {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Packs")
+            .field("dir", &self.dir)
+            .field("limit", &self.limit)
+            .finish_non_exhaustive()
+    }
 }
 
 #[derive(Debug)]
@@ -137,23 +151,15 @@ struct OpenPack {
 }
 
 impl FsBlobs {
-    /// The blobs under `dir`, made if missing.
-    pub fn open(dir: &Path) -> Result<FsBlobs> {
-        FsBlobs::open_with_limit(dir, PACK_BYTES)
+    /// The blobs under `dir` (made when the first pack is), each new pack made known through
+    /// `register`.
+    pub fn open(dir: &Path, register: Register) -> Result<FsBlobs> {
+        FsBlobs::open_with_limit(dir, PACK_BYTES, register)
     }
 
     /// As [`FsBlobs::open`], with packs of up to `limit` bytes.
-    pub fn open_with_limit(dir: &Path, limit: u64) -> Result<FsBlobs> {
-        let fresh = !dir.exists();
-        crate::private::dir(dir).map_err(io_err(dir))?;
-        if fresh && let Some(parent) = dir.parent() {
-            sync_dir(parent)?;
-        }
+    pub fn open_with_limit(dir: &Path, limit: u64, register: Register) -> Result<FsBlobs> {
         let packs = dir.join("packs");
-        if !packs.exists() {
-            crate::private::dir(&packs).map_err(io_err(&packs))?;
-            sync_dir(dir)?;
-        }
         let next = pack_files(&packs)?
             .into_iter()
             .map(|(id, _)| id + 1)
@@ -168,6 +174,7 @@ impl FsBlobs {
                     open: Vec::new(),
                     next,
                 }),
+                register,
             }),
         })
     }
@@ -178,10 +185,14 @@ impl FsBlobs {
     }
 }
 
-/// The packs in `dir`: (id, path).
+/// The packs in `dir` (none when it is missing): (id, path).
 fn pack_files(dir: &Path) -> Result<Vec<(u64, PathBuf)>> {
     let mut found = Vec::new();
-    for e in fs::read_dir(dir).map_err(io_err(dir))? {
+    let entries = match fs::read_dir(dir) {
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(found),
+        r => r.map_err(io_err(dir))?,
+    };
+    for e in entries {
         let e = e.map_err(io_err(dir))?;
         let name = e.file_name();
         let id = name
@@ -216,6 +227,18 @@ impl Packs {
             idle.next += 1;
             idle.next - 1
         };
+        if !self.dir.exists() {
+            // Made by the first put, not by a reader (`relay store check`, which may run as
+            // another user).
+            crate::private::dir(&self.dir).map_err(io_err(&self.dir))?;
+            if let Some(parent) = self.dir.parent() {
+                sync_dir(parent)?;
+                if let Some(data) = parent.parent() {
+                    sync_dir(data)?;
+                }
+            }
+        }
+        (self.register)(id)?;
         let path = self.path(id);
         let create = |direct: bool| {
             use std::os::unix::fs::OpenOptionsExt;
@@ -336,24 +359,26 @@ impl Blobs for FsBlobs {
         }
     }
 
-    fn clear_partial(&self, ends: &HashMap<u64, u64>) {
+    fn clear_partial(&self, known: &HashMap<u64, Option<u64>>) {
         match pack_files(&self.packs.dir) {
             Ok(packs) => {
                 for (id, path) in packs {
-                    let cut = match ends.get(&id) {
-                        None => fs::remove_file(&path),
-                        Some(&end) => {
-                            fs::OpenOptions::new()
-                                .write(true)
-                                .open(&path)
-                                .and_then(|f| {
-                                    if f.metadata()?.len() > blocks(end) {
-                                        f.set_len(blocks(end))?;
-                                        f.sync_all()?;
-                                    }
-                                    Ok(())
-                                })
+                    let cut = match known.get(&id) {
+                        None => {
+                            tracing::warn!(pack = %path.display(), "a chunk pack the file catalogue does not know; left as it is");
+                            Ok(())
                         }
+                        Some(None) => fs::remove_file(&path),
+                        Some(&Some(end)) => fs::OpenOptions::new()
+                            .write(true)
+                            .open(&path)
+                            .and_then(|f| {
+                                if f.metadata()?.len() > blocks(end) {
+                                    f.set_len(blocks(end))?;
+                                    f.sync_all()?;
+                                }
+                                Ok(())
+                            }),
                     };
                     if let Err(e) = cut {
                         tracing::warn!(pack = %path.display(), "cannot clear a pack's unrecorded end: {e}");
@@ -390,6 +415,9 @@ pub(super) fn sync_dir(dir: &Path) -> Result<()> {
 #[allow(unsafe_code)]
 fn punch_hole(f: &fs::File, at: u64, len: u64) -> io::Result<()> {
     use std::os::fd::AsRawFd;
+    if len == 0 {
+        return Ok(());
+    }
     let (Ok(at), Ok(len)) = (libc::off_t::try_from(at), libc::off_t::try_from(len)) else {
         return Err(io::Error::from_raw_os_error(libc::EFBIG));
     };
@@ -406,7 +434,13 @@ fn punch_hole(f: &fs::File, at: u64, len: u64) -> io::Result<()> {
         return Ok(());
     }
     match io::Error::last_os_error() {
-        e if e.raw_os_error() == Some(libc::EOPNOTSUPP) => Ok(()),
+        e if e.raw_os_error() == Some(libc::EOPNOTSUPP) => {
+            static SAID: std::sync::Once = std::sync::Once::new();
+            SAID.call_once(|| {
+                tracing::warn!("the file system cannot punch holes: a removed chunk's space comes back only when its whole pack is empty, at a start")
+            });
+            Ok(())
+        }
         e => Err(e),
     }
 }
@@ -510,6 +544,11 @@ mod tests {
     use super::*;
     use relay_kit::noise;
 
+    /// Registers any pack.
+    fn any() -> Register {
+        Box::new(|_| Ok(()))
+    }
+
     /// Blocks the file system holds for `path`.
     fn allocated(path: &Path) -> u64 {
         use std::os::unix::fs::MetadataExt;
@@ -519,7 +558,7 @@ mod tests {
     #[test]
     fn packed_bytes_come_back_at_every_length_and_alignment() {
         let dir = tempfile::tempdir().unwrap();
-        let blobs = FsBlobs::open(&dir.path().join("chunks")).unwrap();
+        let blobs = FsBlobs::open(&dir.path().join("chunks"), any()).unwrap();
         // Bytes that begin on a block boundary in memory and bytes that do not.
         let mut aligned = vec![0u8; (2 << 20) + DIRECT_ALIGN];
         let at = aligned.as_ptr().align_offset(DIRECT_ALIGN);
@@ -565,7 +604,7 @@ mod tests {
     #[test]
     fn unkept_bytes_give_their_room_back_and_concurrent_writers_get_packs_of_their_own() {
         let dir = tempfile::tempdir().unwrap();
-        let blobs = FsBlobs::open(&dir.path().join("chunks")).unwrap();
+        let blobs = FsBlobs::open(&dir.path().join("chunks"), any()).unwrap();
         let first = blobs.put(b"first", &[1; 8]).unwrap();
         let second = blobs.put(b"second", &[2; 8]).unwrap();
         assert_ne!(
@@ -600,7 +639,7 @@ mod tests {
     #[test]
     fn a_full_pack_is_closed_and_a_new_one_started() {
         let dir = tempfile::tempdir().unwrap();
-        let blobs = FsBlobs::open_with_limit(&dir.path().join("chunks"), 3 * 4096).unwrap();
+        let blobs = FsBlobs::open_with_limit(&dir.path().join("chunks"), 3 * 4096, any()).unwrap();
         let places: Vec<Place> = (0..5u8)
             .map(|i| {
                 let p = blobs.put(&[i; 5000], &[i; 8]).unwrap();
@@ -618,7 +657,7 @@ mod tests {
         }
         // Reopened, new packs get new names.
         drop(blobs);
-        let blobs = FsBlobs::open_with_limit(&dir.path().join("chunks"), 3 * 4096).unwrap();
+        let blobs = FsBlobs::open_with_limit(&dir.path().join("chunks"), 3 * 4096, any()).unwrap();
         let p = blobs.put(b"x", &[0; 8]).unwrap();
         assert_eq!(p.place().pack, 3);
     }
@@ -627,7 +666,7 @@ mod tests {
     fn removed_bytes_become_a_hole_and_unrecorded_ends_are_cleared() {
         let dir = tempfile::tempdir().unwrap();
         let chunks = dir.path().join("chunks");
-        let blobs = FsBlobs::open(&chunks).unwrap();
+        let blobs = FsBlobs::open(&chunks, any()).unwrap();
         let data = noise(5, 1 << 20);
         let mut places = Vec::new();
         for _ in 0..3 {
@@ -669,8 +708,13 @@ mod tests {
         other.keep();
         assert_eq!(fs::metadata(&pack).unwrap().len(), 4 << 20);
         let recorded = places[2].at + data.len() as u64;
-        let reopened = FsBlobs::open(&chunks).unwrap();
-        reopened.clear_partial(&HashMap::from([(places[0].pack, recorded)]));
+        let reopened = FsBlobs::open(&chunks, any()).unwrap();
+        let stray = blobs.packs.path(77);
+        fs::write(&stray, b"not the catalogue's").unwrap();
+        reopened.clear_partial(&HashMap::from([
+            (places[0].pack, Some(recorded)),
+            (other_pack, None),
+        ]));
         assert_eq!(
             fs::metadata(&pack).unwrap().len(),
             recorded,
@@ -680,6 +724,10 @@ mod tests {
             !blobs.packs.path(other_pack).exists(),
             "a pack with nothing recorded goes"
         );
+        assert!(
+            stray.exists(),
+            "a pack the catalogue does not know is left alone"
+        );
         assert_eq!(got(places[2]), data);
         // Removing what is gone is no error.
         reopened
@@ -688,9 +736,45 @@ mod tests {
     }
 
     #[test]
+    fn a_pack_is_registered_before_it_is_written_and_unregistered_it_is_not_used() {
+        let dir = tempfile::tempdir().unwrap();
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        let refuse = Arc::new(std::sync::atomic::AtomicBool::new(true));
+        let blobs = {
+            let (seen, refuse) = (Arc::clone(&seen), Arc::clone(&refuse));
+            FsBlobs::open(
+                &dir.path().join("chunks"),
+                Box::new(move |id| {
+                    if refuse.load(std::sync::atomic::Ordering::Relaxed) {
+                        return Err(StoreError::Invalid("refused".into()));
+                    }
+                    seen.lock().unwrap().push(id);
+                    Ok(())
+                }),
+            )
+            .unwrap()
+        };
+        assert!(blobs.put(b"bytes", &[0; 8]).is_err());
+        assert!(
+            pack_files(&blobs.packs.dir).unwrap().is_empty(),
+            "no pack made without its registration"
+        );
+        refuse.store(false, std::sync::atomic::Ordering::Relaxed);
+        let placed = blobs.put(b"bytes", &[0; 8]).unwrap();
+        assert_eq!(*seen.lock().unwrap(), [placed.place().pack]);
+        placed.keep();
+        blobs.put(b"more", &[0; 8]).unwrap().keep();
+        assert_eq!(
+            seen.lock().unwrap().len(),
+            1,
+            "an open pack is registered once"
+        );
+    }
+
+    #[test]
     fn chunk_files_of_an_earlier_release_are_read_and_removed() {
         let dir = tempfile::tempdir().unwrap();
-        let blobs = FsBlobs::open(&dir.path().join("chunks")).unwrap();
+        let blobs = FsBlobs::open(&dir.path().join("chunks"), any()).unwrap();
         let hash = [0xab; 32];
         assert_eq!(blobs.get(&hash, None, 5).unwrap(), None);
         let (path, at) = blobs.file_of(&hash, None);
@@ -701,6 +785,10 @@ mod tests {
         fs::write(&torn, b"half").unwrap();
         blobs.clear_partial(&HashMap::new());
         assert!(!torn.exists(), "a torn temp file is cleared");
+        assert!(
+            !dir.path().join("chunks/packs").exists(),
+            "made by the first put, not by a reader"
+        );
         let got = blobs.get(&hash, None, 5).unwrap().unwrap();
         assert_eq!((&got.data[..], got.seal), (&b"plain"[..], None));
         blobs.remove(&hash, None, 5).unwrap();

@@ -19,6 +19,10 @@ CREATE TABLE IF NOT EXISTS chunks (
     at                 INTEGER,
     seal               BLOB
 ) STRICT, WITHOUT ROWID;
+-- Every pack chunks are written to, registered before its first chunk.
+CREATE TABLE IF NOT EXISTS packs (
+    id INTEGER PRIMARY KEY NOT NULL
+) STRICT;
 CREATE TABLE IF NOT EXISTS org_chunks (
     org  TEXT NOT NULL,
     hash BLOB NOT NULL,

@@ -31,10 +31,11 @@ mod uploads;
 #[cfg(test)]
 mod tests;
 
+use std::collections::HashMap;
 use std::io;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard};
 
 use bytes::Bytes;
 use rusqlite::{Connection, OptionalExtension};
@@ -46,7 +47,7 @@ use super::chunker::{Seal, VerifiedChunk, chunk_hash, chunk_seal};
 use super::manifest::{ChunkRef, Manifest};
 use super::plan::{self, QuotaExceeded, Usage};
 use super::wire::{FileEntry, UploadId};
-pub use blobs::{Blobs, FsBlobs, PACK_BYTES, Place, Placed, Stored};
+pub use blobs::{Blobs, FsBlobs, PACK_BYTES, Place, Placed, Register, Stored};
 pub use recordings::{NewRecording, OpenRecording};
 
 #[derive(Debug, thiserror::Error)]
@@ -209,7 +210,7 @@ pub struct Quotas {
 #[derive(Debug)]
 pub struct ChunkStore {
     blobs: Box<dyn Blobs>,
-    db: Mutex<Connection>,
+    db: Arc<Mutex<Connection>>,
     stored_bytes: AtomicU64,
     corrupt_reads: AtomicU64,
 }
@@ -222,7 +223,6 @@ fn hash_of(v: Vec<u8>) -> Result<Hash> {
 impl ChunkStore {
     /// Opens (creating when missing) the store in the data directory `data`.
     pub fn open(data: &Path) -> Result<ChunkStore> {
-        let blobs = Box::new(FsBlobs::open(&data.join("chunks"))?);
         let db = data.join("files.db");
         crate::private::file(&db).map_err(io_err(&db))?;
         let mut conn = Connection::open(&db)?;
@@ -236,9 +236,23 @@ impl ChunkStore {
         catalogue::upgrade(&mut conn)?;
         let stored: i64 =
             conn.query_row("SELECT COALESCE(SUM(len), 0) FROM chunks", [], |r| r.get(0))?;
+        let db = Arc::new(Mutex::new(conn));
+        let register: Register = {
+            let db = Arc::clone(&db);
+            // A commit that waits for the disk (the connection's default), so that the next
+            // start knows the pack whatever is in it.
+            Box::new(move |pack| {
+                lock(&db).execute(
+                    "INSERT OR IGNORE INTO packs (id) VALUES (?1)",
+                    [pack as i64],
+                )?;
+                Ok(())
+            })
+        };
+        let blobs = Box::new(FsBlobs::open(&data.join("chunks"), register)?);
         let store = ChunkStore {
             blobs,
-            db: Mutex::new(conn),
+            db,
             stored_bytes: AtomicU64::new(stored as u64),
             corrupt_reads: AtomicU64::new(0),
         };
@@ -246,9 +260,7 @@ impl ChunkStore {
     }
 
     fn db(&self) -> MutexGuard<'_, Connection> {
-        // Every write is one statement or one transaction, so a panic elsewhere cannot leave the
-        // connection half-changed.
-        self.db.lock().unwrap_or_else(|p| p.into_inner())
+        lock(&self.db)
     }
 
     /// Bytes of chunk data on disk (each chunk once).
@@ -269,14 +281,31 @@ impl ChunkStore {
     /// Removes what a crash between a chunk's write and its record left. Only the process that
     /// writes chunks may call this, before it starts writing.
     pub fn remove_temp_files(&self) -> Result<()> {
-        let ends = self
-            .db()
-            .prepare("SELECT pack, MAX(at + len) FROM chunks WHERE pack IS NOT NULL GROUP BY pack")?
-            .query_map([], |r| {
-                Ok((r.get::<_, i64>(0)? as u64, r.get::<_, i64>(1)? as u64))
-            })?
-            .collect::<rusqlite::Result<_>>()?;
-        self.blobs.clear_partial(&ends);
+        let mut known: HashMap<u64, Option<u64>> =
+            {
+                let db = self.db();
+                let mut known: HashMap<u64, Option<u64>> = db
+                    .prepare("SELECT id FROM packs")?
+                    .query_map([], |r| Ok((r.get::<_, i64>(0)? as u64, None)))?
+                    .collect::<rusqlite::Result<_>>()?;
+                let ends = db
+                .prepare(
+                    "SELECT pack, MAX(at + len) FROM chunks WHERE pack IS NOT NULL GROUP BY pack",
+                )?
+                .query_map([], |r| Ok((r.get::<_, i64>(0)? as u64, r.get::<_, i64>(1)? as u64)))?
+                .collect::<rusqlite::Result<Vec<_>>>()?;
+                for (pack, end) in ends {
+                    known.insert(pack, Some(end));
+                }
+                known
+            };
+        self.blobs.clear_partial(&known);
+        // The empty packs' files are gone: so are their registrations.
+        known.retain(|_, end| end.is_none());
+        let db = self.db();
+        for pack in known.keys() {
+            db.execute("DELETE FROM packs WHERE id = ?1", [*pack as i64])?;
+        }
         Ok(())
     }
 
@@ -331,6 +360,12 @@ impl ChunkStore {
             }
         }
     }
+}
+
+fn lock(db: &Mutex<Connection>) -> MutexGuard<'_, Connection> {
+    // Every write is one statement or one transaction, so a panic elsewhere cannot leave the
+    // connection half-changed.
+    db.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 /// A place from a row's columns; none for a chunk file of an earlier release.

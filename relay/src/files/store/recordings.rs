@@ -144,10 +144,10 @@ impl ChunkStore {
                 params![&id[..], duration_ms as i64],
             )?;
             tx.commit()?;
-            if new > 0 {
+            if new.is_some() {
                 placed.keep();
             }
-            Ok(new)
+            Ok(new.unwrap_or(0))
         });
         match written {
             Ok(new) => {
@@ -215,10 +215,10 @@ impl ChunkStore {
                 params![&id[..], old, chunk.data().len() as i64],
             )?;
             tx.commit()?;
-            if new > 0 {
+            if new.is_some() {
                 placed.keep();
             }
-            Ok(new)
+            Ok(new.unwrap_or(0))
         });
         match written {
             Ok(new) => {
@@ -245,7 +245,7 @@ impl ChunkStore {
     }
 
     /// The claimed chunk at `claimed` reached the disk (`placed`): it is recorded, and listed as
-    /// received at `index`. Answers the bytes newly stored.
+    /// received at `index`. Answers the bytes newly stored, if they are new to the store.
     fn received(
         tx: &Connection,
         id: &UploadId,
@@ -254,14 +254,14 @@ impl ChunkStore {
         chunk: &VerifiedChunk,
         placed: &Placed,
         now: u64,
-    ) -> Result<u64> {
+    ) -> Result<Option<u64>> {
         let len = chunk.data().len() as u32;
-        let inserted = catalogue::insert_chunk(tx, placed, chunk.hash(), len, now, None)?;
+        let inserted = catalogue::insert_chunk(tx, placed, chunk.hash(), len, now, None)? > 0;
         tx.execute(
             "UPDATE upload_chunks SET idx = ?3, received = 1 WHERE upload = ?1 AND idx = ?2",
             params![&id[..], claimed, index],
         )?;
-        Ok(if inserted > 0 { u64::from(len) } else { 0 })
+        Ok(inserted.then_some(u64::from(len)))
     }
 
     /// Counts bytes newly on disk once their rows are committed.

@@ -469,6 +469,31 @@ fn a_read_checks_the_seal_and_without_a_matching_one_the_name() {
     overwrite(&f.store, &a.hash, &bytes);
     assert!(serves(a));
     assert!(f.store.check().unwrap().is_clean());
+    // The pack cut short inside the last chunk: its bytes come back short, under their seal.
+    let last = m.chunks()[m.chunks().len() - 1];
+    assert!(![a.hash, b.hash].contains(&last.hash));
+    let last_bytes = f.store.read_chunk(&last.hash, last.len).unwrap();
+    let (pack, at) = f.store.locate(&last.hash).unwrap().unwrap();
+    let whole = fs::metadata(&pack).unwrap().len();
+    fs::OpenOptions::new()
+        .write(true)
+        .open(&pack)
+        .unwrap()
+        .set_len(at + u64::from(last.len) - 1)
+        .unwrap();
+    assert!(!serves(last), "short");
+    assert!(
+        f.store.check().unwrap().corrupt.contains(&last.hash),
+        "short"
+    );
+    fs::OpenOptions::new()
+        .write(true)
+        .open(&pack)
+        .unwrap()
+        .set_len(whole)
+        .unwrap();
+    overwrite(&f.store, &last.hash, &last_bytes);
+    assert!(serves(last));
     // What a read checks is the seal: bytes sealed anew after a change (no disk fault does
     // that) pass it, and only the operator's check and the client's, both by the name, find
     // them.
@@ -483,7 +508,26 @@ fn a_read_checks_the_seal_and_without_a_matching_one_the_name() {
     overwrite(&f.store, &a.hash, &other);
     set_seal(&f.store, &a.hash, &chunk_seal(&b.hash, &other));
     assert!(!serves(a), "a sum seeded with another name");
-    assert_eq!(f.store.corrupt_reads(), 2);
+    assert_eq!(f.store.corrupt_reads(), 3);
+}
+
+#[test]
+fn a_lost_catalogue_leaves_the_packs_alone() {
+    let dir = tempfile::tempdir().unwrap();
+    let (pack, len) = {
+        let store = ChunkStore::open(dir.path()).unwrap();
+        let (_, rec) = upload(&store, "acme", &noise(12, 2_000_000), 100);
+        let m = store.manifest(&rec.id).unwrap();
+        let (pack, _) = store.locate(&m.chunks()[0].hash).unwrap().unwrap();
+        let len = fs::metadata(&pack).unwrap().len();
+        (pack, len)
+    };
+    for name in ["files.db", "files.db-wal", "files.db-shm"] {
+        let _ = fs::remove_file(dir.path().join(name));
+    }
+    let store = ChunkStore::open(dir.path()).unwrap();
+    store.remove_temp_files().unwrap();
+    assert_eq!(fs::metadata(&pack).unwrap().len(), len, "not the new catalogue's to cut");
 }
 
 #[test]
@@ -563,16 +607,20 @@ fn a_recording_grows_survives_reopening_and_becomes_a_file() {
     store
         .replace_recording_chunk(&id, 0, &piece(b"HEADER+"), 103)
         .unwrap();
+    // A chunk written after the new header lands beside it, not over it.
+    store
+        .append_recording(&id, &piece(b"three"), 3, NO_QUOTA, 103)
+        .unwrap();
     let file = store.finish_recording(&id, 104).unwrap();
     assert!(store.open_recordings().unwrap().is_empty());
-    assert_eq!(read_all(&store, &file.id).unwrap(), b"HEADER+onetwo");
-    assert_eq!((file.size, file.chunks, file.classification), (13, 3, 2));
+    assert_eq!(read_all(&store, &file.id).unwrap(), b"HEADER+onetwothree");
+    assert_eq!((file.size, file.chunks, file.classification), (18, 4, 2));
     assert_eq!(file.room.as_deref(), Some("room"));
-    assert_eq!(store.usage_of("acme", Some("ann"), 104).unwrap(), 13);
+    assert_eq!(store.usage_of("acme", Some("ann"), 104).unwrap(), 18);
     // The replaced header goes with the next collection after its grace; the file stays whole.
     let gone = store.gc(200_000, Duration::from_secs(60)).unwrap();
     assert_eq!(gone.chunks, 1);
-    assert_eq!(read_all(&store, &file.id).unwrap(), b"HEADER+onetwo");
+    assert_eq!(read_all(&store, &file.id).unwrap(), b"HEADER+onetwothree");
     assert!(store.check().unwrap().is_clean());
 }
 
@@ -708,7 +756,7 @@ fn a_store_of_an_earlier_release_is_upgraded_and_its_chunk_files_still_served() 
         &catalogue::SCHEMA[..from],
         &catalogue::SCHEMA[to + "seal               BLOB\n".len()..]
     );
-    assert!(!old_schema.contains("compresses") && !old_schema.contains("pack"));
+    assert!(!old_schema.contains("compresses") && !old_schema.contains("pack  "));
     // One chunk in a file of its own, as an earlier release kept it.
     let bytes = noise(11, 70_000);
     let hash = chunk_hash(&bytes);

@@ -202,16 +202,18 @@ impl ChunkStore {
             now,
             lease,
         );
-        db.pragma_update(None, "synchronous", "FULL")?;
-        drop(db);
-        if recorded? {
+        // Kept as soon as its record is committed, whatever comes after: bytes a row names are
+        // never given back.
+        if recorded.as_ref().is_ok_and(|&new| new) {
             self.stored_bytes
                 .fetch_add(u64::from(len), Ordering::Relaxed);
             if let Some(placed) = placed {
                 placed.keep();
             }
         }
-        Ok(())
+        let full = db.pragma_update(None, "synchronous", "FULL");
+        recorded?;
+        Ok(full?)
     }
 
     /// Turns a complete upload into a file: its reservation becomes the file's size, its chunks
