@@ -434,13 +434,13 @@ impl Service {
             Err(r) => return r,
         };
         let result = (|| {
-            let (c, worth_trying) = self
+            let c = self
                 .store
                 .chunk_to_serve(id, index)?
                 .ok_or(StoreError::NotFound("chunk"))?;
-            let data = self.store.read_chunk(&c.hash, c.len)?;
+            let data = self.store.read_to_serve(&c)?;
             Ok::<_, StoreError>(
-                match worth_trying.then(|| plan::compress(&data)).flatten() {
+                match c.worth_compressing.then(|| plan::compress(&data)).flatten() {
                     Some(z) => (Encoding::Zstd, Bytes::from(z)),
                     None => (Encoding::Raw, data),
                 },

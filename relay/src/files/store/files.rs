@@ -5,10 +5,22 @@ use rusqlite::{OptionalExtension, params};
 use super::*;
 
 /// The one catalogue query per served chunk: its place, its file's type flag, and how it arrived.
-pub(super) const CHUNK_TO_SERVE: &str = "SELECT c.hash, c.len, f.compressible, k.compresses
+pub(super) const CHUNK_TO_SERVE: &str = "SELECT c.hash, c.len, f.compressible, k.compresses,
+            k.hash IS NOT NULL, k.pack, k.at, k.seal
      FROM file_chunks c JOIN files f ON f.id = c.file
      LEFT JOIN chunks k ON k.hash = c.hash
      WHERE c.file = ?1 AND c.idx = ?2";
+
+/// A chunk of a file as a get serves it: the chunk, whether compressing it for the wire is worth
+/// trying ([`plan::worth_compressing_to_serve`]), and where its bytes are.
+#[derive(Debug, Clone)]
+pub struct ChunkToServe {
+    pub chunk: ChunkRef,
+    pub worth_compressing: bool,
+    recorded: bool,
+    place: Option<Place>,
+    seal: Option<Seal>,
+}
 
 impl ChunkStore {
     pub fn file(&self, id: &str) -> Result<Option<FileRecord>> {
@@ -53,9 +65,8 @@ impl ChunkStore {
         Manifest::new(chunks).map_err(|e| StoreError::Invalid(format!("file {file}: {e}")))
     }
 
-    /// Chunk `index` of `file` as a get serves it, and whether compressing it for the wire is
-    /// worth trying ([`plan::worth_compressing_to_serve`]).
-    pub fn chunk_to_serve(&self, file: &str, index: u32) -> Result<Option<(ChunkRef, bool)>> {
+    /// Chunk `index` of `file` as a get serves it, with where its bytes are.
+    pub fn chunk_to_serve(&self, file: &str, index: u32) -> Result<Option<ChunkToServe>> {
         let row = self
             .db()
             .prepare_cached(CHUNK_TO_SERVE)?
@@ -65,19 +76,30 @@ impl ChunkStore {
                     r.get(1)?,
                     r.get::<_, bool>(2)?,
                     r.get::<_, Option<bool>>(3)?,
+                    r.get::<_, bool>(4)?,
+                    place(r.get(5)?, r.get(6)?),
+                    r.get::<_, Option<Vec<u8>>>(7)?,
                 ))
             })
             .optional()?;
-        row.map(|(h, len, file_may, chunk_came)| {
-            Ok((
-                ChunkRef {
+        row.map(|(h, len, file_may, chunk_came, recorded, place, seal)| {
+            Ok(ChunkToServe {
+                chunk: ChunkRef {
                     hash: hash_of(h)?,
                     len,
                 },
-                plan::worth_compressing_to_serve(file_may, chunk_came),
-            ))
+                worth_compressing: plan::worth_compressing_to_serve(file_may, chunk_came),
+                recorded,
+                place,
+                seal: seal.and_then(|s| s.try_into().ok()),
+            })
         })
         .transpose()
+    }
+
+    /// The bytes of a chunk to serve, checked as [`ChunkStore::read_chunk`] checks them.
+    pub fn read_to_serve(&self, c: &ChunkToServe) -> Result<Bytes> {
+        self.read_at(&c.chunk.hash, c.chunk.len, c.place, c.seal, c.recorded)
     }
 
     /// Removes a file; its chunks stay until collected.

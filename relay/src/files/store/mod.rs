@@ -48,6 +48,7 @@ use super::manifest::{ChunkRef, Manifest};
 use super::plan::{self, QuotaExceeded, Usage};
 use super::wire::{FileEntry, UploadId};
 pub use blobs::{Blobs, FsBlobs, PACK_BYTES, Place, Placed, Register, Stored};
+pub use files::ChunkToServe;
 pub use recordings::{NewRecording, OpenRecording};
 
 #[derive(Debug, thiserror::Error)]
@@ -342,12 +343,25 @@ impl ChunkStore {
     /// Reads a chunk and checks it against its seal or, without a matching seal, its name; a
     /// mismatch is [`StoreError::Corrupt`] and the bytes are dropped.
     pub fn read_chunk(&self, hash: &Hash, len: u32) -> Result<Bytes> {
-        let found = match self.place_of(hash)? {
-            Some((place, seal)) => self.blobs.get(hash, place, len)?.map(|mut s| {
+        let (place, seal) = self.place_of(hash)?.unzip();
+        self.read_at(hash, len, place.flatten(), seal.flatten(), place.is_some())
+    }
+
+    /// [`ChunkStore::read_chunk`] where the row was read already (`recorded`: there is one).
+    fn read_at(
+        &self,
+        hash: &Hash,
+        len: u32,
+        place: Option<Place>,
+        seal: Option<Seal>,
+        recorded: bool,
+    ) -> Result<Bytes> {
+        let found = match recorded {
+            true => self.blobs.get(hash, place, len)?.map(|mut s| {
                 s.seal = s.seal.or(seal);
                 s
             }),
-            None => None,
+            false => None,
         };
         match found {
             Some(s) if s.data.len() == len as usize && intact(hash, &s) => Ok(s.data),

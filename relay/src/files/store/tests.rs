@@ -95,10 +95,10 @@ fn read_all(s: &ChunkStore, id: &str) -> Result<Vec<u8>> {
     let m = s.manifest(id)?;
     let mut out = Vec::new();
     for i in 0..m.chunks().len() as u32 {
-        let (c, _) = s
+        let c = s
             .chunk_to_serve(id, i)?
             .ok_or(StoreError::NotFound("chunk"))?;
-        out.extend(s.read_chunk(&c.hash, c.len)?);
+        out.extend(s.read_to_serve(&c)?);
     }
     Ok(out)
 }
@@ -527,7 +527,11 @@ fn a_lost_catalogue_leaves_the_packs_alone() {
     }
     let store = ChunkStore::open(dir.path()).unwrap();
     store.remove_temp_files().unwrap();
-    assert_eq!(fs::metadata(&pack).unwrap().len(), len, "not the new catalogue's to cut");
+    assert_eq!(
+        fs::metadata(&pack).unwrap().len(),
+        len,
+        "not the new catalogue's to cut"
+    );
 }
 
 #[test]
@@ -716,7 +720,13 @@ fn a_get_compresses_again_only_what_came_compressed_or_is_not_known() {
         send_as(&f.store, &plan, &m, &bytes, 100, compressed);
         f.store.commit(&plan.id, 100, compressible).unwrap()
     };
-    let worth = |id: &str, i: u32| f.store.chunk_to_serve(id, i).unwrap().unwrap().1;
+    let worth = |id: &str, i: u32| {
+        f.store
+            .chunk_to_serve(id, i)
+            .unwrap()
+            .unwrap()
+            .worth_compressing
+    };
     // The first chunk came compressed, the others as they are.
     let rec = receive("acme", &|i| i == 0, true);
     assert!(worth(&rec.id, 0));
