@@ -282,32 +282,34 @@ impl ChunkStore {
     /// Removes what a crash between a chunk's write and its record left. Only the process that
     /// writes chunks may call this, before it starts writing.
     pub fn remove_temp_files(&self) -> Result<()> {
-        let mut known: HashMap<u64, Option<u64>> =
-            {
-                let db = self.db();
-                let mut known: HashMap<u64, Option<u64>> = db
-                    .prepare("SELECT id FROM packs")?
-                    .query_map([], |r| Ok((r.get::<_, i64>(0)? as u64, None)))?
-                    .collect::<rusqlite::Result<_>>()?;
-                let ends = db
-                .prepare(
-                    "SELECT pack, MAX(at + len) FROM chunks WHERE pack IS NOT NULL GROUP BY pack",
-                )?
-                .query_map([], |r| Ok((r.get::<_, i64>(0)? as u64, r.get::<_, i64>(1)? as u64)))?
-                .collect::<rusqlite::Result<Vec<_>>>()?;
-                for (pack, end) in ends {
-                    known.insert(pack, Some(end));
-                }
-                known
-            };
-        self.blobs.clear_partial(&known);
+        let mut packs = self.registered_packs()?;
+        self.blobs.clear_partial(&packs);
         // The empty packs' files are gone: so are their registrations.
-        known.retain(|_, end| end.is_none());
+        packs.retain(|_, end| end.is_none());
         let db = self.db();
-        for pack in known.keys() {
+        for pack in packs.keys() {
             db.execute("DELETE FROM packs WHERE id = ?1", [*pack as i64])?;
         }
         Ok(())
+    }
+
+    /// Every registered pack, with where its last recorded chunk ends (`None`: nothing recorded
+    /// in it).
+    fn registered_packs(&self) -> Result<HashMap<u64, Option<u64>>> {
+        let db = self.db();
+        let mut packs: HashMap<u64, Option<u64>> = db
+            .prepare("SELECT id FROM packs")?
+            .query_map([], |r| Ok((r.get::<_, i64>(0)? as u64, None)))?
+            .collect::<rusqlite::Result<_>>()?;
+        let mut ends = db.prepare(
+            "SELECT pack, MAX(at + len) FROM chunks WHERE pack IS NOT NULL GROUP BY pack",
+        )?;
+        let ends = ends.query_map([], |r| Ok((r.get::<_, i64>(0)?, r.get::<_, i64>(1)?)))?;
+        for end in ends {
+            let (pack, end) = end?;
+            packs.insert(pack as u64, Some(end as u64));
+        }
+        Ok(packs)
     }
 
     /// Puts a verified chunk on disk, durably. Does not record it: [`ChunkStore::chunk_received`]
