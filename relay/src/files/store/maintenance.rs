@@ -5,13 +5,13 @@ use std::time::Duration;
 use super::*;
 
 /// A chunk's row as collection and the check read it: `hash, len, pack, at`.
-struct Located {
+pub(super) struct Located {
     hash: Vec<u8>,
     len: u32,
     place: Option<Place>,
 }
 
-fn located(r: &rusqlite::Row<'_>) -> rusqlite::Result<Located> {
+pub(super) fn located(r: &rusqlite::Row<'_>) -> rusqlite::Result<Located> {
     Ok(Located {
         hash: r.get(0)?,
         len: r.get(1)?,
@@ -114,6 +114,12 @@ impl ChunkStore {
             org_miscounted,
             ..CheckReport::default()
         };
+        self.check_chunks(rows, &mut report)?;
+        Ok(report)
+    }
+
+    /// Re-hashes the chunks of `rows`, read from the catalogue before, into `report`.
+    pub(super) fn check_chunks(&self, rows: Vec<Located>, report: &mut CheckReport) -> Result<()> {
         for c in rows {
             let hash = hash_of(c.hash)?;
             report.checked += 1;
@@ -141,6 +147,6 @@ impl ChunkStore {
                 false => report.missing.push(hash),
             }
         }
-        Ok(report)
+        Ok(())
     }
 }

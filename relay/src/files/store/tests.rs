@@ -512,6 +512,32 @@ fn a_read_checks_the_seal_and_without_a_matching_one_the_name() {
 }
 
 #[test]
+fn a_chunk_collected_while_the_check_runs_is_no_finding() {
+    let f = fixture();
+    let (_, rec) = upload(&f.store, "acme", &noise(13, 3_000_000), 100);
+    let m = f.store.manifest(&rec.id).unwrap();
+    // The check's reading of the rows, then a collection before it reads the bytes.
+    let rows: Vec<maintenance::Located> = f
+        .store
+        .db()
+        .prepare("SELECT hash, len, pack, at FROM chunks")
+        .unwrap()
+        .query_map([], maintenance::located)
+        .unwrap()
+        .collect::<rusqlite::Result<_>>()
+        .unwrap();
+    f.store.remove(&rec.id, 200).unwrap();
+    assert_eq!(
+        f.store.gc(300, Duration::ZERO).unwrap().chunks as usize,
+        m.chunks().len()
+    );
+    let mut report = CheckReport::default();
+    f.store.check_chunks(rows, &mut report).unwrap();
+    assert_eq!(report.checked as usize, m.chunks().len());
+    assert!(report.is_clean(), "{report:?}");
+}
+
+#[test]
 fn a_lost_catalogue_leaves_the_packs_alone() {
     let dir = tempfile::tempdir().unwrap();
     let (pack, len) = {
