@@ -48,9 +48,10 @@ pub trait Blobs: Send + Sync + std::fmt::Debug {
     /// Clears what a crash between a put and its record left behind. `packs` holds every pack
     /// the catalogue registered, with where its last recorded chunk ends (`None`: nothing
     /// recorded in it, so it goes); a pack's bytes past that were never recorded. A pack the
-    /// catalogue does not know (a catalogue lost or replaced) is left as it is. Only the process
-    /// that puts may call this, before it starts putting.
-    fn clear_partial(&self, packs: &HashMap<u64, Option<u64>>);
+    /// catalogue does not know (a catalogue lost or replaced) is left as it is. Answers the packs
+    /// that are gone for good (their removal flushed, or never made). Only the process that puts
+    /// may call this, before it starts putting.
+    fn clear_partial(&self, packs: &HashMap<u64, Option<u64>>) -> Vec<u64>;
     /// The file that holds the bytes of `hash` at `place`, and where in it they begin.
     fn file_of(&self, hash: &Hash, place: Option<Place>) -> (PathBuf, u64);
 }
@@ -359,16 +360,26 @@ impl Blobs for FsBlobs {
         }
     }
 
-    fn clear_partial(&self, known: &HashMap<u64, Option<u64>>) {
+    fn clear_partial(&self, known: &HashMap<u64, Option<u64>>) -> Vec<u64> {
+        let mut gone = Vec::new();
         match pack_files(&self.packs.dir) {
             Ok(packs) => {
+                let on_disk: Vec<u64> = packs.iter().map(|(id, _)| *id).collect();
+                // Registered, empty, and never made.
+                gone.extend(
+                    known
+                        .iter()
+                        .filter(|(id, end)| end.is_none() && !on_disk.contains(id))
+                        .map(|(id, _)| *id),
+                );
+                let mut removed = Vec::new();
                 for (id, path) in packs {
                     let cut = match known.get(&id) {
                         None => {
                             tracing::warn!(pack = %path.display(), "a chunk pack the file catalogue does not know; left as it is");
                             Ok(())
                         }
-                        Some(None) => fs::remove_file(&path),
+                        Some(None) => fs::remove_file(&path).map(|()| removed.push(id)),
                         Some(&Some(end)) => fs::OpenOptions::new()
                             .write(true)
                             .open(&path)
@@ -384,12 +395,19 @@ impl Blobs for FsBlobs {
                         tracing::warn!(pack = %path.display(), "cannot clear a pack's unrecorded end: {e}");
                     }
                 }
+                // The removals are durable before their registrations go.
+                if !removed.is_empty() {
+                    match sync_dir(&self.packs.dir) {
+                        Ok(()) => gone.extend(removed),
+                        Err(e) => tracing::warn!("{e}"),
+                    }
+                }
             }
             Err(e) => tracing::warn!("cannot list the chunk packs: {e}"),
         }
         // Temp files of chunk files, from an earlier release.
         let Ok(dirs) = fs::read_dir(&self.dir) else {
-            return;
+            return gone;
         };
         for d in dirs.flatten() {
             let Ok(entries) = fs::read_dir(d.path()) else {
@@ -401,6 +419,7 @@ impl Blobs for FsBlobs {
                 }
             }
         }
+        gone
     }
 }
 
@@ -543,6 +562,7 @@ fn read_at_into_spare(
 mod tests {
     use super::*;
     use relay_kit::noise;
+    use std::collections::BTreeSet;
 
     /// Registers any pack.
     fn any() -> Register {
@@ -711,10 +731,16 @@ mod tests {
         let reopened = FsBlobs::open(&chunks, any()).unwrap();
         let stray = blobs.packs.path(77);
         fs::write(&stray, b"not the catalogue's").unwrap();
-        reopened.clear_partial(&HashMap::from([
+        let gone = reopened.clear_partial(&HashMap::from([
             (places[0].pack, Some(recorded)),
             (other_pack, None),
+            (55, None),
         ]));
+        assert_eq!(
+            BTreeSet::from_iter(gone),
+            BTreeSet::from([other_pack, 55]),
+            "removed, and registered but never made"
+        );
         assert_eq!(
             fs::metadata(&pack).unwrap().len(),
             recorded,

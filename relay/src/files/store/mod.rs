@@ -282,14 +282,14 @@ impl ChunkStore {
     /// Removes what a crash between a chunk's write and its record left. Only the process that
     /// writes chunks may call this, before it starts writing.
     pub fn remove_temp_files(&self) -> Result<()> {
-        let mut packs = self.registered_packs()?;
-        self.blobs.clear_partial(&packs);
-        // The empty packs' files are gone: so are their registrations.
-        packs.retain(|_, end| end.is_none());
-        let db = self.db();
-        for pack in packs.keys() {
-            db.execute("DELETE FROM packs WHERE id = ?1", [*pack as i64])?;
+        let gone = self.blobs.clear_partial(&self.registered_packs()?);
+        // Only packs whose removal is durable lose their registration.
+        let mut db = self.db();
+        let tx = db.transaction()?;
+        for pack in gone {
+            tx.execute("DELETE FROM packs WHERE id = ?1", [pack as i64])?;
         }
+        tx.commit()?;
         Ok(())
     }
 

@@ -357,9 +357,17 @@ fn gc_waits_for_grace_and_spares_live_uploads() {
         assert_eq!(f.store.locate(&c.hash).unwrap(), None, "no row");
     }
     assert!(held() < 64 << 10, "the bytes' blocks are freed: {}", held());
-    // At the next start the pack, with nothing recorded in it, goes.
+    // At the next start the pack, with nothing recorded in it, goes, and its registration.
+    let registered = || -> i64 {
+        f.store
+            .db()
+            .query_row("SELECT COUNT(*) FROM packs", [], |r| r.get(0))
+            .unwrap()
+    };
+    assert_eq!(registered(), 1);
     f.store.remove_temp_files().unwrap();
     assert!(!pack.exists());
+    assert_eq!(registered(), 0);
 }
 
 /// Writes `bytes` over the stored bytes of `hash` where they lie, as a disk's fault would.
@@ -538,6 +546,19 @@ fn a_chunk_collected_while_the_check_runs_is_no_finding() {
 }
 
 #[test]
+fn a_chunk_without_its_row_is_never_served() {
+    let f = fixture();
+    let (_, rec) = upload(&f.store, "acme", &noise(14, 3_000_000), 100);
+    let victim = f.store.manifest(&rec.id).unwrap().chunks()[1];
+    f.store
+        .db()
+        .execute("DELETE FROM chunks WHERE hash = ?1", [&victim.hash[..]])
+        .unwrap();
+    assert!(matches!(read_all(&f.store, &rec.id), Err(StoreError::Corrupt(h)) if h == victim.hash));
+    assert_eq!(f.store.check().unwrap().missing, vec![victim.hash]);
+}
+
+#[test]
 fn a_lost_catalogue_leaves_the_packs_alone() {
     let dir = tempfile::tempdir().unwrap();
     let (pack, len) = {
@@ -578,6 +599,14 @@ fn bytes_whose_record_never_came_are_cut_off_at_the_next_start() {
     };
     let store = ChunkStore::open(dir.path()).unwrap();
     store.remove_temp_files().unwrap();
+    let registered: i64 = store
+        .db()
+        .query_row("SELECT COUNT(*) FROM packs", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(
+        registered, 1,
+        "a pack with recorded chunks stays registered"
+    );
     assert_eq!(
         fs::metadata(&pack).unwrap().len(),
         recorded.next_multiple_of(crate::files::DIRECT_ALIGN as u64)
@@ -800,9 +829,18 @@ fn a_store_of_an_earlier_release_is_upgraded_and_its_chunk_files_still_served() 
         let c = Connection::open(dir.path().join("files.db")).unwrap();
         c.execute_batch(&old_schema).unwrap();
         c.execute(
-            "INSERT INTO chunks (hash, len, refs, unreferenced_since) VALUES (?1, ?2, 0, 0)",
+            "INSERT INTO chunks (hash, len, refs) VALUES (?1, ?2, 1)",
             params![&hash[..], bytes.len() as i64],
         )
+        .unwrap();
+        c.execute_batch(&format!(
+            "INSERT INTO files VALUES ('old', 'acme', 'ann', 'f.bin', NULL, {len}, x'{root}', 1,
+                 0, 0, 1, 10);
+             INSERT INTO file_chunks VALUES ('old', 0, x'{root}', {len});
+             INSERT INTO org_chunks VALUES ('acme', x'{root}', 1);",
+            len = bytes.len(),
+            root = hex::encode(hash)
+        ))
         .unwrap();
         let hex = hex::encode(hash);
         let file = dir.path().join("chunks").join(&hex[..2]).join(&hex[2..]);
@@ -819,9 +857,15 @@ fn a_store_of_an_earlier_release_is_upgraded_and_its_chunk_files_still_served() 
         .unwrap();
     assert_eq!(kept, (bytes.len() as i64, None, None));
     assert_eq!(store.read_chunk(&hash, bytes.len() as u32).unwrap(), bytes);
+    assert_eq!(
+        read_all(&store, "old").unwrap(),
+        bytes,
+        "served as a get serves it"
+    );
     assert!(store.check().unwrap().is_clean());
     let (file, at) = store.locate(&hash).unwrap().unwrap();
     assert_eq!(at, 0);
+    store.remove("old", 50).unwrap();
     assert_eq!(store.gc(100, Duration::from_secs(10)).unwrap().chunks, 1);
     assert!(!file.exists(), "collected");
     drop(store);
