@@ -39,6 +39,23 @@ pub(crate) fn write_direct_copy(file: &std::fs::File, data: &[u8], at: u64) -> s
     })
 }
 
+/// Writes `blocks` (whole blocks) at `at` of `file` (opened with `O_DIRECT`, `at` on a block):
+/// from where they lie when they begin on a block boundary in memory, or else through
+/// [`write_direct_copy`]. Answers whether they were copied.
+pub(crate) fn write_direct_blocks(
+    file: &std::fs::File,
+    blocks: &[u8],
+    at: u64,
+) -> std::io::Result<bool> {
+    use std::os::unix::fs::FileExt;
+    if blocks.as_ptr().align_offset(DIRECT_ALIGN) == 0 {
+        file.write_all_at(blocks, at)?;
+        return Ok(false);
+    }
+    write_direct_copy(file, blocks, at)?;
+    Ok(true)
+}
+
 pub mod chunker;
 pub mod client;
 pub mod gear;

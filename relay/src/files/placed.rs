@@ -101,10 +101,7 @@ impl PlacedWriter {
             let from = (first_whole - offset) as usize;
             let to = (last_whole - offset) as usize;
             let middle = &bytes[from..to];
-            if middle.as_ptr().align_offset(DIRECT_ALIGN) == 0 {
-                self.direct.write_all_at(middle, first_whole)?;
-            } else {
-                super::write_direct_copy(&self.direct, middle, first_whole)?;
+            if super::write_direct_blocks(&self.direct, middle, first_whole)? {
                 self.copied
                     .fetch_add(middle.len() as u64, Ordering::Relaxed);
             }

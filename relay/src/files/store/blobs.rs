@@ -289,11 +289,7 @@ impl OpenPack {
         }
         let whole = data.len() / DIRECT_ALIGN * DIRECT_ALIGN;
         if whole > 0 {
-            if data.as_ptr().align_offset(DIRECT_ALIGN) == 0 {
-                self.file.write_all_at(&data[..whole], at)?;
-            } else {
-                crate::files::write_direct_copy(&self.file, &data[..whole], at)?;
-            }
+            crate::files::write_direct_blocks(&self.file, &data[..whole], at)?;
         }
         let tail = &data[whole..];
         if !tail.is_empty() {
@@ -334,11 +330,7 @@ impl Blobs for FsBlobs {
 
     fn get(&self, hash: &Hash, place: Option<Place>, len: u32) -> Result<Option<Stored>> {
         let (path, at) = self.file_of(hash, place);
-        let read = match place {
-            Some(_) => read_durable(&path, at, Some(len as usize)),
-            None => read_durable(&path, 0, None),
-        };
-        match read {
+        match read_durable(&path, at, place.map(|_| len as usize)) {
             Ok(d) => Ok(Some(d)),
             Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
             Err(e) => Err(StoreError::Io(path, e)),

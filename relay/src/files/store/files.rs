@@ -17,9 +17,7 @@ pub(super) const CHUNK_TO_SERVE: &str = "SELECT c.hash, c.len, f.compressible, k
 pub struct ChunkToServe {
     pub chunk: ChunkRef,
     pub worth_compressing: bool,
-    recorded: bool,
-    place: Option<Place>,
-    seal: Option<Seal>,
+    stored: Option<Where>,
 }
 
 impl ChunkStore {
@@ -76,22 +74,22 @@ impl ChunkStore {
                     r.get(1)?,
                     r.get::<_, bool>(2)?,
                     r.get::<_, Option<bool>>(3)?,
-                    r.get::<_, bool>(4)?,
-                    place(r.get(5)?, r.get(6)?),
-                    r.get::<_, Option<Vec<u8>>>(7)?,
+                    // The chunk's row, if it has one.
+                    match r.get::<_, bool>(4)? {
+                        true => Some(Where::from_row(r, 5)?),
+                        false => None,
+                    },
                 ))
             })
             .optional()?;
-        row.map(|(h, len, file_may, chunk_came, recorded, place, seal)| {
+        row.map(|(h, len, file_may, chunk_came, stored)| {
             Ok(ChunkToServe {
                 chunk: ChunkRef {
                     hash: hash_of(h)?,
                     len,
                 },
                 worth_compressing: plan::worth_compressing_to_serve(file_may, chunk_came),
-                recorded,
-                place,
-                seal: seal.and_then(|s| s.try_into().ok()),
+                stored,
             })
         })
         .transpose()
@@ -99,7 +97,7 @@ impl ChunkStore {
 
     /// The bytes of a chunk to serve, checked as [`ChunkStore::read_chunk`] checks them.
     pub fn read_to_serve(&self, c: &ChunkToServe) -> Result<Bytes> {
-        self.read_at(&c.chunk.hash, c.chunk.len, c.place, c.seal, c.recorded)
+        self.read_at(&c.chunk.hash, c.chunk.len, c.stored)
     }
 
     /// Removes a file; its chunks stay until collected.

@@ -136,10 +136,7 @@ impl ChunkStore {
             };
             // A chunk collected since the rows were read (its blocks freed, or its file gone) is
             // no finding.
-            if self
-                .place_of(&hash)?
-                .is_none_or(|(place, _)| place != c.place)
-            {
+            if self.place_of(&hash)?.is_none_or(|w| w.place != c.place) {
                 continue;
             }
             match present {

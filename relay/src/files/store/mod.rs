@@ -318,52 +318,38 @@ impl ChunkStore {
         self.blobs.put(chunk.data(), chunk.seal())
     }
 
-    /// Where a recorded chunk's bytes are (a pack, or a chunk file of an earlier release), and
-    /// the seal its row keeps.
-    fn place_of(&self, hash: &Hash) -> Result<Option<(Option<Place>, Option<Seal>)>> {
-        let row = self
+    /// Where a recorded chunk's bytes are, from its row; `None` without a row.
+    fn place_of(&self, hash: &Hash) -> Result<Option<Where>> {
+        Ok(self
             .db()
             .prepare_cached("SELECT pack, at, seal FROM chunks WHERE hash = ?1")?
-            .query_row([&hash[..]], |r| {
-                Ok((
-                    r.get::<_, Option<i64>>(0)?,
-                    r.get::<_, Option<i64>>(1)?,
-                    r.get::<_, Option<Vec<u8>>>(2)?,
-                ))
-            })
-            .optional()?;
-        Ok(row.map(|(pack, at, seal)| (place(pack, at), seal.and_then(|s| s.try_into().ok()))))
+            .query_row([&hash[..]], |r| Where::from_row(r, 0))
+            .optional()?)
     }
 
     /// The file that holds a recorded chunk's bytes, and where in it they begin.
     pub fn locate(&self, hash: &Hash) -> Result<Option<(PathBuf, u64)>> {
         Ok(self
             .place_of(hash)?
-            .map(|(place, _)| self.blobs.file_of(hash, place)))
+            .map(|w| self.blobs.file_of(hash, w.place)))
     }
 
     /// Reads a chunk and checks it against its seal or, without a matching seal, its name; a
     /// mismatch is [`StoreError::Corrupt`] and the bytes are dropped.
     pub fn read_chunk(&self, hash: &Hash, len: u32) -> Result<Bytes> {
-        let (place, seal) = self.place_of(hash)?.unzip();
-        self.read_at(hash, len, place.flatten(), seal.flatten(), place.is_some())
+        let stored = self.place_of(hash)?;
+        self.read_at(hash, len, stored)
     }
 
-    /// [`ChunkStore::read_chunk`] where the row was read already (`recorded`: there is one).
-    fn read_at(
-        &self,
-        hash: &Hash,
-        len: u32,
-        place: Option<Place>,
-        seal: Option<Seal>,
-        recorded: bool,
-    ) -> Result<Bytes> {
-        let found = match recorded {
-            true => self.blobs.get(hash, place, len)?.map(|mut s| {
-                s.seal = s.seal.or(seal);
+    /// [`ChunkStore::read_chunk`] where the row (`stored`; `None`: there is none) was read
+    /// already.
+    fn read_at(&self, hash: &Hash, len: u32, stored: Option<Where>) -> Result<Bytes> {
+        let found = match stored {
+            Some(w) => self.blobs.get(hash, w.place, len)?.map(|mut s| {
+                s.seal = s.seal.or(w.seal);
                 s
             }),
-            false => None,
+            None => None,
         };
         match found {
             Some(s) if s.data.len() == len as usize && intact(hash, &s) => Ok(s.data),
@@ -375,6 +361,25 @@ impl ChunkStore {
                 Err(StoreError::Corrupt(*hash))
             }
         }
+    }
+}
+
+/// Where a recorded chunk's bytes are (a pack, or a chunk file of an earlier release), and the
+/// seal its row keeps.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Where {
+    place: Option<Place>,
+    seal: Option<Seal>,
+}
+
+impl Where {
+    /// From a row's `pack, at, seal` columns, the first at `first`.
+    fn from_row(r: &rusqlite::Row<'_>, first: usize) -> rusqlite::Result<Where> {
+        let seal: Option<Vec<u8>> = r.get(first + 2)?;
+        Ok(Where {
+            place: place(r.get(first)?, r.get(first + 1)?),
+            seal: seal.and_then(|s| s.try_into().ok()),
+        })
     }
 }
 

@@ -459,7 +459,7 @@ fn a_read_checks_the_seal_and_without_a_matching_one_the_name() {
     let bytes = f.store.read_chunk(&a.hash, a.len).unwrap().to_vec();
     let seal = chunk_seal(&a.hash, &bytes);
     assert_eq!(
-        f.store.place_of(&a.hash).unwrap().unwrap().1,
+        f.store.place_of(&a.hash).unwrap().unwrap().seal,
         Some(seal),
         "recorded with its seal"
     );
