@@ -36,6 +36,7 @@ fn serve(config: Option<std::path::PathBuf>, data: Option<std::path::PathBuf>) -
         config.data_dir = d;
     }
     init_logging(&config.log.level, config.log.format);
+    relay::files::heap::keep_freed_memory(relay::files::heap::Keeper::Appliance);
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()

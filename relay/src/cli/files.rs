@@ -110,7 +110,7 @@ fn cli_error(e: &ClientError) -> CliError {
 
 /// Runs a file command to its end.
 pub fn run(command: FilesCommand) -> Result<(), CliError> {
-    crate::files::heap::keep_freed_memory();
+    crate::files::heap::keep_freed_memory(crate::files::heap::Keeper::Transfer);
     let json_out = command.conn().json;
     // One thread runs the connection and its streams, as on the relay's side (see
     // `files::server`); hashing, cutting and disk work go to the blocking pool. Two workers
