@@ -83,6 +83,19 @@ CREATE TABLE IF NOT EXISTS recordings (
 ) STRICT, WITHOUT ROWID;
 "#;
 
+/// Does an organisation hold a chunk where a reader may read it (see [`ChunkStore::org_has`]).
+/// Asked for every chunk of every upload's manifest, so each branch starts from the chunk's rows
+/// (`CROSS JOIN` keeps that order): left to itself, the planner starts from the organisation's
+/// files or uploads, and the check grows with how many the organisation has.
+pub(super) const ORG_HAS: &str = "SELECT EXISTS (SELECT 1 FROM chunks WHERE hash = ?2) AND (
+        EXISTS (SELECT 1 FROM file_chunks c CROSS JOIN files f ON f.id = c.file
+                WHERE c.hash = ?2 AND f.org = ?1 AND f.classification <= ?4
+                  AND (f.view_only = 0 OR ?5) AND (?6 IS NULL OR f.room = ?6))
+        OR EXISTS (SELECT 1 FROM upload_chunks c CROSS JOIN uploads u ON u.id = c.upload
+                   WHERE c.hash = ?2 AND c.received = 1 AND u.org = ?1
+                     AND u.lease_expires > ?3 AND u.classification <= ?4
+                     AND (u.view_only = 0 OR ?5) AND (?6 IS NULL OR u.room = ?6)))";
+
 /// Brings a catalogue made by an earlier release up to [`SCHEMA`]: the columns added since.
 /// In one write transaction, so that a second process opening the same catalogue waits and then
 /// finds the column there.
@@ -141,28 +154,17 @@ impl ChunkStore {
         hash: &Hash,
         now: u64,
     ) -> Result<bool> {
-        let held: bool = tx
-            .prepare_cached(
-                "SELECT EXISTS (SELECT 1 FROM chunks WHERE hash = ?2) AND (
-                    EXISTS (SELECT 1 FROM file_chunks c JOIN files f ON f.id = c.file
-                            WHERE c.hash = ?2 AND f.org = ?1 AND f.classification <= ?4
-                              AND (f.view_only = 0 OR ?5) AND (?6 IS NULL OR f.room = ?6))
-                    OR EXISTS (SELECT 1 FROM upload_chunks c JOIN uploads u ON u.id = c.upload
-                               WHERE c.hash = ?2 AND c.received = 1 AND u.org = ?1
-                                 AND u.lease_expires > ?3 AND u.classification <= ?4
-                                 AND (u.view_only = 0 OR ?5) AND (?6 IS NULL OR u.room = ?6)))",
-            )?
-            .query_row(
-                params![
-                    org,
-                    &hash[..],
-                    now as i64,
-                    reader.clearance,
-                    reader.view_only,
-                    reader.room
-                ],
-                |r| r.get(0),
-            )?;
+        let held: bool = tx.prepare_cached(ORG_HAS)?.query_row(
+            params![
+                org,
+                &hash[..],
+                now as i64,
+                reader.clearance,
+                reader.view_only,
+                reader.room
+            ],
+            |r| r.get(0),
+        )?;
         Ok(held)
     }
 
@@ -200,11 +202,17 @@ impl ChunkStore {
             "INSERT INTO org_chunks (org, hash, refs) VALUES (?1, ?2, ?3)
              ON CONFLICT (org, hash) DO UPDATE SET refs = refs + excluded.refs",
         )?;
+        // Only rows this call lowered can fall to nothing; the table holds every organisation's
+        // chunks, so it is not swept.
+        let mut gone =
+            tx.prepare_cached("DELETE FROM org_chunks WHERE org = ?1 AND hash = ?2 AND refs <= 0")?;
         for (hash, n) in counts {
             chunk.execute(params![hash, sign * n, now as i64])?;
             owned.execute(params![org, hash, sign * n])?;
+            if sign < 0 {
+                gone.execute(params![org, hash])?;
+            }
         }
-        tx.execute("DELETE FROM org_chunks WHERE refs <= 0", [])?;
         Ok(())
     }
 

@@ -872,3 +872,96 @@ fn a_store_of_an_earlier_release_is_upgraded_and_its_chunk_files_still_served() 
     // Opening again finds the columns there and leaves them.
     ChunkStore::open(dir.path()).unwrap();
 }
+
+/// The steps of the plan SQLite makes for `sql`.
+fn plan(s: &ChunkStore, sql: &str) -> Vec<String> {
+    let db = s.db();
+    let mut stmt = db.prepare(&format!("EXPLAIN QUERY PLAN {sql}")).unwrap();
+    let n = stmt.parameter_count();
+    stmt.query_map(rusqlite::params_from_iter((0..n).map(|_| 1)), |r| {
+        r.get::<_, String>(3)
+    })
+    .unwrap()
+    .collect::<rusqlite::Result<_>>()
+    .unwrap()
+}
+
+#[test]
+fn statements_run_per_chunk_start_from_the_chunk() {
+    let f = fixture();
+    // Left to itself, the planner marked a received chunk by walking all of its upload's chunks,
+    // and answered whether an organisation holds a chunk by walking the organisation's files and
+    // uploads: costs that grow with the file and with the organisation.
+    for sql in [
+        uploads::MARK_RECEIVED,
+        catalogue::ORG_HAS,
+        files::CHUNK_TO_SERVE,
+    ] {
+        let steps = plan(&f.store, sql);
+        assert!(
+            steps
+                .iter()
+                .all(|s| !s.starts_with("SCAN ") || s == "SCAN CONSTANT ROW"),
+            "{sql}: {steps:?}"
+        );
+        assert!(
+            steps.iter().all(|s| !s.contains("(org=")
+                && !s.contains("(upload=?)")
+                && !s.contains("files_org")
+                && !s.contains("uploads_key")),
+            "{sql}: {steps:?}"
+        );
+    }
+    let mark = plan(&f.store, uploads::MARK_RECEIVED);
+    assert!(
+        mark.iter()
+            .any(|s| s.contains("upload_chunks_hash (hash=?)")),
+        "{mark:?}"
+    );
+    // Each branch of the holding check finds the chunk's rows first, then their file or upload.
+    let has = plan(&f.store, catalogue::ORG_HAS);
+    let at = |needle: &str| has.iter().position(|s| s.contains(needle));
+    assert!(at("file_chunks_hash (hash=?)") < at("SEARCH f "), "{has:?}");
+    assert!(
+        at("upload_chunks_hash (hash=?") < at("SEARCH u "),
+        "{has:?}"
+    );
+}
+
+#[test]
+fn removed_files_leave_no_organisation_rows_at_nothing() {
+    let f = fixture();
+    let a = noise(21, 3_000_000);
+    let mut b = a[..1_500_000].to_vec();
+    b.extend_from_slice(&noise(22, 1_500_000));
+    let (_, fa) = upload(&f.store, "acme", &a, 100);
+    let (_, fb) = upload(&f.store, "acme", &b, 100);
+    let (_, other) = upload(&f.store, "other", &a, 100);
+    let rows = |org: &str| -> Vec<(Vec<u8>, i64)> {
+        f.store
+            .db()
+            .prepare("SELECT hash, refs FROM org_chunks WHERE org = ?1 ORDER BY hash")
+            .unwrap()
+            .query_map([org], |r| Ok((r.get(0)?, r.get(1)?)))
+            .unwrap()
+            .collect::<rusqlite::Result<_>>()
+            .unwrap()
+    };
+    let counted = |data: &[u8]| -> Vec<(Vec<u8>, i64)> {
+        let mut n = std::collections::BTreeMap::<Vec<u8>, i64>::new();
+        for c in cut(data).0.chunks() {
+            *n.entry(c.hash.to_vec()).or_default() += 1;
+        }
+        n.into_iter().collect()
+    };
+    let before_other = rows("other");
+    f.store.remove(&fa.id, 200).unwrap();
+    // What is left is exactly the second file's chunks, each counted as often as it occurs.
+    assert_eq!(rows("acme"), counted(&b));
+    f.store.remove(&fb.id, 200).unwrap();
+    assert!(rows("acme").is_empty());
+    // Another organisation's rows for the same chunks are untouched.
+    assert_eq!(rows("other"), before_other);
+    assert_eq!(rows("other"), counted(&a));
+    assert_eq!(f.store.file(&other.id).unwrap(), Some(other));
+}

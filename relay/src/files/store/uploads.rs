@@ -353,6 +353,12 @@ impl ChunkStore {
     }
 }
 
+/// Marks every place of an upload that holds a chunk as received. Found through the chunk's
+/// index: by the upload's key the planner would read all of the upload's chunks for each one
+/// received, a cost that grows with the file (nine times the whole record at 8,192 chunks).
+pub(super) const MARK_RECEIVED: &str = "UPDATE upload_chunks INDEXED BY upload_chunks_hash
+     SET received = 1 WHERE upload = ?1 AND hash = ?2";
+
 /// Marks `hash` received by upload `id` and renews its lease; true if the chunk is new to the
 /// store (its row records `placed`).
 #[allow(clippy::too_many_arguments)]
@@ -376,7 +382,7 @@ fn record_chunk(
         tx.prepare_cached("UPDATE chunks SET compresses = 1 WHERE hash = ?1")?
             .execute([&hash[..]])?;
     }
-    tx.prepare_cached("UPDATE upload_chunks SET received = 1 WHERE upload = ?1 AND hash = ?2")?
+    tx.prepare_cached(MARK_RECEIVED)?
         .execute(params![&id[..], &hash[..]])?;
     tx.prepare_cached("UPDATE uploads SET lease_expires = ?2 WHERE id = ?1")?
         .execute(params![&id[..], now.saturating_add(lease.as_secs()) as i64])?;
