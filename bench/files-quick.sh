@@ -60,5 +60,5 @@ id=$(grep -o '"id":"[0-9a-f]*"' "$w/last" | cut -d'"' -f4)
 for _ in $(seq "$gets"); do
   rm -f "$w/out/v.bin"
   step get "$bin" files get "$id" -o "$w/out/v.bin" "${conn[@]}"
+  cmp "$w/out/v.bin" "$work/source.bin"
 done
-cmp "$w/out/v.bin" "$work/source.bin"
