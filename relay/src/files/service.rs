@@ -16,7 +16,9 @@ use bytes::Bytes;
 
 use super::chunker::VerifiedChunk;
 use super::plan;
-use super::store::{ChunkStore, FileRecord, NewUpload, Quotas, Reader, StoreError, Upload};
+use super::store::{
+    ChunkStore, ExpectedChunk, FileRecord, NewUpload, Quotas, Reader, StoreError, Upload,
+};
 use super::wire::{self, Encoding, FileEntry, PutStart, Request, Response, UploadId};
 use crate::config;
 use crate::control::model::{CataloguedFile, DeviceKind, shown};
@@ -321,7 +323,7 @@ impl Service {
             &self.store,
             &upload,
             &chunk,
-            expected.len,
+            &expected,
             compressed,
             self.lease(),
         ) {
@@ -583,16 +585,18 @@ fn owned_upload(
     }
 }
 
-/// Puts a verified chunk of an upload on disk (unless the store has it) and then records it.
+/// Puts a verified chunk of an upload on disk (unless the store had it when the upload's row was
+/// read: one stored meanwhile by another upload is written again, and the copy given back when
+/// its record finds the row there) and then records it.
 fn store_chunk(
     store: &ChunkStore,
     upload: &UploadId,
     chunk: &VerifiedChunk,
-    len: u32,
+    expected: &ExpectedChunk,
     compressed: bool,
     lease: Duration,
 ) -> Result<(), StoreError> {
-    let placed = match store.has_chunk(chunk.hash())? {
+    let placed = match expected.stored {
         true => None,
         false => Some(store.write_chunk(chunk)?),
     };
@@ -600,7 +604,7 @@ fn store_chunk(
         upload,
         placed,
         chunk.hash(),
-        len,
+        expected.len,
         compressed,
         unix_now(),
         lease,
@@ -785,6 +789,43 @@ mod tests {
             token: "v1.forged.token".into(),
         };
         assert_eq!(code(&f.service.handle(forged)), "unauthorized");
+    }
+
+    #[test]
+    fn a_chunk_the_store_holds_is_not_written_again() {
+        let f = fixture();
+        let packs_len = || -> u64 {
+            let dir = f._dir.path().join("chunks/packs");
+            std::fs::read_dir(dir)
+                .unwrap()
+                .map(|e| e.unwrap().metadata().unwrap().len())
+                .sum()
+        };
+        let data = noise(7, 900_000);
+        let ann = token(&f, "ann", None);
+        assert!(matches!(
+            put(&f, &ann, &data, Some("ops")),
+            Response::Committed(_)
+        ));
+        let (stored, on_disk) = (f.service.store.stored_bytes(), packs_len());
+        assert_eq!(stored, data.len() as u64);
+        // Bob may not read the room's file, so his upload of the same bytes is asked for every
+        // chunk; the store keeps the one copy it has.
+        let bob = token(&f, "bob", None);
+        let Response::Committed(entry) = put(&f, &bob, &data, None) else {
+            panic!("bob's put did not commit");
+        };
+        assert_eq!(f.service.store.stored_bytes(), stored);
+        assert_eq!(packs_len(), on_disk);
+        let chunk = f.service.handle(Request::GetChunk {
+            token: bob,
+            file: entry.id,
+            index: 0,
+        });
+        assert!(
+            matches!(chunk, Response::ChunkData { index: 0, .. }),
+            "{chunk:?}"
+        );
     }
 
     #[test]

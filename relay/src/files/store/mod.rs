@@ -169,6 +169,8 @@ pub struct ExpectedChunk {
     pub hash: Hash,
     pub len: u32,
     pub received: bool,
+    /// The store holds the chunk's bytes already (for this upload or any other).
+    pub stored: bool,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Eq)]

@@ -965,3 +965,30 @@ fn removed_files_leave_no_organisation_rows_at_nothing() {
     assert_eq!(rows("other"), counted(&a));
     assert_eq!(f.store.file(&other.id).unwrap(), Some(other));
 }
+
+#[test]
+fn each_chunk_received_extends_the_uploads_lease_and_never_shortens_it() {
+    let f = fixture();
+    let data = noise(23, 2_000_000);
+    let (m, bytes) = cut(&data);
+    assert!(m.chunks().len() >= 2);
+    let plan = f
+        .store
+        .begin_upload(&new("acme", "ann", &m), NO_QUOTA, 100, LEASE)
+        .unwrap();
+    let receive = |i: usize, now: u64| {
+        let c = m.chunks()[i];
+        let chunk = VerifiedChunk::check(&c.hash, bytes[i].clone().into()).unwrap();
+        let placed = f.store.write_chunk(&chunk).unwrap();
+        f.store
+            .chunk_received(&plan.id, Some(placed), &c.hash, c.len, false, now, LEASE)
+            .unwrap();
+    };
+    // Leased until 3,700 from the start; the chunk at 3,000 moves that to 6,600.
+    receive(0, 3000);
+    assert_eq!(f.store.gc(5000, LEASE).unwrap().uploads_expired, 0);
+    // A chunk stamped earlier (a clock set back) leaves the later end in place.
+    receive(1, 2000);
+    assert_eq!(f.store.gc(6500, LEASE).unwrap().uploads_expired, 0);
+    assert_eq!(f.store.gc(6700, LEASE).unwrap().uploads_expired, 1);
+}

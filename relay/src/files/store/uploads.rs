@@ -139,33 +139,33 @@ impl ChunkStore {
             .optional()?)
     }
 
-    /// What an upload expects at manifest index `index`.
+    /// What an upload expects at manifest index `index`, and whether the store holds it.
     pub fn expected_chunk(&self, id: &UploadId, index: u32) -> Result<Option<ExpectedChunk>> {
         let row = self
             .db()
             .prepare_cached(
-                "SELECT hash, len, received FROM upload_chunks WHERE upload = ?1 AND idx = ?2",
+                "SELECT c.hash, c.len, c.received, k.hash IS NOT NULL
+                 FROM upload_chunks c LEFT JOIN chunks k ON k.hash = c.hash
+                 WHERE c.upload = ?1 AND c.idx = ?2",
             )?
             .query_row(params![&id[..], index], |r| {
-                Ok((r.get::<_, Vec<u8>>(0)?, r.get::<_, u32>(1)?, r.get(2)?))
+                Ok((
+                    r.get::<_, Vec<u8>>(0)?,
+                    r.get::<_, u32>(1)?,
+                    r.get(2)?,
+                    r.get(3)?,
+                ))
             })
             .optional()?;
-        row.map(|(h, len, received)| {
+        row.map(|(h, len, received, stored)| {
             Ok(ExpectedChunk {
                 hash: hash_of(h)?,
                 len,
                 received,
+                stored,
             })
         })
         .transpose()
-    }
-
-    /// Is the chunk recorded as stored?
-    pub fn has_chunk(&self, hash: &Hash) -> Result<bool> {
-        Ok(self
-            .db()
-            .prepare_cached("SELECT EXISTS (SELECT 1 FROM chunks WHERE hash = ?1)")?
-            .query_row([&hash[..]], |r| r.get(0))?)
     }
 
     /// Records a chunk written by [`ChunkStore::write_chunk`] (`placed`; `None` when the store
@@ -384,8 +384,11 @@ fn record_chunk(
     }
     tx.prepare_cached(MARK_RECEIVED)?
         .execute(params![&id[..], &hash[..]])?;
-    tx.prepare_cached("UPDATE uploads SET lease_expires = ?2 WHERE id = ?1")?
-        .execute(params![&id[..], now.saturating_add(lease.as_secs()) as i64])?;
+    // Extended only when it moves: chunks arriving within one second leave the row alone.
+    tx.prepare_cached(
+        "UPDATE uploads SET lease_expires = ?2 WHERE id = ?1 AND lease_expires < ?2",
+    )?
+    .execute(params![&id[..], now.saturating_add(lease.as_secs()) as i64])?;
     tx.commit()?;
     Ok(inserted > 0)
 }
