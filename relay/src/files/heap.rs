@@ -22,15 +22,22 @@ pub fn keep_freed_memory(keeper: Keeper) {
     // up to the second.
     let (mmap_threshold, trim_threshold) = match keeper {
         Keeper::Transfer => (32 << 20, 256 << 20),
-        // Above the largest chunk with its frame (4 MiB), and a few chunks kept per arena.
+        // Above the largest chunk with its frame (4 MiB), and a few chunks kept per arena: at
+        // most 16 MiB times glibc's arenas (up to eight per core) more than a process with the
+        // defaults would keep.
         Keeper::Appliance => (8 << 20, 16 << 20),
     };
     #[cfg(target_env = "gnu")]
-    // SAFETY: `mallopt` only sets glibc's allocator parameters; it is called before the
-    // process's threads start, and the values are within glibc's documented ranges.
-    unsafe {
-        libc::mallopt(libc::M_MMAP_THRESHOLD, mmap_threshold);
-        libc::mallopt(libc::M_TRIM_THRESHOLD, trim_threshold);
+    {
+        // SAFETY: `mallopt` only sets glibc's allocator parameters; it is called before the
+        // process's threads start, and the values are within glibc's documented ranges.
+        let set = unsafe {
+            libc::mallopt(libc::M_MMAP_THRESHOLD, mmap_threshold) == 1
+                && libc::mallopt(libc::M_TRIM_THRESHOLD, trim_threshold) == 1
+        };
+        if !set {
+            tracing::warn!("the allocator kept its defaults: freed memory goes back at once");
+        }
     }
     #[cfg(not(target_env = "gnu"))]
     let _ = (mmap_threshold, trim_threshold);

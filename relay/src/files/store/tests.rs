@@ -915,7 +915,7 @@ fn statements_run_per_chunk_start_from_the_chunk() {
     let mark = plan(&f.store, uploads::MARK_RECEIVED);
     assert!(
         mark.iter()
-            .any(|s| s.contains("upload_chunks_hash (hash=?)")),
+            .any(|s| s.contains("upload_chunks_hash (hash=? AND received=? AND upload=?)")),
         "{mark:?}"
     );
     // Each branch of the holding check finds the chunk's rows first, then their file or upload.

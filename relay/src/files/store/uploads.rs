@@ -354,10 +354,12 @@ impl ChunkStore {
 }
 
 /// Marks every place of an upload that holds a chunk as received. Found through the chunk's
-/// index: by the upload's key the planner would read all of the upload's chunks for each one
-/// received, a cost that grows with the file (nine times the whole record at 8,192 chunks).
+/// index, down to the upload's places not yet received: by the upload's key the planner would
+/// read all of the upload's chunks for each one received, a cost that grows with the file (nine
+/// times the whole record at 8,192 chunks); by the hash alone, every upload's places of a common
+/// chunk (a block of zeros, say).
 pub(super) const MARK_RECEIVED: &str = "UPDATE upload_chunks INDEXED BY upload_chunks_hash
-     SET received = 1 WHERE upload = ?1 AND hash = ?2";
+     SET received = 1 WHERE upload = ?1 AND hash = ?2 AND received = 0";
 
 /// Marks `hash` received by upload `id` and renews its lease; true if the chunk is new to the
 /// store (its row records `placed`).
