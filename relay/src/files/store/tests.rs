@@ -992,3 +992,52 @@ fn each_chunk_received_extends_the_uploads_lease_and_never_shortens_it() {
     assert_eq!(f.store.gc(6500, LEASE).unwrap().uploads_expired, 0);
     assert_eq!(f.store.gc(6700, LEASE).unwrap().uploads_expired, 1);
 }
+
+#[test]
+fn a_chunk_stored_meanwhile_by_another_upload_is_given_back() {
+    let f = fixture();
+    let data = noise(24, 2_000_000);
+    let (m, bytes) = cut(&data);
+    assert!(m.chunks().len() >= 2);
+    let mine = f
+        .store
+        .begin_upload(&new("acme", "ann", &m), NO_QUOTA, 100, LEASE)
+        .unwrap();
+    let theirs = f
+        .store
+        .begin_upload(&new("other", "eve", &m), NO_QUOTA, 100, LEASE)
+        .unwrap();
+    // Read as a put reads it: the store does not hold the first chunk yet.
+    assert!(!f.store.expected_chunk(&mine.id, 0).unwrap().unwrap().stored);
+    let c = |i: usize| m.chunks()[i];
+    let check = |i: usize| VerifiedChunk::check(&c(i).hash, bytes[i].clone().into()).unwrap();
+    let receive = |id: &UploadId, i: usize| {
+        let placed = f.store.write_chunk(&check(i)).unwrap();
+        f.store
+            .chunk_received(id, Some(placed), &c(i).hash, c(i).len, false, 100, LEASE)
+            .unwrap();
+    };
+    // The other upload stores it first; this one then writes its own copy and records it.
+    receive(&theirs.id, 0);
+    assert!(f.store.expected_chunk(&mine.id, 0).unwrap().unwrap().stored);
+    receive(&mine.id, 0);
+    assert!(
+        f.store
+            .expected_chunk(&mine.id, 0)
+            .unwrap()
+            .unwrap()
+            .received
+    );
+    assert_eq!(f.store.stored_bytes(), u64::from(c(0).len));
+    // The second copy's room was given back: the next chunk lies right after the first.
+    receive(&mine.id, 1);
+    let (pack0, at0) = f.store.locate(&c(0).hash).unwrap().unwrap();
+    let (pack1, at1) = f.store.locate(&c(1).hash).unwrap().unwrap();
+    assert_eq!(pack0, pack1);
+    assert_eq!(at1, at0 + u64::from(c(0).len).next_multiple_of(4096));
+    for i in 2..m.chunks().len() {
+        receive(&mine.id, i);
+    }
+    let file = f.store.commit(&mine.id, 101, true).unwrap();
+    assert_eq!(read_all(&f.store, &file.id).unwrap(), data);
+}
