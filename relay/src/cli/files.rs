@@ -214,6 +214,7 @@ async fn execute(command: FilesCommand) -> Result<Value, ClientError> {
                 classification: *classification,
                 view_only: *view_only,
                 scan_cache: cache.as_ref(),
+                stream_from: None,
             };
             let r = client.put(path, opts, progress.clone()).await;
             end_bar(bar, &progress);
@@ -227,6 +228,7 @@ async fn execute(command: FilesCommand) -> Result<Value, ClientError> {
                 v["bytes_sent"] = json!(r.bytes_sent);
                 v["resumed"] = json!(r.resumed);
                 v["scan"] = json!(r.scan.as_str());
+                v["manifest_parts"] = json!(r.manifest_parts);
                 v
             })
         }

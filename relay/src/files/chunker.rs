@@ -247,6 +247,33 @@ pub fn cut_file(data: &[u8], threads: usize) -> Vec<Cut> {
     cuts
 }
 
+/// The most chunks [`cut_in_parts`] hands over at once.
+pub const PART_CHUNKS: usize = 64;
+
+/// Cuts `data` on this thread into the chunks [`cut_file`] finds, handing them to `each` in
+/// parts as they are cut, with whether the part is the last: the first chunk alone, then parts
+/// twice as long as the one before up to [`PART_CHUNKS`], so that what uses them can begin at
+/// once and is not asked often later. Stops when `each` returns false. Empty data is one empty
+/// last part.
+pub fn cut_in_parts(data: &[u8], mut each: impl FnMut(Vec<Cut>, bool) -> bool) {
+    let sizes = sizes();
+    let mut want = 1;
+    let mut pos = 0;
+    loop {
+        let mut part = Vec::with_capacity(want);
+        while part.len() < want && pos < data.len() {
+            let c = cut_at(data, pos, data.len(), &sizes);
+            pos += c.len as usize;
+            part.push(c);
+        }
+        let last = pos >= data.len();
+        if !each(part, last) || last {
+            return;
+        }
+        want = (want * 2).min(PART_CHUNKS);
+    }
+}
+
 /// FastCDC's sizes and masks for our chunks.
 fn sizes() -> Sizes {
     let bits = AVG_CHUNK.trailing_zeros();
@@ -545,6 +572,46 @@ mod tests {
                 );
             }
         }
+    }
+
+    #[test]
+    fn parts_handed_over_in_order_are_the_whole_files_chunks() {
+        for (name, data) in [
+            ("empty", vec![]),
+            ("one chunk", noise(13, MIN_CHUNK / 2)),
+            ("noise", noise(14, 300 * AVG_CHUNK)),
+        ] {
+            let mut parts = Vec::new();
+            cut_in_parts(&data, |part, last| {
+                parts.push((part, last));
+                true
+            });
+            let lens: Vec<usize> = parts.iter().map(|(p, _)| p.len()).collect();
+            let lasts: Vec<bool> = parts.iter().map(|&(_, l)| l).collect();
+            let joined: Vec<Cut> = parts.into_iter().flat_map(|(p, _)| p).collect();
+            assert_eq!(joined, cut_file(&data, 1), "{name}");
+            // Only the last part says so, and every part but the last is as long as asked.
+            assert_eq!(lasts.iter().filter(|&&l| l).count(), 1, "{name}");
+            assert_eq!(lasts.last(), Some(&true), "{name}");
+            let asked = [1, 2, 4, 8, 16, 32]
+                .into_iter()
+                .chain(std::iter::repeat(PART_CHUNKS));
+            for (k, (len, want)) in lens.iter().zip(asked).enumerate() {
+                if k + 1 < lens.len() {
+                    assert_eq!(*len, want, "{name}: part {k}");
+                } else {
+                    assert!(*len <= want, "{name}: last part");
+                }
+            }
+        }
+        // Stopped after the second part: nothing more is cut or handed over.
+        let data = noise(15, 40 * AVG_CHUNK);
+        let mut calls = 0;
+        cut_in_parts(&data, |_, _| {
+            calls += 1;
+            calls < 2
+        });
+        assert_eq!(calls, 2);
     }
 
     #[test]

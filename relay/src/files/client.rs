@@ -24,16 +24,17 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use bytes::Bytes;
+use tokio::sync::mpsc;
 use tokio::task::JoinSet;
 
 use super::DIRECT_ALIGN;
 use super::Hash;
-use super::chunker::{Chunker, chunk_hash};
+use super::chunker::{self, Chunker, Cut, chunk_hash};
 use super::manifest::{Manifest, root_of};
 use super::mapped::{Mapped, MappedRange};
 use super::placed::PlacedWriter;
 use super::plan;
-use super::scan_cache::{Scan, ScanCache, manifest_of};
+use super::scan_cache::{Begun, Scan, ScanCache, begin_scan, cuts_of, manifest_from};
 use super::transport::{self, ALPN, PARALLEL_CHUNKS};
 use super::wire::{Encoding, FileEntry, PutStart, Request, Response, UploadId};
 
@@ -114,6 +115,9 @@ pub struct PutReport {
     pub resumed: bool,
     /// How the manifest was made: remembered, re-cut along an earlier version, or cut afresh.
     pub scan: Scan,
+    /// The messages the manifest took: 1 when it was sent whole, more when it was sent in parts
+    /// while the file was cut.
+    pub manifest_parts: u32,
 }
 
 /// What `get` did.
@@ -137,7 +141,14 @@ pub struct PutOptions<'a> {
     pub view_only: bool,
     /// Where scans of files are remembered (see [`super::scan_cache`]); none: every put scans.
     pub scan_cache: Option<&'a ScanCache>,
+    /// A file cut afresh from this size on has its manifest sent in parts while it is cut, and
+    /// its chunks sent as they are listed; none: [`STREAM_FROM`].
+    pub stream_from: Option<u64>,
 }
+
+/// The size from which a file cut afresh is sent while it is cut: below it, cutting the file
+/// first on every core takes less time than a round trip or two.
+pub const STREAM_FROM: u64 = 64 << 20;
 
 /// A connection to a relay's file plane.
 #[derive(Debug)]
@@ -262,87 +273,157 @@ impl Client {
     ) -> Result<PutReport, ClientError> {
         let owned = path.to_path_buf();
         let cache = opts.scan_cache.cloned();
-        let (map, manifest, scan) = tokio::task::spawn_blocking(move || {
+        let stream_from = opts.stream_from.unwrap_or(STREAM_FROM);
+        let (file, map, begun) = tokio::task::spawn_blocking(move || {
             let f = fs::File::open(&owned).map_err(io_err(&owned))?;
             let len = f.metadata().map_err(io_err(&owned))?.len();
             let map = Mapped::new(&f, len).map_err(io_err(&owned))?;
             // The cache is keyed by the file's canonical path; without one, no cache.
             let key = fs::canonicalize(&owned).ok();
             let cache = cache.as_ref().filter(|_| key.is_some());
-            let (m, scan) = manifest_of(&f, &map, key.as_deref().unwrap_or(&owned), cache)
-                .map_err(io_err(&owned))?;
-            Ok::<_, ClientError>((Arc::new(map), m, scan))
+            let key = key.as_deref().unwrap_or(&owned);
+            let begun = match begin_scan(&f, &map, key, cache).map_err(io_err(&owned))? {
+                Begun::Fresh(fresh) if len < stream_from => {
+                    let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
+                    let cuts = chunker::cut_file(map.bytes(), threads);
+                    let m = manifest_from(&cuts).map_err(io_err(&owned))?;
+                    fresh.remember(&f, &m);
+                    Begun::Known(m, Scan::Cut)
+                }
+                begun => begun,
+            };
+            Ok::<_, ClientError>((f, Arc::new(map), begun))
         })
         .await
         .map_err(|e| ClientError::Protocol(format!("scanning failed: {e}")))??;
-        let name = path
-            .file_name()
-            .map(|n| n.to_string_lossy().into_owned())
-            .unwrap_or_default();
-        progress.total.store(manifest.size(), Ordering::Relaxed);
-        let start = Request::PutStart(Box::new(PutStart {
+        let head = &map.bytes()[..map.bytes().len().min(8192)];
+        let compressible = plan::worth_trying_compression(head);
+        progress
+            .total
+            .store(map.bytes().len() as u64, Ordering::Relaxed);
+        let facts = |manifest| PutStart {
             token: self.token.clone(),
-            name,
+            name: path
+                .file_name()
+                .map(|n| n.to_string_lossy().into_owned())
+                .unwrap_or_default(),
             room: opts.room.map(String::from),
             classification: opts.classification,
             view_only: opts.view_only,
-            manifest: manifest.clone(),
-        }));
-        let (upload, resumed, missing) = match self.request(&start).await? {
-            Response::PutReady {
-                upload,
-                resumed,
-                missing,
-            } => (upload, resumed, missing),
-            r => return Err(unexpected(r)),
+            manifest,
         };
-        if missing
-            .iter()
-            .any(|&i| i as usize >= manifest.chunks().len())
-        {
-            return Err(ClientError::Protocol(
-                "the relay asked for a chunk the manifest does not have".into(),
-            ));
-        }
-        let missing_bytes: u64 = missing
-            .iter()
-            .map(|&i| u64::from(manifest.chunks()[i as usize].len))
-            .sum();
-        progress
-            .done
-            .store(manifest.size() - missing_bytes, Ordering::Relaxed);
-        let head = &map.bytes()[..map.bytes().len().min(8192)];
-        let compressible = plan::worth_trying_compression(head);
-        let job = Arc::new(PutJob {
-            conn: self.conn.clone(),
-            token: self.token.clone(),
-            upload,
-            manifest: manifest.clone(),
-            offsets: manifest.offsets(),
-            map,
-            path: path.to_path_buf(),
-            compressible,
-            bytes_sent: AtomicU64::new(0),
-            progress,
-        });
-        // The first chunk goes alone: the relay checks the type on it and may refuse at once.
-        let (first, rest): (Vec<u32>, Vec<u32>) = missing.iter().partition(|&&i| i == 0);
-        for i in first {
-            job.clone().send_chunk(i).await?;
-        }
-        in_parallel(rest.into_iter().map(|i| job.clone().send_chunk(i))).await?;
+        let job = |upload| {
+            Arc::new(PutJob {
+                conn: self.conn.clone(),
+                token: self.token.clone(),
+                upload,
+                map: map.clone(),
+                path: path.to_path_buf(),
+                compressible,
+                bytes_sent: AtomicU64::new(0),
+                chunks_sent: AtomicU64::new(0),
+                progress: progress.clone(),
+            })
+        };
+        let (job, manifest, resumed, scan, manifest_parts) = match begun {
+            Begun::Known(manifest, scan) => {
+                let start = Request::PutStart(Box::new(facts(manifest.clone())));
+                let (upload, resumed, missing) = ready(self.request(&start).await?)?;
+                let cuts = cuts_of(&manifest);
+                let job = job(upload);
+                job.listed(&cuts, 0, &missing)?;
+                let (queue, rest) = job.clone().first_alone(&cuts, missing).await?;
+                drop(queue);
+                in_parallel(rest, |(i, c)| job.clone().send_chunk(i, c)).await?;
+                (job, manifest, resumed, scan, 1)
+            }
+            Begun::Fresh(fresh) => {
+                let size = map.bytes().len() as u64;
+                let (parts_in, mut parts) = mpsc::channel(4);
+                let scanned = map.clone();
+                // The scan is remembered as soon as it ends, so that a put cut short after it
+                // is continued from the manifest.
+                let scanner = tokio::task::spawn_blocking(move || {
+                    let mut all = Vec::new();
+                    let mut whole = false;
+                    chunker::cut_in_parts(scanned.bytes(), |part, last| {
+                        all.extend_from_slice(&part);
+                        whole = last;
+                        parts_in.blocking_send((part, last)).is_ok()
+                    });
+                    if let (true, Ok(m)) = (whole, manifest_from(&all)) {
+                        fresh.remember(&file, &m);
+                    }
+                });
+                let (mut cuts, mut last) = parts
+                    .recv()
+                    .await
+                    .ok_or_else(|| ClientError::Protocol("scanning failed".into()))?;
+                let open = Request::PutOpen {
+                    start: Box::new(facts(manifest_from(&cuts).map_err(io_err(path))?)),
+                    size,
+                };
+                let (upload, resumed, missing) = ready(self.request(&open).await?)?;
+                let job = job(upload);
+                job.listed(&cuts, 0, &missing)?;
+                let (queue, rest) = job.clone().first_alone(&cuts, missing).await?;
+                // The rest of the manifest is listed while the chunks listed so far travel.
+                let mut lists = 1;
+                let listing = async {
+                    while !last {
+                        let (part, end) = parts
+                            .recv()
+                            .await
+                            .ok_or_else(|| ClientError::Protocol("scanning failed".into()))?;
+                        last = end;
+                        let first = cuts.len() as u32;
+                        lists += 1;
+                        let list = Request::PutList {
+                            token: self.token.clone(),
+                            upload,
+                            first,
+                            last,
+                            part: manifest_from(&part).map_err(io_err(path))?,
+                        };
+                        let (_, _, missing) = ready(self.request(&list).await?)?;
+                        job.listed(&part, first, &missing)?;
+                        for i in missing {
+                            let c = part[(i - first) as usize];
+                            if queue.send((i, c)).is_err() {
+                                // The sending stopped at a failure, which it reports.
+                                return Ok(());
+                            }
+                        }
+                        cuts.extend(part);
+                    }
+                    drop(queue);
+                    Ok(())
+                };
+                let sending = in_parallel(rest, |(i, c)| job.clone().send_chunk(i, c));
+                let (listed, sent) = tokio::join!(listing, sending);
+                sent?;
+                listed?;
+                drop(parts);
+                scanner
+                    .await
+                    .map_err(|e| ClientError::Protocol(format!("scanning failed: {e}")))?;
+                let manifest = manifest_from(&cuts).map_err(io_err(path))?;
+                (job, manifest, resumed, Scan::Cut, lists)
+            }
+        };
         let commit = Request::PutCommit {
             token: self.token.clone(),
-            upload,
+            upload: job.upload,
         };
         match self.request(&commit).await? {
             Response::Committed(entry) => Ok(PutReport {
                 entry: *entry,
                 chunks: manifest.chunks().len(),
-                chunks_sent: missing.len() as u64,
+                chunks_sent: job.chunks_sent.load(Ordering::Relaxed),
                 bytes_sent: job.bytes_sent.load(Ordering::Relaxed),
                 resumed,
                 scan,
+                manifest_parts,
             }),
             r => Err(unexpected(r)),
         }
@@ -426,13 +507,13 @@ impl Client {
             bytes_received: AtomicU64::new(0),
             progress,
         });
-        let fetches = order.iter().map(|&i| {
+        in_parallel(queue_of(order.iter().copied()), |i| {
             let slots = wanted
                 .remove(&manifest.chunks()[i as usize].hash)
                 .unwrap_or_default();
             job.clone().fetch_chunk(i, slots)
-        });
-        in_parallel(fetches).await?;
+        })
+        .await?;
         let chunks_received = order.len() as u64;
         let bytes_received = job.bytes_received.load(Ordering::Relaxed);
         let verified = std::mem::take(&mut *job.verified.lock().unwrap_or_else(|p| p.into_inner()));
@@ -484,22 +565,63 @@ struct PutJob {
     conn: quinn::Connection,
     token: String,
     upload: UploadId,
-    manifest: Manifest,
-    offsets: Vec<u64>,
     /// The file as it was opened for the scan: chunks are sent from it without a copy.
     map: Arc<Mapped>,
     path: PathBuf,
     compressible: bool,
     bytes_sent: AtomicU64,
+    chunks_sent: AtomicU64,
     progress: Arc<Progress>,
 }
 
+/// Chunks to send, by manifest index.
+type Queue = mpsc::UnboundedSender<(u32, Cut)>;
+
 impl PutJob {
-    /// Chunk `index` of the file as it is now, straight from the mapping.
-    fn chunk(&self, index: u32) -> Result<Bytes, ClientError> {
-        let i = index as usize;
-        let start = usize::try_from(self.offsets[i]).unwrap_or(usize::MAX);
-        let end = start.saturating_add(self.manifest.chunks()[i].len as usize);
+    /// Checks the relay's answer to the listing of `cuts` (manifest indices from `first` on):
+    /// it may ask only for those; what it does not ask for is done.
+    fn listed(&self, cuts: &[Cut], first: u32, missing: &[u32]) -> Result<(), ClientError> {
+        let end = u64::from(first) + cuts.len() as u64;
+        if missing.iter().any(|&i| i < first || u64::from(i) >= end) {
+            return Err(ClientError::Protocol(
+                "the relay asked for a chunk the manifest does not have".into(),
+            ));
+        }
+        let listed: u64 = cuts.iter().map(|c| u64::from(c.len)).sum();
+        let asked: u64 = missing
+            .iter()
+            .map(|&i| u64::from(cuts[(i - first) as usize].len))
+            .sum();
+        self.progress
+            .done
+            .fetch_add(listed - asked, Ordering::Relaxed);
+        Ok(())
+    }
+
+    /// Sends chunk 0 alone if it is `missing` (the relay checks the file's type on it and may
+    /// refuse at once), and queues the rest of `missing` (indices into `cuts`).
+    async fn first_alone(
+        self: Arc<Self>,
+        cuts: &[Cut],
+        missing: Vec<u32>,
+    ) -> Result<(Queue, mpsc::UnboundedReceiver<(u32, Cut)>), ClientError> {
+        let (queue, rest) = mpsc::unbounded_channel();
+        for i in missing {
+            let c = cuts[i as usize];
+            if i == 0 {
+                self.clone().send_chunk(0, c).await?;
+            } else {
+                // The receiver is held right here.
+                let _ = queue.send((i, c));
+            }
+        }
+        Ok((queue, rest))
+    }
+
+    /// The chunk `c` of the file as it is now, straight from the mapping.
+    fn chunk(&self, c: &Cut) -> Result<Bytes, ClientError> {
+        let start = usize::try_from(c.offset).unwrap_or(usize::MAX);
+        let end = start.saturating_add(c.len as usize);
         if end > self.map.bytes().len() {
             return Err(ClientError::Io(
                 self.path.clone(),
@@ -513,12 +635,11 @@ impl PutJob {
         }))
     }
 
-    /// Sends chunk `index`. It is not hashed again here: the relay hashes every chunk it
+    /// Sends chunk `index`, `c`. It is not hashed again here: the relay hashes every chunk it
     /// receives, and only when it refuses one is the file read again, to tell a file that
     /// changed since it was scanned from damage on the way.
-    async fn send_chunk(self: Arc<Self>, index: u32) -> Result<(), ClientError> {
-        let c = self.manifest.chunks()[index as usize];
-        let buf = self.chunk(index)?;
+    async fn send_chunk(self: Arc<Self>, index: u32, c: Cut) -> Result<(), ClientError> {
+        let buf = self.chunk(&c)?;
         let (encoding, data) = if self.compressible {
             tokio::task::spawn_blocking(move || match plan::compress(&buf) {
                 Some(z) => (Encoding::Zstd, Bytes::from(z)),
@@ -541,13 +662,14 @@ impl PutJob {
                 .fetch_add(data.len() as u64, Ordering::Relaxed);
             match request_on(&self.conn, &req, 0).await? {
                 Response::ChunkAccepted { index: got } if got == index => {
+                    self.chunks_sent.fetch_add(1, Ordering::Relaxed);
                     self.progress
                         .done
                         .fetch_add(u64::from(c.len), Ordering::Relaxed);
                     return Ok(());
                 }
                 Response::Failed { code, .. } if code == "bad_chunk" => {
-                    let now = self.chunk(index)?;
+                    let now = self.chunk(&c)?;
                     if chunk_hash(&now) != c.hash {
                         return Err(ClientError::Usage(format!(
                             "{} changed while it was being sent; run the command again",
@@ -565,6 +687,19 @@ impl PutJob {
         Err(ClientError::Protocol(format!(
             "chunk {index} kept arriving damaged"
         )))
+    }
+}
+
+/// The upload a start, an open or a listing answered, whether it was continued, and the chunks
+/// the relay asks for.
+fn ready(r: Response) -> Result<(UploadId, bool, Vec<u32>), ClientError> {
+    match r {
+        Response::PutReady {
+            upload,
+            resumed,
+            missing,
+        } => Ok((upload, resumed, missing)),
+        r => Err(unexpected(r)),
     }
 }
 
@@ -778,32 +913,56 @@ fn finish_download(
     Ok(())
 }
 
-/// Runs chunk transfers with up to [`PARALLEL_CHUNKS`] in flight. After the first failure no new
-/// transfer starts; the ones in flight finish, and that first failure is the result.
-async fn in_parallel<F>(mut transfers: impl Iterator<Item = F>) -> Result<(), ClientError>
+/// Runs a chunk transfer for each item of `queue`, started by `start`, up to [`PARALLEL_CHUNKS`]
+/// in flight, until the queue is closed and empty. After the first failure the queue is closed
+/// (whoever fills it hears so) and no new transfer starts; the ones in flight finish, and that
+/// first failure is the result.
+async fn in_parallel<T, F>(
+    mut queue: mpsc::UnboundedReceiver<T>,
+    mut start: impl FnMut(T) -> F,
+) -> Result<(), ClientError>
 where
     F: Future<Output = Result<(), ClientError>> + Send + 'static,
 {
     let mut tasks = JoinSet::new();
     let mut failure = None;
+    let mut open = true;
     loop {
-        while failure.is_none() && tasks.len() < PARALLEL_CHUNKS {
-            let Some(t) = transfers.next() else { break };
-            tasks.spawn(t);
-        }
-        let Some(done) = tasks.join_next().await else {
+        let taking = open && failure.is_none() && tasks.len() < PARALLEL_CHUNKS;
+        if !taking && tasks.is_empty() {
             break;
-        };
-        let result = done
-            .map_err(|e| ClientError::Protocol(format!("chunk task failed: {e}")))
-            .and_then(|r| r);
-        if let Err(e) = result
-            && failure.is_none()
-        {
-            failure = Some(e);
+        }
+        tokio::select! {
+            item = queue.recv(), if taking => match item {
+                Some(t) => {
+                    tasks.spawn(start(t));
+                }
+                None => open = false,
+            },
+            Some(done) = tasks.join_next(), if !tasks.is_empty() => {
+                let result = done
+                    .map_err(|e| ClientError::Protocol(format!("chunk task failed: {e}")))
+                    .and_then(|r| r);
+                if let Err(e) = result
+                    && failure.is_none()
+                {
+                    failure = Some(e);
+                    queue.close();
+                }
+            }
         }
     }
     failure.map_or(Ok(()), Err)
+}
+
+/// A closed queue of `items`.
+fn queue_of<T>(items: impl IntoIterator<Item = T>) -> mpsc::UnboundedReceiver<T> {
+    let (tx, rx) = mpsc::unbounded_channel();
+    for t in items {
+        // The receiver is held right here.
+        let _ = tx.send(t);
+    }
+    rx
 }
 
 #[cfg(test)]

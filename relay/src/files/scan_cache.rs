@@ -264,6 +264,59 @@ pub fn manifest_of(
     path: &Path,
     cache: Option<&ScanCache>,
 ) -> io::Result<(Manifest, Scan)> {
+    match begin_scan(file, map, path, cache)? {
+        Begun::Known(m, how) => Ok((m, how)),
+        Begun::Fresh(fresh) => {
+            let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
+            let manifest = manifest_from(&chunker::cut_file(map.bytes(), threads))?;
+            fresh.remember(file, &manifest);
+            Ok((manifest, Scan::Cut))
+        }
+    }
+}
+
+/// Where the scan of a file starts.
+#[derive(Debug)]
+pub enum Begun {
+    /// The manifest is known: remembered, or re-cut along an earlier version (and remembered).
+    Known(Manifest, Scan),
+    /// Nothing is known of the file: it is to be cut afresh.
+    Fresh(Fresh),
+}
+
+/// A file to be cut afresh, as it was when its scan began.
+#[derive(Debug)]
+pub struct Fresh {
+    before: Identity,
+    scanned: Stamp,
+    path: PathBuf,
+    cache: Option<ScanCache>,
+}
+
+impl Fresh {
+    /// Remembers `manifest`, cut from the file since, if the file is still as it was.
+    pub fn remember(&self, file: &File, manifest: &Manifest) {
+        let cache = self.cache.as_ref();
+        remember(
+            file,
+            &self.path,
+            cache,
+            &self.before,
+            self.scanned,
+            manifest,
+        );
+    }
+}
+
+/// Begins the scan of `file` (at the canonical `path`): its manifest when `cache` knows it or an
+/// earlier version of it, otherwise what the cut afresh needs. `map` is the file, mapped when it
+/// was opened.
+pub fn begin_scan(
+    file: &File,
+    map: &Mapped,
+    path: &Path,
+    cache: Option<&ScanCache>,
+) -> io::Result<Begun> {
     let scanned = Stamp::of(SystemTime::now());
     let before = Identity::of(&file.metadata()?);
     if before.size != map.bytes().len() as u64 {
@@ -271,47 +324,63 @@ pub fn manifest_of(
             "the file changed size while it was opened",
         ));
     }
-    let earlier = cache.and_then(|c| c.get(path));
-    if let Some(e) = &earlier
-        && trusted(e, &before)
-    {
-        return Ok((e.manifest.clone(), Scan::Remembered));
+    let Some(earlier) = cache.and_then(|c| c.get(path)) else {
+        return Ok(Begun::Fresh(Fresh {
+            before,
+            scanned,
+            path: path.to_path_buf(),
+            cache: cache.cloned(),
+        }));
+    };
+    if trusted(&earlier, &before) {
+        return Ok(Begun::Known(earlier.manifest, Scan::Remembered));
     }
     let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
-    let (cuts, how) = match &earlier {
-        Some(e) => {
-            let previous = cuts_of(&e.manifest);
-            let cuts = chunker::recut_file(map.bytes(), &previous, e.manifest.size(), threads);
-            (cuts, Scan::Recut)
-        }
-        None => (chunker::cut_file(map.bytes(), threads), Scan::Cut),
-    };
+    let previous = cuts_of(&earlier.manifest);
+    let cuts = chunker::recut_file(map.bytes(), &previous, earlier.manifest.size(), threads);
+    let manifest = manifest_from(&cuts)?;
+    remember(file, path, cache, &before, scanned, &manifest);
+    Ok(Begun::Known(manifest, Scan::Recut))
+}
+
+/// The manifest of a file's chunks, in order.
+pub fn manifest_from(cuts: &[Cut]) -> io::Result<Manifest> {
     let chunks = cuts
-        .into_iter()
+        .iter()
         .map(|c| ChunkRef {
             hash: c.hash,
             len: c.len,
         })
         .collect();
-    let manifest =
-        Manifest::new(chunks).map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))?;
-    if let Some(cache) = cache
-        && Identity::of(&file.metadata()?) == before
-    {
-        let entry = Entry {
-            identity: before,
-            scanned,
-            manifest: manifest.clone(),
-        };
-        if let Err(e) = cache.put(path, &entry) {
-            tracing::debug!(error = %e, "cannot remember the file's manifest");
-        }
+    Manifest::new(chunks).map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))
+}
+
+/// Keeps `manifest` in `cache` as the scan begun at `scanned` of the file at `path`, which was
+/// `before` then, if it still is.
+fn remember(
+    file: &File,
+    path: &Path,
+    cache: Option<&ScanCache>,
+    before: &Identity,
+    scanned: Stamp,
+    manifest: &Manifest,
+) {
+    let Some(cache) = cache else { return };
+    if !file.metadata().is_ok_and(|md| Identity::of(&md) == *before) {
+        return;
     }
-    Ok((manifest, how))
+    let entry = Entry {
+        identity: *before,
+        scanned,
+        manifest: manifest.clone(),
+    };
+    if let Err(e) = cache.put(path, &entry) {
+        tracing::debug!(error = %e, "cannot remember the file's manifest");
+    }
 }
 
 /// A manifest's chunks with their offsets.
-fn cuts_of(m: &Manifest) -> Vec<Cut> {
+pub fn cuts_of(m: &Manifest) -> Vec<Cut> {
     m.chunks()
         .iter()
         .zip(m.offsets())

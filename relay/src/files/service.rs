@@ -15,9 +15,11 @@ use std::time::Duration;
 use bytes::Bytes;
 
 use super::chunker::VerifiedChunk;
+use super::manifest::Manifest;
 use super::plan;
 use super::store::{
     ChunkStore, ExpectedChunk, FileRecord, NewUpload, Quotas, Reader, StoreError, Upload,
+    UploadPlan,
 };
 use super::wire::{self, Encoding, FileEntry, PutStart, Request, Response, UploadId};
 use crate::config;
@@ -64,6 +66,7 @@ fn store_failure(e: StoreError) -> Response {
             ),
         ),
         StoreError::Quota(q) => Response::refused("quota", q.to_string()),
+        StoreError::Rejected(m) => Response::failed("bad_request", m),
         other => {
             tracing::error!(error = %other, "file store failure");
             Response::failed("internal", "the file store failed")
@@ -130,6 +133,14 @@ impl Service {
                 data,
             } => self.put_chunk(&token, upload, index, encoding, data),
             Request::PutCommit { token, upload } => self.put_commit(&token, upload),
+            Request::PutOpen { start, size } => self.put_open(*start, size),
+            Request::PutList {
+                token,
+                upload,
+                first,
+                last,
+                part,
+            } => self.put_list(&token, upload, first, last, &part),
             Request::GetStart { token, file } => self.get_start(&token, &file),
             Request::GetChunk { token, file, index } => self.get_chunk(&token, &file, index),
             Request::List { token } => self.list(&token),
@@ -177,6 +188,16 @@ impl Service {
     }
 
     fn put_start(&self, req: PutStart) -> Response {
+        self.begin_put(&req, None)
+    }
+
+    fn put_open(&self, req: PutStart, size: u64) -> Response {
+        self.begin_put(&req, Some(size))
+    }
+
+    /// Starts an upload of `req.manifest`, or, with `size`, an upload of `size` bytes whose
+    /// manifest begins with it and continues in [`Request::PutList`].
+    fn begin_put(&self, req: &PutStart, size: Option<u64>) -> Response {
         let target = format!("file:{}", req.name);
         let p = match self
             .control
@@ -229,33 +250,70 @@ impl Service {
             room: room.as_deref(),
             classification,
             view_only: req.view_only,
-            manifest: &req.manifest,
-            reader: Reader {
-                clearance: p.clearance,
-                room: p.room.as_deref(),
-                view_only: p.device_kind == DeviceKind::Terminal,
-            },
+            reader: reader_of(&p),
         };
-        let result = self
-            .store
-            .begin_upload(&new, quotas, unix_now(), self.lease());
+        let (now, lease) = (unix_now(), self.lease());
+        let result = match size {
+            None => self
+                .store
+                .begin_upload(&new, &req.manifest, quotas, now, lease),
+            Some(size) => self
+                .store
+                .open_upload(&new, size, &req.manifest, quotas, now, lease),
+        };
         match result {
-            Ok(plan) => {
-                self.counters
-                    .bytes_deduplicated
-                    .fetch_add(plan.deduplicated_bytes, Ordering::Relaxed);
-                Response::PutReady {
-                    upload: plan.id,
-                    resumed: plan.resumed,
-                    missing: plan.missing,
-                }
-            }
+            Ok(plan) => self.ready(plan),
             Err(StoreError::Quota(q)) => {
                 self.control
                     .deny("files.put", Some(&p), &target, Denial::Quota);
                 Response::refused(Denial::Quota.code(), q.to_string())
             }
             Err(e) => store_failure(e),
+        }
+    }
+
+    /// The next part of an opened upload's manifest.
+    fn put_list(
+        &self,
+        token: &str,
+        upload: UploadId,
+        first: u32,
+        last: bool,
+        part: &Manifest,
+    ) -> Response {
+        let p = match self
+            .control
+            .authenticate(Some(token), "files.put", "upload")
+        {
+            Ok(p) => p,
+            Err(d) => return refusal(d),
+        };
+        if let Err(r) = self.own_upload(&p, upload) {
+            return r;
+        }
+        let listed = self.store.list_upload(
+            &upload,
+            first,
+            part,
+            last,
+            reader_of(&p),
+            unix_now(),
+            self.lease(),
+        );
+        match listed {
+            Ok(plan) => self.ready(plan),
+            Err(e) => store_failure(e),
+        }
+    }
+
+    fn ready(&self, plan: UploadPlan) -> Response {
+        self.counters
+            .bytes_deduplicated
+            .fetch_add(plan.deduplicated_bytes, Ordering::Relaxed);
+        Response::PutReady {
+            upload: plan.id,
+            resumed: plan.resumed,
+            missing: plan.missing,
         }
     }
 
@@ -565,6 +623,15 @@ fn facts_of(rec: &FileRecord) -> FileFacts<'_> {
         room: rec.room.as_deref(),
         classification: rec.classification,
         view_only: rec.view_only,
+    }
+}
+
+/// What the bearer `p` may read, for the "already have" answers of its uploads.
+fn reader_of(p: &Principal) -> Reader<'_> {
+    Reader {
+        clearance: p.clearance,
+        room: p.room.as_deref(),
+        view_only: p.device_kind == DeviceKind::Terminal,
     }
 }
 

@@ -41,6 +41,8 @@ mod kind {
     pub const GET_CHUNK: u8 = 0x05;
     pub const LIST: u8 = 0x06;
     pub const REMOVE: u8 = 0x07;
+    pub const PUT_OPEN: u8 = 0x08;
+    pub const PUT_LIST: u8 = 0x09;
     pub const PUT_READY: u8 = 0x81;
     pub const CHUNK_ACCEPTED: u8 = 0x82;
     pub const COMMITTED: u8 = 0x83;
@@ -122,6 +124,20 @@ pub enum Request {
     PutCommit {
         token: String,
         upload: UploadId,
+    },
+    /// The start of an upload whose manifest comes in parts while the file is cut: `start`
+    /// carries the first part, `size` the whole file's; the rest follows in [`Request::PutList`].
+    PutOpen {
+        start: Box<PutStart>,
+        size: u64,
+    },
+    /// The chunks of an opened upload from index `first` on; `last` when they end its manifest.
+    PutList {
+        token: String,
+        upload: UploadId,
+        first: u32,
+        last: bool,
+        part: Manifest,
     },
     GetStart {
         token: String,
@@ -240,6 +256,14 @@ impl Writer {
         self.0.extend_from_slice(v);
         self
     }
+    /// A put's fields before its manifest.
+    fn put_start(&mut self, p: &PutStart) -> &mut Self {
+        self.str(&p.token)
+            .str(&p.name)
+            .opt_str(p.room.as_deref())
+            .u8(p.classification)
+            .u8(u8::from(p.view_only))
+    }
     /// Strings longer than a u16 count are cut; every field's limit is far below that, and the
     /// decoder refuses what is over the limit, so a sender learns of it at once.
     fn str(&mut self, s: &str) -> &mut Self {
@@ -282,6 +306,28 @@ pub fn chunk_offset(kind: u8, first: [u8; 2]) -> Option<usize> {
         // The chunk's index, then its encoding.
         kind::CHUNK_DATA => Some(4 + 1),
         _ => None,
+    }
+}
+
+/// A put's fields before its manifest, as decoded.
+struct PutHead {
+    token: String,
+    name: String,
+    room: Option<String>,
+    classification: u8,
+    view_only: bool,
+}
+
+impl PutHead {
+    fn with(self, manifest: Manifest) -> PutStart {
+        PutStart {
+            token: self.token,
+            name: self.name,
+            room: self.room,
+            classification: self.classification,
+            view_only: self.view_only,
+            manifest,
+        }
     }
 }
 
@@ -362,6 +408,15 @@ impl Reader {
             v => Err(WireError::BadValue("classification", v.into())),
         }
     }
+    fn put_head(&mut self) -> Result<PutHead, WireError> {
+        Ok(PutHead {
+            token: self.str("token", MAX_TOKEN)?,
+            name: self.str("name", MAX_NAME)?,
+            room: self.opt_str("room", MAX_NAME)?,
+            classification: self.level()?,
+            view_only: self.bool("view_only")?,
+        })
+    }
     fn entry(&mut self) -> Result<FileEntry, WireError> {
         Ok(FileEntry {
             id: self.str("file id", MAX_ID)?,
@@ -418,9 +473,10 @@ fn split_frame(frame: &[u8]) -> Result<(u8, Bytes), WireError> {
 impl Request {
     pub fn token(&self) -> &str {
         match self {
-            Request::PutStart(p) => &p.token,
+            Request::PutStart(p) | Request::PutOpen { start: p, .. } => &p.token,
             Request::PutChunk { token, .. }
             | Request::PutCommit { token, .. }
+            | Request::PutList { token, .. }
             | Request::GetStart { token, .. }
             | Request::GetChunk { token, .. }
             | Request::List { token }
@@ -432,12 +488,29 @@ impl Request {
         match self {
             Request::PutStart(p) => {
                 let mut w = Writer::new(kind::PUT_START);
-                w.str(&p.token)
-                    .str(&p.name)
-                    .opt_str(p.room.as_deref())
-                    .u8(p.classification)
-                    .u8(u8::from(p.view_only))
-                    .bytes(&p.manifest.encode());
+                w.put_start(p).bytes(&p.manifest.encode());
+                w.finish(Bytes::new())
+            }
+            Request::PutOpen { start, size } => {
+                let mut w = Writer::new(kind::PUT_OPEN);
+                w.put_start(start)
+                    .u64(*size)
+                    .bytes(&start.manifest.encode());
+                w.finish(Bytes::new())
+            }
+            Request::PutList {
+                token,
+                upload,
+                first,
+                last,
+                part,
+            } => {
+                let mut w = Writer::new(kind::PUT_LIST);
+                w.str(token)
+                    .bytes(upload)
+                    .u32(*first)
+                    .u8(u8::from(*last))
+                    .bytes(&part.encode());
                 w.finish(Bytes::new())
             }
             Request::PutChunk {
@@ -484,21 +557,22 @@ impl Request {
         let mut r = Reader { body, at: 0 };
         let req = match kind {
             kind::PUT_START => {
-                let token = r.str("token", MAX_TOKEN)?;
-                let name = r.str("name", MAX_NAME)?;
-                let room = r.opt_str("room", MAX_NAME)?;
-                let classification = r.level()?;
-                let view_only = r.bool("view_only")?;
-                let manifest = Manifest::decode(&r.rest())?;
-                Request::PutStart(Box::new(PutStart {
-                    token,
-                    name,
-                    room,
-                    classification,
-                    view_only,
-                    manifest,
-                }))
+                let head = r.put_head()?;
+                Request::PutStart(Box::new(head.with(Manifest::decode(&r.rest())?)))
             }
+            kind::PUT_OPEN => {
+                let head = r.put_head()?;
+                let size = r.u64("size")?;
+                let start = Box::new(head.with(Manifest::decode(&r.rest())?));
+                Request::PutOpen { start, size }
+            }
+            kind::PUT_LIST => Request::PutList {
+                token: r.str("token", MAX_TOKEN)?,
+                upload: r.upload_id()?,
+                first: r.u32("first chunk")?,
+                last: r.bool("last")?,
+                part: Manifest::decode(&r.rest())?,
+            },
             kind::PUT_CHUNK => Request::PutChunk {
                 token: r.str("token", MAX_TOKEN)?,
                 upload: r.upload_id()?,
@@ -763,6 +837,31 @@ mod tests {
             Request::PutCommit {
                 token: t.clone(),
                 upload: [1; 16],
+            },
+            Request::PutOpen {
+                start: Box::new(PutStart {
+                    token: t.clone(),
+                    name: "big.mov".into(),
+                    room: None,
+                    classification: 3,
+                    view_only: false,
+                    manifest: manifest(),
+                }),
+                size: u64::MAX,
+            },
+            Request::PutList {
+                token: t.clone(),
+                upload: [9; 16],
+                first: 70_000,
+                last: true,
+                part: manifest(),
+            },
+            Request::PutList {
+                token: t.clone(),
+                upload: [9; 16],
+                first: 0,
+                last: false,
+                part: Manifest::new(vec![]).unwrap(),
             },
             Request::GetStart {
                 token: t.clone(),

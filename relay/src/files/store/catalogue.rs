@@ -63,7 +63,10 @@ CREATE TABLE IF NOT EXISTS uploads (
     classification INTEGER NOT NULL,
     view_only      INTEGER NOT NULL,
     lease_expires  INTEGER NOT NULL,
-    created        INTEGER NOT NULL
+    created        INTEGER NOT NULL,
+    -- 0 while its manifest still comes in parts: the root is a placeholder then, and the
+    -- upload cannot be committed.
+    listed         INTEGER NOT NULL DEFAULT 1
 ) STRICT;
 CREATE UNIQUE INDEX IF NOT EXISTS uploads_key ON uploads (org, owner, root);
 CREATE TABLE IF NOT EXISTS upload_chunks (
@@ -101,19 +104,20 @@ pub(super) const ORG_HAS: &str = "SELECT EXISTS (SELECT 1 FROM chunks WHERE hash
 /// finds the column there.
 pub(super) fn upgrade(conn: &mut Connection) -> rusqlite::Result<()> {
     let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
-    for (column, kind) in [
-        ("compresses", "INTEGER"),
-        ("pack", "INTEGER"),
-        ("at", "INTEGER"),
-        ("seal", "BLOB"),
+    for (table, column, kind) in [
+        ("chunks", "compresses", "INTEGER"),
+        ("chunks", "pack", "INTEGER"),
+        ("chunks", "at", "INTEGER"),
+        ("chunks", "seal", "BLOB"),
+        ("uploads", "listed", "INTEGER NOT NULL DEFAULT 1"),
     ] {
         let has: bool = tx.query_row(
-            "SELECT COUNT(*) > 0 FROM pragma_table_info('chunks') WHERE name = ?1",
-            [column],
+            "SELECT COUNT(*) > 0 FROM pragma_table_info(?1) WHERE name = ?2",
+            [table, column],
             |r| r.get(0),
         )?;
         if !has {
-            tx.execute_batch(&format!("ALTER TABLE chunks ADD COLUMN {column} {kind}"))?;
+            tx.execute_batch(&format!("ALTER TABLE {table} ADD COLUMN {column} {kind}"))?;
         }
     }
     tx.commit()

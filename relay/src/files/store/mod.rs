@@ -68,6 +68,10 @@ pub enum StoreError {
     /// Chunks (manifest indices) the upload has not received yet.
     #[error("{} chunks have not been received", .0.len())]
     Incomplete(Vec<u32>),
+    /// The request does not fit the upload (chunks listed out of order, more bytes than it
+    /// declared, a commit before its whole manifest).
+    #[error("{0}")]
+    Rejected(String),
     /// The database says something that cannot be (a hash of the wrong length, ...).
     #[error("file database: {0}")]
     Invalid(String),
@@ -125,7 +129,6 @@ pub struct NewUpload<'a> {
     pub room: Option<&'a str>,
     pub classification: u8,
     pub view_only: bool,
-    pub manifest: &'a Manifest,
     /// Who asks: only what this bearer may read counts as held.
     pub reader: Reader<'a>,
 }

@@ -296,7 +296,7 @@ impl ChunkStore {
                 "DELETE FROM upload_chunks WHERE upload = ?1 AND received = 0",
                 [&id[..]],
             )?;
-            let chunks = Self::listed_chunks(&db, id)?;
+            let chunks = Self::manifest_rows(&db, id, true)?;
             if chunks.is_empty() {
                 return Err(StoreError::Invalid("a recording without bytes".into()));
             }
@@ -312,24 +312,6 @@ impl ChunkStore {
     /// Drops a recording that holds nothing worth keeping; its chunks are left to collection.
     pub fn discard_recording(&self, id: &UploadId, now: u64) -> Result<()> {
         self.abort(id, now)
-    }
-
-    fn listed_chunks(db: &Connection, id: &UploadId) -> Result<Vec<ChunkRef>> {
-        let rows: Vec<(Vec<u8>, u32)> = db
-            .prepare_cached(
-                "SELECT hash, len FROM upload_chunks WHERE upload = ?1 AND received = 1 AND idx >= 0
-                 ORDER BY idx",
-            )?
-            .query_map([&id[..]], |r| Ok((r.get(0)?, r.get(1)?)))?
-            .collect::<rusqlite::Result<_>>()?;
-        rows.into_iter()
-            .map(|(h, len)| {
-                Ok(ChunkRef {
-                    hash: hash_of(h)?,
-                    len,
-                })
-            })
-            .collect()
     }
 
     /// Recordings not closed yet (after a crash, every one that was running).
@@ -362,7 +344,7 @@ impl ChunkStore {
                 open.id = id
                     .try_into()
                     .map_err(|_| StoreError::Invalid("upload id".into()))?;
-                open.chunks = Self::listed_chunks(&db, &open.id)?;
+                open.chunks = Self::manifest_rows(&db, &open.id, true)?;
                 Ok(open)
             })
             .collect()

@@ -33,7 +33,7 @@ fn cut(data: &[u8]) -> (Manifest, Vec<Vec<u8>>) {
     (m, bytes)
 }
 
-fn new<'a>(org: &'a str, owner: &'a str, m: &'a Manifest) -> NewUpload<'a> {
+fn new<'a>(org: &'a str, owner: &'a str) -> NewUpload<'a> {
     NewUpload {
         org,
         owner,
@@ -41,7 +41,6 @@ fn new<'a>(org: &'a str, owner: &'a str, m: &'a Manifest) -> NewUpload<'a> {
         room: None,
         classification: 0,
         view_only: false,
-        manifest: m,
         reader: Reader {
             clearance: 3,
             room: None,
@@ -83,7 +82,7 @@ fn send_as(
 fn upload(s: &ChunkStore, org: &str, data: &[u8], now: u64) -> (UploadPlan, FileRecord) {
     let (m, bytes) = cut(data);
     let plan = s
-        .begin_upload(&new(org, "ann", &m), NO_QUOTA, now, LEASE)
+        .begin_upload(&new(org, "ann"), &m, NO_QUOTA, now, LEASE)
         .unwrap();
     send(s, &plan, &m, &bytes, now);
     let f = s.commit(&plan.id, now, true).unwrap();
@@ -138,13 +137,13 @@ fn already_have_stays_inside_the_organisation() {
     let (m, _) = cut(&data);
     let same_org = f
         .store
-        .begin_upload(&new("acme", "bob", &m), NO_QUOTA, 101, LEASE)
+        .begin_upload(&new("acme", "bob"), &m, NO_QUOTA, 101, LEASE)
         .unwrap();
     assert!(same_org.missing.is_empty());
     assert_eq!(same_org.deduplicated_bytes, data.len() as u64);
     let other = f
         .store
-        .begin_upload(&new("other", "eve", &m), NO_QUOTA, 101, LEASE)
+        .begin_upload(&new("other", "eve"), &m, NO_QUOTA, 101, LEASE)
         .unwrap();
     assert_eq!(other.missing.len(), m.chunks().len());
     assert_eq!(other.deduplicated_bytes, 0);
@@ -163,11 +162,11 @@ fn already_have_counts_only_what_the_uploader_may_read() {
     let classified = NewUpload {
         classification: 3,
         room: Some("ops"),
-        ..new("acme", "ann", &m)
+        ..new("acme", "ann")
     };
     let plan = f
         .store
-        .begin_upload(&classified, NO_QUOTA, 100, LEASE)
+        .begin_upload(&classified, &m, NO_QUOTA, 100, LEASE)
         .unwrap();
     // While the upload is open, its received chunks are held for readers at its level only.
     send(&f.store, &plan, &m, &bytes, 100);
@@ -182,8 +181,9 @@ fn already_have_counts_only_what_the_uploader_may_read() {
             .begin_upload(
                 &NewUpload {
                     reader,
-                    ..new("acme", "bob", &m)
+                    ..new("acme", "bob")
                 },
+                &m,
                 NO_QUOTA,
                 now,
                 LEASE,
@@ -219,8 +219,9 @@ fn already_have_counts_only_what_the_uploader_may_read() {
         .begin_upload(
             &NewUpload {
                 view_only: true,
-                ..new("acme", "ann", &fm)
+                ..new("acme", "ann")
             },
+            &fm,
             NO_QUOTA,
             104,
             LEASE,
@@ -238,8 +239,9 @@ fn already_have_counts_only_what_the_uploader_may_read() {
         .begin_upload(
             &NewUpload {
                 reader: browser,
-                ..new("acme", "bob", &fm)
+                ..new("acme", "bob")
             },
+            &fm,
             NO_QUOTA,
             105,
             LEASE,
@@ -257,7 +259,7 @@ fn restarted_upload_continues_where_it_stopped() {
     let first = {
         let s = ChunkStore::open(dir.path()).unwrap();
         let plan = s
-            .begin_upload(&new("acme", "ann", &m), NO_QUOTA, 100, LEASE)
+            .begin_upload(&new("acme", "ann"), &m, NO_QUOTA, 100, LEASE)
             .unwrap();
         let half = UploadPlan {
             missing: plan.missing[..2].to_vec(),
@@ -268,7 +270,7 @@ fn restarted_upload_continues_where_it_stopped() {
     };
     let s = ChunkStore::open(dir.path()).unwrap();
     let again = s
-        .begin_upload(&new("acme", "ann", &m), NO_QUOTA, 200, LEASE)
+        .begin_upload(&new("acme", "ann"), &m, NO_QUOTA, 200, LEASE)
         .unwrap();
     assert!(again.resumed);
     assert_eq!(again.id, first.id);
@@ -288,19 +290,19 @@ fn quotas_reserve_settle_and_release() {
     // Fits exactly.
     let plan = f
         .store
-        .begin_upload(&new("acme", "ann", &m), q(Some(size), None), 100, LEASE)
+        .begin_upload(&new("acme", "ann"), &m, q(Some(size), None), 100, LEASE)
         .unwrap();
     assert_eq!(f.store.usage_of("acme", None, 100).unwrap(), size);
     // A second one does not fit while the first holds its reservation.
     let (m2, _) = cut(&noise(5, 10));
     let e = f
         .store
-        .begin_upload(&new("acme", "bob", &m2), q(Some(size), None), 100, LEASE)
+        .begin_upload(&new("acme", "bob"), &m2, q(Some(size), None), 100, LEASE)
         .unwrap_err();
     assert!(matches!(e, StoreError::Quota(ref x) if x.scope == plan::QuotaScope::Organisation));
     let e = f
         .store
-        .begin_upload(&new("acme", "ann", &m2), q(None, Some(size)), 100, LEASE)
+        .begin_upload(&new("acme", "ann"), &m2, q(None, Some(size)), 100, LEASE)
         .unwrap_err();
     assert!(matches!(e, StoreError::Quota(ref x) if x.scope == plan::QuotaScope::User));
     // The refusals left nothing behind.
@@ -313,12 +315,12 @@ fn quotas_reserve_settle_and_release() {
     // Aborted and expired uploads release theirs.
     let p = f
         .store
-        .begin_upload(&new("acme", "ann", &m), NO_QUOTA, 100, LEASE)
+        .begin_upload(&new("acme", "ann"), &m, NO_QUOTA, 100, LEASE)
         .unwrap();
     f.store.abort(&p.id, 100).unwrap();
     assert_eq!(f.store.usage_of("acme", None, 100).unwrap(), 0);
     f.store
-        .begin_upload(&new("acme", "ann", &m), NO_QUOTA, 100, LEASE)
+        .begin_upload(&new("acme", "ann"), &m, NO_QUOTA, 100, LEASE)
         .unwrap();
     assert_eq!(f.store.usage_of("acme", None, 100).unwrap(), size);
     assert_eq!(f.store.expire_uploads(100 + LEASE.as_secs()).unwrap(), 1);
@@ -338,7 +340,7 @@ fn gc_waits_for_grace_and_spares_live_uploads() {
     // An upload that lists the chunks holds them, even though nobody references them.
     let p = f
         .store
-        .begin_upload(&new("acme", "ann", &m), NO_QUOTA, 1030, LEASE)
+        .begin_upload(&new("acme", "ann"), &m, NO_QUOTA, 1030, LEASE)
         .unwrap();
     assert_eq!(f.store.gc(2000, grace).unwrap().chunks, 0, "leased");
     f.store.abort(&p.id, 2000).unwrap();
@@ -770,7 +772,7 @@ fn a_get_compresses_again_only_what_came_compressed_or_is_not_known() {
     let receive = |org: &str, compressed: &dyn Fn(u32) -> bool, compressible: bool| {
         let plan = f
             .store
-            .begin_upload(&new(org, "ann", &m), NO_QUOTA, 100, LEASE)
+            .begin_upload(&new(org, "ann"), &m, NO_QUOTA, 100, LEASE)
             .unwrap();
         send_as(&f.store, &plan, &m, &bytes, 100, compressed);
         f.store.commit(&plan.id, 100, compressible).unwrap()
@@ -974,7 +976,7 @@ fn each_chunk_received_extends_the_uploads_lease_and_never_shortens_it() {
     assert!(m.chunks().len() >= 2);
     let plan = f
         .store
-        .begin_upload(&new("acme", "ann", &m), NO_QUOTA, 100, LEASE)
+        .begin_upload(&new("acme", "ann"), &m, NO_QUOTA, 100, LEASE)
         .unwrap();
     let receive = |i: usize, now: u64| {
         let c = m.chunks()[i];
@@ -1001,11 +1003,11 @@ fn a_chunk_stored_meanwhile_by_another_upload_is_given_back() {
     assert!(m.chunks().len() >= 2);
     let mine = f
         .store
-        .begin_upload(&new("acme", "ann", &m), NO_QUOTA, 100, LEASE)
+        .begin_upload(&new("acme", "ann"), &m, NO_QUOTA, 100, LEASE)
         .unwrap();
     let theirs = f
         .store
-        .begin_upload(&new("other", "eve", &m), NO_QUOTA, 100, LEASE)
+        .begin_upload(&new("other", "eve"), &m, NO_QUOTA, 100, LEASE)
         .unwrap();
     // Read as a put reads it: the store does not hold the first chunk yet.
     assert!(!f.store.expected_chunk(&mine.id, 0).unwrap().unwrap().stored);
@@ -1040,4 +1042,257 @@ fn a_chunk_stored_meanwhile_by_another_upload_is_given_back() {
     }
     let file = f.store.commit(&mine.id, 101, true).unwrap();
     assert_eq!(read_all(&f.store, &file.id).unwrap(), data);
+}
+
+/// Chunks `range` of `m` as a manifest part.
+fn part(m: &Manifest, range: std::ops::Range<usize>) -> Manifest {
+    Manifest::new(m.chunks()[range].to_vec()).unwrap()
+}
+
+fn rejected<T: std::fmt::Debug>(r: Result<T>) -> String {
+    match r {
+        Err(StoreError::Rejected(m)) => m,
+        other => panic!("expected a rejection, got {other:?}"),
+    }
+}
+
+#[test]
+fn a_manifest_sent_in_parts_makes_the_same_file() {
+    let f = fixture();
+    let data = noise(40, 12_000_000);
+    let (m, bytes) = cut(&data);
+    let n = m.chunks().len();
+    assert!(n > 6);
+    // The organisation holds the file's first three chunks already.
+    let held = m.offsets()[3] as usize;
+    upload(&f.store, "acme", &data[..held], 100);
+    let size = m.size();
+    let ann = new("acme", "ann");
+    let plan = f
+        .store
+        .open_upload(&ann, size, &part(&m, 0..1), NO_QUOTA, 100, LEASE)
+        .unwrap();
+    assert!(!plan.resumed);
+    assert!(plan.missing.is_empty(), "the first chunk is held");
+    assert_eq!(plan.deduplicated_bytes, u64::from(m.chunks()[0].len));
+    // The whole size is reserved from the start.
+    assert_eq!(
+        f.store.usage_of("acme", Some("ann"), 100).unwrap(),
+        size + held as u64
+    );
+    assert!(rejected(f.store.commit(&plan.id, 100, true)).contains("manifest"));
+    let second = f
+        .store
+        .list_upload(&plan.id, 1, &part(&m, 1..4), false, ann.reader, 100, LEASE)
+        .unwrap();
+    assert_eq!(second.missing, vec![3]);
+    assert_eq!(
+        second.deduplicated_bytes,
+        u64::from(m.chunks()[1].len + m.chunks()[2].len)
+    );
+    // Out of order, or more bytes than declared: refused, and nothing of it kept.
+    rejected(
+        f.store
+            .list_upload(&plan.id, 5, &part(&m, 5..n), true, ann.reader, 100, LEASE),
+    );
+    let mut over = m.chunks()[4..].to_vec();
+    over.push(m.chunks()[0]);
+    let over = Manifest::new(over).unwrap();
+    assert!(
+        rejected(
+            f.store
+                .list_upload(&plan.id, 4, &over, true, ann.reader, 100, LEASE)
+        )
+        .contains("declared")
+    );
+    rejected(f.store.list_upload(
+        &plan.id,
+        4,
+        &part(&m, 4..n - 1),
+        true,
+        ann.reader,
+        100,
+        LEASE,
+    ));
+    let last = f
+        .store
+        .list_upload(&plan.id, 4, &part(&m, 4..n), true, ann.reader, 100, LEASE)
+        .unwrap();
+    assert_eq!(last.missing, (4..n as u32).collect::<Vec<_>>());
+    rejected(f.store.list_upload(
+        &plan.id,
+        n as u32,
+        &part(&m, 0..0),
+        true,
+        ann.reader,
+        100,
+        LEASE,
+    ));
+    let all = UploadPlan {
+        missing: [second.missing, last.missing].concat(),
+        ..plan
+    };
+    send(&f.store, &all, &m, &bytes, 100);
+    let file = f.store.commit(&all.id, 101, true).unwrap();
+    assert_eq!(file.root, *m.root());
+    assert_eq!(file.size, size);
+    assert_eq!(read_all(&f.store, &file.id).unwrap(), data);
+}
+
+#[test]
+fn an_interrupted_put_in_parts_is_taken_over_by_the_next() {
+    let f = fixture();
+    let data = noise(41, 9_000_000);
+    let (m, bytes) = cut(&data);
+    let n = m.chunks().len();
+    let size = m.size();
+    let ann = new("acme", "ann");
+    let first = f
+        .store
+        .open_upload(&ann, size, &part(&m, 0..1), NO_QUOTA, 100, LEASE)
+        .unwrap();
+    let more = f
+        .store
+        .list_upload(&first.id, 1, &part(&m, 1..3), false, ann.reader, 100, LEASE)
+        .unwrap();
+    send(&f.store, &first, &m, &bytes, 100);
+    send(&f.store, &more, &m, &bytes, 100);
+    // The put runs again, as the same user, on the same file: the same upload goes on under a
+    // new id; the old id ends, and its reservation is not counted twice.
+    let again = f
+        .store
+        .open_upload(&ann, size, &part(&m, 0..1), NO_QUOTA, 200, LEASE)
+        .unwrap();
+    assert!(again.resumed);
+    assert_ne!(again.id, first.id);
+    assert!(again.missing.is_empty());
+    assert_eq!(f.store.upload(&first.id).unwrap(), None);
+    rejected(f.store.commit(&again.id, 200, true));
+    assert_eq!(f.store.usage_of("acme", None, 200).unwrap(), size);
+    let relisted = f
+        .store
+        .list_upload(&again.id, 1, &part(&m, 1..3), false, ann.reader, 200, LEASE)
+        .unwrap();
+    assert!(relisted.missing.is_empty(), "what arrived stays received");
+    let rest = f
+        .store
+        .list_upload(&again.id, 3, &part(&m, 3..n), true, ann.reader, 200, LEASE)
+        .unwrap();
+    assert_eq!(rest.missing, (3..n as u32).collect::<Vec<_>>());
+    // Once its manifest is whole, a put that sends the manifest at once continues it too.
+    let whole = f
+        .store
+        .begin_upload(&ann, &m, NO_QUOTA, 201, LEASE)
+        .unwrap();
+    assert!(whole.resumed);
+    assert_eq!(whole.id, again.id);
+    assert_eq!(whole.missing, rest.missing);
+    // Another user's put of the same file, or the same user's of another file, takes nothing.
+    let bob = f
+        .store
+        .open_upload(
+            &new("acme", "bob"),
+            size,
+            &part(&m, 0..1),
+            NO_QUOTA,
+            201,
+            LEASE,
+        )
+        .unwrap();
+    assert!(!bob.resumed);
+    let other = Manifest::new(vec![m.chunks()[1]]).unwrap();
+    let other = f
+        .store
+        .open_upload(&ann, size, &other, NO_QUOTA, 201, LEASE)
+        .unwrap();
+    assert!(!other.resumed);
+    assert!(f.store.upload(&again.id).unwrap().is_some());
+    send(&f.store, &whole, &m, &bytes, 202);
+    let file = f.store.commit(&again.id, 202, true).unwrap();
+    assert_eq!(read_all(&f.store, &file.id).unwrap(), data);
+}
+
+#[test]
+fn a_part_listed_again_differently_replaces_what_it_listed() {
+    let f = fixture();
+    let data = noise(42, 6_000_000);
+    let (m, bytes) = cut(&data);
+    let n = m.chunks().len();
+    let mut edited = data.clone();
+    edited[..1000].fill(7);
+    let (e, ebytes) = cut(&edited);
+    let ann = new("acme", "ann");
+    let plan = f
+        .store
+        .open_upload(&ann, m.size(), &part(&m, 0..n), NO_QUOTA, 100, LEASE)
+        .unwrap();
+    send(&f.store, &plan, &m, &bytes, 100);
+    // The same file name and size, edited at the start: a new upload, not this one.
+    let fresh = f
+        .store
+        .open_upload(&ann, e.size(), &part(&e, 0..1), NO_QUOTA, 100, LEASE)
+        .unwrap();
+    assert!(!fresh.resumed);
+    // Within one upload, listing other chunks at a place replaces them there.
+    let relisted = f
+        .store
+        .list_upload(
+            &plan.id,
+            0,
+            &part(&e, 0..e.chunks().len()),
+            true,
+            ann.reader,
+            101,
+            LEASE,
+        )
+        .unwrap();
+    assert!(relisted.missing.contains(&0));
+    let ours = UploadPlan {
+        missing: relisted.missing,
+        ..plan
+    };
+    send(&f.store, &ours, &e, &ebytes, 101);
+    let file = f.store.commit(&ours.id, 102, true).unwrap();
+    assert_eq!(file.root, *e.root());
+    assert_eq!(read_all(&f.store, &file.id).unwrap(), edited);
+}
+
+#[test]
+fn a_chunk_listed_again_in_a_later_part_travels_once() {
+    let f = fixture();
+    let data = noise(43, 5_000_000);
+    let (m, bytes) = cut(&data);
+    let c = m.chunks();
+    assert!(c.len() >= 3);
+    // A file whose chunks are 0, 1, then 1 and 2 again (as a file that repeats itself).
+    let parts = [vec![c[0], c[1]], vec![c[1], c[2]]];
+    let size: u64 = parts.iter().flatten().map(|c| u64::from(c.len)).sum();
+    let whole = Manifest::new(parts.concat()).unwrap();
+    let ann = new("acme", "ann");
+    let first_part = Manifest::new(parts[0].clone()).unwrap();
+    let plan = f
+        .store
+        .open_upload(&ann, size, &first_part, NO_QUOTA, 100, LEASE)
+        .unwrap();
+    assert_eq!(plan.missing, vec![0, 1]);
+    let second_part = Manifest::new(parts[1].clone()).unwrap();
+    let rest = f
+        .store
+        .list_upload(&plan.id, 2, &second_part, true, ann.reader, 100, LEASE)
+        .unwrap();
+    assert_eq!(rest.missing, vec![3], "chunk 1 is on its way already");
+    let blobs = [
+        bytes[0].clone(),
+        bytes[1].clone(),
+        bytes[1].clone(),
+        bytes[2].clone(),
+    ];
+    let all = UploadPlan {
+        missing: vec![0, 1, 3],
+        ..plan
+    };
+    send(&f.store, &all, &whole, &blobs, 100);
+    let file = f.store.commit(&all.id, 101, true).unwrap();
+    assert_eq!(file.root, *whole.root());
+    assert_eq!(read_all(&f.store, &file.id).unwrap(), blobs.concat());
 }

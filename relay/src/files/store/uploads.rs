@@ -6,6 +6,21 @@ use std::time::Duration;
 use rusqlite::{OptionalExtension, params};
 
 use super::*;
+use crate::files::manifest::{MAX_CHUNKS, root_of};
+
+/// What listing a manifest's chunks answered.
+#[derive(Debug, Default)]
+struct Listed {
+    /// Indices of the chunks to send.
+    missing: Vec<u32>,
+    /// Bytes the organisation held already, now counted as received.
+    deduplicated: u64,
+}
+
+fn upload_id(v: Vec<u8>) -> Result<UploadId> {
+    v.try_into()
+        .map_err(|_| StoreError::Invalid("upload id".into()))
+}
 
 impl ChunkStore {
     /// Logical bytes charged to `org` (or to one user of it): files plus open reservations.
@@ -13,114 +28,437 @@ impl ChunkStore {
         Self::usage(&self.db(), org, owner, now)
     }
 
-    /// Starts an upload, or continues the same user's unfinished upload of the same content.
-    /// A new upload reserves its size against the quotas; a continued one already holds its
-    /// reservation.
+    /// Starts an upload of `manifest`, or continues the same user's unfinished upload of the same
+    /// content (or of the same file's manifest sent in parts, see
+    /// [`ChunkStore::open_upload`]). A new upload reserves its size against the quotas; a
+    /// continued one already holds its reservation.
     pub fn begin_upload(
         &self,
         new: &NewUpload<'_>,
+        manifest: &Manifest,
         quotas: Quotas,
         now: u64,
         lease: Duration,
     ) -> Result<UploadPlan> {
         let mut db = self.db();
         let tx = db.transaction()?;
-        let m = new.manifest;
-        let lease_expires = now.saturating_add(lease.as_secs()) as i64;
         let existing: Option<Vec<u8>> = tx
             .query_row(
                 "SELECT id FROM uploads WHERE org = ?1 AND owner = ?2 AND root = ?3",
-                params![new.org, new.owner, &m.root()[..]],
+                params![new.org, new.owner, &manifest.root()[..]],
                 |r| r.get(0),
             )
             .optional()?;
+        let size = manifest.size();
         let (id, resumed) = match existing {
             Some(id) => {
-                let id: UploadId = id
-                    .try_into()
-                    .map_err(|_| StoreError::Invalid("upload id".into()))?;
-                tx.execute(
-                    "UPDATE uploads SET name = ?2, room = ?3, classification = ?4, view_only = ?5,
-                     lease_expires = ?6 WHERE id = ?1",
-                    params![
-                        &id[..],
-                        new.name,
-                        new.room,
-                        new.classification,
-                        new.view_only,
-                        lease_expires
-                    ],
-                )?;
+                let id = upload_id(id)?;
+                Self::renew(&tx, &id, new, now, lease)?;
                 (id, true)
             }
-            None => {
-                let org = Usage {
-                    used: Self::usage(&tx, new.org, None, now)?,
-                    limit: quotas.org,
-                };
-                let user = Usage {
-                    used: Self::usage(&tx, new.org, Some(new.owner), now)?,
-                    limit: quotas.user,
-                };
-                plan::reserve(m.size(), org, user).map_err(StoreError::Quota)?;
-                let id: UploadId = crate::random_bytes();
-                tx.execute(
-                    "INSERT INTO uploads (id, org, owner, name, room, root, size, classification,
-                     view_only, lease_expires, created)
-                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)",
-                    params![
-                        &id[..],
-                        new.org,
-                        new.owner,
-                        new.name,
-                        new.room,
-                        &m.root()[..],
-                        m.size() as i64,
-                        new.classification,
-                        new.view_only,
-                        lease_expires,
-                        now as i64
-                    ],
-                )?;
-                {
-                    let mut insert = tx.prepare_cached(
-                        "INSERT INTO upload_chunks (upload, idx, hash, len) VALUES (?1, ?2, ?3, ?4)",
-                    )?;
-                    for (i, c) in m.chunks().iter().enumerate() {
-                        insert.execute(params![&id[..], i as i64, &c.hash[..], c.len])?;
-                    }
+            None => match Self::take_over(&tx, new, size, manifest, now, lease)? {
+                Some(id) => (id, true),
+                None => {
+                    let root = manifest.root();
+                    (
+                        Self::insert_upload(&tx, new, size, root, quotas, now, lease)?,
+                        false,
+                    )
                 }
-                (id, false)
-            }
+            },
         };
-        // What the organisation holds now, including what this upload received before.
-        let mut held: HashMap<Hash, bool> = HashMap::new();
-        for c in m.chunks() {
-            if let std::collections::hash_map::Entry::Vacant(v) = held.entry(c.hash) {
-                v.insert(Self::org_has(&tx, new.org, new.reader, &c.hash, now)?);
-            }
-        }
-        let mut deduplicated = 0u64;
-        {
-            let mut mark = tx.prepare_cached(
-                "UPDATE upload_chunks SET received = 1 WHERE upload = ?1 AND idx = ?2 AND received = 0",
-            )?;
-            for (i, c) in m.chunks().iter().enumerate() {
-                if held.get(&c.hash).copied().unwrap_or(false)
-                    && mark.execute(params![&id[..], i as i64])? > 0
-                {
-                    deduplicated += u64::from(c.len);
-                }
-            }
-        }
-        let missing = plan::missing_chunks(m.chunks(), |h| held.get(h).copied().unwrap_or(false));
+        let chunks = manifest.chunks();
+        let listed = Self::list_places(&tx, &id, new.org, new.reader, 0, chunks, now)?;
+        Self::finish_listing(&tx, &id, chunks.len() as u32, size, now)?;
         tx.commit()?;
         Ok(UploadPlan {
             id,
             resumed,
-            missing,
-            deduplicated_bytes: deduplicated,
+            missing: listed.missing,
+            deduplicated_bytes: listed.deduplicated,
         })
+    }
+
+    /// Starts an upload of `size` bytes whose manifest comes in parts while the file is cut,
+    /// `first` the first of them; the rest follow through [`ChunkStore::list_upload`]. The same
+    /// user's unfinished upload of a file with the same name, size and first chunk is taken
+    /// over (its chunks received stay received, its reservation passes on, its id ends), so that
+    /// an interrupted put run again sends only what had not arrived.
+    pub fn open_upload(
+        &self,
+        new: &NewUpload<'_>,
+        size: u64,
+        first: &Manifest,
+        quotas: Quotas,
+        now: u64,
+        lease: Duration,
+    ) -> Result<UploadPlan> {
+        let mut db = self.db();
+        let tx = db.transaction()?;
+        let (id, resumed) = match Self::take_over(&tx, new, size, first, now, lease)? {
+            Some(id) => (id, true),
+            None => {
+                // A placeholder until the manifest is whole.
+                let root: Hash = crate::random_bytes();
+                (
+                    Self::insert_upload(&tx, new, size, &root, quotas, now, lease)?,
+                    false,
+                )
+            }
+        };
+        tx.execute("UPDATE uploads SET listed = 0 WHERE id = ?1", [&id[..]])?;
+        let listed = Self::list_places(&tx, &id, new.org, new.reader, 0, first.chunks(), now)?;
+        Self::check_listed_size(&tx, &id, size, false)?;
+        tx.commit()?;
+        Ok(UploadPlan {
+            id,
+            resumed,
+            missing: listed.missing,
+            deduplicated_bytes: listed.deduplicated,
+        })
+    }
+
+    /// Lists the chunks of upload `id` from index `first` on (the next part of its manifest, or
+    /// the same part again when a put is run again), and answers which of them to send. `last`
+    /// ends the manifest: the chunks must then add up to the upload's size, and the upload can be
+    /// committed (and continued by its content, as [`ChunkStore::begin_upload`] does).
+    #[allow(clippy::too_many_arguments)]
+    pub fn list_upload(
+        &self,
+        id: &UploadId,
+        first: u32,
+        part: &Manifest,
+        last: bool,
+        reader: Reader<'_>,
+        now: u64,
+        lease: Duration,
+    ) -> Result<UploadPlan> {
+        let mut db = self.db();
+        let tx = db.transaction()?;
+        let (org, size, listed): (String, i64, bool) = tx
+            .query_row(
+                "SELECT org, size, listed FROM uploads WHERE id = ?1 AND lease_expires > ?2",
+                params![&id[..], now as i64],
+                |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+            )
+            .optional()?
+            .ok_or(StoreError::NotFound("upload"))?;
+        if listed {
+            return Err(StoreError::Rejected(
+                "the upload's manifest is complete already".into(),
+            ));
+        }
+        let plan = Self::list_places(&tx, id, &org, reader, first, part.chunks(), now)?;
+        if last {
+            let end = first.saturating_add(part.chunks().len() as u32);
+            Self::finish_listing(&tx, id, end, size as u64, now)?;
+        } else {
+            Self::check_listed_size(&tx, id, size as u64, false)?;
+        }
+        tx.execute(
+            "UPDATE uploads SET lease_expires = ?2 WHERE id = ?1 AND lease_expires < ?2",
+            params![&id[..], now.saturating_add(lease.as_secs()) as i64],
+        )?;
+        tx.commit()?;
+        Ok(UploadPlan {
+            id: *id,
+            resumed: false,
+            missing: plan.missing,
+            deduplicated_bytes: plan.deduplicated,
+        })
+    }
+
+    /// The same user's unfinished upload (not a recording) of a file with `new`'s name, `size`
+    /// and the first chunk of `manifest`, given a new id and the put's facts; `None` if there is
+    /// none. Its chunks and reservation pass on; its old id ends, so that a put still using it
+    /// stops rather than lists chunks beside this one.
+    fn take_over(
+        tx: &Connection,
+        new: &NewUpload<'_>,
+        size: u64,
+        manifest: &Manifest,
+        now: u64,
+        lease: Duration,
+    ) -> Result<Option<UploadId>> {
+        let Some(c) = manifest.chunks().first() else {
+            return Ok(None);
+        };
+        let earlier: Option<Vec<u8>> = tx
+            .query_row(
+                "SELECT u.id FROM uploads u JOIN upload_chunks c ON c.upload = u.id AND c.idx = 0
+                 WHERE u.org = ?1 AND u.owner = ?2 AND u.name = ?3 AND u.size = ?4
+                   AND c.hash = ?5 AND u.lease_expires > ?6
+                   AND NOT EXISTS (SELECT 1 FROM recordings r WHERE r.upload = u.id)",
+                params![
+                    new.org,
+                    new.owner,
+                    new.name,
+                    size as i64,
+                    &c.hash[..],
+                    now as i64
+                ],
+                |r| r.get(0),
+            )
+            .optional()?;
+        let Some(old) = earlier else {
+            return Ok(None);
+        };
+        let old = upload_id(old)?;
+        let id: UploadId = crate::random_bytes();
+        // Its manifest is listed again: a placeholder root until it is whole.
+        let placeholder: Hash = crate::random_bytes();
+        tx.execute(
+            "INSERT INTO uploads (id, org, owner, name, room, root, size, classification,
+             view_only, lease_expires, created, listed)
+             SELECT ?2, org, owner, name, room, ?3, size, classification, view_only,
+                    lease_expires, created, 0
+             FROM uploads WHERE id = ?1",
+            params![&old[..], &id[..], &placeholder[..]],
+        )?;
+        tx.execute(
+            "UPDATE upload_chunks SET upload = ?2 WHERE upload = ?1",
+            params![&old[..], &id[..]],
+        )?;
+        tx.execute("DELETE FROM uploads WHERE id = ?1", [&old[..]])?;
+        Self::renew(tx, &id, new, now, lease)?;
+        Ok(Some(id))
+    }
+
+    /// Ends the manifest of upload `id` at `end` chunks: the places past it go, the chunks must
+    /// add up to `size`, and the upload takes the root of its chunks (unless the same user's
+    /// other unfinished upload of this content holds it: this one is then reached by its id
+    /// only) and may be committed.
+    fn finish_listing(
+        tx: &rusqlite::Transaction<'_>,
+        id: &UploadId,
+        end: u32,
+        size: u64,
+        now: u64,
+    ) -> Result<()> {
+        Self::release_chunks(tx, "upload = ?1 AND idx >= ?2", params![&id[..], end], now)?;
+        tx.execute(
+            "DELETE FROM upload_chunks WHERE upload = ?1 AND idx >= ?2",
+            params![&id[..], end],
+        )?;
+        Self::check_listed_size(tx, id, size, true)?;
+        let root = root_of(&Self::manifest_rows(tx, id, false)?);
+        let taken: bool = tx.query_row(
+            "SELECT EXISTS (SELECT 1 FROM uploads u, uploads me
+             WHERE me.id = ?1 AND u.id != me.id AND u.org = me.org AND u.owner = me.owner
+               AND u.root = ?2)",
+            params![&id[..], &root[..]],
+            |r| r.get(0),
+        )?;
+        if !taken {
+            tx.execute(
+                "UPDATE uploads SET root = ?2 WHERE id = ?1",
+                params![&id[..], &root[..]],
+            )?;
+        }
+        tx.execute("UPDATE uploads SET listed = 1 WHERE id = ?1", [&id[..]])?;
+        Ok(())
+    }
+
+    /// A new upload's row, its size reserved against the quotas.
+    fn insert_upload(
+        tx: &Connection,
+        new: &NewUpload<'_>,
+        size: u64,
+        root: &Hash,
+        quotas: Quotas,
+        now: u64,
+        lease: Duration,
+    ) -> Result<UploadId> {
+        let org = Usage {
+            used: Self::usage(tx, new.org, None, now)?,
+            limit: quotas.org,
+        };
+        let user = Usage {
+            used: Self::usage(tx, new.org, Some(new.owner), now)?,
+            limit: quotas.user,
+        };
+        plan::reserve(size, org, user).map_err(StoreError::Quota)?;
+        let id: UploadId = crate::random_bytes();
+        tx.execute(
+            "INSERT INTO uploads (id, org, owner, name, room, root, size, classification,
+             view_only, lease_expires, created)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)",
+            params![
+                &id[..],
+                new.org,
+                new.owner,
+                new.name,
+                new.room,
+                &root[..],
+                size as i64,
+                new.classification,
+                new.view_only,
+                now.saturating_add(lease.as_secs()) as i64,
+                now as i64
+            ],
+        )?;
+        Ok(id)
+    }
+
+    /// An upload continued: what the put says of it now, and a new lease.
+    fn renew(
+        tx: &Connection,
+        id: &UploadId,
+        new: &NewUpload<'_>,
+        now: u64,
+        lease: Duration,
+    ) -> Result<()> {
+        tx.execute(
+            "UPDATE uploads SET name = ?2, room = ?3, classification = ?4, view_only = ?5,
+             lease_expires = ?6 WHERE id = ?1",
+            params![
+                &id[..],
+                new.name,
+                new.room,
+                new.classification,
+                new.view_only,
+                now.saturating_add(lease.as_secs()) as i64
+            ],
+        )?;
+        Ok(())
+    }
+
+    /// Sets `chunks` as upload `id`'s places from index `first` on, keeping a place that already
+    /// lists the same chunk (and whether it was received), and answers which to send: a chunk is
+    /// sent unless it was received, the organisation holds it where `reader` may read it (then
+    /// it counts as received at once), or an earlier place of this upload lists it (it arrives
+    /// once for all of them).
+    fn list_places(
+        tx: &rusqlite::Transaction<'_>,
+        id: &UploadId,
+        org: &str,
+        reader: Reader<'_>,
+        first: u32,
+        chunks: &[ChunkRef],
+        now: u64,
+    ) -> Result<Listed> {
+        let count: i64 = tx
+            .prepare_cached("SELECT COUNT(*) FROM upload_chunks WHERE upload = ?1 AND idx >= 0")?
+            .query_row([&id[..]], |r| r.get(0))?;
+        if i64::from(first) > count {
+            return Err(StoreError::Rejected(format!(
+                "chunks listed from {first}, but only {count} are listed before"
+            )));
+        }
+        if u64::from(first) + chunks.len() as u64 > MAX_CHUNKS as u64 {
+            return Err(StoreError::Rejected(format!(
+                "a manifest lists at most {MAX_CHUNKS} chunks"
+            )));
+        }
+        let mut held: HashMap<Hash, bool> = HashMap::new();
+        let mut listed = Listed::default();
+        for (k, c) in chunks.iter().enumerate() {
+            let idx = i64::from(first) + k as i64;
+            let place: Option<(Vec<u8>, u32, bool)> = tx
+                .prepare_cached(
+                    "SELECT hash, len, received FROM upload_chunks WHERE upload = ?1 AND idx = ?2",
+                )?
+                .query_row(params![&id[..], idx], |r| {
+                    Ok((r.get(0)?, r.get(1)?, r.get(2)?))
+                })
+                .optional()?;
+            let received = match place {
+                Some((hash, len, received)) if hash[..] == c.hash[..] && len == c.len => received,
+                other => {
+                    if other.is_some() {
+                        Self::release_chunks(
+                            tx,
+                            "upload = ?1 AND idx = ?2",
+                            params![&id[..], idx],
+                            now,
+                        )?;
+                        tx.prepare_cached(
+                            "DELETE FROM upload_chunks WHERE upload = ?1 AND idx = ?2",
+                        )?
+                        .execute(params![&id[..], idx])?;
+                    }
+                    tx.prepare_cached(
+                        "INSERT INTO upload_chunks (upload, idx, hash, len) VALUES (?1, ?2, ?3, ?4)",
+                    )?
+                    .execute(params![&id[..], idx, &c.hash[..], c.len])?;
+                    false
+                }
+            };
+            if received {
+                continue;
+            }
+            let is_held = match held.get(&c.hash) {
+                Some(&h) => h,
+                None => {
+                    let h = Self::org_has(tx, org, reader, &c.hash, now)?;
+                    held.insert(c.hash, h);
+                    h
+                }
+            };
+            if is_held {
+                let marked = tx
+                    .prepare_cached(
+                        "UPDATE upload_chunks SET received = 1
+                         WHERE upload = ?1 AND idx = ?2 AND received = 0",
+                    )?
+                    .execute(params![&id[..], idx])?;
+                if marked > 0 {
+                    listed.deduplicated += u64::from(c.len);
+                }
+                continue;
+            }
+            let listed_before: bool = tx
+                .prepare_cached(
+                    "SELECT EXISTS (SELECT 1 FROM upload_chunks INDEXED BY upload_chunks_hash
+                     WHERE hash = ?2 AND upload = ?1 AND idx < ?3)",
+                )?
+                .query_row(params![&id[..], &c.hash[..], idx], |r| r.get(0))?;
+            if !listed_before {
+                // At most MAX_CHUNKS, checked above.
+                listed.missing.push(idx as u32);
+            }
+        }
+        Ok(listed)
+    }
+
+    /// The chunks an upload lists, in order: every one, or only those `received`.
+    pub(super) fn manifest_rows(
+        tx: &Connection,
+        id: &UploadId,
+        received: bool,
+    ) -> Result<Vec<ChunkRef>> {
+        let rows: Vec<(Vec<u8>, u32)> = tx
+            .prepare_cached(
+                "SELECT hash, len FROM upload_chunks
+                 WHERE upload = ?1 AND idx >= 0 AND (received = 1 OR NOT ?2) ORDER BY idx",
+            )?
+            .query_map(params![&id[..], received], |r| Ok((r.get(0)?, r.get(1)?)))?
+            .collect::<rusqlite::Result<_>>()?;
+        rows.into_iter()
+            .map(|(h, len)| {
+                Ok(ChunkRef {
+                    hash: hash_of(h)?,
+                    len,
+                })
+            })
+            .collect()
+    }
+
+    /// Refuses chunks that add up to more than the upload's size, or, once its manifest is
+    /// complete (`all`), to anything else.
+    fn check_listed_size(tx: &Connection, id: &UploadId, size: u64, all: bool) -> Result<()> {
+        let sum: i64 = tx.query_row(
+            "SELECT COALESCE(SUM(len), 0) FROM upload_chunks WHERE upload = ?1 AND idx >= 0",
+            [&id[..]],
+            |r| r.get(0),
+        )?;
+        let sum = sum as u64;
+        if sum > size || (all && sum != size) {
+            return Err(StoreError::Rejected(format!(
+                "the chunks listed add up to {sum} bytes, the upload declared {size}"
+            )));
+        }
+        Ok(())
     }
 
     pub fn upload(&self, id: &UploadId) -> Result<Option<Upload>> {
@@ -224,7 +562,7 @@ impl ChunkStore {
         let tx = db.transaction()?;
         let upload = tx
             .query_row(
-                "SELECT org, owner, name, room, root, size, classification, view_only
+                "SELECT org, owner, name, room, root, size, classification, view_only, listed
                  FROM uploads WHERE id = ?1",
                 [&id[..]],
                 |r| {
@@ -237,12 +575,18 @@ impl ChunkStore {
                         r.get::<_, i64>(5)?,
                         r.get::<_, u8>(6)?,
                         r.get::<_, bool>(7)?,
+                        r.get::<_, bool>(8)?,
                     ))
                 },
             )
             .optional()?
             .ok_or(StoreError::NotFound("upload"))?;
-        let (org, owner, name, room, root, size, classification, view_only) = upload;
+        let (org, owner, name, room, root, size, classification, view_only, listed) = upload;
+        if !listed {
+            return Err(StoreError::Rejected(
+                "the upload's manifest has not been sent whole".into(),
+            ));
+        }
         let missing: Vec<u32> = tx
             .prepare(
                 "SELECT c.idx FROM upload_chunks c
@@ -331,21 +675,21 @@ impl ChunkStore {
         Ok(n as u64)
     }
 
-    /// How far the user's open upload of the content with `root` has come: (chunks received,
-    /// chunks listed).
+    /// How far the user's open upload of a file named `name` has come: (chunks received,
+    /// chunks listed so far).
     pub fn upload_progress(
         &self,
         org: &str,
         owner: &str,
-        root: &Hash,
+        name: &str,
     ) -> Result<Option<(u64, u64)>> {
         Ok(self
             .db()
             .query_row(
                 "SELECT COALESCE(SUM(c.received), 0), COUNT(c.idx) FROM uploads u
                  JOIN upload_chunks c ON c.upload = u.id
-                 WHERE u.org = ?1 AND u.owner = ?2 AND u.root = ?3",
-                params![org, owner, &root[..]],
+                 WHERE u.org = ?1 AND u.owner = ?2 AND u.name = ?3",
+                params![org, owner, name],
                 |r| Ok((r.get::<_, i64>(0)? as u64, r.get::<_, i64>(1)? as u64)),
             )
             .optional()?
