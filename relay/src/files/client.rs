@@ -370,39 +370,52 @@ impl Client {
                 // The rest of the manifest is listed while the chunks listed so far travel.
                 let mut lists = 1;
                 let listing = async {
-                    while !last {
-                        let (part, end) = parts
-                            .recv()
-                            .await
-                            .ok_or_else(|| ClientError::Protocol("scanning failed".into()))?;
-                        last = end;
-                        let first = cuts.len() as u32;
-                        lists += 1;
-                        let list = Request::PutList {
-                            token: self.token.clone(),
-                            upload,
-                            first,
-                            last,
-                            part: manifest_from(&part).map_err(io_err(path))?,
-                        };
-                        let (_, _, missing) = ready(self.request(&list).await?)?;
-                        job.listed(&part, first, &missing)?;
-                        for i in missing {
-                            let c = part[(i - first) as usize];
-                            if queue.send((i, c)).is_err() {
+                    let listed = async {
+                        while !last {
+                            if queue.is_closed() {
                                 // The sending stopped at a failure, which it reports.
                                 return Ok(());
                             }
+                            let (part, end) = parts
+                                .recv()
+                                .await
+                                .ok_or_else(|| ClientError::Protocol("scanning failed".into()))?;
+                            let first = cuts.len() as u32;
+                            lists += 1;
+                            let list = Request::PutList {
+                                token: self.token.clone(),
+                                upload,
+                                first,
+                                last: end,
+                                part: manifest_from(&part).map_err(io_err(path))?,
+                            };
+                            let (_, _, missing) = ready(self.request(&list).await?)?;
+                            job.listed(&part, first, &missing)?;
+                            for i in missing {
+                                let c = part[(i - first) as usize];
+                                if queue.send(Ok((i, c))).is_err() {
+                                    return Ok(());
+                                }
+                            }
+                            cuts.extend(part);
+                            last = end;
                         }
-                        cuts.extend(part);
+                        Ok(())
+                    };
+                    // A failure to list ends the sending too, as a failed chunk would.
+                    if let Err(e) = listed.await {
+                        let _ = queue.send(Err(e));
                     }
                     drop(queue);
-                    Ok(())
                 };
                 let sending = in_parallel(rest, |(i, c)| job.clone().send_chunk(i, c));
-                let (listed, sent) = tokio::join!(listing, sending);
+                let ((), sent) = tokio::join!(listing, sending);
                 sent?;
-                listed?;
+                if !last {
+                    return Err(ClientError::Protocol(
+                        "the upload stopped before its manifest was listed whole".into(),
+                    ));
+                }
                 drop(parts);
                 scanner
                     .await
@@ -575,7 +588,7 @@ struct PutJob {
 }
 
 /// Chunks to send, by manifest index.
-type Queue = mpsc::UnboundedSender<(u32, Cut)>;
+type Queue = mpsc::UnboundedSender<Result<(u32, Cut), ClientError>>;
 
 impl PutJob {
     /// Checks the relay's answer to the listing of `cuts` (manifest indices from `first` on):
@@ -594,7 +607,7 @@ impl PutJob {
             .sum();
         self.progress
             .done
-            .fetch_add(listed - asked, Ordering::Relaxed);
+            .fetch_add(listed.saturating_sub(asked), Ordering::Relaxed);
         Ok(())
     }
 
@@ -604,7 +617,13 @@ impl PutJob {
         self: Arc<Self>,
         cuts: &[Cut],
         missing: Vec<u32>,
-    ) -> Result<(Queue, mpsc::UnboundedReceiver<(u32, Cut)>), ClientError> {
+    ) -> Result<
+        (
+            Queue,
+            mpsc::UnboundedReceiver<Result<(u32, Cut), ClientError>>,
+        ),
+        ClientError,
+    > {
         let (queue, rest) = mpsc::unbounded_channel();
         for i in missing {
             let c = cuts[i as usize];
@@ -612,7 +631,7 @@ impl PutJob {
                 self.clone().send_chunk(0, c).await?;
             } else {
                 // The receiver is held right here.
-                let _ = queue.send((i, c));
+                let _ = queue.send(Ok((i, c)));
             }
         }
         Ok((queue, rest))
@@ -914,11 +933,11 @@ fn finish_download(
 }
 
 /// Runs a chunk transfer for each item of `queue`, started by `start`, up to [`PARALLEL_CHUNKS`]
-/// in flight, until the queue is closed and empty. After the first failure the queue is closed
-/// (whoever fills it hears so) and no new transfer starts; the ones in flight finish, and that
-/// first failure is the result.
+/// in flight, until the queue is closed and empty. A failure (a transfer's, or one put in the
+/// queue by whoever fills it) closes the queue (whoever fills it hears so) and no new transfer
+/// starts; the ones in flight finish, and the first failure is the result.
 async fn in_parallel<T, F>(
-    mut queue: mpsc::UnboundedReceiver<T>,
+    mut queue: mpsc::UnboundedReceiver<Result<T, ClientError>>,
     mut start: impl FnMut(T) -> F,
 ) -> Result<(), ClientError>
 where
@@ -934,8 +953,12 @@ where
         }
         tokio::select! {
             item = queue.recv(), if taking => match item {
-                Some(t) => {
+                Some(Ok(t)) => {
                     tasks.spawn(start(t));
+                }
+                Some(Err(e)) => {
+                    failure.get_or_insert(e);
+                    queue.close();
                 }
                 None => open = false,
             },
@@ -943,10 +966,8 @@ where
                 let result = done
                     .map_err(|e| ClientError::Protocol(format!("chunk task failed: {e}")))
                     .and_then(|r| r);
-                if let Err(e) = result
-                    && failure.is_none()
-                {
-                    failure = Some(e);
+                if let Err(e) = result {
+                    failure.get_or_insert(e);
                     queue.close();
                 }
             }
@@ -956,11 +977,13 @@ where
 }
 
 /// A closed queue of `items`.
-fn queue_of<T>(items: impl IntoIterator<Item = T>) -> mpsc::UnboundedReceiver<T> {
+fn queue_of<T>(
+    items: impl IntoIterator<Item = T>,
+) -> mpsc::UnboundedReceiver<Result<T, ClientError>> {
     let (tx, rx) = mpsc::unbounded_channel();
     for t in items {
         // The receiver is held right here.
-        let _ = tx.send(t);
+        let _ = tx.send(Ok(t));
     }
     rx
 }

@@ -64,9 +64,10 @@ CREATE TABLE IF NOT EXISTS uploads (
     view_only      INTEGER NOT NULL,
     lease_expires  INTEGER NOT NULL,
     created        INTEGER NOT NULL,
-    -- 0 while its manifest still comes in parts: the root is a placeholder then, and the
-    -- upload cannot be committed.
-    listed         INTEGER NOT NULL DEFAULT 1
+    -- While its manifest still comes in parts: how many chunks and bytes are listed (the root
+    -- is a placeholder then, and the upload cannot be committed); NULL once it is whole.
+    listing        INTEGER,
+    listing_bytes  INTEGER
 ) STRICT;
 CREATE UNIQUE INDEX IF NOT EXISTS uploads_key ON uploads (org, owner, root);
 CREATE TABLE IF NOT EXISTS upload_chunks (
@@ -109,7 +110,8 @@ pub(super) fn upgrade(conn: &mut Connection) -> rusqlite::Result<()> {
         ("chunks", "pack", "INTEGER"),
         ("chunks", "at", "INTEGER"),
         ("chunks", "seal", "BLOB"),
-        ("uploads", "listed", "INTEGER NOT NULL DEFAULT 1"),
+        ("uploads", "listing", "INTEGER"),
+        ("uploads", "listing_bytes", "INTEGER"),
     ] {
         let has: bool = tx.query_row(
             "SELECT COUNT(*) > 0 FROM pragma_table_info(?1) WHERE name = ?2",

@@ -1213,48 +1213,172 @@ fn an_interrupted_put_in_parts_is_taken_over_by_the_next() {
 }
 
 #[test]
-fn a_part_listed_again_differently_replaces_what_it_listed() {
+fn a_put_of_the_file_edited_since_takes_over_and_replaces_what_changed() {
     let f = fixture();
     let data = noise(42, 6_000_000);
     let (m, bytes) = cut(&data);
     let n = m.chunks().len();
     let mut edited = data.clone();
-    edited[..1000].fill(7);
+    edited[3_000_000..3_001_000].fill(7);
     let (e, ebytes) = cut(&edited);
+    assert_eq!(e.chunks()[0], m.chunks()[0]);
     let ann = new("acme", "ann");
     let plan = f
         .store
         .open_upload(&ann, m.size(), &part(&m, 0..n), NO_QUOTA, 100, LEASE)
         .unwrap();
     send(&f.store, &plan, &m, &bytes, 100);
-    // The same file name and size, edited at the start: a new upload, not this one.
-    let fresh = f
+    // The same name, size and first chunk: the put of the edited file takes the upload over,
+    // and only the chunks that changed travel.
+    let again = f
         .store
-        .open_upload(&ann, e.size(), &part(&e, 0..1), NO_QUOTA, 100, LEASE)
+        .open_upload(&ann, e.size(), &part(&e, 0..1), NO_QUOTA, 101, LEASE)
         .unwrap();
-    assert!(!fresh.resumed);
-    // Within one upload, listing other chunks at a place replaces them there.
-    let relisted = f
+    assert!(again.resumed);
+    let rest = f
         .store
         .list_upload(
-            &plan.id,
-            0,
-            &part(&e, 0..e.chunks().len()),
+            &again.id,
+            1,
+            &part(&e, 1..e.chunks().len()),
             true,
             ann.reader,
             101,
             LEASE,
         )
         .unwrap();
-    assert!(relisted.missing.contains(&0));
+    let changed: Vec<u32> = (0..e.chunks().len())
+        .filter(|&i| !m.chunks().contains(&e.chunks()[i]))
+        .map(|i| i as u32)
+        .collect();
+    assert!(!changed.is_empty());
+    assert_eq!(rest.missing, changed);
     let ours = UploadPlan {
-        missing: relisted.missing,
-        ..plan
+        missing: rest.missing,
+        ..again
     };
     send(&f.store, &ours, &e, &ebytes, 101);
     let file = f.store.commit(&ours.id, 102, true).unwrap();
     assert_eq!(file.root, *e.root());
     assert_eq!(read_all(&f.store, &file.id).unwrap(), edited);
+}
+
+#[test]
+fn places_listed_before_a_take_over_do_not_count_against_the_size() {
+    let f = fixture();
+    let mib = 1u32 << 20;
+    let chunk = |seed: u8, len: u32| ChunkRef {
+        hash: [seed; 32],
+        len,
+    };
+    let ann = new("acme", "ann");
+    let size = 4 * u64::from(mib);
+    let first = Manifest::new(vec![chunk(0, mib)]).unwrap();
+    let plan = f
+        .store
+        .open_upload(&ann, size, &first, NO_QUOTA, 100, LEASE)
+        .unwrap();
+    let old = Manifest::new(vec![chunk(1, mib), chunk(2, mib), chunk(3, mib)]).unwrap();
+    f.store
+        .list_upload(&plan.id, 1, &old, false, ann.reader, 100, LEASE)
+        .unwrap();
+    // Run again on the file as it is now: its second chunk grew, the ones after it moved.
+    let again = f
+        .store
+        .open_upload(&ann, size, &first, NO_QUOTA, 101, LEASE)
+        .unwrap();
+    assert!(again.resumed);
+    let grown = Manifest::new(vec![chunk(4, 2 * mib)]).unwrap();
+    f.store
+        .list_upload(&again.id, 1, &grown, false, ann.reader, 101, LEASE)
+        .unwrap();
+    let end = Manifest::new(vec![chunk(5, mib)]).unwrap();
+    let done = f
+        .store
+        .list_upload(&again.id, 2, &end, true, ann.reader, 101, LEASE)
+        .unwrap();
+    assert_eq!(done.missing, vec![2]);
+    // The place listed before past the end is gone.
+    let listed: i64 = f
+        .store
+        .db()
+        .query_row(
+            "SELECT COUNT(*) FROM upload_chunks WHERE upload = ?1",
+            [&again.id[..]],
+            |r| r.get(0),
+        )
+        .unwrap();
+    assert_eq!(listed, 3);
+}
+
+#[test]
+fn sizes_past_what_a_manifest_can_hold_are_refused() {
+    let f = fixture();
+    let first = Manifest::new(vec![ChunkRef {
+        hash: [1; 32],
+        len: 1,
+    }])
+    .unwrap();
+    let m =
+        rejected(
+            f.store
+                .open_upload(&new("acme", "ann"), u64::MAX, &first, NO_QUOTA, 100, LEASE),
+        );
+    assert!(m.contains("at most"), "{m}");
+    // Nothing was reserved.
+    assert_eq!(f.store.usage_of("acme", None, 100).unwrap(), 0);
+}
+
+#[test]
+fn a_file_takes_the_root_of_its_chunks_when_another_upload_holds_that_root() {
+    let f = fixture();
+    let data = noise(44, 3_000_000);
+    let (m, bytes) = cut(&data);
+    let ann = new("acme", "ann");
+    // The same content, unfinished, under another name.
+    let whole = f
+        .store
+        .begin_upload(
+            &NewUpload {
+                name: "a.bin",
+                ..ann.clone()
+            },
+            &m,
+            NO_QUOTA,
+            100,
+            LEASE,
+        )
+        .unwrap();
+    let n = m.chunks().len();
+    let plan = f
+        .store
+        .open_upload(&ann, m.size(), &part(&m, 0..n), NO_QUOTA, 100, LEASE)
+        .unwrap();
+    assert_ne!(plan.id, whole.id);
+    let rest = f
+        .store
+        .list_upload(
+            &plan.id,
+            n as u32,
+            &part(&m, 0..0),
+            true,
+            ann.reader,
+            100,
+            LEASE,
+        )
+        .unwrap();
+    assert!(rest.missing.is_empty());
+    send(&f.store, &plan, &m, &bytes, 100);
+    let file = f.store.commit(&plan.id, 101, true).unwrap();
+    assert_eq!(file.root, *m.root());
+    let stored: Vec<u8> = f
+        .store
+        .db()
+        .query_row("SELECT root FROM files WHERE id = ?1", [&file.id], |r| {
+            r.get(0)
+        })
+        .unwrap();
+    assert_eq!(stored, m.root().to_vec());
 }
 
 #[test]
@@ -1294,5 +1418,64 @@ fn a_chunk_listed_again_in_a_later_part_travels_once() {
     send(&f.store, &all, &whole, &blobs, 100);
     let file = f.store.commit(&all.id, 101, true).unwrap();
     assert_eq!(file.root, *whole.root());
+    assert_eq!(read_all(&f.store, &file.id).unwrap(), blobs.concat());
+}
+
+#[test]
+fn a_chunk_received_at_one_place_counts_at_its_later_places_whatever_the_reader() {
+    let f = fixture();
+    let data = noise(45, 5_000_000);
+    let (m, bytes) = cut(&data);
+    let c = m.chunks();
+    // A view-only file put from a browser: its own chunks are not "held" for that reader.
+    let browser = NewUpload {
+        view_only: true,
+        reader: Reader {
+            clearance: 3,
+            room: None,
+            view_only: false,
+        },
+        ..new("acme", "ann")
+    };
+    let parts = [vec![c[0], c[1]], vec![c[1], c[2]]];
+    let size: u64 = parts.iter().flatten().map(|c| u64::from(c.len)).sum();
+    let whole = Manifest::new(parts.concat()).unwrap();
+    let plan = f
+        .store
+        .open_upload(
+            &browser,
+            size,
+            &Manifest::new(parts[0].clone()).unwrap(),
+            NO_QUOTA,
+            100,
+            LEASE,
+        )
+        .unwrap();
+    let blobs = [
+        bytes[0].clone(),
+        bytes[1].clone(),
+        bytes[1].clone(),
+        bytes[2].clone(),
+    ];
+    send(&f.store, &plan, &whole, &blobs, 100);
+    let rest = f
+        .store
+        .list_upload(
+            &plan.id,
+            2,
+            &Manifest::new(parts[1].clone()).unwrap(),
+            true,
+            browser.reader,
+            100,
+            LEASE,
+        )
+        .unwrap();
+    assert_eq!(rest.missing, vec![3]);
+    let all = UploadPlan {
+        missing: rest.missing,
+        ..plan
+    };
+    send(&f.store, &all, &whole, &blobs, 100);
+    let file = f.store.commit(&all.id, 101, true).unwrap();
     assert_eq!(read_all(&f.store, &file.id).unwrap(), blobs.concat());
 }

@@ -6,7 +6,11 @@ use std::time::Duration;
 use rusqlite::{OptionalExtension, params};
 
 use super::*;
+use crate::files::chunker::MAX_CHUNK;
 use crate::files::manifest::{MAX_CHUNKS, root_of};
+
+/// The most bytes an upload may declare: a manifest's most chunks, each of the most bytes.
+const LARGEST_UPLOAD: u64 = MAX_CHUNKS as u64 * MAX_CHUNK as u64;
 
 /// What listing a manifest's chunks answered.
 #[derive(Debug, Default)]
@@ -69,7 +73,7 @@ impl ChunkStore {
         };
         let chunks = manifest.chunks();
         let listed = Self::list_places(&tx, &id, new.org, new.reader, 0, chunks, now)?;
-        Self::finish_listing(&tx, &id, chunks.len() as u32, size, now)?;
+        Self::finish_listing(&tx, &id, chunks.len() as u32, now)?;
         tx.commit()?;
         Ok(UploadPlan {
             id,
@@ -93,6 +97,11 @@ impl ChunkStore {
         now: u64,
         lease: Duration,
     ) -> Result<UploadPlan> {
+        if size > LARGEST_UPLOAD {
+            return Err(StoreError::Rejected(format!(
+                "an upload holds at most {LARGEST_UPLOAD} bytes, not {size}"
+            )));
+        }
         let mut db = self.db();
         let tx = db.transaction()?;
         let (id, resumed) = match Self::take_over(&tx, new, size, first, now, lease)? {
@@ -106,9 +115,8 @@ impl ChunkStore {
                 )
             }
         };
-        tx.execute("UPDATE uploads SET listed = 0 WHERE id = ?1", [&id[..]])?;
         let listed = Self::list_places(&tx, &id, new.org, new.reader, 0, first.chunks(), now)?;
-        Self::check_listed_size(&tx, &id, size, false)?;
+        Self::listed_up_to(&tx, &id, first.chunks().len() as u32, first.size(), size)?;
         tx.commit()?;
         Ok(UploadPlan {
             id,
@@ -118,10 +126,10 @@ impl ChunkStore {
         })
     }
 
-    /// Lists the chunks of upload `id` from index `first` on (the next part of its manifest, or
-    /// the same part again when a put is run again), and answers which of them to send. `last`
-    /// ends the manifest: the chunks must then add up to the upload's size, and the upload can be
-    /// committed (and continued by its content, as [`ChunkStore::begin_upload`] does).
+    /// Lists the chunks of upload `id` from index `first` on, the next part of its manifest,
+    /// and answers which of them to send. `last` ends the manifest: the chunks must then add up
+    /// to the upload's size, and the upload can be committed (and continued by its content, as
+    /// [`ChunkStore::begin_upload`] does).
     #[allow(clippy::too_many_arguments)]
     pub fn list_upload(
         &self,
@@ -135,25 +143,36 @@ impl ChunkStore {
     ) -> Result<UploadPlan> {
         let mut db = self.db();
         let tx = db.transaction()?;
-        let (org, size, listed): (String, i64, bool) = tx
+        let (org, size, listing, listing_bytes): (String, i64, Option<i64>, Option<i64>) = tx
             .query_row(
-                "SELECT org, size, listed FROM uploads WHERE id = ?1 AND lease_expires > ?2",
+                "SELECT org, size, listing, listing_bytes FROM uploads
+                 WHERE id = ?1 AND lease_expires > ?2",
                 params![&id[..], now as i64],
-                |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+                |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)),
             )
             .optional()?
             .ok_or(StoreError::NotFound("upload"))?;
-        if listed {
+        let (Some(listing), Some(listing_bytes)) = (listing, listing_bytes) else {
             return Err(StoreError::Rejected(
                 "the upload's manifest is complete already".into(),
             ));
+        };
+        if i64::from(first) != listing {
+            return Err(StoreError::Rejected(format!(
+                "chunks listed from {first}, but {listing} are listed before"
+            )));
         }
         let plan = Self::list_places(&tx, id, &org, reader, first, part.chunks(), now)?;
+        let end = first.saturating_add(part.chunks().len() as u32);
+        let bytes = listing_bytes as u64 + part.size();
+        Self::listed_up_to(&tx, id, end, bytes, size as u64)?;
         if last {
-            let end = first.saturating_add(part.chunks().len() as u32);
-            Self::finish_listing(&tx, id, end, size as u64, now)?;
-        } else {
-            Self::check_listed_size(&tx, id, size as u64, false)?;
+            if bytes != size as u64 {
+                return Err(StoreError::Rejected(format!(
+                    "the manifest's chunks add up to {bytes} bytes, the upload declared {size}"
+                )));
+            }
+            Self::finish_listing(&tx, id, end, now)?;
         }
         tx.execute(
             "UPDATE uploads SET lease_expires = ?2 WHERE id = ?1 AND lease_expires < ?2",
@@ -209,9 +228,9 @@ impl ChunkStore {
         let placeholder: Hash = crate::random_bytes();
         tx.execute(
             "INSERT INTO uploads (id, org, owner, name, room, root, size, classification,
-             view_only, lease_expires, created, listed)
+             view_only, lease_expires, created)
              SELECT ?2, org, owner, name, room, ?3, size, classification, view_only,
-                    lease_expires, created, 0
+                    lease_expires, created
              FROM uploads WHERE id = ?1",
             params![&old[..], &id[..], &placeholder[..]],
         )?;
@@ -224,15 +243,29 @@ impl ChunkStore {
         Ok(Some(id))
     }
 
-    /// Ends the manifest of upload `id` at `end` chunks: the places past it go, the chunks must
-    /// add up to `size`, and the upload takes the root of its chunks (unless the same user's
-    /// other unfinished upload of this content holds it: this one is then reached by its id
-    /// only) and may be committed.
+    /// Records that upload `id`'s manifest is listed up to `end` chunks, which add up to
+    /// `bytes`; refused past the upload's `size`. Places past `end` listed before (by an upload
+    /// taken over) stay until listed again or cut off at the manifest's end.
+    fn listed_up_to(tx: &Connection, id: &UploadId, end: u32, bytes: u64, size: u64) -> Result<()> {
+        if bytes > size {
+            return Err(StoreError::Rejected(format!(
+                "the chunks listed add up to {bytes} bytes, the upload declared {size}"
+            )));
+        }
+        tx.execute(
+            "UPDATE uploads SET listing = ?2, listing_bytes = ?3 WHERE id = ?1",
+            params![&id[..], end, bytes as i64],
+        )?;
+        Ok(())
+    }
+
+    /// Ends the manifest of upload `id` at `end` chunks: the places past it go, and the upload
+    /// takes the root of its chunks (unless the same user's other unfinished upload of this
+    /// content holds it: this one is then reached by its id only) and may be committed.
     fn finish_listing(
         tx: &rusqlite::Transaction<'_>,
         id: &UploadId,
         end: u32,
-        size: u64,
         now: u64,
     ) -> Result<()> {
         Self::release_chunks(tx, "upload = ?1 AND idx >= ?2", params![&id[..], end], now)?;
@@ -240,7 +273,6 @@ impl ChunkStore {
             "DELETE FROM upload_chunks WHERE upload = ?1 AND idx >= ?2",
             params![&id[..], end],
         )?;
-        Self::check_listed_size(tx, id, size, true)?;
         let root = root_of(&Self::manifest_rows(tx, id, false)?);
         let taken: bool = tx.query_row(
             "SELECT EXISTS (SELECT 1 FROM uploads u, uploads me
@@ -255,7 +287,10 @@ impl ChunkStore {
                 params![&id[..], &root[..]],
             )?;
         }
-        tx.execute("UPDATE uploads SET listed = 1 WHERE id = ?1", [&id[..]])?;
+        tx.execute(
+            "UPDATE uploads SET listing = NULL, listing_bytes = NULL WHERE id = ?1",
+            [&id[..]],
+        )?;
         Ok(())
     }
 
@@ -323,11 +358,12 @@ impl ChunkStore {
         Ok(())
     }
 
-    /// Sets `chunks` as upload `id`'s places from index `first` on, keeping a place that already
-    /// lists the same chunk (and whether it was received), and answers which to send: a chunk is
-    /// sent unless it was received, the organisation holds it where `reader` may read it (then
-    /// it counts as received at once), or an earlier place of this upload lists it (it arrives
-    /// once for all of them).
+    /// Sets `chunks` as upload `id`'s places from index `first` on (the places before it are
+    /// listed), keeping a place that already lists the same chunk (and whether it was received),
+    /// and answers which to send. A chunk is not sent when it was received, when another place of
+    /// this upload received it or lists it earlier (it arrives once for all of them), or when the
+    /// organisation holds it where `reader` may read it; received either way, it counts as
+    /// received at once.
     fn list_places(
         tx: &rusqlite::Transaction<'_>,
         id: &UploadId,
@@ -337,14 +373,6 @@ impl ChunkStore {
         chunks: &[ChunkRef],
         now: u64,
     ) -> Result<Listed> {
-        let count: i64 = tx
-            .prepare_cached("SELECT COUNT(*) FROM upload_chunks WHERE upload = ?1 AND idx >= 0")?
-            .query_row([&id[..]], |r| r.get(0))?;
-        if i64::from(first) > count {
-            return Err(StoreError::Rejected(format!(
-                "chunks listed from {first}, but only {count} are listed before"
-            )));
-        }
         if u64::from(first) + chunks.len() as u64 > MAX_CHUNKS as u64 {
             return Err(StoreError::Rejected(format!(
                 "a manifest lists at most {MAX_CHUNKS} chunks"
@@ -387,15 +415,26 @@ impl ChunkStore {
             if received {
                 continue;
             }
-            let is_held = match held.get(&c.hash) {
-                Some(&h) => h,
-                None => {
-                    let h = Self::org_has(tx, org, reader, &c.hash, now)?;
-                    held.insert(c.hash, h);
-                    h
-                }
-            };
-            if is_held {
+            // This upload's other places of the chunk: seeks on (hash, received, upload).
+            let (ours, coming): (Option<bool>, Option<bool>) = tx
+                .prepare_cached(
+                    "SELECT MAX(received), MAX(received = 0 AND idx < ?3)
+                     FROM upload_chunks INDEXED BY upload_chunks_hash
+                     WHERE hash = ?2 AND received IN (0, 1) AND upload = ?1 AND idx != ?3",
+                )?
+                .query_row(params![&id[..], &c.hash[..], idx], |r| {
+                    Ok((r.get(0)?, r.get(1)?))
+                })?;
+            let have = ours == Some(true)
+                || match held.get(&c.hash) {
+                    Some(&h) => h,
+                    None => {
+                        let h = Self::org_has(tx, org, reader, &c.hash, now)?;
+                        held.insert(c.hash, h);
+                        h
+                    }
+                };
+            if have {
                 let marked = tx
                     .prepare_cached(
                         "UPDATE upload_chunks SET received = 1
@@ -405,15 +444,7 @@ impl ChunkStore {
                 if marked > 0 {
                     listed.deduplicated += u64::from(c.len);
                 }
-                continue;
-            }
-            let listed_before: bool = tx
-                .prepare_cached(
-                    "SELECT EXISTS (SELECT 1 FROM upload_chunks INDEXED BY upload_chunks_hash
-                     WHERE hash = ?2 AND upload = ?1 AND idx < ?3)",
-                )?
-                .query_row(params![&id[..], &c.hash[..], idx], |r| r.get(0))?;
-            if !listed_before {
+            } else if coming != Some(true) {
                 // At most MAX_CHUNKS, checked above.
                 listed.missing.push(idx as u32);
             }
@@ -442,23 +473,6 @@ impl ChunkStore {
                 })
             })
             .collect()
-    }
-
-    /// Refuses chunks that add up to more than the upload's size, or, once its manifest is
-    /// complete (`all`), to anything else.
-    fn check_listed_size(tx: &Connection, id: &UploadId, size: u64, all: bool) -> Result<()> {
-        let sum: i64 = tx.query_row(
-            "SELECT COALESCE(SUM(len), 0) FROM upload_chunks WHERE upload = ?1 AND idx >= 0",
-            [&id[..]],
-            |r| r.get(0),
-        )?;
-        let sum = sum as u64;
-        if sum > size || (all && sum != size) {
-            return Err(StoreError::Rejected(format!(
-                "the chunks listed add up to {sum} bytes, the upload declared {size}"
-            )));
-        }
-        Ok(())
     }
 
     pub fn upload(&self, id: &UploadId) -> Result<Option<Upload>> {
@@ -562,7 +576,8 @@ impl ChunkStore {
         let tx = db.transaction()?;
         let upload = tx
             .query_row(
-                "SELECT org, owner, name, room, root, size, classification, view_only, listed
+                "SELECT org, owner, name, room, size, classification, view_only,
+                        listing IS NULL
                  FROM uploads WHERE id = ?1",
                 [&id[..]],
                 |r| {
@@ -571,22 +586,23 @@ impl ChunkStore {
                         r.get::<_, String>(1)?,
                         r.get::<_, String>(2)?,
                         r.get::<_, Option<String>>(3)?,
-                        r.get::<_, Vec<u8>>(4)?,
-                        r.get::<_, i64>(5)?,
-                        r.get::<_, u8>(6)?,
+                        r.get::<_, i64>(4)?,
+                        r.get::<_, u8>(5)?,
+                        r.get::<_, bool>(6)?,
                         r.get::<_, bool>(7)?,
-                        r.get::<_, bool>(8)?,
                     ))
                 },
             )
             .optional()?
             .ok_or(StoreError::NotFound("upload"))?;
-        let (org, owner, name, room, root, size, classification, view_only, listed) = upload;
+        let (org, owner, name, room, size, classification, view_only, listed) = upload;
         if !listed {
             return Err(StoreError::Rejected(
                 "the upload's manifest has not been sent whole".into(),
             ));
         }
+        // The file is named by the chunks it is made of (an upload may carry a placeholder).
+        let root = root_of(&Self::manifest_rows(&tx, id, false)?);
         let missing: Vec<u32> = tx
             .prepare(
                 "SELECT c.idx FROM upload_chunks c
@@ -616,7 +632,7 @@ impl ChunkStore {
                 name,
                 room,
                 size,
-                root,
+                &root[..],
                 chunks,
                 classification,
                 view_only,
@@ -639,7 +655,7 @@ impl ChunkStore {
             name,
             room,
             size: size as u64,
-            root: hash_of(root)?,
+            root,
             chunks: chunks as u32,
             classification,
             view_only,
