@@ -201,6 +201,9 @@ pub struct Files {
     /// `listen` and the kernel spreads connections over them (with port 0 there is one).
     /// 0 = one per four cores, at least one.
     pub io_threads: usize,
+    /// Memory for the chunks most recently stored or served, so that a file downloaded soon
+    /// after it arrived is not read from disk again; 0 = none.
+    pub recent_chunk_bytes: usize,
 }
 
 impl Default for Files {
@@ -221,6 +224,7 @@ impl Default for Files {
             gc_grace: Duration::from_secs(3600),
             socket_buffer_bytes: 8 << 20,
             io_threads: 0,
+            recent_chunk_bytes: 1 << 30,
         }
     }
 }

@@ -532,7 +532,7 @@ fn audit_metrics(
 /// strong handle here would keep both alive past the end (the registry's connection open, its
 /// write-ahead log left behind).
 fn files_metrics(files: std::sync::Weak<FilePlane>) -> impl prometheus::core::Collector {
-    const NAMES: [(&str, &str); 7] = [
+    const NAMES: [(&str, &str); 9] = [
         (
             "relay_files_bytes_received_total",
             "Chunk bytes received by the file plane, as they travelled.",
@@ -561,6 +561,14 @@ fn files_metrics(files: std::sync::Weak<FilePlane>) -> impl prometheus::core::Co
             "relay_files_connections_total",
             "File-plane connections whose handshake completed, by the QUIC thread that took them.",
         ),
+        (
+            "relay_files_chunks_from_memory_total",
+            "Chunk reads answered from the chunks kept in memory, not from disk.",
+        ),
+        (
+            "relay_files_recent_bytes",
+            "Bytes of the chunks most recently stored or served kept in memory.",
+        ),
     ];
     ScrapeCollector::new(&NAMES, move |f| {
         let Some(files) = files.upgrade() else {
@@ -575,6 +583,9 @@ fn files_metrics(files: std::sync::Weak<FilePlane>) -> impl prometheus::core::Co
             .gauge(NAMES[3].0, help(3), load(&c.transfers_active) as f64)
             .counter(NAMES[4].0, help(4), load(&c.chunks_rejected))
             .counter(NAMES[5].0, help(5), files.store().corrupt_reads());
+        let (from_memory, recent) = files.store().recent_reads();
+        f.counter(NAMES[7].0, help(7), from_memory)
+            .gauge(NAMES[8].0, help(8), recent as f64);
         let accepted = files.accepted();
         let threads: Vec<String> = (0..accepted.len()).map(|i| i.to_string()).collect();
         let by_thread: Vec<(&str, u64)> =

@@ -628,15 +628,16 @@ fn several_quic_threads_share_the_port_and_every_transfer_is_intact() {
 
 #[test]
 fn a_tampered_chunk_is_never_served() {
-    let relay = Relay::start();
-    let token = relay.demo_token("files");
     let tmp = tempfile::tempdir().unwrap();
+    let data_dir = tmp.path().join("data");
+    let mut relay = Relay::start_in(&data_dir, "", &[]);
+    let token = relay.demo_token("files");
     let data = noise(60, 6 * MIB);
     let path = write(tmp.path(), "doc.bin", &data);
     let put = relay.files(&token, &["put", s(&path)]);
     ok(&put);
     let check = || {
-        let out = run(&["store", "check", "--data", s(&relay.data), "--json"], &[]);
+        let out = run(&["store", "check", "--data", s(&data_dir), "--json"], &[]);
         let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
         (out.status.code(), report)
     };
@@ -656,6 +657,21 @@ fn a_tampered_chunk_is_never_served() {
         f.write_all_at(&bytes, at).unwrap();
     }
 
+    // Kept in memory since it arrived, the chunk is served from there, intact.
+    let warm = tmp.path().join("doc.warm");
+    ok(&relay.files(&token, &["get", &put.s("id"), "-o", s(&warm)]));
+    assert!(fs::read(&warm).unwrap() == data);
+    // Every chunk (and the first once more: the commit read it to check the file's type).
+    let from_memory = relay
+        .metric("relay_files_chunks_from_memory_total")
+        .unwrap();
+    assert!(
+        from_memory >= manifest.chunks().len() as f64,
+        "{from_memory}"
+    );
+    // After a restart nothing is kept: the disk is read, and the damage found.
+    relay.stop();
+    let relay = Relay::start_in(&data_dir, "", &[]);
     let out = tmp.path().join("doc.out");
     let get = relay.files(&token, &["get", &put.s("id"), "-o", s(&out)]);
     assert_eq!(get.code, 1, "{} {}", get.json, get.stderr);

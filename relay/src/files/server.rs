@@ -117,8 +117,9 @@ impl FilePlane {
         secrets: &Secrets,
         control: Arc<Control>,
     ) -> Result<FilePlane, FilesError> {
-        let store = ChunkStore::open(data).map_err(FilesError::Store)?;
+        let mut store = ChunkStore::open(data).map_err(FilesError::Store)?;
         store.remove_temp_files().map_err(FilesError::Store)?;
+        store.keep_recent(settings.recent_chunk_bytes);
         let server = server_config(secrets)?;
         let service = Arc::new(Service::new(control, Arc::new(store), settings.clone()));
         let mut count = settings.io_threads();

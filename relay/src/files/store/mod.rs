@@ -25,6 +25,7 @@ mod blobs;
 mod catalogue;
 mod files;
 mod maintenance;
+mod recent;
 mod recordings;
 mod uploads;
 
@@ -219,6 +220,9 @@ pub struct ChunkStore {
     db: Arc<Mutex<Connection>>,
     stored_bytes: AtomicU64,
     corrupt_reads: AtomicU64,
+    recent: recent::Recent,
+    /// Chunk reads answered by [`recent::Recent`].
+    recent_reads: AtomicU64,
 }
 
 fn hash_of(v: Vec<u8>) -> Result<Hash> {
@@ -261,12 +265,28 @@ impl ChunkStore {
             db,
             stored_bytes: AtomicU64::new(stored as u64),
             corrupt_reads: AtomicU64::new(0),
+            recent: recent::Recent::new(0),
+            recent_reads: AtomicU64::new(0),
         };
         Ok(store)
     }
 
     fn db(&self) -> MutexGuard<'_, Connection> {
         lock(&self.db)
+    }
+
+    /// Keeps up to `budget` bytes of the chunks most recently stored or read in memory, and
+    /// serves them from there (see [`recent`]); 0, the default, keeps none.
+    pub fn keep_recent(&mut self, budget: usize) {
+        self.recent = recent::Recent::new(budget);
+    }
+
+    /// Chunk reads answered from memory, and the bytes kept there now.
+    pub fn recent_reads(&self) -> (u64, usize) {
+        (
+            self.recent_reads.load(Ordering::Relaxed),
+            self.recent.bytes(),
+        )
     }
 
     /// Bytes of chunk data on disk (each chunk once).
@@ -320,7 +340,9 @@ impl ChunkStore {
     /// Puts a verified chunk on disk, durably. Does not record it: [`ChunkStore::chunk_received`]
     /// does, after this returned, with the answer.
     pub fn write_chunk(&self, chunk: &VerifiedChunk) -> Result<Placed> {
-        self.blobs.put(chunk.data(), chunk.seal())
+        let placed = self.blobs.put(chunk.data(), chunk.seal())?;
+        self.recent.keep(chunk.hash(), chunk.data(), *chunk.seal());
+        Ok(placed)
     }
 
     /// Where a recorded chunk's bytes are, from its row; `None` without a row.
@@ -349,6 +371,13 @@ impl ChunkStore {
     /// [`ChunkStore::read_chunk`] where the row (`stored`; `None`: there is none) was read
     /// already.
     fn read_at(&self, hash: &Hash, len: u32, stored: Option<Where>) -> Result<Bytes> {
+        if let Some(kept) = self.recent.get(hash)
+            && kept.data.len() == len as usize
+            && intact(hash, &kept)
+        {
+            self.recent_reads.fetch_add(1, Ordering::Relaxed);
+            return Ok(kept.data);
+        }
         let found = match stored {
             Some(w) => self.blobs.get(hash, w.place, len)?.map(|mut s| {
                 s.seal = s.seal.or(w.seal);
@@ -357,7 +386,12 @@ impl ChunkStore {
             None => None,
         };
         match found {
-            Some(s) if s.data.len() == len as usize && intact(hash, &s) => Ok(s.data),
+            Some(s) if s.data.len() == len as usize && intact(hash, &s) => {
+                if let Some(seal) = s.seal {
+                    self.recent.keep(hash, &s.data, seal);
+                }
+                Ok(s.data)
+            }
             found => {
                 self.corrupt_reads.fetch_add(1, Ordering::Relaxed);
                 if found.is_some() {

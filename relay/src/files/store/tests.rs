@@ -1479,3 +1479,44 @@ fn a_chunk_received_at_one_place_counts_at_its_later_places_whatever_the_reader(
     let file = f.store.commit(&all.id, 101, true).unwrap();
     assert_eq!(read_all(&f.store, &file.id).unwrap(), blobs.concat());
 }
+
+#[test]
+fn chunks_kept_in_memory_are_served_from_there_within_the_budget() {
+    let data = noise(46, 6_000_000);
+    let (m, _) = cut(&data);
+    let n = m.chunks().len();
+    assert!(n >= 3);
+    let largest = m.chunks().iter().map(|c| c.len as usize).max().unwrap();
+    // Room for the whole file: every chunk stored is read from memory.
+    let dir = tempfile::tempdir().unwrap();
+    let mut store = ChunkStore::open(dir.path()).unwrap();
+    store.keep_recent(data.len());
+    let (_, rec) = upload(&store, "acme", &data, 100);
+    assert_eq!(read_all(&store, &rec.id).unwrap(), data);
+    assert_eq!(store.recent_reads(), (n as u64, data.len()));
+    // A chunk damaged on disk but kept in memory is served intact.
+    let c = m.chunks()[1];
+    let at = m.offsets()[1] as usize;
+    let mut bytes = data[at..at + c.len as usize].to_vec();
+    bytes[10] ^= 1;
+    overwrite(&store, &c.hash, &bytes);
+    assert_eq!(
+        store.read_chunk(&c.hash, c.len).unwrap(),
+        data[at..at + c.len as usize]
+    );
+    assert_eq!(store.corrupt_reads(), 0);
+    // Room for the largest chunk: the last stored is kept, the oldest go.
+    let dir = tempfile::tempdir().unwrap();
+    let mut store = ChunkStore::open(dir.path()).unwrap();
+    store.keep_recent(largest);
+    let (_, rec) = upload(&store, "acme", &data, 100);
+    assert!(store.recent_reads().1 <= largest);
+    let last = m.chunks()[n - 1];
+    store.read_chunk(&last.hash, last.len).unwrap();
+    assert_eq!(store.recent_reads().0, 1);
+    let first = m.chunks()[0];
+    store.read_chunk(&first.hash, first.len).unwrap();
+    assert_eq!(store.recent_reads().0, 1, "the first went long ago");
+    assert_eq!(read_all(&store, &rec.id).unwrap(), data);
+    assert!(store.recent_reads().1 <= largest);
+}
