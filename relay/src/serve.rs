@@ -419,6 +419,7 @@ fn demo_token(control: &Control) -> Option<String> {
             crate::control::token::Grant::Subscribe,
         ]),
         ttl: Some(DEMO_TOKEN_TTL),
+        not_after: None,
     };
     control.registry().org(datadir::DEMO_ORG).ok().flatten()?;
     match control.mint(&req, None) {

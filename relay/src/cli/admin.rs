@@ -217,6 +217,7 @@ pub fn token(args: TokenArgs) -> CliResult {
         room: args.room,
         grants: Some(args.grants),
         ttl: args.ttl,
+        not_after: None,
     };
     let token = match Remote::of(&args.target)? {
         Some(remote) => {

@@ -78,6 +78,10 @@ pub struct MintRequest {
     /// Defaults to `tokens.default_ttl`.
     #[serde(default, with = "opt_duration")]
     pub ttl: Option<Duration>,
+    /// Unix seconds the token may not outlive, whatever its ttl: a token minted on the strength
+    /// of another ends with it. Not part of the API.
+    #[serde(skip)]
+    pub not_after: Option<u64>,
 }
 
 mod opt_duration {
@@ -413,8 +417,11 @@ impl Control {
             grants,
             iat: now,
             nbf: now,
-            exp: now + ttl.as_secs(),
+            exp: (now + ttl.as_secs()).min(req.not_after.unwrap_or(u64::MAX)),
         };
+        if claims.exp <= now {
+            return Err(RegistryError::Invalid("the token would be expired already".into()).into());
+        }
         if let Some(p) = by {
             policy::may_mint_as(p, &claims)?;
         }
@@ -525,6 +532,7 @@ mod tests {
             room: None,
             grants: None,
             ttl: Some(Duration::from_secs(10)),
+            not_after: None,
         };
         let t = c.mint(&req, None).unwrap();
         let who = c.authenticate(Some(&t.token), "test", "t").unwrap();
@@ -537,6 +545,23 @@ mod tests {
             c.authenticate(Some(&t.token), "test", "t"),
             Err(Denial::Token(token::TokenError::Expired))
         );
+        // A token minted on the strength of another ends with it, whatever its ttl.
+        let now = NOW.load(Ordering::Relaxed);
+        let capped = MintRequest {
+            not_after: Some(now + 3),
+            ..req.clone()
+        };
+        let t = c.mint(&capped, None).unwrap();
+        let claims = c
+            .authenticate_claims(Some(&t.token), "test", "t")
+            .unwrap()
+            .1;
+        assert_eq!(claims.exp, now + 3);
+        let ended = MintRequest {
+            not_after: Some(now),
+            ..req.clone()
+        };
+        assert!(c.mint(&ended, None).is_err());
         // A change through the registry holds at the next check, and moves its generation.
         let t = c.mint(&req, None).unwrap();
         let before = c.registry_version();
@@ -565,6 +590,7 @@ mod tests {
                 room: None,
                 grants: None,
                 ttl: None,
+                not_after: None,
             };
             c.mint(&req, None).unwrap()
         };

@@ -739,6 +739,7 @@ mod tests {
             room: room.map(Into::into),
             grants: Some(vec![Grant::Files]),
             ttl: None,
+            not_after: None,
         };
         f.service.control.mint(&req, None).unwrap().token
     }

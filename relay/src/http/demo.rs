@@ -129,6 +129,8 @@ async fn guest(
                 room: p.room.clone(),
                 grants: Some(grants.clone()),
                 ttl: Some(ttl),
+                // Not past the link's end, even if a second turned since `left` was read.
+                not_after: Some(claims.exp),
             },
             None,
         )?;
