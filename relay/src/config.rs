@@ -201,8 +201,8 @@ pub struct Files {
     /// `listen` and the kernel spreads connections over them (with port 0 there is one).
     /// 0 = one per four cores, at least one.
     pub io_threads: usize,
-    /// Memory for the chunks most recently stored or served, so that a file downloaded soon
-    /// after it arrived is not read from disk again; 0 = none.
+    /// Memory for chunks read more than once lately, so that a file many download is not read
+    /// from disk for each; 0 = none.
     pub recent_chunk_bytes: usize,
 }
 

@@ -275,8 +275,8 @@ impl ChunkStore {
         lock(&self.db)
     }
 
-    /// Keeps up to `budget` bytes of the chunks most recently stored or read in memory, and
-    /// serves them from there (see [`recent`]); 0, the default, keeps none.
+    /// Keeps up to `budget` bytes of the chunks read more than once lately in memory, and serves
+    /// them from there (see [`recent`]); 0, the default, keeps none.
     pub fn keep_recent(&mut self, budget: usize) {
         self.recent = recent::Recent::new(budget);
     }
@@ -340,9 +340,7 @@ impl ChunkStore {
     /// Puts a verified chunk on disk, durably. Does not record it: [`ChunkStore::chunk_received`]
     /// does, after this returned, with the answer.
     pub fn write_chunk(&self, chunk: &VerifiedChunk) -> Result<Placed> {
-        let placed = self.blobs.put(chunk.data(), chunk.seal())?;
-        self.recent.keep(chunk.hash(), chunk.data(), *chunk.seal());
-        Ok(placed)
+        self.blobs.put(chunk.data(), chunk.seal())
     }
 
     /// Where a recorded chunk's bytes are, from its row; `None` without a row.
@@ -388,7 +386,7 @@ impl ChunkStore {
         match found {
             Some(s) if s.data.len() == len as usize && intact(hash, &s) => {
                 if let Some(seal) = s.seal {
-                    self.recent.keep(hash, &s.data, seal);
+                    self.recent.offer(hash, &s.data, seal);
                 }
                 Ok(s.data)
             }

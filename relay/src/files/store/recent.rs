@@ -1,8 +1,10 @@
-//! The chunks most recently stored or served, kept in memory up to a byte budget, so that a file
-//! fetched soon after it arrived (a broadcast that every office downloads, a recording watched
-//! as it closes) is served without reading the disk again. Chunks are named by their content,
-//! so a kept chunk can never be stale; a read from here is checked against its seal as a read
-//! from disk is. The oldest kept chunk goes first when the budget is reached.
+//! Chunks read more than once lately, kept in memory up to a byte budget, so that a file many
+//! fetch (a broadcast that every office downloads) is read from disk twice, not once per
+//! download. A chunk is kept at its second read: memory taken for a chunk costs the relay about
+//! a quarter of what serving it costs (the pages are faulted in and zeroed), which a chunk read
+//! once would pay for nothing. Chunks are named by their content, so a kept chunk can never be
+//! stale; a read from here is checked against its seal as a read from disk is. The oldest kept
+//! chunk goes first when the budget is reached.
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::Mutex;
@@ -24,7 +26,13 @@ struct Kept {
     bytes: usize,
     order: VecDeque<Hash>,
     chunks: HashMap<Hash, (Bytes, Seal)>,
+    /// Chunks read once lately and not kept, oldest first, at most [`SEEN`].
+    seen: VecDeque<Hash>,
+    seen_set: std::collections::HashSet<Hash>,
 }
+
+/// How many chunks read once are remembered: 64 GiB of chunks at the average size.
+const SEEN: usize = 1 << 16;
 
 impl Recent {
     /// Keeps up to `budget` bytes of chunks; 0 keeps none.
@@ -51,14 +59,25 @@ impl Recent {
         })
     }
 
-    /// Keeps `data`, the bytes of chunk `hash` with their seal, letting the oldest go to stay
-    /// within the budget. A chunk larger than the budget is not kept.
-    pub(super) fn keep(&self, hash: &Hash, data: &Bytes, seal: Seal) {
+    /// Offers `data`, the bytes of chunk `hash` just read with their seal: kept if the chunk
+    /// was read lately before, letting the oldest go to stay within the budget. A chunk larger
+    /// than the budget is not kept.
+    pub(super) fn offer(&self, hash: &Hash, data: &Bytes, seal: Seal) {
         if data.len() > self.budget {
             return;
         }
         let mut k = self.kept();
         if k.chunks.contains_key(hash) {
+            return;
+        }
+        if !k.seen_set.remove(hash) {
+            if k.seen.len() == SEEN
+                && let Some(old) = k.seen.pop_front()
+            {
+                k.seen_set.remove(&old);
+            }
+            k.seen.push_back(*hash);
+            k.seen_set.insert(*hash);
             return;
         }
         while k.bytes + data.len() > self.budget {
@@ -90,7 +109,9 @@ mod tests {
         let chunk = |n: u8, len: usize| ([n; 32], Bytes::from(vec![n; len]));
         for (n, len) in [(1, 4), (2, 4), (3, 4)] {
             let (h, d) = chunk(n, len);
-            r.keep(&h, &d, [n; 8]);
+            r.offer(&h, &d, [n; 8]);
+            assert!(r.get(&h).is_none(), "read once: not kept");
+            r.offer(&h, &d, [n; 8]);
         }
         assert!(r.get(&[1; 32]).is_none(), "the oldest went");
         assert_eq!(r.get(&[2; 32]).unwrap().data, vec![2u8; 4]);
@@ -98,17 +119,19 @@ mod tests {
         assert_eq!(r.bytes(), 8);
         // Too large for the budget: not kept, and nothing else goes for it.
         let (h, d) = chunk(4, 11);
-        r.keep(&h, &d, [4; 8]);
+        r.offer(&h, &d, [4; 8]);
+        r.offer(&h, &d, [4; 8]);
         assert!(r.get(&h).is_none());
         assert_eq!(r.bytes(), 8);
         // Kept twice, counted once.
         let (h, d) = chunk(3, 4);
-        r.keep(&h, &d, [3; 8]);
+        r.offer(&h, &d, [3; 8]);
         assert_eq!(r.bytes(), 8);
         // A budget of nothing keeps nothing.
         let none = Recent::new(0);
         let (h, d) = chunk(5, 1);
-        none.keep(&h, &d, [5; 8]);
+        none.offer(&h, &d, [5; 8]);
+        none.offer(&h, &d, [5; 8]);
         assert!(none.get(&h).is_none());
     }
 }
