@@ -568,7 +568,7 @@ fn files_metrics(files: std::sync::Weak<FilePlane>) -> impl prometheus::core::Co
         ),
         (
             "relay_files_recent_bytes",
-            "Bytes of the chunks most recently stored or served kept in memory.",
+            "Bytes charged for the chunks kept in memory (read more than once lately).",
         ),
     ];
     ScrapeCollector::new(&NAMES, move |f| {

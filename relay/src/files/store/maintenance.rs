@@ -47,6 +47,7 @@ impl ChunkStore {
         tx.commit()?;
         for c in doomed {
             let hash = hash_of(c.hash)?;
+            self.recent.forget(&hash);
             // The rows are gone: a chunk whose bytes cannot be freed now never will be, and the
             // others still are.
             if let Err(e) = self.blobs.remove(&hash, c.place, c.len) {

@@ -369,12 +369,16 @@ impl ChunkStore {
     /// [`ChunkStore::read_chunk`] where the row (`stored`; `None`: there is none) was read
     /// already.
     fn read_at(&self, hash: &Hash, len: u32, stored: Option<Where>) -> Result<Bytes> {
-        if let Some(kept) = self.recent.get(hash)
-            && kept.data.len() == len as usize
-            && intact(hash, &kept)
+        // Only a chunk with a row is served, from memory or from disk.
+        if stored.is_some()
+            && let Some(kept) = self.recent.get(hash)
         {
-            self.recent_reads.fetch_add(1, Ordering::Relaxed);
-            return Ok(kept.data);
+            if kept.data.len() == len as usize && intact(hash, &kept) {
+                self.recent_reads.fetch_add(1, Ordering::Relaxed);
+                return Ok(kept.data);
+            }
+            tracing::error!(chunk = %hex::encode(hash), "a chunk kept in memory no longer matches its seal; reading the disk");
+            self.recent.forget(hash);
         }
         let found = match stored {
             Some(w) => self.blobs.get(hash, w.place, len)?.map(|mut s| {

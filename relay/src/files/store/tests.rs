@@ -1488,16 +1488,21 @@ fn chunks_read_twice_are_kept_in_memory_within_the_budget() {
     assert!(n >= 3);
     let largest = m.chunks().iter().map(|c| c.len as usize).max().unwrap();
     // Room for the whole file: stored, then read once, nothing is kept; read again, all is.
+    let whole: usize = m
+        .chunks()
+        .iter()
+        .map(|c| recent::charge(c.len as usize))
+        .sum();
     let dir = tempfile::tempdir().unwrap();
     let mut store = ChunkStore::open(dir.path()).unwrap();
-    store.keep_recent(data.len());
+    store.keep_recent(whole);
     let (_, rec) = upload(&store, "acme", &data, 100);
     assert_eq!(read_all(&store, &rec.id).unwrap(), data);
     assert_eq!(store.recent_reads(), (0, 0));
     assert_eq!(read_all(&store, &rec.id).unwrap(), data);
-    assert_eq!(store.recent_reads(), (0, data.len()));
+    assert_eq!(store.recent_reads(), (0, whole));
     assert_eq!(read_all(&store, &rec.id).unwrap(), data);
-    assert_eq!(store.recent_reads(), (n as u64, data.len()));
+    assert_eq!(store.recent_reads(), (n as u64, whole));
     // A chunk damaged on disk but kept in memory is served intact.
     let c = m.chunks()[1];
     let at = m.offsets()[1] as usize;
@@ -1509,7 +1514,30 @@ fn chunks_read_twice_are_kept_in_memory_within_the_budget() {
         data[at..at + c.len as usize]
     );
     assert_eq!(store.corrupt_reads(), 0);
+    // A copy in memory that no longer matches its seal is let go, and the disk read instead.
+    let c0 = m.chunks()[0];
+    let good = store.read_chunk(&c0.hash, c0.len).unwrap();
+    let mut flipped = good.to_vec();
+    flipped[5] ^= 1;
+    store.recent.forget(&c0.hash);
+    let seal = chunk_seal(&c0.hash, &good);
+    store.recent.offer(&c0.hash, &flipped.into(), seal);
+    let flipped = store.recent.get(&c0.hash);
+    assert!(flipped.is_none(), "seen once, not kept");
+    let mut bad = good.to_vec();
+    bad[5] ^= 1;
+    let bad = Bytes::from(bad);
+    store.recent.offer(&c0.hash, &bad, seal);
+    store.recent.offer(&c0.hash, &bad, seal);
+    assert_eq!(store.recent.get(&c0.hash).unwrap().data, bad);
+    assert_eq!(store.read_chunk(&c0.hash, c0.len).unwrap(), good);
+    assert!(store.recent.get(&c0.hash).is_none_or(|k| k.data == good));
+    // Collected chunks leave memory.
+    store.remove(&rec.id, 200).unwrap();
+    store.gc(200 + 7200, Duration::from_secs(3600)).unwrap();
+    assert_eq!(store.recent_reads().1, 0);
     // Room for the largest chunk: what is kept stays within it, the oldest going first.
+    let largest = recent::charge(largest);
     let dir = tempfile::tempdir().unwrap();
     let mut store = ChunkStore::open(dir.path()).unwrap();
     store.keep_recent(largest);
