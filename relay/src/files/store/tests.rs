@@ -896,6 +896,7 @@ fn statements_run_per_chunk_start_from_the_chunk() {
     // uploads: costs that grow with the file and with the organisation.
     for sql in [
         uploads::MARK_RECEIVED,
+        uploads::OTHER_PLACES,
         catalogue::ORG_HAS,
         files::CHUNK_TO_SERVE,
     ] {
@@ -914,12 +915,15 @@ fn statements_run_per_chunk_start_from_the_chunk() {
             "{sql}: {steps:?}"
         );
     }
-    let mark = plan(&f.store, uploads::MARK_RECEIVED);
-    assert!(
-        mark.iter()
-            .any(|s| s.contains("upload_chunks_hash (hash=? AND received=? AND upload=?)")),
-        "{mark:?}"
-    );
+    for sql in [uploads::MARK_RECEIVED, uploads::OTHER_PLACES] {
+        let steps = plan(&f.store, sql);
+        assert!(
+            steps
+                .iter()
+                .any(|s| s.contains("upload_chunks_hash (hash=? AND received=? AND upload=?)")),
+            "{sql}: {steps:?}"
+        );
+    }
     // Each branch of the holding check finds the chunk's rows first, then their file or upload.
     let has = plan(&f.store, catalogue::ORG_HAS);
     let at = |needle: &str| has.iter().position(|s| s.contains(needle));

@@ -417,11 +417,7 @@ impl ChunkStore {
             }
             // This upload's other places of the chunk: seeks on (hash, received, upload).
             let (ours, coming): (Option<bool>, Option<bool>) = tx
-                .prepare_cached(
-                    "SELECT MAX(received), MAX(received = 0 AND idx < ?3)
-                     FROM upload_chunks INDEXED BY upload_chunks_hash
-                     WHERE hash = ?2 AND received IN (0, 1) AND upload = ?1 AND idx != ?3",
-                )?
+                .prepare_cached(OTHER_PLACES)?
                 .query_row(params![&id[..], &c.hash[..], idx], |r| {
                     Ok((r.get(0)?, r.get(1)?))
                 })?;
@@ -720,6 +716,13 @@ impl ChunkStore {
 /// chunk (a block of zeros, say).
 pub(super) const MARK_RECEIVED: &str = "UPDATE upload_chunks INDEXED BY upload_chunks_hash
      SET received = 1 WHERE upload = ?1 AND hash = ?2 AND received = 0";
+
+/// Whether another place of an upload received a chunk, and whether an earlier one lists it
+/// still to come. Found through the chunk's index down to the upload (whose key comes after the
+/// index's columns), so that it costs the same for a chunk every upload lists.
+pub(super) const OTHER_PLACES: &str = "SELECT MAX(received), MAX(received = 0 AND idx < ?3)
+     FROM upload_chunks INDEXED BY upload_chunks_hash
+     WHERE hash = ?2 AND received IN (0, 1) AND upload = ?1 AND idx != ?3";
 
 /// Marks `hash` received by upload `id` and renews its lease; true if the chunk is new to the
 /// store (its row records `placed`).
