@@ -266,12 +266,7 @@ pub fn manifest_of(
 ) -> io::Result<(Manifest, Scan)> {
     match begin_scan(file, map, path, cache)? {
         Begun::Known(m, how) => Ok((m, how)),
-        Begun::Fresh(fresh) => {
-            let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
-            let manifest = manifest_from(&chunker::cut_file(map.bytes(), threads))?;
-            fresh.remember(file, &manifest);
-            Ok((manifest, Scan::Cut))
-        }
+        Begun::Fresh(fresh) => Ok((fresh.cut(file, map)?, Scan::Cut)),
     }
 }
 
@@ -294,6 +289,13 @@ pub struct Fresh {
 }
 
 impl Fresh {
+    /// Cuts the whole file (`map`) on every core, and remembers its manifest.
+    pub fn cut(&self, file: &File, map: &Mapped) -> io::Result<Manifest> {
+        let manifest = manifest_from(&chunker::cut_file(map.bytes(), cores()))?;
+        self.remember(file, &manifest);
+        Ok(manifest)
+    }
+
     /// Remembers `manifest`, cut from the file since, if the file is still as it was.
     pub fn remember(&self, file: &File, manifest: &Manifest) {
         let cache = self.cache.as_ref();
@@ -335,12 +337,16 @@ pub fn begin_scan(
     if trusted(&earlier, &before) {
         return Ok(Begun::Known(earlier.manifest, Scan::Remembered));
     }
-    let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
     let previous = cuts_of(&earlier.manifest);
-    let cuts = chunker::recut_file(map.bytes(), &previous, earlier.manifest.size(), threads);
+    let cuts = chunker::recut_file(map.bytes(), &previous, earlier.manifest.size(), cores());
     let manifest = manifest_from(&cuts)?;
     remember(file, path, cache, &before, scanned, &manifest);
     Ok(Begun::Known(manifest, Scan::Recut))
+}
+
+/// The threads a whole file is cut on: one per core.
+fn cores() -> usize {
+    std::thread::available_parallelism().map_or(1, |n| n.get())
 }
 
 /// The manifest of a file's chunks, in order.

@@ -77,11 +77,7 @@ impl Client {
             let key = key.as_deref().unwrap_or(&owned);
             let begun = match begin_scan(&f, &map, key, cache).map_err(io_err(&owned))? {
                 Begun::Fresh(fresh) if len < stream_from => {
-                    let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
-                    let cuts = chunker::cut_file(map.bytes(), threads);
-                    let m = manifest_from(&cuts).map_err(io_err(&owned))?;
-                    fresh.remember(&f, &m);
-                    Begun::Known(m, Scan::Cut)
+                    Begun::Known(fresh.cut(&f, &map).map_err(io_err(&owned))?, Scan::Cut)
                 }
                 begun => begun,
             };
