@@ -174,6 +174,26 @@ impl ChunkStore {
         Ok(held)
     }
 
+    /// Refuses `more` bytes that would take the organisation or its user `owner` past a quota.
+    pub(super) fn check_quota(
+        tx: &Connection,
+        org: &str,
+        owner: &str,
+        more: u64,
+        quotas: Quotas,
+        now: u64,
+    ) -> Result<()> {
+        let org_usage = Usage {
+            used: Self::usage(tx, org, None, now)?,
+            limit: quotas.org,
+        };
+        let user = Usage {
+            used: Self::usage(tx, org, Some(owner), now)?,
+            limit: quotas.user,
+        };
+        plan::reserve(more, org_usage, user).map_err(StoreError::Quota)
+    }
+
     pub(super) fn usage(tx: &Connection, org: &str, owner: Option<&str>, now: u64) -> Result<u64> {
         let used: i64 = tx
             .prepare_cached(

@@ -84,25 +84,6 @@ impl ChunkStore {
         Ok(id)
     }
 
-    fn check_quota(
-        tx: &Connection,
-        org: &str,
-        owner: &str,
-        more: u64,
-        quotas: Quotas,
-        now: u64,
-    ) -> Result<()> {
-        let org_usage = Usage {
-            used: Self::usage(tx, org, None, now)?,
-            limit: quotas.org,
-        };
-        let user = Usage {
-            used: Self::usage(tx, org, Some(owner), now)?,
-            limit: quotas.user,
-        };
-        plan::reserve(more, org_usage, user).map_err(StoreError::Quota)
-    }
-
     /// Adds a chunk at the end of recording `id`, which then reaches `duration_ms`. It is
     /// checked against the quotas and charged as it is listed (not received yet), so that no
     /// collection takes a stored copy of the same bytes while they are written; then the bytes

@@ -21,6 +21,18 @@ struct Listed {
     deduplicated: u64,
 }
 
+impl Listed {
+    /// The answer for upload `id` (`resumed`: an earlier upload continued).
+    fn plan(self, id: UploadId, resumed: bool) -> UploadPlan {
+        UploadPlan {
+            id,
+            resumed,
+            missing: self.missing,
+            deduplicated_bytes: self.deduplicated,
+        }
+    }
+}
+
 fn upload_id(v: Vec<u8>) -> Result<UploadId> {
     v.try_into()
         .map_err(|_| StoreError::Invalid("upload id".into()))
@@ -73,14 +85,11 @@ impl ChunkStore {
         };
         let chunks = manifest.chunks();
         let listed = Self::list_places(&tx, &id, new.org, new.reader, 0, chunks, now)?;
-        Self::finish_listing(&tx, &id, chunks.len() as u32, now)?;
+        // Its places are now the manifest's chunks: the root is the manifest's.
+        let end = chunks.len() as u32;
+        Self::finish_listing(&tx, &id, end, Some(manifest.root()), now)?;
         tx.commit()?;
-        Ok(UploadPlan {
-            id,
-            resumed,
-            missing: listed.missing,
-            deduplicated_bytes: listed.deduplicated,
-        })
+        Ok(listed.plan(id, resumed))
     }
 
     /// Starts an upload of `size` bytes whose manifest comes in parts while the file is cut,
@@ -118,12 +127,7 @@ impl ChunkStore {
         let listed = Self::list_places(&tx, &id, new.org, new.reader, 0, first.chunks(), now)?;
         Self::listed_up_to(&tx, &id, first.chunks().len() as u32, first.size(), size)?;
         tx.commit()?;
-        Ok(UploadPlan {
-            id,
-            resumed,
-            missing: listed.missing,
-            deduplicated_bytes: listed.deduplicated,
-        })
+        Ok(listed.plan(id, resumed))
     }
 
     /// Lists the chunks of upload `id` from index `first` on, the next part of its manifest,
@@ -162,7 +166,7 @@ impl ChunkStore {
                 "chunks listed from {first}, but {listing} are listed before"
             )));
         }
-        let plan = Self::list_places(&tx, id, &org, reader, first, part.chunks(), now)?;
+        let listed = Self::list_places(&tx, id, &org, reader, first, part.chunks(), now)?;
         let end = first.saturating_add(part.chunks().len() as u32);
         let bytes = listing_bytes as u64 + part.size();
         Self::listed_up_to(&tx, id, end, bytes, size as u64)?;
@@ -172,19 +176,14 @@ impl ChunkStore {
                     "the manifest's chunks add up to {bytes} bytes, the upload declared {size}"
                 )));
             }
-            Self::finish_listing(&tx, id, end, now)?;
+            Self::finish_listing(&tx, id, end, None, now)?;
         }
         tx.execute(
             "UPDATE uploads SET lease_expires = ?2 WHERE id = ?1 AND lease_expires < ?2",
             params![&id[..], now.saturating_add(lease.as_secs()) as i64],
         )?;
         tx.commit()?;
-        Ok(UploadPlan {
-            id: *id,
-            resumed: false,
-            missing: plan.missing,
-            deduplicated_bytes: plan.deduplicated,
-        })
+        Ok(listed.plan(*id, false))
     }
 
     /// The same user's unfinished upload (not a recording) of a file with `new`'s name, `size`
@@ -260,12 +259,14 @@ impl ChunkStore {
     }
 
     /// Ends the manifest of upload `id` at `end` chunks: the places past it go, and the upload
-    /// takes the root of its chunks (unless the same user's other unfinished upload of this
-    /// content holds it: this one is then reached by its id only) and may be committed.
+    /// takes the root of its chunks, `root` when the caller knows it (unless the same user's
+    /// other unfinished upload of this content holds it: this one is then reached by its id
+    /// only) and may be committed.
     fn finish_listing(
         tx: &rusqlite::Transaction<'_>,
         id: &UploadId,
         end: u32,
+        root: Option<&Hash>,
         now: u64,
     ) -> Result<()> {
         Self::release_chunks(tx, "upload = ?1 AND idx >= ?2", params![&id[..], end], now)?;
@@ -273,7 +274,10 @@ impl ChunkStore {
             "DELETE FROM upload_chunks WHERE upload = ?1 AND idx >= ?2",
             params![&id[..], end],
         )?;
-        let root = root_of(&Self::manifest_rows(tx, id, false)?);
+        let root = match root {
+            Some(r) => *r,
+            None => root_of(&Self::manifest_rows(tx, id, false)?),
+        };
         let taken: bool = tx.query_row(
             "SELECT EXISTS (SELECT 1 FROM uploads u, uploads me
              WHERE me.id = ?1 AND u.id != me.id AND u.org = me.org AND u.owner = me.owner
@@ -304,15 +308,7 @@ impl ChunkStore {
         now: u64,
         lease: Duration,
     ) -> Result<UploadId> {
-        let org = Usage {
-            used: Self::usage(tx, new.org, None, now)?,
-            limit: quotas.org,
-        };
-        let user = Usage {
-            used: Self::usage(tx, new.org, Some(new.owner), now)?,
-            limit: quotas.user,
-        };
-        plan::reserve(size, org, user).map_err(StoreError::Quota)?;
+        Self::check_quota(tx, new.org, new.owner, size, quotas, now)?;
         let id: UploadId = crate::random_bytes();
         tx.execute(
             "INSERT INTO uploads (id, org, owner, name, room, root, size, classification,
