@@ -130,8 +130,8 @@ impl Client {
                 let size = map.bytes().len() as u64;
                 let (parts_in, mut parts) = mpsc::channel(4);
                 let scanned = map.clone();
-                // The scan is remembered as soon as it ends, so that a put cut short after it
-                // is continued from the manifest.
+                // The scan's manifest is remembered as soon as it is whole, so that a put cut
+                // short after it is continued from the manifest; it is the put's too.
                 let scanner = tokio::task::spawn_blocking(move || {
                     let mut all = Vec::new();
                     let mut whole = false;
@@ -140,11 +140,11 @@ impl Client {
                         whole = last;
                         parts_in.blocking_send((part, last)).is_ok()
                     });
-                    if let (true, Ok(m)) = (whole, manifest_from(&all)) {
-                        fresh.remember(&file, &m);
-                    }
+                    let manifest = manifest_from(&all).ok().filter(|_| whole)?;
+                    fresh.remember(&file, &manifest);
+                    Some(manifest)
                 });
-                let (mut cuts, mut last) = parts
+                let (cuts, mut last) = parts
                     .recv()
                     .await
                     .ok_or_else(|| ClientError::Protocol("scanning failed".into()))?;
@@ -157,9 +157,10 @@ impl Client {
                 job.listed(&cuts, 0, &missing)?;
                 let (queue, rest) = job.clone().first_alone(&cuts, missing).await?;
                 // The rest of the manifest is listed while the chunks listed so far travel.
+                let mut listed = cuts.len() as u32;
                 let mut lists = 1;
                 let listing = async {
-                    let listed = async {
+                    let listing = async {
                         while !last {
                             if queue.is_closed() {
                                 // The sending stopped at a failure, which it reports.
@@ -169,7 +170,7 @@ impl Client {
                                 .recv()
                                 .await
                                 .ok_or_else(|| ClientError::Protocol("scanning failed".into()))?;
-                            let first = cuts.len() as u32;
+                            let first = listed;
                             lists += 1;
                             let list = Request::PutList {
                                 token: self.token.clone(),
@@ -186,13 +187,13 @@ impl Client {
                                     return Ok(());
                                 }
                             }
-                            cuts.extend(part);
+                            listed += part.len() as u32;
                             last = end;
                         }
                         Ok(())
                     };
                     // A failure to list ends the sending too, as a failed chunk would.
-                    if let Err(e) = listed.await {
+                    if let Err(e) = listing.await {
                         let _ = queue.send(Err(e));
                     }
                     drop(queue);
@@ -206,10 +207,10 @@ impl Client {
                     ));
                 }
                 drop(parts);
-                scanner
+                let manifest = scanner
                     .await
-                    .map_err(|e| ClientError::Protocol(format!("scanning failed: {e}")))?;
-                let manifest = manifest_from(&cuts).map_err(io_err(path))?;
+                    .map_err(|e| ClientError::Protocol(format!("scanning failed: {e}")))?
+                    .ok_or_else(|| ClientError::Protocol("scanning failed".into()))?;
                 (job, manifest, resumed, Scan::Cut, lists)
             }
         };
