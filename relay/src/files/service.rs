@@ -124,7 +124,7 @@ impl Service {
     /// blocking pool, once per request.
     pub fn handle(&self, req: Request) -> Response {
         match req {
-            Request::PutStart(p) => self.put_start(*p),
+            Request::PutStart(p) => self.begin_put(&p, None),
             Request::PutChunk {
                 token,
                 upload,
@@ -133,7 +133,7 @@ impl Service {
                 data,
             } => self.put_chunk(&token, upload, index, encoding, data),
             Request::PutCommit { token, upload } => self.put_commit(&token, upload),
-            Request::PutOpen { start, size } => self.put_open(*start, size),
+            Request::PutOpen { start, size } => self.begin_put(&start, Some(size)),
             Request::PutList {
                 token,
                 upload,
@@ -185,14 +185,6 @@ impl Service {
             Denial::FileType.code(),
             format!("files of type {mime} are not allowed here"),
         ))
-    }
-
-    fn put_start(&self, req: PutStart) -> Response {
-        self.begin_put(&req, None)
-    }
-
-    fn put_open(&self, req: PutStart, size: u64) -> Response {
-        self.begin_put(&req, Some(size))
     }
 
     /// Starts an upload of `req.manifest`, or, with `size`, an upload of `size` bytes whose
