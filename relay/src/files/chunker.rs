@@ -11,6 +11,7 @@
 //! (a few thousand entries) while a 1 MiB edit still touches only a few chunks.
 
 use std::collections::HashMap;
+use std::hash::Hasher;
 use std::io::{self, Read};
 
 use bytes::Bytes;
@@ -41,7 +42,7 @@ pub type Seal = [u8; 8];
 
 /// The seal of `data`, the bytes of the chunk named `hash`.
 pub fn chunk_seal(hash: &Hash, data: &[u8]) -> Seal {
-    xxhash_rust::xxh3::xxh3_64_with_seed(data, seal_seed(hash)).to_le_bytes()
+    twox_hash::XxHash3_64::oneshot_with_seed(seal_seed(hash), data).to_le_bytes()
 }
 
 fn seal_seed(hash: &Hash) -> u64 {
@@ -66,15 +67,15 @@ impl VerifiedChunk {
     /// `data` if it hashes to `hash`, sealed: one pass over the bytes feeds both sums.
     pub fn check(hash: &Hash, data: Bytes) -> Option<VerifiedChunk> {
         let mut name = blake3::Hasher::new();
-        let mut seal = xxhash_rust::xxh3::Xxh3::with_seed(seal_seed(hash));
+        let mut seal = twox_hash::XxHash3_64::with_seed(seal_seed(hash));
         for piece in data.chunks(CHECK_PIECE) {
             name.update(piece);
-            seal.update(piece);
+            seal.write(piece);
         }
         (name.finalize().as_bytes() == hash).then(|| VerifiedChunk {
             hash: *hash,
             data,
-            seal: seal.digest().to_le_bytes(),
+            seal: seal.finish().to_le_bytes(),
         })
     }
 
@@ -464,6 +465,26 @@ mod tests {
             self.0 = &self.0[n..];
             Ok(n)
         }
+    }
+
+    /// Seals are kept on disk beside every stored chunk: they must never change. The values are
+    /// XXH3-64 with the seed, as every earlier release computed them.
+    #[test]
+    fn seals_are_the_xxh3_sums_earlier_releases_stored() {
+        let long: Vec<u8> = (0..(1usize << 20) + 7)
+            .map(|i| (i * 31 % 251) as u8)
+            .collect();
+        let hash = [7u8; 32];
+        assert_eq!(
+            chunk_seal(&hash, &long),
+            0xd3b9_1a24_c29e_9e0a_u64.to_le_bytes()
+        );
+        assert_eq!(
+            chunk_seal(&hash, &long[..100]),
+            0x6b0c_ccb1_de8a_bae6_u64.to_le_bytes()
+        );
+        let checked = VerifiedChunk::check(&chunk_hash(&long), Bytes::from(long.clone())).unwrap();
+        assert_eq!(checked.seal(), &chunk_seal(&chunk_hash(&long), &long));
     }
 
     #[test]
