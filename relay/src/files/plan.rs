@@ -88,10 +88,55 @@ pub fn worth_trying_compression(head: &[u8]) -> bool {
     !infer::get(head).is_some_and(|t| matches!(t.matcher_type(), Video | Image | Archive | Audio))
 }
 
+/// Which chunks of a file a sender tries to compress, learnt as it sends them. A file whose type
+/// is compressed already is never tried. Otherwise every chunk is tried until [`UNPAID_RUN`] in a
+/// row did not pay; from then on only every [`RETRY_EVERY`]th chunk (by index) is, until one pays
+/// and every chunk is tried again. A video whose name and magic bytes did not give it away then
+/// costs its sender a sample of one chunk in sixteen, not of each; a file whose compressible part
+/// follows an incompressible one sends at most `RETRY_EVERY - 1` of its chunks raw before that is
+/// found out. Chunks travel several at a time, so "in a row" is in the order their trials end.
+#[derive(Debug)]
+pub struct CompressionTrials {
+    file_may_compress: bool,
+    unpaid: std::sync::atomic::AtomicU32,
+}
+
+/// Chunks in a row that did not pay before a sender stops trying each one.
+pub const UNPAID_RUN: u32 = 8;
+/// Then one chunk in this many is tried.
+pub const RETRY_EVERY: u32 = 16;
+
+impl CompressionTrials {
+    /// Trials for a file whose first bytes are `head` (see [`worth_trying_compression`]).
+    pub fn for_file(head: &[u8]) -> CompressionTrials {
+        CompressionTrials {
+            file_may_compress: worth_trying_compression(head),
+            unpaid: Default::default(),
+        }
+    }
+
+    /// Is chunk `index` to be tried?
+    pub fn worth_trying(&self, index: u32) -> bool {
+        use std::sync::atomic::Ordering::Relaxed;
+        self.file_may_compress
+            && (self.unpaid.load(Relaxed) < UNPAID_RUN || index.is_multiple_of(RETRY_EVERY))
+    }
+
+    /// A tried chunk's outcome: compressing it paid, or not.
+    pub fn tried(&self, paid: bool) {
+        use std::sync::atomic::Ordering::Relaxed;
+        if paid {
+            self.unpaid.store(0, Relaxed);
+        } else {
+            self.unpaid.fetch_add(1, Relaxed);
+        }
+    }
+}
+
 /// Is compressing a stored chunk for the wire worth trying on a get? Not when its file's type
 /// is compressed already (`file_may_compress` false), nor when the chunk arrived as it is
-/// (`arrived_compressed` `Some(false)`): its sender tried and it did not pay, or its type said
-/// not to try. A chunk that nothing is known of (stored by an earlier release) is tried.
+/// (`arrived_compressed` `Some(false)`): its sender tried and it did not pay, or its type or the
+/// chunks before it said not to try ([`CompressionTrials`]). A chunk that nothing is known of (stored by an earlier release) is tried.
 pub fn worth_compressing_to_serve(
     file_may_compress: bool,
     arrived_compressed: Option<bool>,
@@ -227,6 +272,36 @@ mod tests {
         for chunk in [Some(true), Some(false), None] {
             assert!(!worth_compressing_to_serve(false, chunk));
         }
+    }
+
+    #[test]
+    fn a_sender_stops_trying_each_chunk_after_a_run_that_did_not_pay() {
+        let video = CompressionTrials::for_file(&[
+            0, 0, 0, 0x18, b'f', b't', b'y', b'p', b'm', b'p', b'4', b'2',
+        ]);
+        assert!(
+            (0..64).all(|i| !video.worth_trying(i)),
+            "a compressed type is never tried"
+        );
+        let t = CompressionTrials::for_file(b"plain words");
+        for i in 0..UNPAID_RUN {
+            assert!(t.worth_trying(i + 1), "chunk {}", i + 1);
+            t.tried(false);
+        }
+        let tried: Vec<u32> = (0..64).filter(|&i| t.worth_trying(i)).collect();
+        assert_eq!(tried, [0, 16, 32, 48]);
+        t.tried(true);
+        assert!(
+            (0..64).all(|i| t.worth_trying(i)),
+            "one that paid brings every chunk back"
+        );
+        for _ in 0..UNPAID_RUN - 1 {
+            t.tried(false);
+        }
+        assert!(
+            t.worth_trying(5),
+            "a run shorter than UNPAID_RUN keeps every chunk tried"
+        );
     }
 
     #[test]

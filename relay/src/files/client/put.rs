@@ -86,7 +86,7 @@ impl Client {
         .await
         .map_err(|e| ClientError::Protocol(format!("scanning failed: {e}")))??;
         let head = &map.bytes()[..map.bytes().len().min(8192)];
-        let compressible = plan::worth_trying_compression(head);
+        let compression = Arc::new(plan::CompressionTrials::for_file(head));
         progress
             .total
             .store(map.bytes().len() as u64, Ordering::Relaxed);
@@ -108,7 +108,7 @@ impl Client {
                 upload,
                 map: map.clone(),
                 path: path.to_path_buf(),
-                compressible,
+                compression: compression.clone(),
                 bytes_sent: AtomicU64::new(0),
                 chunks_sent: AtomicU64::new(0),
                 progress: progress.clone(),
@@ -240,7 +240,7 @@ struct PutJob {
     /// The file as it was opened for the scan: chunks are sent from it without a copy.
     map: Arc<Mapped>,
     path: PathBuf,
-    compressible: bool,
+    compression: Arc<plan::CompressionTrials>,
     bytes_sent: AtomicU64,
     chunks_sent: AtomicU64,
     progress: Arc<Progress>,
@@ -318,13 +318,15 @@ impl PutJob {
     /// changed since it was scanned from damage on the way.
     async fn send_chunk(self: Arc<Self>, index: u32, c: Cut) -> Result<(), ClientError> {
         let buf = self.chunk(&c)?;
-        let (encoding, data) = if self.compressible {
-            tokio::task::spawn_blocking(move || match plan::compress(&buf) {
+        let (encoding, data) = if self.compression.worth_trying(index) {
+            let tried = tokio::task::spawn_blocking(move || match plan::compress(&buf) {
                 Some(z) => (Encoding::Zstd, Bytes::from(z)),
                 None => (Encoding::Raw, buf),
             })
             .await
-            .map_err(|e| ClientError::Protocol(format!("compressing failed: {e}")))?
+            .map_err(|e| ClientError::Protocol(format!("compressing failed: {e}")))?;
+            self.compression.tried(tried.0 == Encoding::Zstd);
+            tried
         } else {
             (Encoding::Raw, buf)
         };
