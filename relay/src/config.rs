@@ -204,6 +204,11 @@ pub struct Files {
     /// Memory for chunks read more than once lately, so that a file many download is not read
     /// from disk for each; 0 = none.
     pub recent_chunk_bytes: usize,
+    /// The largest UDP payload the file plane sends or accepts (1200 to 65527): the bound of
+    /// QUIC's path MTU discovery, which climbs from 1200 to what the path carries. Lower it where
+    /// a path drops large datagrams without telling (a tunnel that breaks discovery); the
+    /// default lets a jumbo-frame intranet and loopback use large datagrams.
+    pub max_udp_payload: u16,
 }
 
 impl Default for Files {
@@ -225,6 +230,7 @@ impl Default for Files {
             socket_buffer_bytes: 8 << 20,
             io_threads: 0,
             recent_chunk_bytes: 1 << 30,
+            max_udp_payload: crate::files::transport::MAX_UDP_PAYLOAD,
         }
     }
 }
@@ -527,6 +533,12 @@ impl Files {
         if self.io_threads > 64 {
             return Err(err("files.io_threads", "must be at most 64"));
         }
+        if !(1200..=65527).contains(&self.max_udp_payload) {
+            return Err(err(
+                "files.max_udp_payload",
+                "must be from 1200 (QUIC's least) to 65527 (a UDP datagram's most)",
+            ));
+        }
         Ok(())
     }
 }
@@ -589,6 +601,8 @@ mod tests {
             ("[files]\ngc_grace = \"later\"", "files.gc_grace"),
             ("[files]\nsocket_buffer_bytes = -1", "files.socket_buffer_bytes"),
             ("[files]\nio_threads = 65", "files.io_threads"),
+            ("[files]\nmax_udp_payload = 1199", "files.max_udp_payload"),
+            ("[files]\nmax_udp_payload = 65528", "files.max_udp_payload"),
             ("[files]\nquota = 1", "files.quota"),
             ("[registry]\nurl = \"mysql://x\"", "registry.url"),
             ("[cluster]\nredis_url = \"redis://127.0.0.1:6379\"", "registry.url"),

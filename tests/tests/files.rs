@@ -977,20 +977,46 @@ fn a_file_sent_while_it_is_cut_comes_back_whole_and_sent_again_sends_nothing() {
 
 #[test]
 fn a_transfer_on_loopback_climbs_to_the_largest_datagrams_and_keeps_them() {
-    use relay::files::client::{Client, Progress, PutOptions};
     use relay::files::transport::MAX_UDP_PAYLOAD;
 
     let relay = Relay::start();
+    let (mtu, black_holes, stats) = put_48_mib(&relay);
+    // Loopback carries datagrams of any size: discovery reaches the bound, and the sends of
+    // several large datagrams (over one IP packet, split by the file plane's socket) all
+    // arrive, so nothing looks like a black hole.
+    assert_eq!(black_holes, 0, "{stats}");
+    assert_eq!(mtu, MAX_UDP_PAYLOAD, "{stats}");
+}
+
+#[test]
+fn the_relays_datagram_bound_holds_for_its_clients() {
+    let tmp = tempfile::tempdir().unwrap();
+    let relay = Relay::start_in(
+        &tmp.path().join("data"),
+        "[files]\nlisten = \"127.0.0.1:0\"\nmax_udp_payload = 1452\n",
+        &[],
+    );
+    let (mtu, black_holes, stats) = put_48_mib(&relay);
+    // The client's own bound is larger; the relay's, sent in its transport parameters, wins.
+    assert_eq!(mtu, 1452, "{stats}");
+    assert_eq!(black_holes, 0, "{stats}");
+}
+
+/// Puts 48 MiB of noise through `relay` and answers the client's path figures after it: the
+/// datagram size reached, the black holes detected, and all of them as text.
+fn put_48_mib(relay: &Relay) -> (u16, u64, String) {
+    use relay::files::client::{Client, Progress, PutOptions};
+
     let token = relay.demo_token("files");
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("big.bin");
     fs::write(&path, noise(71, 48 * MIB)).unwrap();
-    let cert = certificate(&relay);
+    let cert = certificate(relay);
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
         .unwrap();
-    let path_stats = rt.block_on(async {
+    rt.block_on(async {
         let client = Client::connect(&relay.files_addr(), cert, token)
             .await
             .unwrap();
@@ -1008,13 +1034,12 @@ fn a_transfer_on_loopback_climbs_to_the_largest_datagrams_and_keeps_them() {
         assert_eq!(report.entry.size, 48 * MIB as u64);
         let stats = client.path_stats();
         client.close().await;
-        stats
-    });
-    // Loopback carries datagrams of any size: discovery reaches the bound, and the sends of
-    // several large datagrams (over one IP packet, split by the file plane's socket) all
-    // arrive, so nothing looks like a black hole.
-    assert_eq!(path_stats.black_holes_detected, 0, "{path_stats:?}");
-    assert_eq!(path_stats.current_mtu, MAX_UDP_PAYLOAD, "{path_stats:?}");
+        (
+            stats.current_mtu,
+            stats.black_holes_detected,
+            format!("{stats:?}"),
+        )
+    })
 }
 
 /// The relay's certificate (DER), as a client trusts it.

@@ -88,7 +88,10 @@ impl Drop for Active<'_> {
     }
 }
 
-fn server_config(secrets: &Secrets) -> Result<quinn::ServerConfig, FilesError> {
+fn server_config(
+    secrets: &Secrets,
+    max_udp_payload: u16,
+) -> Result<quinn::ServerConfig, FilesError> {
     use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
     let key = pem_body(&secrets.key_pem, "PRIVATE KEY")
         .ok_or_else(|| FilesError::Tls("the TLS key is not PEM".into()))?;
@@ -105,7 +108,7 @@ fn server_config(secrets: &Secrets) -> Result<quinn::ServerConfig, FilesError> {
     let crypto = quinn::crypto::rustls::QuicServerConfig::try_from(tls)
         .map_err(|e| FilesError::Tls(e.to_string()))?;
     let mut server = quinn::ServerConfig::with_crypto(Arc::new(crypto));
-    server.transport_config(Arc::new(transport::transport()));
+    server.transport_config(Arc::new(transport::transport(max_udp_payload)));
     Ok(server)
 }
 
@@ -120,7 +123,7 @@ impl FilePlane {
         let mut store = ChunkStore::open(data).map_err(FilesError::Store)?;
         store.remove_temp_files().map_err(FilesError::Store)?;
         store.keep_recent(settings.recent_chunk_bytes);
-        let server = server_config(secrets)?;
+        let server = server_config(secrets, settings.max_udp_payload)?;
         let service = Arc::new(Service::new(control, Arc::new(store), settings.clone()));
         let mut count = settings.io_threads();
         if count > 1 && settings.listen.port() == 0 {
@@ -132,7 +135,7 @@ impl FilePlane {
             );
             count = 1;
         }
-        let config = transport::endpoint_config();
+        let config = transport::endpoint_config(settings.max_udp_payload);
         let mut plane = FilePlane {
             endpoints: Vec::with_capacity(count),
             local: settings.listen,

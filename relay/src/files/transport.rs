@@ -22,7 +22,8 @@ pub const ALPN: &[u8] = b"relay-files/1";
 /// Chunk requests one client keeps in flight, each on its own stream.
 pub const PARALLEL_CHUNKS: usize = 8;
 
-/// The largest UDP payload the file plane sends and accepts: an upper bound for MTU discovery,
+/// The largest UDP payload the file plane sends and accepts by default (`files.max_udp_payload`
+/// on the relay; the client's own bound): an upper bound for MTU discovery,
 /// which starts from QUIC's 1200 bytes and climbs to what the path carries. On ordinary Ethernet
 /// it settles near 1452, on a jumbo-frame intranet near 8952, and on loopback it reaches this
 /// bound. Fewer, larger datagrams cost fewer headers, seals, acknowledgements and system calls
@@ -45,7 +46,7 @@ pub fn endpoint(
     socket: std::net::UdpSocket,
     server: Option<quinn::ServerConfig>,
 ) -> std::io::Result<quinn::Endpoint> {
-    endpoint_with(endpoint_config(), socket, server)
+    endpoint_with(endpoint_config(MAX_UDP_PAYLOAD), socket, server)
 }
 
 /// An endpoint with the configuration given (see [`endpoint_config`]).
@@ -129,22 +130,24 @@ fn split<'a>(
         })
 }
 
-/// The endpoint settings of both ends: receive datagrams up to [`MAX_UDP_PAYLOAD`].
+/// The endpoint settings of both ends: receive datagrams up to `max_udp_payload` (see
+/// [`MAX_UDP_PAYLOAD`]), which the peer learns and does not send beyond.
 ///
 /// Endpoints that share one address take clones of one configuration, so that they share its
 /// stateless reset key: a packet that the kernel hands to another endpoint than its
 /// connection's (the peer's address changed) is answered with a reset the peer accepts, and the
 /// peer learns at once that the connection is gone instead of waiting out the idle timeout.
-pub fn endpoint_config() -> quinn::EndpointConfig {
+pub fn endpoint_config(max_udp_payload: u16) -> quinn::EndpointConfig {
     let mut c = quinn::EndpointConfig::default();
-    // The bound lies inside the range quinn accepts (1200..=65527), so this cannot fail.
-    let _ = c.max_udp_payload_size(MAX_UDP_PAYLOAD);
+    // Out of the range quinn accepts (1200..=65527, as the relay's configuration checks), quinn's
+    // default stays.
+    let _ = c.max_udp_payload_size(max_udp_payload);
     c
 }
 
 /// Transport settings: a stream can hold two maximal chunks in flight, the connection every
 /// parallel stream's worth, so a transfer is limited by the link, not by flow control.
-pub fn transport() -> quinn::TransportConfig {
+pub fn transport(max_udp_payload: u16) -> quinn::TransportConfig {
     let mut t = quinn::TransportConfig::default();
     let stream = 2 * super::chunker::MAX_CHUNK as u32;
     t.stream_receive_window(VarInt::from_u32(stream));
@@ -159,7 +162,7 @@ pub fn transport() -> quinn::TransportConfig {
     ack.max_ack_delay(Some(Duration::from_millis(2)));
     t.ack_frequency_config(Some(ack));
     let mut mtu = quinn::MtuDiscoveryConfig::default();
-    mtu.upper_bound(MAX_UDP_PAYLOAD);
+    mtu.upper_bound(max_udp_payload);
     t.mtu_discovery_config(Some(mtu));
     // A peer that vanished (killed, unplugged) is noticed within 10 s; keep-alives stop a quiet
     // but living connection from timing out.

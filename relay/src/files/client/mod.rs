@@ -106,7 +106,7 @@ fn client_config(ca_der: Vec<u8>) -> Result<quinn::ClientConfig, ClientError> {
     let crypto = quinn::crypto::rustls::QuicClientConfig::try_from(tls)
         .map_err(|e| ClientError::Usage(e.to_string()))?;
     let mut config = quinn::ClientConfig::new(Arc::new(crypto));
-    config.transport_config(Arc::new(transport::transport()));
+    config.transport_config(Arc::new(transport::transport(transport::MAX_UDP_PAYLOAD)));
     Ok(config)
 }
 
