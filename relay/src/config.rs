@@ -536,7 +536,7 @@ impl Files {
         if !(1200..=65527).contains(&self.max_udp_payload) {
             return Err(err(
                 "files.max_udp_payload",
-                "must be from 1200 (QUIC's least) to 65527 (a UDP datagram's most)",
+                "must be from 1200 (QUIC's least) to 65527 (quinn's most)",
             ));
         }
         Ok(())

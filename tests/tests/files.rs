@@ -980,37 +980,51 @@ fn a_transfer_on_loopback_climbs_to_the_largest_datagrams_and_keeps_them() {
     use relay::files::transport::MAX_UDP_PAYLOAD;
 
     let relay = Relay::start();
-    let (mtu, black_holes, stats) = put_48_mib(&relay);
+    let sizes = datagrams_of_a_put_and_a_get(&relay);
     // Loopback carries datagrams of any size: discovery reaches the bound, and the sends of
     // several large datagrams (over one IP packet, split by the file plane's socket) all
     // arrive, so nothing looks like a black hole.
-    assert_eq!(black_holes, 0, "{stats}");
-    assert_eq!(mtu, MAX_UDP_PAYLOAD, "{stats}");
+    assert_eq!(sizes.black_holes, 0, "{}", sizes.stats);
+    assert_eq!(sizes.up, MAX_UDP_PAYLOAD, "{}", sizes.stats);
+    assert!(sizes.down_average > 8192, "{}", sizes.stats);
 }
 
 #[test]
-fn the_relays_datagram_bound_holds_for_its_clients() {
+fn the_relays_datagram_bound_holds_both_ways() {
     let tmp = tempfile::tempdir().unwrap();
     let relay = Relay::start_in(
         &tmp.path().join("data"),
         "[files]\nlisten = \"127.0.0.1:0\"\nmax_udp_payload = 1452\n",
         &[],
     );
-    let (mtu, black_holes, stats) = put_48_mib(&relay);
-    // The client's own bound is larger; the relay's, sent in its transport parameters, wins.
-    assert_eq!(mtu, 1452, "{stats}");
-    assert_eq!(black_holes, 0, "{stats}");
+    let sizes = datagrams_of_a_put_and_a_get(&relay);
+    // The client's own bound is larger; the relay's, sent in its transport parameters, wins for
+    // what the client sends, and bounds the relay's own discovery for what it sends.
+    assert_eq!(sizes.up, 1452, "{}", sizes.stats);
+    assert!(sizes.down_average <= 1452, "{}", sizes.stats);
+    assert_eq!(sizes.black_holes, 0, "{}", sizes.stats);
 }
 
-/// Puts 48 MiB of noise through `relay` and answers the client's path figures after it: the
-/// datagram size reached, the black holes detected, and all of them as text.
-fn put_48_mib(relay: &Relay) -> (u16, u64, String) {
+/// The datagrams of one transfer each way.
+struct DatagramSizes {
+    /// The size the client's sends reached during a put.
+    up: u16,
+    black_holes: u64,
+    /// The average size of what the client received during a get of the same file.
+    down_average: u64,
+    stats: String,
+}
+
+/// Puts 48 MiB of noise through `relay` and gets it back, on one connection.
+fn datagrams_of_a_put_and_a_get(relay: &Relay) -> DatagramSizes {
     use relay::files::client::{Client, Progress, PutOptions};
+    use std::sync::Arc;
 
     let token = relay.demo_token("files");
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("big.bin");
-    fs::write(&path, noise(71, 48 * MIB)).unwrap();
+    let data = noise(71, 48 * MIB);
+    fs::write(&path, &data).unwrap();
     let cert = certificate(relay);
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -1028,17 +1042,30 @@ fn put_48_mib(relay: &Relay) -> (u16, u64, String) {
             stream_from: None,
         };
         let report = client
-            .put(&path, opts, std::sync::Arc::new(Progress::default()))
+            .put(&path, opts, Arc::new(Progress::default()))
             .await
             .unwrap();
         assert_eq!(report.entry.size, 48 * MIB as u64);
-        let stats = client.path_stats();
+        let after_put = client.stats();
+        let out = dir.path().join("back.bin");
+        client
+            .get(&report.entry.id, Some(&out), Arc::new(Progress::default()))
+            .await
+            .unwrap();
+        assert!(fs::read(&out).unwrap() == data, "the download is intact");
+        let after_get = client.stats();
         client.close().await;
-        (
-            stats.current_mtu,
-            stats.black_holes_detected,
-            format!("{stats:?}"),
-        )
+        let bytes = after_get.udp_rx.bytes - after_put.udp_rx.bytes;
+        let datagrams = after_get.udp_rx.datagrams - after_put.udp_rx.datagrams;
+        DatagramSizes {
+            up: after_put.path.current_mtu,
+            black_holes: after_put.path.black_holes_detected,
+            down_average: bytes / datagrams.max(1),
+            stats: format!(
+                "average received during the get: {}; {after_get:?}",
+                bytes / datagrams.max(1)
+            ),
+        }
     })
 }
 

@@ -90,15 +90,18 @@ pub fn worth_trying_compression(head: &[u8]) -> bool {
 
 /// Which chunks of a file a sender tries to compress, learnt as it sends them. A file whose type
 /// is compressed already is never tried. Otherwise every chunk is tried until [`UNPAID_RUN`] in a
-/// row did not pay; from then on only every [`RETRY_EVERY`]th chunk (by index) is, until one pays
-/// and every chunk is tried again. A video whose name and magic bytes did not give it away then
-/// costs its sender a sample of one chunk in sixteen, not of each; a file whose compressible part
-/// follows an incompressible one sends at most `RETRY_EVERY - 1` of its chunks raw before that is
-/// found out. Chunks travel several at a time, so "in a row" is in the order their trials end.
+/// row did not pay; from then on one chunk in [`RETRY_EVERY`] of those sent is, until one pays and
+/// every chunk is tried again. A video whose magic bytes did not give it away then costs its
+/// sender a sample of one chunk in sixteen, not of each. A chunk sent untried goes as it is and
+/// is served as it came, as one that was tried and did not pay: where a compressible part of a
+/// file follows an incompressible one, the chunks sent before a trial finds it out (up to
+/// `RETRY_EVERY - 1`, and those already on their way while the trial runs) stay uncompressed.
+/// Chunks travel several at a time, so "in a row" is in the order their trials end.
 #[derive(Debug)]
 pub struct CompressionTrials {
     file_may_compress: bool,
     unpaid: std::sync::atomic::AtomicU32,
+    untried: std::sync::atomic::AtomicU32,
 }
 
 /// Chunks in a row that did not pay before a sender stops trying each one.
@@ -112,14 +115,16 @@ impl CompressionTrials {
         CompressionTrials {
             file_may_compress: worth_trying_compression(head),
             unpaid: Default::default(),
+            untried: Default::default(),
         }
     }
 
-    /// Is chunk `index` to be tried?
-    pub fn worth_trying(&self, index: u32) -> bool {
+    /// Is the next chunk sent to be tried?
+    pub fn worth_trying(&self) -> bool {
         use std::sync::atomic::Ordering::Relaxed;
         self.file_may_compress
-            && (self.unpaid.load(Relaxed) < UNPAID_RUN || index.is_multiple_of(RETRY_EVERY))
+            && (self.unpaid.load(Relaxed) < UNPAID_RUN
+                || self.untried.fetch_add(1, Relaxed) % RETRY_EVERY == RETRY_EVERY - 1)
     }
 
     /// A tried chunk's outcome: compressing it paid, or not.
@@ -276,30 +281,31 @@ mod tests {
 
     #[test]
     fn a_sender_stops_trying_each_chunk_after_a_run_that_did_not_pay() {
-        let video = CompressionTrials::for_file(&[
+        let mp4 = [
             0, 0, 0, 0x18, b'f', b't', b'y', b'p', b'm', b'p', b'4', b'2',
-        ]);
+        ];
+        let video = CompressionTrials::for_file(&mp4);
         assert!(
-            (0..64).all(|i| !video.worth_trying(i)),
+            (0..64).all(|_| !video.worth_trying()),
             "a compressed type is never tried"
         );
         let t = CompressionTrials::for_file(b"plain words");
         for i in 0..UNPAID_RUN {
-            assert!(t.worth_trying(i + 1), "chunk {}", i + 1);
+            assert!(t.worth_trying(), "chunk {i}");
             t.tried(false);
         }
-        let tried: Vec<u32> = (0..64).filter(|&i| t.worth_trying(i)).collect();
-        assert_eq!(tried, [0, 16, 32, 48]);
+        let tried: Vec<u32> = (0..64).filter(|_| t.worth_trying()).collect();
+        assert_eq!(tried, [15, 31, 47, 63], "one in sixteen of the chunks sent");
         t.tried(true);
         assert!(
-            (0..64).all(|i| t.worth_trying(i)),
+            (0..64).all(|_| t.worth_trying()),
             "one that paid brings every chunk back"
         );
         for _ in 0..UNPAID_RUN - 1 {
             t.tried(false);
         }
         assert!(
-            t.worth_trying(5),
+            t.worth_trying(),
             "a run shorter than UNPAID_RUN keeps every chunk tried"
         );
     }

@@ -139,9 +139,12 @@ fn split<'a>(
 /// peer learns at once that the connection is gone instead of waiting out the idle timeout.
 pub fn endpoint_config(max_udp_payload: u16) -> quinn::EndpointConfig {
     let mut c = quinn::EndpointConfig::default();
-    // Out of the range quinn accepts (1200..=65527, as the relay's configuration checks), quinn's
-    // default stays.
-    let _ = c.max_udp_payload_size(max_udp_payload);
+    // The relay's configuration keeps the value in the range quinn accepts (1200..=65527).
+    let accepted = c.max_udp_payload_size(max_udp_payload).is_ok();
+    debug_assert!(
+        accepted,
+        "max_udp_payload {max_udp_payload} out of quinn's range"
+    );
     c
 }
 

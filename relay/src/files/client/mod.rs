@@ -159,9 +159,10 @@ impl Client {
             .await;
     }
 
-    /// The connection's path as quinn measures it: datagram size, losses, round trip.
-    pub fn path_stats(&self) -> quinn::PathStats {
-        self.conn.stats().path
+    /// The connection as quinn counts it: the path (datagram size, losses, round trip) and the
+    /// datagrams and bytes each way.
+    pub fn stats(&self) -> quinn::ConnectionStats {
+        self.conn.stats()
     }
 
     pub fn token(&self) -> &str {

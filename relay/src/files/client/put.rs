@@ -318,7 +318,7 @@ impl PutJob {
     /// changed since it was scanned from damage on the way.
     async fn send_chunk(self: Arc<Self>, index: u32, c: Cut) -> Result<(), ClientError> {
         let buf = self.chunk(&c)?;
-        let (encoding, data) = if self.compression.worth_trying(index) {
+        let (encoding, data) = if self.compression.worth_trying() {
             let tried = tokio::task::spawn_blocking(move || match plan::compress(&buf) {
                 Some(z) => (Encoding::Zstd, Bytes::from(z)),
                 None => (Encoding::Raw, buf),

@@ -11,7 +11,8 @@ CREATE TABLE IF NOT EXISTS chunks (
     refs               INTEGER NOT NULL DEFAULT 0,
     unreferenced_since INTEGER,
     -- How the chunk first arrived: 1 compressed, 0 as it is (its sender found compressing it
-    -- did not pay, or its file's type is compressed already); NULL not known.
+    -- did not pay, or its file's type or the chunks sent before it said not to try); NULL not
+    -- known.
     compresses         INTEGER,
     -- Where the bytes are: a pack and an offset in it, and their seal; NULL for a chunk file
     -- of an earlier release.
