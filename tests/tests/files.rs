@@ -223,6 +223,27 @@ fn round_trips_are_bit_identical_listed_and_removed() {
 }
 
 #[test]
+fn a_finished_command_leaves_no_connection_open_on_the_relay() {
+    // The client ends without waiting out QUIC's drain, but its close must still reach the
+    // relay: a relay that never heard it would hold the connection for its 10 s idle timeout.
+    let relay = Relay::start();
+    let token = relay.demo_token("files");
+    let tmp = tempfile::tempdir().unwrap();
+    let path = write(tmp.path(), "note.txt", b"a short note");
+    for _ in 0..3 {
+        ok(&relay.files(&token, &["put", s(&path)]));
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(3);
+        while relay.metric("relay_files_transfers_active") != Some(0.0) {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the relay still holds the command's connection"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+    }
+}
+
+#[test]
 fn dedup_sends_only_what_the_organisation_lacks() {
     let relay = Relay::start();
     let token = relay.demo_token("files");
