@@ -964,11 +964,8 @@ fn a_file_sent_while_it_is_cut_comes_back_whole_and_sent_again_sends_nothing() {
             .await
             .unwrap();
         let opts = PutOptions {
-            room: None,
-            classification: 0,
-            view_only: false,
-            scan_cache: None,
             stream_from: Some(0),
+            ..PutOptions::default()
         };
         let progress = Arc::new(Progress::default());
         let first = client.put(&path, opts, progress.clone()).await.unwrap();
@@ -1055,15 +1052,8 @@ fn datagrams_of_a_put_and_a_get(relay: &Relay) -> DatagramSizes {
         let client = Client::connect(&relay.files_addr(), cert, token)
             .await
             .unwrap();
-        let opts = PutOptions {
-            room: None,
-            classification: 0,
-            view_only: false,
-            scan_cache: None,
-            stream_from: None,
-        };
         let report = client
-            .put(&path, opts, Arc::new(Progress::default()))
+            .put(&path, PutOptions::default(), Arc::new(Progress::default()))
             .await
             .unwrap();
         assert_eq!(report.entry.size, 48 * MIB as u64);

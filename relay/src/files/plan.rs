@@ -141,7 +141,8 @@ impl CompressionTrials {
 /// Is compressing a stored chunk for the wire worth trying on a get? Not when its file's type
 /// is compressed already (`file_may_compress` false), nor when the chunk arrived as it is
 /// (`arrived_compressed` `Some(false)`): its sender tried and it did not pay, or its type or the
-/// chunks before it said not to try ([`CompressionTrials`]). A chunk that nothing is known of (stored by an earlier release) is tried.
+/// chunks before it said not to try ([`CompressionTrials`]). A chunk that nothing is known of
+/// (stored by an earlier release) is tried.
 pub fn worth_compressing_to_serve(
     file_may_compress: bool,
     arrived_compressed: Option<bool>,

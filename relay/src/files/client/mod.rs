@@ -153,7 +153,8 @@ impl Client {
         })
     }
 
-    /// Closes the connection and waits for the relay to hear it.
+    /// Closes the connection and waits (at most 2 s) until the close has been sent, not for
+    /// QUIC's draining period after it.
     pub async fn close(self) {
         let before = self.conn.stats().udp_tx.datagrams;
         self.conn.close(quinn::VarInt::from_u32(0), b"done");
