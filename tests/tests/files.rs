@@ -667,13 +667,24 @@ fn a_tampered_chunk_is_never_served() {
     assert_eq!(report["clean"], true);
     assert!(report["checked"].as_u64().unwrap() >= 2, "{report}");
     let manifest = Manifest::scan(&data[..]).unwrap();
-    // Downloaded twice, the file is kept in memory.
+    // Just put, the file is kept in memory, and its first download is served from there.
+    let from_memory = || {
+        relay
+            .metric("relay_files_chunks_from_memory_total")
+            .unwrap()
+    };
+    // The put's commit reads the first chunk back, to check the file's type.
+    let at_put = from_memory();
+    assert_eq!(at_put, 1.0);
     for name in ["doc.first", "doc.second"] {
         ok(&relay.files(
             &token,
             &["get", &put.s("id"), "-o", s(&tmp.path().join(name))],
         ));
+        assert!(fs::read(tmp.path().join(name)).unwrap() == data);
     }
+    let n = manifest.chunks().len() as f64;
+    assert_eq!(from_memory(), at_put + 2.0 * n);
     let victim = manifest.chunks()[1];
     // The disk's fault: the chunk's bytes change where they lie, under their seal.
     let (file, at) = store(&relay).locate(&victim.hash).unwrap().unwrap();
@@ -688,13 +699,7 @@ fn a_tampered_chunk_is_never_served() {
     let warm = tmp.path().join("doc.warm");
     ok(&relay.files(&token, &["get", &put.s("id"), "-o", s(&warm)]));
     assert!(fs::read(&warm).unwrap() == data);
-    let from_memory = relay
-        .metric("relay_files_chunks_from_memory_total")
-        .unwrap();
-    assert!(
-        from_memory >= manifest.chunks().len() as f64,
-        "{from_memory}"
-    );
+    assert_eq!(from_memory(), at_put + 3.0 * n);
     // After a restart nothing is kept: the disk is read, and the damage found.
     relay.stop();
     let relay = Relay::start_in(&data_dir, "", &[]);

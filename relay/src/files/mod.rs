@@ -64,6 +64,7 @@ pub mod manifest;
 pub mod mapped;
 pub mod placed;
 pub mod plan;
+pub mod pool;
 pub mod scan_cache;
 pub mod server;
 pub mod service;

@@ -356,7 +356,8 @@ async fn serve_stream(
     mut send: quinn::SendStream,
     mut recv: quinn::RecvStream,
 ) -> Result<(), transport::StreamError> {
-    let Some((kind, body)) = transport::read_frame(&mut recv, 0).await? else {
+    let Some((kind, body)) = transport::read_frame(&mut recv, 0, service.store().pool()).await?
+    else {
         return Ok(());
     };
     let response = match Request::decode(kind, body) {

@@ -14,6 +14,7 @@ use bytes::Bytes;
 use quinn::VarInt;
 
 use super::DIRECT_ALIGN;
+use super::pool::{ChunkPool, PoolBuf};
 use super::wire::{self, Frame, HEADER_LEN, WireError};
 
 /// The ALPN protocol of the file plane.
@@ -250,6 +251,7 @@ pub enum StreamError {
 pub async fn read_frame(
     recv: &mut quinn::RecvStream,
     phase: usize,
+    pool: Option<&Arc<ChunkPool>>,
 ) -> Result<Option<(u8, Bytes)>, StreamError> {
     let mut head = [0u8; HEADER_LEN];
     match recv.read_exact(&mut head).await {
@@ -258,7 +260,7 @@ pub async fn read_frame(
         Err(e) => return Err(StreamError::Read(e)),
     }
     let (kind, len) = wire::parse_header(head).map_err(StreamError::Wire)?;
-    let mut body = Body::new(len);
+    let mut body = Body::new(len, pool.filter(|_| wire::carries_chunk(kind)));
     if len >= 2 {
         let mut first = [0u8; 2];
         recv.read_exact(&mut first)
@@ -287,18 +289,47 @@ pub async fn read_frame(
 /// A frame's body as it arrives, with room in front so that a chunk inside it can begin at any
 /// place relative to a [`DIRECT_ALIGN`] boundary in memory.
 struct Body {
-    buf: Vec<u8>,
+    buf: BodyBuf,
     /// Where the body begins in `buf`: after the padding.
     start: usize,
 }
 
-impl Body {
-    fn new(len: usize) -> Body {
-        let want = len + DIRECT_ALIGN;
-        Body {
-            buf: SPARE.take(want).unwrap_or_else(|| Vec::with_capacity(want)),
-            start: 0,
+/// Where a body's bytes are: the relay's chunk pool, or the heap.
+enum BodyBuf {
+    Pool(PoolBuf),
+    Heap(Vec<u8>),
+}
+
+impl BodyBuf {
+    fn as_slice(&self) -> &[u8] {
+        match self {
+            BodyBuf::Pool(p) => p.as_ref(),
+            BodyBuf::Heap(v) => v,
         }
+    }
+
+    /// Appends `bytes`: within the capacity the body was made with, which a frame's declared
+    /// length bounds, so a buffer in the pool never runs out.
+    fn extend_from_slice(&mut self, bytes: &[u8]) {
+        match self {
+            BodyBuf::Pool(p) => {
+                p.extend_from_slice(bytes);
+            }
+            BodyBuf::Heap(v) => v.extend_from_slice(bytes),
+        }
+    }
+}
+
+impl Body {
+    /// Room for `len` bytes and the padding: in `pool` when there is one with room, else
+    /// on the heap.
+    fn new(len: usize, pool: Option<&Arc<ChunkPool>>) -> Body {
+        let want = len + DIRECT_ALIGN;
+        let buf = match pool.and_then(|p| p.take(want)) {
+            Some(p) => BodyBuf::Pool(p),
+            None => BodyBuf::Heap(SPARE.take(want).unwrap_or_else(|| Vec::with_capacity(want))),
+        };
+        Body { buf, start: 0 }
     }
 
     /// Pads the front so that offset `at` of the body lies `phase` bytes (taken modulo
@@ -306,31 +337,37 @@ impl Body {
     fn place_at(&mut self, at: usize, phase: usize) {
         let to_boundary = self
             .buf
+            .as_slice()
             .as_ptr()
             .wrapping_add(at)
             .align_offset(DIRECT_ALIGN);
-        if to_boundary < DIRECT_ALIGN && self.buf.is_empty() {
+        if to_boundary < DIRECT_ALIGN && self.buf.as_slice().is_empty() {
             let pad = (to_boundary + phase) % DIRECT_ALIGN;
             // Within the spare capacity: the buffer does not move.
-            self.buf.resize(pad, 0);
+            match &mut self.buf {
+                BodyBuf::Pool(p) => p.extend_zeros(pad),
+                BodyBuf::Heap(v) => v.resize(pad, 0),
+            }
             self.start = pad;
         }
     }
 
     fn len(&self) -> usize {
-        self.buf.len() - self.start
+        self.buf.as_slice().len() - self.start
     }
 }
 
 impl AsRef<[u8]> for Body {
     fn as_ref(&self) -> &[u8] {
-        &self.buf[self.start..]
+        &self.buf.as_slice()[self.start..]
     }
 }
 
 impl Drop for Body {
     fn drop(&mut self) {
-        SPARE.give_back(std::mem::take(&mut self.buf));
+        if let BodyBuf::Heap(v) = &mut self.buf {
+            SPARE.give_back(std::mem::take(v));
+        }
     }
 }
 
@@ -519,7 +556,8 @@ mod tests {
 
     #[test]
     fn a_body_puts_its_chunk_at_the_asked_place_from_a_block_boundary() {
-        for (len, at, phase) in [
+        let pool = ChunkPool::reserve(8 << 20).unwrap();
+        for (len, at, phase, from_pool) in [
             (10_000, 0, 0),
             (10_000, 37, 0),
             (2 << 20, 4200, 0),
@@ -528,13 +566,17 @@ mod tests {
             (2 << 20, 5, 4095),
             (10_000, 37, 3000),
             (10_000, 0, DIRECT_ALIGN + 7),
-        ] {
-            let mut body = Body::new(len);
+        ]
+        .into_iter()
+        .flat_map(|(len, at, phase)| [(len, at, phase, false), (len, at, phase, true)])
+        {
+            let mut body = Body::new(len, Some(&pool).filter(|_| from_pool));
             body.place_at(at, phase);
             let bytes: Vec<u8> = (0..len).map(|i| (i % 251) as u8).collect();
             body.buf.extend_from_slice(&bytes);
             let held = Bytes::from_owner(body);
             assert_eq!(&held[..], &bytes[..], "{len} at {at}");
+            assert_eq!(pool.holds(&held), from_pool, "{len} at {at}");
             assert_eq!(
                 held[at..].as_ptr() as usize % DIRECT_ALIGN,
                 phase % DIRECT_ALIGN,

@@ -226,7 +226,7 @@ async fn request_on(
         .await
         .map_err(|e| lost(&e))?;
     send.finish().map_err(|e| lost(&e))?;
-    let (kind, body) = transport::read_frame(&mut recv, phase)
+    let (kind, body) = transport::read_frame(&mut recv, phase, None)
         .await
         .map_err(|e| lost(&e))?
         .ok_or_else(|| {

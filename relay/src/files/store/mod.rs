@@ -47,6 +47,7 @@ use super::Hash;
 use super::chunker::{Seal, VerifiedChunk, chunk_hash, chunk_seal};
 use super::manifest::{ChunkRef, Manifest};
 use super::plan::{self, QuotaExceeded, Usage};
+use super::pool::{ChunkPool, IN_FLIGHT};
 use super::wire::{FileEntry, UploadId};
 pub use blobs::{Blobs, FsBlobs, PACK_BYTES, Place, Placed, Register, Stored};
 pub use files::ChunkToServe;
@@ -223,6 +224,8 @@ pub struct ChunkStore {
     recent: recent::Recent,
     /// Chunk reads answered by [`recent::Recent`].
     recent_reads: AtomicU64,
+    /// The memory received chunks arrive in, kept as written ([`ChunkStore::keep_recent`]).
+    pool: Option<Arc<ChunkPool>>,
 }
 
 fn hash_of(v: Vec<u8>) -> Result<Hash> {
@@ -267,6 +270,7 @@ impl ChunkStore {
             corrupt_reads: AtomicU64::new(0),
             recent: recent::Recent::new(0),
             recent_reads: AtomicU64::new(0),
+            pool: None,
         };
         Ok(store)
     }
@@ -275,10 +279,34 @@ impl ChunkStore {
         lock(&self.db)
     }
 
-    /// Keeps up to `budget` bytes of the chunks read more than once lately in memory, and serves
-    /// them from there (see [`recent`]); 0, the default, keeps none.
+    /// Keeps up to `budget` bytes of recent chunks in memory, and serves them from there (see
+    /// [`recent`]): each chunk written whose bytes arrived in the pool this reserves (`budget`
+    /// and [`IN_FLIGHT`], faulted in now; see [`crate::files::pool`]), and each chunk read more
+    /// than once lately. 0, the default, keeps none and reserves nothing.
     pub fn keep_recent(&mut self, budget: usize) {
         self.recent = recent::Recent::new(budget);
+        self.pool = None;
+        if budget > 0 {
+            let began = std::time::Instant::now();
+            self.pool = ChunkPool::reserve(budget + IN_FLIGHT);
+            if let Some(p) = &self.pool {
+                tracing::info!(
+                    bytes = p.size(),
+                    took_ms = began.elapsed().as_millis() as u64,
+                    "memory reserved for received chunks"
+                );
+            } else {
+                tracing::warn!(
+                    bytes = budget + IN_FLIGHT,
+                    "no memory reserved for received chunks: the system refused it; chunks are kept only when read twice"
+                );
+            }
+        }
+    }
+
+    /// The memory received chunks arrive in, if the store reserved it.
+    pub fn pool(&self) -> Option<&Arc<ChunkPool>> {
+        self.pool.as_ref()
     }
 
     /// Chunk reads answered from memory, and the bytes kept there now.
@@ -339,8 +367,13 @@ impl ChunkStore {
 
     /// Puts a verified chunk on disk, durably. Does not record it: [`ChunkStore::chunk_received`]
     /// does, after this returned, with the answer.
+    /// A chunk whose bytes arrived in the store's pool is kept in memory as well.
     pub fn write_chunk(&self, chunk: &VerifiedChunk) -> Result<Placed> {
-        self.blobs.put(chunk.data(), chunk.seal())
+        let placed = self.blobs.put(chunk.data(), chunk.seal())?;
+        if self.pool.as_ref().is_some_and(|p| p.holds(chunk.data())) {
+            self.recent.keep(chunk.hash(), chunk.data(), *chunk.seal());
+        }
+        Ok(placed)
     }
 
     /// Where a recorded chunk's bytes are, from its row; `None` without a row.

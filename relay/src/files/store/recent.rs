@@ -1,10 +1,12 @@
-//! Chunks read more than once lately, kept in memory up to a byte budget, so that a file many
-//! fetch (a broadcast that every office downloads) is read from disk twice, not once per
-//! download. A chunk is kept at its second read: memory taken for a chunk costs the relay about
-//! a quarter of what serving it costs (the pages are faulted in and zeroed), which a chunk read
-//! once would pay for nothing. Chunks are named by their content, so a kept chunk can never be
-//! stale; a read from here is checked against its seal as a read from disk is. The oldest kept
-//! chunk goes first when the budget is reached.
+//! Recent chunks kept in memory up to a byte budget, the oldest going first: each chunk just
+//! written whose bytes arrived in the relay's chunk pool (a file is usually fetched soon after it
+//! is sent; the pool's memory costs nothing more to hold, see [`crate::files::pool`]), and each
+//! chunk read more than once lately, so that a file many fetch (a broadcast that every office
+//! downloads) is read from disk twice, not once per download. A chunk read from disk is kept only
+//! at its second read: memory taken for it costs the relay about a quarter of what serving it
+//! costs (the pages are faulted in and zeroed), which a chunk read once would pay for nothing.
+//! Chunks are named by their content, so a kept chunk can never be stale; a read from here is
+//! checked against its seal as a read from disk is.
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::Mutex;
@@ -73,6 +75,16 @@ impl Recent {
     /// was read lately before, letting the oldest go to stay within the budget. A chunk that
     /// would cost more than the budget is not kept.
     pub(super) fn offer(&self, hash: &Hash, data: &Bytes, seal: Seal) {
+        self.add(hash, data, seal, false);
+    }
+
+    /// Keeps `data`, the bytes of chunk `hash` just written, at once: their memory is the
+    /// relay's chunk pool, which costs nothing more to hold (see [`crate::files::pool`]).
+    pub(super) fn keep(&self, hash: &Hash, data: &Bytes, seal: Seal) {
+        self.add(hash, data, seal, true);
+    }
+
+    fn add(&self, hash: &Hash, data: &Bytes, seal: Seal, at_once: bool) {
         let cost = charge(data.len());
         if cost > self.budget {
             return;
@@ -83,7 +95,7 @@ impl Recent {
         }
         let n = k.next;
         k.next += 1;
-        if k.seen_at.remove(hash).is_none() {
+        if k.seen_at.remove(hash).is_none() && !at_once {
             if k.seen.len() >= SEEN
                 && let Some((old, at)) = k.seen.pop_front()
                 && k.seen_at.get(&old) == Some(&at)

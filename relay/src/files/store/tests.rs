@@ -50,10 +50,11 @@ fn new<'a>(org: &'a str, owner: &'a str) -> NewUpload<'a> {
 }
 
 fn send(s: &ChunkStore, plan: &UploadPlan, m: &Manifest, bytes: &[Vec<u8>], now: u64) {
-    send_as(s, plan, m, bytes, now, &|_| false);
+    send_as(s, plan, m, bytes, now, &|_| false, &Bytes::copy_from_slice);
 }
 
-/// [`send`], each chunk `i` arriving compressed where `compressed(i)`.
+/// [`send`], each chunk `i` arriving compressed where `compressed(i)`, and its bytes in the
+/// memory `arrive` puts them in.
 fn send_as(
     s: &ChunkStore,
     plan: &UploadPlan,
@@ -61,10 +62,11 @@ fn send_as(
     bytes: &[Vec<u8>],
     now: u64,
     compressed: &dyn Fn(u32) -> bool,
+    arrive: &dyn Fn(&[u8]) -> Bytes,
 ) {
     for &i in &plan.missing {
         let c = m.chunks()[i as usize];
-        let chunk = VerifiedChunk::check(&c.hash, bytes[i as usize].clone().into()).unwrap();
+        let chunk = VerifiedChunk::check(&c.hash, arrive(&bytes[i as usize])).unwrap();
         let placed = s.write_chunk(&chunk).unwrap();
         s.chunk_received(
             &plan.id,
@@ -774,7 +776,15 @@ fn a_get_compresses_again_only_what_came_compressed_or_is_not_known() {
             .store
             .begin_upload(&new(org, "ann"), &m, NO_QUOTA, 100, LEASE)
             .unwrap();
-        send_as(&f.store, &plan, &m, &bytes, 100, compressed);
+        send_as(
+            &f.store,
+            &plan,
+            &m,
+            &bytes,
+            100,
+            compressed,
+            &Bytes::copy_from_slice,
+        );
         f.store.commit(&plan.id, 100, compressible).unwrap()
     };
     let worth = |id: &str, i: u32| {
@@ -1484,6 +1494,69 @@ fn a_chunk_received_at_one_place_counts_at_its_later_places_whatever_the_reader(
     assert_eq!(read_all(&f.store, &file.id).unwrap(), blobs.concat());
 }
 
+/// What keeping `chunks` in memory is charged.
+fn charge_of(chunks: &[ChunkRef]) -> usize {
+    chunks.iter().map(|c| recent::charge(c.len as usize)).sum()
+}
+
+/// A new store that keeps up to `budget` bytes of recent chunks.
+fn keeping(budget: usize) -> (tempfile::TempDir, ChunkStore) {
+    let dir = tempfile::tempdir().unwrap();
+    let mut store = ChunkStore::open(dir.path()).unwrap();
+    store.keep_recent(budget);
+    (dir, store)
+}
+
+#[test]
+fn chunks_that_arrived_in_the_pool_are_kept_as_written() {
+    let data = noise(47, 6_000_000);
+    let (m, bytes) = cut(&data);
+    let n = m.chunks().len();
+    assert!(n >= 3);
+    let whole = charge_of(m.chunks());
+    let (_dir, store) = keeping(whole);
+    let pool = store.pool().expect("memory reserved").clone();
+    assert!(pool.size() >= whole);
+    let in_pool = |b: &[u8]| {
+        let mut buf = pool.take(b.len()).unwrap();
+        buf.extend_from_slice(b);
+        Bytes::from_owner(buf)
+    };
+    let plan = store
+        .begin_upload(&new("acme", "ann"), &m, NO_QUOTA, 100, LEASE)
+        .unwrap();
+    // The first chunk arrives on the heap: kept only once read twice, as before.
+    let first = UploadPlan {
+        missing: vec![0],
+        ..plan.clone()
+    };
+    send_as(
+        &store,
+        &first,
+        &m,
+        &bytes,
+        100,
+        &|_| false,
+        &Bytes::copy_from_slice,
+    );
+    let rest = UploadPlan {
+        missing: plan.missing[1..].to_vec(),
+        ..plan
+    };
+    send_as(&store, &rest, &m, &bytes, 100, &|_| false, &in_pool);
+    let rec = store.commit(&rest.id, 101, true).unwrap();
+    let kept = charge_of(&m.chunks()[1..]);
+    assert_eq!(store.recent_reads(), (0, kept));
+    // The first read finds all but the heap's chunk in memory, and reads that one from disk.
+    assert_eq!(read_all(&store, &rec.id).unwrap(), data);
+    assert_eq!(store.recent_reads(), ((n - 1) as u64, kept));
+    // Regions come back to the pool as kept chunks go.
+    store.remove(&rec.id, 200).unwrap();
+    store.gc(200 + 7200, Duration::from_secs(3600)).unwrap();
+    assert_eq!(store.recent_reads().1, 0);
+    assert_eq!(pool.in_use(), 0);
+}
+
 #[test]
 fn chunks_read_twice_are_kept_in_memory_within_the_budget() {
     let data = noise(46, 6_000_000);
@@ -1492,14 +1565,8 @@ fn chunks_read_twice_are_kept_in_memory_within_the_budget() {
     assert!(n >= 3);
     let largest = m.chunks().iter().map(|c| c.len as usize).max().unwrap();
     // Room for the whole file: stored, then read once, nothing is kept; read again, all is.
-    let whole: usize = m
-        .chunks()
-        .iter()
-        .map(|c| recent::charge(c.len as usize))
-        .sum();
-    let dir = tempfile::tempdir().unwrap();
-    let mut store = ChunkStore::open(dir.path()).unwrap();
-    store.keep_recent(whole);
+    let whole = charge_of(m.chunks());
+    let (_dir, store) = keeping(whole);
     let (_, rec) = upload(&store, "acme", &data, 100);
     assert_eq!(read_all(&store, &rec.id).unwrap(), data);
     assert_eq!(store.recent_reads(), (0, 0));
@@ -1542,9 +1609,7 @@ fn chunks_read_twice_are_kept_in_memory_within_the_budget() {
     assert_eq!(store.recent_reads().1, 0);
     // Room for the largest chunk: what is kept stays within it, the oldest going first.
     let largest = recent::charge(largest);
-    let dir = tempfile::tempdir().unwrap();
-    let mut store = ChunkStore::open(dir.path()).unwrap();
-    store.keep_recent(largest);
+    let (_dir, store) = keeping(largest);
     let (_, rec) = upload(&store, "acme", &data, 100);
     for _ in 0..3 {
         assert_eq!(read_all(&store, &rec.id).unwrap(), data);
