@@ -201,8 +201,8 @@ pub struct Files {
     /// `listen` and the kernel spreads connections over them (with port 0 there is one).
     /// 0 = one per four cores, at least one.
     pub io_threads: usize,
-    /// Memory for recent chunks: those just received (reserved at start, with room for chunks
-    /// on their way in) and those read more than once lately; 0 = none, nothing reserved.
+    /// Memory for recent chunks, reserved at start with room for chunks on their way in: those
+    /// just received and those read more than once lately; 0 = none, nothing reserved.
     pub recent_chunk_bytes: usize,
     /// The largest UDP payload the file plane sends or accepts (1200 to 65527): the bound of
     /// QUIC's path MTU discovery, which climbs from 1200 to what the path carries. Lower it where

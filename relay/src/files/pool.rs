@@ -3,8 +3,10 @@
 //!
 //! Job: one anonymous mapping, faulted in when the relay starts, handed out in regions to the
 //! frames that carry chunks ([`ChunkPool::take`]), first in, first out. A region's bytes are
-//! the frame's body; the store keeps a chunk whose bytes lie in the pool ([`ChunkPool::holds`])
-//! among its recent chunks, and the region is reused once the last reference to it is gone.
+//! the frame's body; the store keeps a chunk whose bytes lie in the pool
+//! ([`ChunkPool::region_of`]) among its recent chunks, and copies a chunk it keeps from a disk
+//! read into a region of its own ([`ChunkPool::copy`]). A region is reused once the last
+//! reference to it is gone.
 //! Memory taken afresh for each kept chunk was faulted in and zeroed page by page, which cost
 //! the relay a third more CPU per GiB received; the pool pays that once, at start.
 //!
@@ -60,7 +62,7 @@ impl ChunkPool {
     /// Reserves `size` bytes (rounded up to whole blocks) and faults them in; `None` if the
     /// system refuses the mapping.
     pub fn reserve(size: usize) -> Option<Arc<ChunkPool>> {
-        let size = size.next_multiple_of(DIRECT_ALIGN);
+        let size = size.checked_next_multiple_of(DIRECT_ALIGN)?;
         if size == 0 {
             return None;
         }
@@ -119,11 +121,46 @@ impl ChunkPool {
         })
     }
 
-    /// Whether `bytes` lie in the pool's memory.
-    pub fn holds(&self, bytes: &[u8]) -> bool {
-        let start = self.base.as_ptr() as usize;
-        let at = bytes.as_ptr() as usize;
-        at >= start && at + bytes.len() <= start + self.size
+    /// A copy of `data` in a region of its own, with the region's size; `None` without room.
+    pub fn copy(self: &Arc<Self>, data: &[u8]) -> Option<(bytes::Bytes, usize)> {
+        let mut buf = self.take(data.len())?;
+        buf.extend_from_slice(data);
+        let size = buf.capacity();
+        Some((bytes::Bytes::from_owner(buf), size))
+    }
+
+    /// The size of the region that `bytes` lie in, if they lie in one handed out.
+    pub fn region_of(&self, bytes: &[u8]) -> Option<usize> {
+        let at = (bytes.as_ptr() as usize).checked_sub(self.base.as_ptr() as usize)?;
+        let end = at.checked_add(bytes.len())?;
+        self.ring()
+            .live
+            .iter()
+            .rev()
+            .find(|r| !r.freed && r.at <= at && end <= r.at + r.len)
+            .map(|r| r.len)
+    }
+
+    /// Whether `bytes` lie in the oldest region still held: the one that keeps the ring from
+    /// handing out what lies after it.
+    pub fn in_oldest(&self, bytes: &[u8]) -> bool {
+        let Some(at) = (bytes.as_ptr() as usize).checked_sub(self.base.as_ptr() as usize) else {
+            return false;
+        };
+        self.ring()
+            .live
+            .front()
+            .is_some_and(|r| r.at <= at && at + bytes.len() <= r.at + r.len)
+    }
+
+    /// The largest region [`ChunkPool::take`] could hand out now.
+    pub fn room(&self) -> usize {
+        let ring = self.ring();
+        match (ring.live.front(), ring.live.back()) {
+            (Some(old), Some(new)) if new.at >= old.at => (self.size - ring.head).max(old.at),
+            (Some(old), Some(_)) => old.at - ring.head,
+            _ => self.size,
+        }
     }
 
     /// The bytes in regions handed out and not yet free for reuse.
@@ -274,9 +311,12 @@ mod tests {
         assert_eq!(&a.as_ref()[..7], &[0; 7]);
         assert_eq!(&a.as_ref()[7..], &[1; 100][..]);
         assert_eq!(b.as_ref(), &[2; B][..]);
-        assert!(pool.holds(a.as_ref()) && pool.holds(b.as_ref()));
-        assert!(!pool.holds(&[0u8; 4]));
+        assert_eq!(pool.region_of(&a.as_ref()[7..]), Some(3 * B));
+        assert_eq!(pool.region_of(b.as_ref()), Some(B));
+        assert_eq!(pool.region_of(&[0u8; 4]), None);
+        assert!(pool.in_oldest(&a.as_ref()[1..]) && !pool.in_oldest(b.as_ref()));
         assert_eq!(pool.in_use(), 4 * B);
+        assert_eq!(pool.room(), 12 * B);
     }
 
     #[test]
@@ -307,6 +347,7 @@ mod tests {
         assert!(pool.take(B).is_some());
         assert_eq!(pool.in_use(), 10 * B, "from d to the block after e");
         drop((d, e));
+        assert_eq!(pool.room(), 10 * B);
         assert!(pool.take(11 * B).is_none(), "larger than the pool");
         assert!(pool.take(10 * B).is_some());
     }

@@ -48,6 +48,9 @@ use super::chunker::{Seal, VerifiedChunk, chunk_hash, chunk_seal};
 use super::manifest::{ChunkRef, Manifest};
 use super::plan::{self, QuotaExceeded, Usage};
 use super::pool::{ChunkPool, IN_FLIGHT};
+
+/// The room the pool keeps for chunks on their way in, letting kept chunks go for it.
+const POOL_ROOM: usize = IN_FLIGHT / 4;
 use super::wire::{FileEntry, UploadId};
 pub use blobs::{Blobs, FsBlobs, PACK_BYTES, Place, Placed, Register, Stored};
 pub use files::ChunkToServe;
@@ -282,29 +285,30 @@ impl ChunkStore {
     /// Keeps up to `budget` bytes of recent chunks in memory, and serves them from there (see
     /// [`recent`]): each chunk written whose bytes arrived in the pool this reserves (`budget`
     /// and [`IN_FLIGHT`], faulted in now; see [`crate::files::pool`]), and each chunk read more
-    /// than once lately. 0, the default, keeps none and reserves nothing.
+    /// than once lately, copied into the pool. Every kept chunk lies in the pool, so the pool
+    /// is all the memory they take. 0, the default, keeps none and reserves nothing.
     pub fn keep_recent(&mut self, budget: usize) {
         self.recent = recent::Recent::new(budget);
         self.pool = None;
         if budget > 0 {
             let began = std::time::Instant::now();
-            self.pool = ChunkPool::reserve(budget + IN_FLIGHT);
+            self.pool = budget.checked_add(IN_FLIGHT).and_then(ChunkPool::reserve);
             if let Some(p) = &self.pool {
                 tracing::info!(
                     bytes = p.size(),
                     took_ms = began.elapsed().as_millis() as u64,
-                    "memory reserved for received chunks"
+                    "memory reserved for recent chunks"
                 );
             } else {
                 tracing::warn!(
-                    bytes = budget + IN_FLIGHT,
-                    "no memory reserved for received chunks: the system refused it; chunks are kept only when read twice"
+                    bytes = budget.saturating_add(IN_FLIGHT),
+                    "no memory reserved for recent chunks: the system refused it; none are kept"
                 );
             }
         }
     }
 
-    /// The memory received chunks arrive in, if the store reserved it.
+    /// The memory received chunks arrive in and kept chunks lie in, if the store reserved it.
     pub fn pool(&self) -> Option<&Arc<ChunkPool>> {
         self.pool.as_ref()
     }
@@ -370,10 +374,28 @@ impl ChunkStore {
     /// A chunk whose bytes arrived in the store's pool is kept in memory as well.
     pub fn write_chunk(&self, chunk: &VerifiedChunk) -> Result<Placed> {
         let placed = self.blobs.put(chunk.data(), chunk.seal())?;
-        if self.pool.as_ref().is_some_and(|p| p.holds(chunk.data())) {
-            self.recent.keep(chunk.hash(), chunk.data(), *chunk.seal());
-        }
+        self.keep(chunk.hash(), chunk.data(), *chunk.seal(), false);
         Ok(placed)
+    }
+
+    /// Keeps chunk `hash` in memory ([`recent`]): bytes that lie in the pool as they are, others
+    /// copied there if `copy` and there is room. Then, while the pool lacks room for the chunks
+    /// on their way in, lets the oldest kept chunks go where they are what holds its oldest
+    /// memory: the pool hands memory out in order, so a kept chunk there would otherwise stop
+    /// it for as long as it is kept.
+    fn keep(&self, hash: &Hash, data: &Bytes, seal: Seal, copy: bool) {
+        let Some(pool) = &self.pool else {
+            return;
+        };
+        let kept = match pool.region_of(data) {
+            Some(memory) => Some((data.clone(), memory)),
+            None if copy => pool.copy(data),
+            None => None,
+        };
+        if let Some((data, memory)) = kept {
+            self.recent.keep(hash, data, seal, memory);
+        }
+        while pool.room() < POOL_ROOM && self.recent.let_go_first(|d| pool.in_oldest(d)) {}
     }
 
     /// Where a recorded chunk's bytes are, from its row; `None` without a row.
@@ -422,8 +444,10 @@ impl ChunkStore {
         };
         match found {
             Some(s) if s.data.len() == len as usize && intact(hash, &s) => {
-                if let Some(seal) = s.seal {
-                    self.recent.offer(hash, &s.data, seal);
+                if let Some(seal) = s.seal
+                    && self.recent.read_again(hash)
+                {
+                    self.keep(hash, &s.data, seal, true);
                 }
                 Ok(s.data)
             }

@@ -1494,9 +1494,14 @@ fn a_chunk_received_at_one_place_counts_at_its_later_places_whatever_the_reader(
     assert_eq!(read_all(&f.store, &file.id).unwrap(), blobs.concat());
 }
 
-/// What keeping `chunks` in memory is charged.
+/// What keeping a chunk of `len` bytes in a region of its own is charged.
+fn charge(len: usize) -> usize {
+    len.next_multiple_of(crate::files::DIRECT_ALIGN) + recent::ENTRY
+}
+
+/// What keeping `chunks` in memory, each in a region of its own, is charged.
 fn charge_of(chunks: &[ChunkRef]) -> usize {
-    chunks.iter().map(|c| recent::charge(c.len as usize)).sum()
+    chunks.iter().map(|c| charge(c.len as usize)).sum()
 }
 
 /// A new store that keeps up to `budget` bytes of recent chunks.
@@ -1558,6 +1563,30 @@ fn chunks_that_arrived_in_the_pool_are_kept_as_written() {
 }
 
 #[test]
+fn a_kept_chunk_that_holds_the_pool_back_is_let_go() {
+    let (_dir, store) = keeping(1 << 20);
+    let pool = store.pool().unwrap().clone();
+    let bytes = noise(48, 100_000);
+    let hash = chunk_hash(&bytes);
+    let (in_pool, _) = pool.copy(&bytes).unwrap();
+    store
+        .write_chunk(&VerifiedChunk::check(&hash, in_pool).unwrap())
+        .unwrap()
+        .keep();
+    assert_eq!(store.recent_reads().1, charge(bytes.len()));
+    // A transfer takes most of the rest, then ends: its memory lies after the kept chunk's, so
+    // the pool cannot hand it out again while the chunk is kept.
+    let held = pool.take(pool.size() - POOL_ROOM).unwrap();
+    drop(held);
+    assert!(pool.room() < POOL_ROOM);
+    // The next chunk written, wherever its bytes are, lets the kept chunk go.
+    let other = noise(49, 100_000);
+    store.write_chunk(&piece(&other)).unwrap().keep();
+    assert_eq!(store.recent_reads().1, 0);
+    assert_eq!(pool.room(), pool.size());
+}
+
+#[test]
 fn chunks_read_twice_are_kept_in_memory_within_the_budget() {
     let data = noise(46, 6_000_000);
     let (m, _) = cut(&data);
@@ -1588,18 +1617,12 @@ fn chunks_read_twice_are_kept_in_memory_within_the_budget() {
     // A copy in memory that no longer matches its seal is let go, and the disk read instead.
     let c0 = m.chunks()[0];
     let good = store.read_chunk(&c0.hash, c0.len).unwrap();
-    let mut flipped = good.to_vec();
-    flipped[5] ^= 1;
     store.recent.forget(&c0.hash);
     let seal = chunk_seal(&c0.hash, &good);
-    store.recent.offer(&c0.hash, &flipped.into(), seal);
-    let flipped = store.recent.get(&c0.hash);
-    assert!(flipped.is_none(), "seen once, not kept");
     let mut bad = good.to_vec();
     bad[5] ^= 1;
     let bad = Bytes::from(bad);
-    store.recent.offer(&c0.hash, &bad, seal);
-    store.recent.offer(&c0.hash, &bad, seal);
+    store.recent.keep(&c0.hash, bad.clone(), seal, bad.len());
     assert_eq!(store.recent.get(&c0.hash).unwrap().data, bad);
     assert_eq!(store.read_chunk(&c0.hash, c0.len).unwrap(), good);
     assert!(store.recent.get(&c0.hash).is_none_or(|k| k.data == good));
@@ -1608,7 +1631,7 @@ fn chunks_read_twice_are_kept_in_memory_within_the_budget() {
     store.gc(200 + 7200, Duration::from_secs(3600)).unwrap();
     assert_eq!(store.recent_reads().1, 0);
     // Room for the largest chunk: what is kept stays within it, the oldest going first.
-    let largest = recent::charge(largest);
+    let largest = charge(largest);
     let (_dir, store) = keeping(largest);
     let (_, rec) = upload(&store, "acme", &data, 100);
     for _ in 0..3 {
