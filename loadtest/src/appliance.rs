@@ -500,6 +500,8 @@ pub struct Metrics {
     pub process_rss_bytes: f64,
     pub files_bytes_received: f64,
     pub files_bytes_deduplicated: f64,
+    /// Publishing and subscribing sessions open now.
+    pub sessions: f64,
 }
 
 impl Metrics {
@@ -511,6 +513,7 @@ impl Metrics {
         self.packets_dropped += other.packets_dropped;
         self.layer_switches += other.layer_switches;
         self.keyframe_requests += other.keyframe_requests;
+        self.sessions += other.sessions;
         if self.delay_buckets.is_empty() {
             self.delay_buckets = other.delay_buckets.clone();
         } else {
@@ -541,6 +544,7 @@ impl Metrics {
                 "relay_media_packets_dropped_total" => m.packets_dropped += v,
                 "relay_layer_switches_total" => m.layer_switches = v,
                 "relay_keyframe_requests_total" => m.keyframe_requests = v,
+                "relay_publishers" | "relay_subscribers" => m.sessions += v,
                 "process_cpu_seconds_total" => m.process_cpu_seconds = v,
                 "process_resident_memory_bytes" => m.process_rss_bytes = v,
                 "relay_files_bytes_received_total" => m.files_bytes_received = v,

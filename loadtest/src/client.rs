@@ -181,6 +181,9 @@ pub struct Client {
     /// When signalling for this peer began; join time runs from here.
     pub started: Instant,
     pub joined: bool,
+    /// A run without media: a publisher sends none, and a subscriber has joined once it is
+    /// connected rather than at its first frame.
+    pub silent: bool,
     tracks: Vec<SeqTrack>,
 }
 
@@ -205,6 +208,7 @@ impl Client {
             next_audio: now,
             started: now,
             joined: false,
+            silent: false,
             tracks: Vec::new(),
         })
     }
@@ -242,6 +246,7 @@ impl Client {
             role,
             started,
             joined,
+            silent,
             tracks,
             ..
         } = self;
@@ -258,7 +263,7 @@ impl Client {
                     ctx.totals.send_errors += 1;
                 }
             }
-            Note::Connected if *role == Role::Publisher => join(ctx),
+            Note::Connected if *role == Role::Publisher || *silent => join(ctx),
             Note::KeyframeRequest { .. } => ctx.totals.keyframe_requests_received += 1,
             Note::Got(g) => {
                 if g.audio {

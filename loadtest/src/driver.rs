@@ -126,7 +126,7 @@ fn run(
 
         for p in peers
             .iter_mut()
-            .filter(|p| p.role == Role::Publisher && p.joined && !p.dead())
+            .filter(|p| p.role == Role::Publisher && p.joined && !p.silent && !p.dead())
         {
             let mut sent = false;
             for _ in 0..MAX_CATCH_UP {

@@ -43,7 +43,7 @@ enum Command {
     /// second: use long windows there.
     Media {
         #[command(flatten)]
-        options: target::Options,
+        options: Box<target::Options>,
         #[command(flatten)]
         capacity: capacity::Options,
         /// Write every figure as JSON here.

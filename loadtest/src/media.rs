@@ -107,6 +107,8 @@ pub struct RelayFigures {
     pub forward_delay_p99_ms: Option<f64>,
     /// Each node of a cluster (`--target` with several URLs) on its own; empty for one relay.
     pub nodes: Vec<NodeFigures>,
+    /// Sessions the SFU counted open at the window's end (0 where it counts none).
+    pub sessions_at_end: u64,
 }
 
 /// One node of a cluster over the window, from its own `/metrics`.
@@ -171,6 +173,9 @@ pub struct Report {
     /// Packets the subscribers received per CPU-second of the SFU's whole process: the same
     /// yardstick for our relay and for Janus.
     pub received_packets_per_cpu_second: f64,
+    /// The SFU's CPU milliseconds per second of each joined session (with `--silent`: what an
+    /// idle connected session costs it).
+    pub cpu_ms_per_session_second: f64,
     pub forwarded_packets_per_media_worker_cpu_second: Option<f64>,
     pub floor: Option<floor::Report>,
     pub floor_packets_per_cpu_second: Option<f64>,
@@ -685,6 +690,7 @@ fn open_sessions(
             let mut client =
                 Client::new(client_socket()?, Role::Publisher, id, Instant::now(), epoch)?;
             client.turn = (i as u32, o.publishers as u32);
+            client.silent = o.silent;
             sfu.publish(o, room, i, &mut client.peer)?;
             hand(client)?;
         }
@@ -703,6 +709,7 @@ fn open_sessions(
         {
             let mut client =
                 Client::new(client_socket()?, Role::Subscriber, 0, Instant::now(), epoch)?;
+            client.silent = o.silent;
             if sfu.subscribe(o, room, index, own, &mut client.peer)? {
                 hand(client)?;
             }
@@ -816,6 +823,7 @@ fn measure(
         forward_delay_p50_ms: q(0.5),
         forward_delay_p99_ms: q(0.99),
         nodes: NodeFigures::of(&a.nodes, &b.nodes),
+        sessions_at_end: b.metrics.sessions as u64,
     };
     Ok((secs, relay, Instant::now() < deadline))
 }
@@ -895,6 +903,9 @@ fn assemble(
     let per_cpu = per_cpu_second(relay.packets_forwarded);
     let received_per_cpu = per_cpu_second(t.received());
     let floor_pps = floor.as_ref().map(|f| f.floor_packets_per_cpu_second);
+    let joined = joins.len();
+    let cpu_ms_per_session_second =
+        relay.cpu_seconds * 1e3 / (window_seconds * joined as f64).max(1e-9);
     Report {
         started_unix,
         setup: Setup {
@@ -917,7 +928,7 @@ fn assemble(
             nodes: o.nodes,
         },
         window_seconds,
-        joined: joins.len(),
+        joined,
         expected_joins: o.expected_joins(),
         join_seconds: Distribution::of(joins),
         opened_seconds: 0.0,
@@ -941,6 +952,7 @@ fn assemble(
             .filter(|c| *c > 0.0)
             .map(|c| relay.packets_forwarded as f64 / c),
         relay,
+        cpu_ms_per_session_second,
         forwarded_packets_per_cpu_second: per_cpu,
         received_packets_per_cpu_second: received_per_cpu,
         floor,
@@ -1036,11 +1048,12 @@ impl Report {
         }
         let fmt_ms = |v: Option<f64>| v.map_or("-".to_string(), |x| format!("{x:.3} ms"));
         out += &format!(
-            "  {name}: CPU {:.2} s ({:.2} cores{})  RSS {:.1} MiB (peak {:.1} MiB)  forward delay p50 {} p99 {}\n",
+            "  {name}: CPU {:.2} s ({:.2} cores{}; {:.3} ms per session-second)  RSS {:.1} MiB (peak {:.1} MiB)  forward delay p50 {} p99 {}\n",
             r.cpu_seconds,
             r.cores_busy,
             r.media_workers_cpu_seconds
                 .map_or(String::new(), |w| format!(", media workers {w:.2} s")),
+            self.cpu_ms_per_session_second,
             r.rss_bytes as f64 / 1048576.0,
             r.peak_rss_bytes as f64 / 1048576.0,
             fmt_ms(r.forward_delay_p50_ms),
@@ -1136,9 +1149,9 @@ pub fn chart(reports: &[&Report], floor: Option<f64>, limits: Option<(f64, f64)>
 mod tests {
     use super::*;
 
-    #[test]
-    fn short_run_against_own_relay_counts_are_consistent_and_it_stops() {
-        let o = Options {
+    /// One room of a publisher and two subscribers against a relay this starts, briefly.
+    fn short_run() -> Options {
+        Options {
             relay: appliance::Target {
                 relay_bin: Some(relay_kit::process::relay_bin()),
                 ..Default::default()
@@ -1160,12 +1173,18 @@ mod tests {
             floor_duration: Duration::from_millis(100),
             peer: PeerKind::Relay,
             beside_janus: false,
+            silent: false,
             janus_bin: "janus".into(),
             janus_configs: "/etc/janus".into(),
             nodes: 1,
             prefix: None,
             progress: false,
-        };
+        }
+    }
+
+    #[test]
+    fn short_run_against_own_relay_counts_are_consistent_and_it_stops() {
+        let o = short_run();
         let t0 = Instant::now();
         let r = run(&o).unwrap();
         let summary = r.summary();
@@ -1199,5 +1218,25 @@ mod tests {
         assert!(r.ratio_to_floor.is_some_and(|x| x > 0.0), "{summary}");
         assert!(r.one_way_delay_ms.samples > 0, "{summary}");
         assert!(r.loss_expected >= r.loss_received, "{summary}");
+    }
+
+    #[test]
+    fn silent_sessions_stay_connected_past_the_relays_silence_timeout() {
+        // Longer than the relay's five seconds without a datagram after which it drops a
+        // session: keep-alives and reports must keep idle sessions up.
+        let o = Options {
+            silent: true,
+            duration: Duration::from_secs(7),
+            ramp_up: Duration::ZERO,
+            floor_duration: Duration::ZERO,
+            ..short_run()
+        };
+        let r = run(&o).unwrap();
+        let summary = r.summary();
+        assert_eq!((r.joined, r.peers, r.dead_peers), (3, 3, 0), "{summary}");
+        assert_eq!(r.packets_sent(), 0, "{summary}");
+        assert_eq!(r.relay.packets_forwarded, 0, "{summary}");
+        assert_eq!(r.relay.sessions_at_end, 3, "{summary}");
+        assert!(r.cpu_ms_per_session_second > 0.0, "{summary}");
     }
 }

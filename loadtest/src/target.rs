@@ -46,6 +46,10 @@ pub struct Options {
     /// Every publisher also subscribes as the same participant, as in a meeting.
     #[arg(long)]
     pub meeting: bool,
+    /// Publishers connect but send no media: every session stays up and idle, for what an
+    /// idle connected session costs the SFU (keep-alives, RTCP, timers).
+    #[arg(long)]
+    pub silent: bool,
     /// Video slots per subscriber (plus one audio line).
     #[arg(long, default_value_t = 1)]
     pub slots: usize,
