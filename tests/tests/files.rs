@@ -1013,6 +1013,47 @@ fn a_transfer_on_loopback_climbs_to_the_largest_datagrams_and_keeps_them() {
 }
 
 #[test]
+fn the_memory_for_recent_chunks_is_used_again_as_files_keep_arriving() {
+    let tmp = tempfile::tempdir().unwrap();
+    // 4 MiB kept: the reservation, with 64 MiB for chunks on their way in, is 68 MiB, which
+    // four files of 24 MiB go round more than once; the last arrives wholly in memory used
+    // before.
+    let budget = 4 << 20;
+    let relay = Relay::start_in(
+        &tmp.path().join("data"),
+        &format!("[files]\nlisten = \"127.0.0.1:0\"\nrecent_chunk_bytes = {budget}\n"),
+        &[],
+    );
+    let token = relay.demo_token("files");
+    let files: Vec<(String, Vec<u8>)> = (0..4)
+        .map(|i| {
+            let data = noise(70 + i, 24 * MIB);
+            let path = write(tmp.path(), &format!("f{i}.bin"), &data);
+            let put = relay.files(&token, &["put", s(&path)]);
+            ok(&put);
+            (put.s("id"), data)
+        })
+        .collect();
+    let kept = relay.metric("relay_files_recent_bytes").unwrap();
+    assert!(kept > 0.0 && kept <= budget as f64, "{kept}");
+    let from_memory = || {
+        relay
+            .metric("relay_files_chunks_from_memory_total")
+            .unwrap()
+    };
+    let get = |(id, data): &(String, Vec<u8>)| {
+        let before = from_memory();
+        let out = tmp.path().join(format!("{id}.out"));
+        ok(&relay.files(&token, &["get", id, "-o", s(&out)]));
+        assert!(fs::read(&out).unwrap() == *data);
+        from_memory() - before
+    };
+    // The last file's last chunks are served from memory; the first file's are long gone.
+    assert!(get(&files[3]) >= 1.0);
+    assert_eq!(get(&files[0]), 0.0);
+}
+
+#[test]
 fn the_relays_datagram_bound_holds_both_ways() {
     let tmp = tempfile::tempdir().unwrap();
     let relay = Relay::start_in(
