@@ -217,6 +217,11 @@ impl Client {
         self.peer.dead
     }
 
+    /// A publisher that has joined and sends media (not a silent one).
+    pub fn sends_media(&self) -> bool {
+        self.role == Role::Publisher && self.joined && !self.silent
+    }
+
     /// Starts counting loss afresh on every received stream.
     pub fn open_window(&mut self) {
         for t in &mut self.tracks {

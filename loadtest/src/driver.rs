@@ -13,7 +13,7 @@ use std::sync::mpsc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use crate::client::{AUDIO_PACKET, Client, Ctx, Role, SHAPE, Totals};
+use crate::client::{AUDIO_PACKET, Client, Ctx, SHAPE, Totals};
 use mio::{Events, Interest, Poll, Token};
 
 pub const WARMUP: u8 = 0;
@@ -124,10 +124,7 @@ fn run(
             }
         }
 
-        for p in peers
-            .iter_mut()
-            .filter(|p| p.role == Role::Publisher && p.joined && !p.silent && !p.dead())
-        {
+        for p in peers.iter_mut().filter(|p| p.sends_media() && !p.dead()) {
             let mut sent = false;
             for _ in 0..MAX_CATCH_UP {
                 if p.next_frame > now {
@@ -163,7 +160,7 @@ fn run(
         let mut next = now + MAX_WAIT;
         for p in peers.iter().filter(|p| !p.dead()) {
             next = next.min(p.peer.next_timeout);
-            if p.role == Role::Publisher && p.joined {
+            if p.sends_media() {
                 next = next.min(p.next_frame).min(p.next_audio);
             }
         }

@@ -129,10 +129,16 @@ impl ChunkPool {
         Some((bytes::Bytes::from_owner(buf), size))
     }
 
-    /// The size of the region that `bytes` lie in, if they lie in one handed out.
-    pub fn region_of(&self, bytes: &[u8]) -> Option<usize> {
+    /// Where `bytes` begin and end in the mapping, if they lie in it.
+    fn place_of(&self, bytes: &[u8]) -> Option<(usize, usize)> {
         let at = (bytes.as_ptr() as usize).checked_sub(self.base.as_ptr() as usize)?;
         let end = at.checked_add(bytes.len())?;
+        (end <= self.size).then_some((at, end))
+    }
+
+    /// The size of the region that `bytes` lie in, if they lie in one handed out.
+    pub fn region_of(&self, bytes: &[u8]) -> Option<usize> {
+        let (at, end) = self.place_of(bytes)?;
         self.ring()
             .live
             .iter()
@@ -141,16 +147,14 @@ impl ChunkPool {
             .map(|r| r.len)
     }
 
-    /// Whether `bytes` lie in the oldest region still held: the one that keeps the ring from
-    /// handing out what lies after it.
-    pub fn in_oldest(&self, bytes: &[u8]) -> bool {
-        let Some(at) = (bytes.as_ptr() as usize).checked_sub(self.base.as_ptr() as usize) else {
-            return false;
-        };
-        self.ring()
-            .live
-            .front()
-            .is_some_and(|r| r.at <= at && at + bytes.len() <= r.at + r.len)
+    /// A test of whether bytes lie in the oldest region still held, the one that keeps the
+    /// ring from handing out what lies after it (as it is now: the test takes no lock).
+    pub fn in_oldest(&self) -> impl Fn(&[u8]) -> bool + '_ {
+        let oldest = self.ring().live.front().map(|r| (r.at, r.at + r.len));
+        move |bytes| match (oldest, self.place_of(bytes)) {
+            (Some((start, stop)), Some((at, end))) => start <= at && end <= stop,
+            _ => false,
+        }
     }
 
     /// The largest region [`ChunkPool::take`] could hand out now.
@@ -314,7 +318,8 @@ mod tests {
         assert_eq!(pool.region_of(&a.as_ref()[7..]), Some(3 * B));
         assert_eq!(pool.region_of(b.as_ref()), Some(B));
         assert_eq!(pool.region_of(&[0u8; 4]), None);
-        assert!(pool.in_oldest(&a.as_ref()[1..]) && !pool.in_oldest(b.as_ref()));
+        let in_oldest = pool.in_oldest();
+        assert!(in_oldest(&a.as_ref()[1..]) && !in_oldest(b.as_ref()) && !in_oldest(&[0u8; 4]));
         assert_eq!(pool.in_use(), 4 * B);
         assert_eq!(pool.room(), 12 * B);
     }

@@ -395,7 +395,7 @@ impl ChunkStore {
         if let Some((data, memory)) = kept {
             self.recent.keep(hash, data, seal, memory);
         }
-        while pool.room() < POOL_ROOM && self.recent.let_go_first(|d| pool.in_oldest(d)) {}
+        while pool.room() < POOL_ROOM && self.recent.let_go_first(pool.in_oldest()) {}
     }
 
     /// Where a recorded chunk's bytes are, from its row; `None` without a row.
