@@ -245,14 +245,6 @@ impl PoolBuf {
         self.cap
     }
 
-    pub fn len(&self) -> usize {
-        self.len
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.len == 0
-    }
-
     pub fn as_ptr(&self) -> *const u8 {
         self.ptr.as_ptr()
     }

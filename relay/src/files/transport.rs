@@ -260,15 +260,21 @@ pub async fn read_frame(
         Err(e) => return Err(StreamError::Read(e)),
     }
     let (kind, len) = wire::parse_header(head).map_err(StreamError::Wire)?;
-    let mut body = Body::new(len, pool.filter(|_| wire::carries_chunk(kind)));
-    if len >= 2 {
-        let mut first = [0u8; 2];
+    // The body's first two bytes tell whether it carries a chunk, and where.
+    let mut first = [0u8; 2];
+    let has_first = len >= 2;
+    if has_first {
         recv.read_exact(&mut first)
             .await
             .map_err(StreamError::Read)?;
-        if let Some(at) = wire::chunk_offset(kind, first) {
-            body.place_at(at, phase);
-        }
+    }
+    let chunk_at = has_first.then(|| wire::chunk_offset(kind, first)).flatten();
+    // A body that carries a chunk goes to the pool, if there is one.
+    let mut body = Body::new(len, pool.filter(|_| chunk_at.is_some()));
+    if let Some(at) = chunk_at {
+        body.place_at(at, phase);
+    }
+    if has_first {
         body.buf.extend_from_slice(&first);
     }
     // Appended piece by piece as quinn hands them over, rather than read into a zeroed buffer.

@@ -309,11 +309,6 @@ pub fn chunk_offset(kind: u8, first: [u8; 2]) -> Option<usize> {
     }
 }
 
-/// Whether frames of `kind` carry a chunk (those [`chunk_offset`] places).
-pub fn carries_chunk(kind: u8) -> bool {
-    matches!(kind, kind::PUT_CHUNK | kind::CHUNK_DATA)
-}
-
 /// A put's fields before its manifest, as decoded.
 struct PutHead {
     token: String,

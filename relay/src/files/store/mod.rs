@@ -48,9 +48,6 @@ use super::chunker::{Seal, VerifiedChunk, chunk_hash, chunk_seal};
 use super::manifest::{ChunkRef, Manifest};
 use super::plan::{self, QuotaExceeded, Usage};
 use super::pool::{ChunkPool, IN_FLIGHT};
-
-/// The room the pool keeps for chunks on their way in, letting kept chunks go for it.
-const POOL_ROOM: usize = IN_FLIGHT / 4;
 use super::wire::{FileEntry, UploadId};
 pub use blobs::{Blobs, FsBlobs, PACK_BYTES, Place, Placed, Register, Stored};
 pub use files::ChunkToServe;
@@ -217,6 +214,9 @@ pub struct Quotas {
     pub user: Option<u64>,
 }
 
+/// The room the pool keeps for chunks on their way in, letting kept chunks go for it.
+const POOL_ROOM: usize = IN_FLIGHT / 4;
+
 /// Chunks on disk and their bookkeeping.
 #[derive(Debug)]
 pub struct ChunkStore {
@@ -370,8 +370,8 @@ impl ChunkStore {
     }
 
     /// Puts a verified chunk on disk, durably. Does not record it: [`ChunkStore::chunk_received`]
-    /// does, after this returned, with the answer.
-    /// A chunk whose bytes arrived in the store's pool is kept in memory as well.
+    /// does, after this returned, with the answer. A chunk whose bytes arrived in the store's pool
+    /// is kept in memory as well.
     pub fn write_chunk(&self, chunk: &VerifiedChunk) -> Result<Placed> {
         let placed = self.blobs.put(chunk.data(), chunk.seal())?;
         self.keep(chunk.hash(), chunk.data(), *chunk.seal(), false);
