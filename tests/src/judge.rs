@@ -51,12 +51,46 @@ pub fn probe(path: &Path) -> (Vec<String>, f64) {
     (codecs, duration)
 }
 
-/// Decodes the whole file; ffmpeg's errors, if any.
+/// Decodes the whole file; ffmpeg's errors, if any, and a line for every audio packet that
+/// begins before the one before it ends (ffmpeg notices such an overlap only sometimes).
 pub fn decode_errors(path: &Path) -> String {
     let p = path.to_string_lossy();
-    let (ok, err) = ffmpeg(&["-v", "error", "-i", &p, "-f", "null", "-"]);
+    let (ok, mut err) = ffmpeg(&["-v", "error", "-i", &p, "-f", "null", "-"]);
     assert!(ok, "{err}");
+    for (before, at) in audio_overlaps(path) {
+        err.push_str(&format!(
+            "audio packet at {at:.4} s begins before the one at {before:.4} s ends\n"
+        ));
+    }
     err
+}
+
+/// Each audio packet (its time, s) that begins before the one before it (its time) ends.
+fn audio_overlaps(path: &Path) -> Vec<(f64, f64)> {
+    let out = Command::new("ffprobe")
+        .args(["-v", "error", "-select_streams", "a"])
+        .args([
+            "-show_entries",
+            "packet=pts_time,duration_time",
+            "-of",
+            "csv=p=0",
+        ])
+        .arg(path)
+        .output()
+        .expect("ffprobe");
+    assert!(out.status.success(), "ffprobe {}", path.display());
+    let packets: Vec<(f64, f64)> = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter_map(|l| {
+            let mut f = l.split(',').map(|x| x.trim().parse::<f64>().ok());
+            Some((f.next()??, f.next()??))
+        })
+        .collect();
+    packets
+        .windows(2)
+        .filter(|w| w[1].0 + 0.0005 < w[0].0 + w[0].1)
+        .map(|w| (w[0].0, w[1].0))
+        .collect()
 }
 
 /// The mean volume of a file's audio in dB (ffmpeg's volumedetect); -99 if it says none.

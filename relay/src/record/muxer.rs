@@ -5,7 +5,8 @@
 //! size becomes known and, with the duration, at the end.
 //!
 //! Audio is mixed [`LATENCY_MS`] behind the clock (the jitter a voice may have), and video is
-//! held as long, so the two tracks are written in one time order.
+//! held as long and until the audio before it is mixed, so the two tracks are written in one
+//! time order.
 
 use std::collections::VecDeque;
 
@@ -154,6 +155,10 @@ impl Muxer {
 
     fn write_until(&mut self, until_ms: u64) -> Vec<u8> {
         let audio = self.mixer.mix_until(until_ms);
+        // Video goes no further than the audio mixed: a keyframe starts a cluster, and audio
+        // mixed later with an earlier time would have to be moved to the cluster's start,
+        // overlapping the audio after it (players then see two frames of one time).
+        let video_until = until_ms.min(self.mixer.mixed_ms());
         match &mut self.container {
             Container::Webm(w, _) => {
                 let mut audio = audio.into_iter().peekable();
@@ -161,11 +166,12 @@ impl Muxer {
                     // A frame is due at its time, or at once when too many wait (a clock
                     // that ran ahead must not hold the rest back without bound).
                     let crowded = self.video.len() > MAX_WAITING_FRAMES;
+                    // At the time the writer gives it: a burst of frames is spread out.
                     let next_video = self
                         .video
                         .front()
-                        .filter(|f| f.ms <= until_ms || crowded)
-                        .map(|f| f.ms);
+                        .map(|f| w.video_ms(f.ms))
+                        .filter(|&ms| ms <= video_until || crowded);
                     let next_audio = audio.peek().map(|a| a.0);
                     match (next_video, next_audio) {
                         (Some(v), a) if a.is_none_or(|a| v <= a) => {
@@ -225,5 +231,65 @@ impl Muxer {
     /// Video frames written or waiting.
     pub fn video_frames(&self) -> u64 {
         self.video_frames
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::record::webm::{AUDIO_TRACK, VIDEO_TRACK, walk};
+
+    /// The times of each track's blocks in a WebM file, in the order written.
+    fn block_times(file: &[u8]) -> (Vec<u64>, Vec<u64>) {
+        let (mut video, mut audio) = (Vec::new(), Vec::new());
+        walk(file, |track, ms| match track {
+            VIDEO_TRACK => video.push(ms),
+            AUDIO_TRACK => audio.push(ms),
+            _ => {}
+        });
+        (video, audio)
+    }
+
+    #[test]
+    fn a_keyframe_due_before_the_audio_is_mixed_waits_for_it() {
+        let mut m = Muxer::new(Kind::Meeting).unwrap();
+        let mut file = m.header().to_vec();
+        m.push(Recorded {
+            video: vec![RecordedFrame {
+                ms: 13,
+                keyframe: true,
+                data: vec![0; 40],
+            }],
+            audio: Vec::new(),
+        });
+        // The clock says 15 ms are due: less than one audio frame, which is 20 ms.
+        file.extend(m.advance(LATENCY_MS + 15));
+        file.extend(m.advance(LATENCY_MS + 100));
+        let (video, audio) = block_times(&file);
+        assert_eq!(video, [13]);
+        // Every audio frame at its own time, 20 ms apart: none moved to the keyframe's cluster.
+        assert_eq!(audio, [0, 20, 40, 60, 80]);
+    }
+
+    #[test]
+    fn a_keyframe_moved_later_by_the_spacing_of_a_burst_still_waits_for_the_audio() {
+        let mut m = Muxer::new(Kind::Meeting).unwrap();
+        let mut file = m.header().to_vec();
+        // Two frames of one time: the writer puts the second, a keyframe, 5 ms after the first,
+        // past the audio frame that begins at 80 ms.
+        let frame = |keyframe| RecordedFrame {
+            ms: 78,
+            keyframe,
+            data: vec![0; 40],
+        };
+        m.push(Recorded {
+            video: vec![frame(false), frame(true)],
+            audio: Vec::new(),
+        });
+        file.extend(m.advance(LATENCY_MS + 95));
+        file.extend(m.advance(LATENCY_MS + 140));
+        let (video, audio) = block_times(&file);
+        assert_eq!(video, [78, 83]);
+        assert_eq!(audio, [0, 20, 40, 60, 80, 100, 120]);
     }
 }

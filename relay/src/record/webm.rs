@@ -228,21 +228,31 @@ impl WebmWriter {
         self.block(AUDIO_TRACK, ms, true, packet);
     }
 
-    fn block(&mut self, track: u8, ms: u64, keyframe: bool, data: &[u8]) {
+    /// The time a video frame of time `ms` is written at now (see [`WebmWriter::block`]).
+    pub fn video_ms(&self, ms: u64) -> u64 {
+        self.placed(VIDEO_TRACK, ms)
+    }
+
+    /// Always forward within the track (a player refuses two blocks of one time), and never
+    /// before the cluster (a block of one track that arrives after the other track started a
+    /// cluster is clamped to it).
+    fn placed(&self, track: u8, ms: u64) -> u64 {
         let slot = usize::from(track == AUDIO_TRACK);
-        // Always forward within the track (a player refuses two blocks of one time), and
-        // never before the cluster (a block of one track that arrives after the other track
-        // started a cluster is clamped to it).
         let spacing = if track == VIDEO_TRACK {
             VIDEO_SPACING_MS
         } else {
             1
         };
-        let ms = match self.last_ms[slot] {
+        match self.last_ms[slot] {
             Some(last) => ms.max(last + spacing),
             None => ms,
         }
-        .max(self.cluster_ms.unwrap_or(0));
+        .max(self.cluster_ms.unwrap_or(0))
+    }
+
+    fn block(&mut self, track: u8, ms: u64, keyframe: bool, data: &[u8]) {
+        let slot = usize::from(track == AUDIO_TRACK);
+        let ms = self.placed(track, ms);
         self.last_ms[slot] = Some(ms);
         let start_new = match self.cluster_ms {
             None => true,
@@ -372,6 +382,11 @@ pub fn playable_len(b: &[u8]) -> usize {
 
 /// Reads a file this writer made (or what is left of one) and says what of it is whole.
 pub fn scan(b: &[u8]) -> Whole {
+    walk(b, |_, _| {})
+}
+
+/// What [`scan`] does, telling `each_block` every whole block's track and time (ms) in order.
+pub(crate) fn walk(b: &[u8], mut each_block: impl FnMut(u8, u64)) -> Whole {
     let mut w = Whole::default();
     // The EBML header.
     let Some((id::EBML, il)) = read_id(b, 0) else {
@@ -410,9 +425,11 @@ pub fn scan(b: &[u8]) -> Whole {
                     }
                     id::SIMPLE_BLOCK => {
                         // Track number (a one-byte vint here), then the 16-bit offset.
-                        if let Some(off) = data.get(1..3) {
+                        if let (Some(track), Some(off)) = (data.first(), data.get(1..3)) {
                             let off = i16::from_be_bytes([off[0], off[1]]);
-                            w.last_ms = Some(cluster_ms.saturating_add_signed(i64::from(off)));
+                            let ms = cluster_ms.saturating_add_signed(i64::from(off));
+                            w.last_ms = Some(ms);
+                            each_block(track & 0x7F, ms);
                         }
                     }
                     _ => {}
