@@ -18,16 +18,11 @@ pub fn ffmpeg(args: &[&str]) -> (bool, String) {
     )
 }
 
-/// What ffprobe says of a file: codec names and the duration in seconds.
-pub fn probe(path: &Path) -> (Vec<String>, f64) {
+/// Runs ffprobe quietly with `args` on `path`; what it printed on stdout.
+fn ffprobe(args: &[&str], path: &Path) -> Vec<u8> {
     let out = Command::new("ffprobe")
-        .args([
-            "-v",
-            "error",
-            "-show_entries",
-            "stream=codec_name:format=duration",
-        ])
-        .args(["-of", "json"])
+        .args(["-v", "error"])
+        .args(args)
         .arg(path)
         .output()
         .expect("ffprobe");
@@ -37,7 +32,21 @@ pub fn probe(path: &Path) -> (Vec<String>, f64) {
         path.display(),
         String::from_utf8_lossy(&out.stderr)
     );
-    let v: Value = serde_json::from_slice(&out.stdout).expect("ffprobe json");
+    out.stdout
+}
+
+/// What ffprobe says of a file: codec names and the duration in seconds.
+pub fn probe(path: &Path) -> (Vec<String>, f64) {
+    let out = ffprobe(
+        &[
+            "-show_entries",
+            "stream=codec_name:format=duration",
+            "-of",
+            "json",
+        ],
+        path,
+    );
+    let v: Value = serde_json::from_slice(&out).expect("ffprobe json");
     let codecs = v["streams"]
         .as_array()
         .into_iter()
@@ -67,19 +76,18 @@ pub fn decode_errors(path: &Path) -> String {
 
 /// Each audio packet (its time, s) that begins before the one before it (its time) ends.
 fn audio_overlaps(path: &Path) -> Vec<(f64, f64)> {
-    let out = Command::new("ffprobe")
-        .args(["-v", "error", "-select_streams", "a"])
-        .args([
+    let out = ffprobe(
+        &[
+            "-select_streams",
+            "a",
             "-show_entries",
             "packet=pts_time,duration_time",
             "-of",
             "csv=p=0",
-        ])
-        .arg(path)
-        .output()
-        .expect("ffprobe");
-    assert!(out.status.success(), "ffprobe {}", path.display());
-    let packets: Vec<(f64, f64)> = String::from_utf8_lossy(&out.stdout)
+        ],
+        path,
+    );
+    let packets: Vec<(f64, f64)> = String::from_utf8_lossy(&out)
         .lines()
         .filter_map(|l| {
             let mut f = l.split(',').map(|x| x.trim().parse::<f64>().ok());

@@ -261,20 +261,22 @@ pub async fn read_frame(
     }
     let (kind, len) = wire::parse_header(head).map_err(StreamError::Wire)?;
     // The body's first two bytes tell whether it carries a chunk, and where.
-    let mut first = [0u8; 2];
-    let has_first = len >= 2;
-    if has_first {
+    let first = if len >= 2 {
+        let mut first = [0u8; 2];
         recv.read_exact(&mut first)
             .await
             .map_err(StreamError::Read)?;
-    }
-    let chunk_at = has_first.then(|| wire::chunk_offset(kind, first)).flatten();
+        Some(first)
+    } else {
+        None
+    };
+    let chunk_at = first.and_then(|f| wire::chunk_offset(kind, f));
     // A body that carries a chunk goes to the pool, if there is one.
     let mut body = Body::new(len, pool.filter(|_| chunk_at.is_some()));
     if let Some(at) = chunk_at {
         body.place_at(at, phase);
     }
-    if has_first {
+    if let Some(first) = first {
         body.buf.extend_from_slice(&first);
     }
     // Appended piece by piece as quinn hands them over, rather than read into a zeroed buffer.
